@@ -102,6 +102,28 @@ pub fn format_time(at: SystemTime) -> String {
 }
 
 impl Envelope {
+    /// An envelope for a message that `subscription` (of `topic`) dead-letters after
+    /// `attempts` deliveries, for `reason`. Backends build one in `dead_letter` (the struct
+    /// is `#[non_exhaustive]`, so this is the only way outside this crate).
+    pub fn new(
+        topic: impl Into<String>,
+        subscription: impl Into<String>,
+        attempts: u32,
+        reason: DeadLetterReason,
+        first_failure_at: Option<SystemTime>,
+        dead_lettered_at: SystemTime,
+    ) -> Self {
+        Self {
+            topic: topic.into(),
+            subscription: subscription.into(),
+            attempts,
+            reason: reason.reason,
+            last_error: reason.last_error,
+            first_failure_at,
+            dead_lettered_at,
+        }
+    }
+
     /// Writes the envelope into the message's reserved headers.
     pub fn write(&self, message: &mut Message) {
         message.set_reserved_header(TOPIC, self.topic.clone());
