@@ -1,1 +1,35 @@
-fn main() {}
+//! The `sluice` command. Thin: parse arguments, set up tracing, call one `run`.
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+/// Sluice: durable messaging for Rust services.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the order-service scenario: a burst of orders, four subscriptions (rate-limited
+    /// email, idempotent billing, fan-out analytics, flaky shipping with retries and a DLQ),
+    /// then a reconciled summary.
+    Demo(demo::DemoArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Demo(args) => demo::run(args).await,
+    }
+}

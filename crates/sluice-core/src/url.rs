@@ -113,11 +113,11 @@ fn invalid(url: &str, reason: impl Into<String>) -> Error {
     .into()
 }
 
+/// Query parameters other than Sluice's own.
+type Params = Vec<(String, String)>;
+
 /// Splits Sluice's own `namespace` parameter off a query string.
-fn take_namespace(
-    url: &str,
-    query: &str,
-) -> Result<(Option<Namespace>, Vec<(String, String)>), Error> {
+fn take_namespace(url: &str, query: &str) -> Result<(Option<Namespace>, Params), Error> {
     let mut namespace = None;
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {

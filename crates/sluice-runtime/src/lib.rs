@@ -1,1 +1,64 @@
-//! placeholder
+//! The Sluice consumer runtime: a worker that pulls deliveries of one subscription and runs
+//! a handler through retries with backoff, dead-lettering, idempotency, concurrency and rate
+//! limits, panic recovery and graceful shutdown.
+//!
+//! ```no_run
+//! # async fn example(backend: impl sluice_core::Backend) -> Result<(), Box<dyn std::error::Error>> {
+//! use sluice_core::{Backend, SubscriptionName};
+//! use sluice_runtime::{json_handler, Backoff, Context, HandlerError, Idempotency, InMemoryStore, Worker};
+//! use std::time::Duration;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct OrderPlaced { order_id: u64, amount_cents: u64 }
+//!
+//! let subscriber = backend.subscribe(&SubscriptionName::new("billing")?).await?;
+//! let worker = Worker::builder(subscriber, json_handler(|order: OrderPlaced, _ctx: Context| async move {
+//!         if order.amount_cents == 0 { return Err(HandlerError::permanent("empty order")); }
+//!         Ok(())
+//!     }))
+//!     .concurrency(8)
+//!     .backoff(Backoff::exponential(Duration::from_millis(200), Duration::from_secs(60)))
+//!     .idempotency(Idempotency::new(InMemoryStore::new()))
+//!     .build();
+//! let shutdown = sluice_runtime::shutdown_on_signals();
+//! worker.run(shutdown).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`handler`] | [`Handler`], [`Context`], [`HandlerError`], raw and JSON handlers |
+//! | `worker` | [`Worker`] and its builder: the pull loop, backpressure, shutdown; `process.rs` is the pipeline, `settle.rs` applies verbs |
+//! | [`backoff`] | exponential backoff with jitter |
+//! | [`retry`] (private) | handler result ⇒ verb |
+//! | `recover` (private) | panic ⇒ transient error |
+//! | [`idempotency`] | the idempotency stage and [`InMemoryStore`] |
+//! | [`rate_limit`] | [`RateLimit`], a token bucket drawn before pulling |
+//! | [`observe`] | [`WorkerStats`] and the [`Observer`] event stream |
+//! | [`shutdown`] | [`shutdown_on_signals`] for binaries |
+
+pub mod backoff;
+pub mod handler;
+pub mod idempotency;
+pub mod observe;
+pub mod rate_limit;
+mod recover;
+mod retry;
+pub mod shutdown;
+mod worker;
+
+pub use backoff::{Backoff, Jitter};
+pub use handler::{
+    decode_json, json_handler, json_message, raw_handler, Context, DecodeError, ErrorKind, Handler,
+    HandlerError, HandlerResult, JsonHandler, RawHandler,
+};
+pub use idempotency::{Idempotency, InMemoryStore, DEFAULT_IDEMPOTENCY_TTL};
+pub use observe::{Event, EventKind, Observer, StatsSnapshot, WorkerStats};
+pub use rate_limit::RateLimit;
+pub use shutdown::shutdown_on_signals;
+pub use tokio_util::sync::CancellationToken;
+pub use worker::{
+    Worker, WorkerBuilder, DEFAULT_CONCURRENCY, DEFAULT_POLL_WAIT, DEFAULT_SHUTDOWN_GRACE,
+};

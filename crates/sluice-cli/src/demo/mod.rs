@@ -1,0 +1,430 @@
+//! `sluice demo`: the seed scenario in one process, reproducible from its seed.
+//!
+//! An order service publishes a burst of orders ten times faster than the consumers take
+//! them. Four subscriptions, all created before the burst:
+//! - `email`: rate-limited; the backlog absorbs the burst and drains at the set rate;
+//! - `billing`: idempotent; the demo loses some acks so orders are delivered twice, and each
+//!   charge is still applied once;
+//! - `analytics`: fan-out, a consumer added without touching the producer;
+//! - `shipping`: a downstream failing 30 % of the time; retries with backoff; a poison order
+//!   ends in the DLQ (it does in every subscription: its payload is not valid JSON).
+//!
+//! The summary reconciles by unique message id; a mismatch exits non-zero.
+
+mod chaos;
+mod ledger;
+mod services;
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sluice::prelude::*;
+use sluice::runtime::{Jitter, StatsSnapshot, WorkerStats};
+use sluice::{DynSubscriber, Message};
+
+use ledger::{Ledger, Row};
+use services::{Effects, OrderPlaced};
+
+/// Flags of `sluice demo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// Backend URL (the embedded engine becomes the default when it lands).
+    #[arg(long, default_value = "memory:")]
+    url: String,
+    /// Number of orders in the burst.
+    #[arg(long, default_value_t = 1000)]
+    orders: u64,
+    /// Orders per second during the burst (ten times what the consumers take).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seed of every random choice (orders, failures, lost acks, jitter).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Longest run; the demo stops and reports failure if the backlog is not drained by then.
+    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    duration: Duration,
+    /// Emails per second (the rate limit of `email`).
+    #[arg(long, default_value_t = 100)]
+    email_rate: u32,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{s}`: use ms, s or m")),
+    }
+}
+
+/// A number in `[0, 1)` fixed by the seed, a message id and a salt: reproducible whatever
+/// the scheduling.
+pub(crate) fn chance(seed: u64, id: &str, salt: &str) -> f64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (seed, id, salt).hash(&mut h);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+const SUBSCRIPTIONS: [&str; 4] = ["email", "billing", "analytics", "shipping"];
+const DUPLICATE_PUBLISH_RATE: f64 = 0.05;
+const LOST_ACK_RATE: f64 = 0.05;
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let backend = sluice::connect(&args.url)
+        .await
+        .with_context(|| format!("connecting to {}", args.url))?;
+    let orders = TopicName::new("orders")?;
+    backend
+        .ensure_topic(
+            &orders,
+            &TopicConfig::default().dedup_window(Duration::from_secs(600)),
+        )
+        .await?;
+    for name in SUBSCRIPTIONS {
+        let mut config = SubscriptionConfig::new(orders.clone()).max_attempts(5);
+        if name == "billing" {
+            // Short lease: a lost ack comes back quickly.
+            config = config.lease(Duration::from_secs(2));
+        }
+        backend
+            .ensure_subscription(&SubscriptionName::new(name)?, &config)
+            .await?;
+    }
+    println!(
+        "Sluice demo: {} backend, seed {}, {} orders (+1 poison) at {}/s; consumers take about {}/s",
+        backend.capabilities().backend,
+        args.seed,
+        args.orders,
+        args.rate,
+        args.rate / 10
+    );
+
+    let effects = Arc::new(Effects::default());
+    let ledger = Ledger::default();
+    let shutdown = CancellationToken::new();
+    let mut workers = Vec::new();
+    let mut stats: Vec<(&str, Arc<WorkerStats>)> = Vec::new();
+    for name in SUBSCRIPTIONS {
+        let subscriber = backend.subscribe(&SubscriptionName::new(name)?).await?;
+        let (handle, worker_stats) =
+            spawn_worker(name, subscriber, &args, &effects, &ledger, &shutdown);
+        workers.push(handle);
+        stats.push((name, worker_stats));
+    }
+
+    // The order service: a burst, with some publishes retried (same id: dropped by the dedup
+    // window) and one poison order.
+    let publisher = backend.publisher().await?;
+    let mut rng = SmallRng::seed_from_u64(args.seed);
+    let poison_at = rng.gen_range(0..args.orders.max(1));
+    let mut published = BTreeSet::new();
+    let mut dropped_duplicates = 0u64;
+    let tick = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let burst_start = tokio::time::Instant::now();
+    let mut peaks = [0u64; 4];
+    let mut last_progress = Instant::now();
+    for i in 0..args.orders {
+        tokio::time::sleep_until(burst_start + tick * i as u32).await;
+        let order = OrderPlaced {
+            order_id: 1000 + i,
+            customer: format!("customer-{}", rng.gen_range(1..=200)),
+            region: ["eu", "us", "apac"][rng.gen_range(0..3)].to_owned(),
+            amount_cents: rng.gen_range(500..50_000),
+        };
+        let message = json_message(&order)?
+            .id(format!("order-{}-placed", order.order_id))
+            .message_type("order.placed")
+            .routing_key(format!("order.placed.{}", order.region))
+            .build()?;
+        let retry_publish = rng.gen_bool(DUPLICATE_PUBLISH_RATE);
+        publish(
+            &publisher,
+            &orders,
+            message.clone(),
+            &mut published,
+            &mut dropped_duplicates,
+        )
+        .await?;
+        if retry_publish {
+            // The producer timed out waiting for the confirm and publishes again.
+            publish(
+                &publisher,
+                &orders,
+                message,
+                &mut published,
+                &mut dropped_duplicates,
+            )
+            .await?;
+        }
+        if i == poison_at {
+            let poison = Message::json_builder(r#"{"order_id": 17, "amount_cents": "#)
+                .id("order-poison")
+                .message_type("order.placed")
+                .build()?;
+            publish(
+                &publisher,
+                &orders,
+                poison,
+                &mut published,
+                &mut dropped_duplicates,
+            )
+            .await?;
+        }
+        if last_progress.elapsed() >= Duration::from_millis(250) {
+            sample(&backend, &mut peaks).await?;
+            last_progress = Instant::now();
+        }
+    }
+    publisher.close().await?;
+    println!(
+        "burst done in {:.1}s: {} published, {} duplicate publishes dropped by the dedup window",
+        burst_start.elapsed().as_secs_f64(),
+        published.len(),
+        dropped_duplicates
+    );
+
+    // Drain, sampling the backlog, until every subscription is empty or time runs out.
+    let mut last_line = Instant::now();
+    let drained = loop {
+        let backlogs = sample(&backend, &mut peaks).await?;
+        let idle = stats.iter().all(|(_, s)| s.snapshot().in_flight == 0);
+        if backlogs.iter().all(|b| *b == 0) && idle {
+            break true;
+        }
+        if started.elapsed() >= args.duration {
+            break false;
+        }
+        if last_line.elapsed() >= Duration::from_secs(2) {
+            let parts: Vec<String> = SUBSCRIPTIONS
+                .iter()
+                .zip(backlogs)
+                .map(|(n, b)| format!("{n} {b}"))
+                .collect();
+            eprintln!(
+                "  t={:>4.1}s backlog: {}",
+                started.elapsed().as_secs_f64(),
+                parts.join(" | ")
+            );
+            last_line = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    shutdown.cancel();
+    let mut finals: Vec<StatsSnapshot> = Vec::new();
+    for handle in workers {
+        finals.push(handle.await?);
+    }
+
+    // Summary and reconciliation.
+    let rows: Vec<Row> = SUBSCRIPTIONS
+        .iter()
+        .zip(&finals)
+        .zip(peaks)
+        .map(|((name, s), peak)| Row {
+            subscription: (*name).to_owned(),
+            stats: *s,
+            effects: describe_effects(name, &effects),
+            peak_backlog: peak,
+        })
+        .collect();
+    println!();
+    ledger::print_table(published.len(), &rows);
+    println!();
+    let problems = reconcile(&backend, &ledger, &effects, &published).await?;
+    println!("finished in {:.1}s", started.elapsed().as_secs_f64());
+    if !drained {
+        bail!(
+            "the backlog was not drained within {:?} (raise --duration)",
+            args.duration
+        );
+    }
+    if problems > 0 {
+        bail!("{problems} reconciliation check(s) failed");
+    }
+    Ok(())
+}
+
+async fn publish(
+    publisher: &impl Publisher,
+    topic: &TopicName,
+    message: Message,
+    published: &mut BTreeSet<String>,
+    dropped: &mut u64,
+) -> anyhow::Result<()> {
+    let receipt = publisher.publish(topic, message).await?;
+    match receipt.outcome {
+        PublishOutcome::Published => {
+            published.insert(receipt.id.to_string());
+        }
+        PublishOutcome::Duplicate => *dropped += 1,
+    }
+    Ok(())
+}
+
+async fn sample(backend: &impl Backend, peaks: &mut [u64; 4]) -> anyhow::Result<[u64; 4]> {
+    let mut backlogs = [0u64; 4];
+    for (i, name) in SUBSCRIPTIONS.iter().enumerate() {
+        let stats = backend.stats(&SubscriptionName::new(*name)?).await?;
+        backlogs[i] = stats.backlog().unwrap_or(0);
+        peaks[i] = peaks[i].max(backlogs[i]);
+    }
+    Ok(backlogs)
+}
+
+fn spawn_worker(
+    name: &'static str,
+    subscriber: DynSubscriber,
+    args: &DemoArgs,
+    effects: &Arc<Effects>,
+    ledger: &Ledger,
+    shutdown: &CancellationToken,
+) -> (tokio::task::JoinHandle<StatsSnapshot>, Arc<WorkerStats>) {
+    let effects = effects.clone();
+    let seed = args.seed;
+    let backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(2))
+        .jitter(Jitter::Full);
+    macro_rules! start {
+        ($subscriber:expr, $handler:expr, |$b:ident| $configure:expr) => {{
+            let $b = Worker::builder($subscriber, $handler)
+                .observer(ledger.clone())
+                .backoff(backoff)
+                .seed(seed)
+                .shutdown_grace(Duration::from_secs(5));
+            let worker = $configure.build();
+            let stats = worker.stats();
+            (worker.spawn(shutdown.clone()), stats)
+        }};
+    }
+    match name {
+        "email" => start!(
+            subscriber,
+            json_handler(move |o: OrderPlaced, _c: Context| services::send_email(
+                effects.clone(),
+                o
+            )),
+            |b| b
+                .concurrency(8)
+                .rate_limit(RateLimit::per_second(f64::from(args.email_rate)).burst(10))
+        ),
+        "billing" => start!(
+            chaos::LostAcks {
+                inner: subscriber,
+                seed,
+                rate: LOST_ACK_RATE
+            },
+            json_handler(move |o: OrderPlaced, _c: Context| services::charge(effects.clone(), o)),
+            |b| b
+                .concurrency(2)
+                .idempotency(Idempotency::new(InMemoryStore::new()))
+        ),
+        "analytics" => start!(
+            subscriber,
+            json_handler(move |o: OrderPlaced, _c: Context| services::record_sale(
+                effects.clone(),
+                o
+            )),
+            |b| b.concurrency(1)
+        ),
+        _ => start!(
+            subscriber,
+            json_handler(move |o: OrderPlaced, c: Context| services::ship(
+                effects.clone(),
+                seed,
+                o,
+                c
+            )),
+            |b| b.concurrency(4)
+        ),
+    }
+}
+
+fn describe_effects(name: &str, effects: &Effects) -> String {
+    match name {
+        "email" => format!(
+            "{} emails sent",
+            effects.emails_sent.load(Ordering::Relaxed)
+        ),
+        "billing" => {
+            let charges = effects.charges.lock().expect("charges");
+            format!(
+                "{} orders charged, {} charges",
+                charges.len(),
+                charges.values().sum::<u32>()
+            )
+        }
+        "analytics" => {
+            let revenue = effects.revenue_by_region.lock().expect("revenue");
+            let total: u64 = revenue.values().sum();
+            format!(
+                "revenue {:.2} over {} regions",
+                total as f64 / 100.0,
+                revenue.len()
+            )
+        }
+        _ => format!(
+            "{} shipped, {} carrier failures",
+            effects.shipments.load(Ordering::Relaxed),
+            effects.downstream_failures.load(Ordering::Relaxed)
+        ),
+    }
+}
+
+/// Checks the books by unique id; prints one line per check and returns the failures.
+async fn reconcile(
+    backend: &impl Backend,
+    ledger: &Ledger,
+    effects: &Effects,
+    published: &BTreeSet<String>,
+) -> anyhow::Result<usize> {
+    let mut problems = 0;
+    let mut check = |ok: bool, line: String| {
+        println!("  {} {line}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            problems += 1;
+        }
+    };
+    println!("reconciliation by unique message id:");
+    for name in SUBSCRIPTIONS {
+        let books = ledger.books(name);
+        let dlq: BTreeSet<String> = backend
+            .dlq_list(&SubscriptionName::new(name)?, usize::MAX)
+            .await?
+            .into_iter()
+            .map(|m| m.message.id().to_string())
+            .collect();
+        let settled: BTreeSet<String> = books.acked.union(&books.dead_lettered).cloned().collect();
+        let overlap = books.acked.intersection(&books.dead_lettered).count();
+        check(
+            &settled == published && overlap == 0 && dlq == books.dead_lettered,
+            format!(
+                "{name}: {} published = {} acked + {} dead-lettered (DLQ holds {})",
+                published.len(),
+                books.acked.len(),
+                books.dead_lettered.len(),
+                dlq.len()
+            ),
+        );
+    }
+    let charges = effects.charges.lock().expect("charges").clone();
+    let twice = charges.values().filter(|c| **c != 1).count();
+    let billed = ledger.books("billing").acked.len();
+    check(
+        twice == 0 && charges.len() == billed,
+        format!(
+            "billing: {} orders charged exactly once, {twice} charged more than once",
+            charges.len()
+        ),
+    );
+    Ok(problems)
+}

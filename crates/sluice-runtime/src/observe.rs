@@ -1,0 +1,156 @@
+//! What a worker did: counters ([`WorkerStats`]) and a per-delivery event stream
+//! ([`Observer`]) for tests, demos, and the metrics and tracing layers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The handler succeeded and the delivery was acked.
+    Acked,
+    /// The handler failed (or panicked) and the delivery was retried after `after`.
+    Retried {
+        /// The backoff chosen.
+        after: Duration,
+        /// The handler's error.
+        error: String,
+    },
+    /// Dead-lettered.
+    DeadLettered {
+        /// Why.
+        reason: String,
+    },
+    /// Released at shutdown, unhandled.
+    Released,
+    /// A duplicate already handled: acked without running the handler.
+    DuplicateSkipped,
+    /// A duplicate whose first copy is still being handled: retried after the claim's
+    /// remaining time.
+    DuplicateInProgress {
+        /// When it will be tried again.
+        after: Duration,
+    },
+    /// A verb failed; the lease will run out and the message will come back.
+    VerbFailed {
+        /// The verb (`ack`, `retry`, …).
+        verb: &'static str,
+        /// The error.
+        error: String,
+    },
+}
+
+/// One delivery's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Event {
+    /// Subscription.
+    pub subscription: String,
+    /// Message id.
+    pub id: String,
+    /// Message type, if any.
+    pub message_type: Option<String>,
+    /// Attempt of this delivery.
+    pub attempt: u32,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// Receives every delivery outcome of a worker. Called on the worker's tasks: keep it quick.
+pub trait Observer: Send + Sync + 'static {
+    /// One outcome.
+    fn on_event(&self, event: &Event);
+}
+
+impl<F: Fn(&Event) + Send + Sync + 'static> Observer for F {
+    fn on_event(&self, event: &Event) {
+        self(event)
+    }
+}
+
+/// Counters of one worker, readable while it runs.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    delivered: AtomicU64,
+    acked: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    released: AtomicU64,
+    duplicates_skipped: AtomicU64,
+    duplicates_in_progress: AtomicU64,
+    panics: AtomicU64,
+    verb_failures: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// A snapshot of [`WorkerStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Deliveries received.
+    pub delivered: u64,
+    /// Acked after the handler succeeded.
+    pub acked: u64,
+    /// Retried after a failure.
+    pub retried: u64,
+    /// Dead-lettered.
+    pub dead_lettered: u64,
+    /// Released at shutdown.
+    pub released: u64,
+    /// Duplicates acked without running the handler.
+    pub duplicates_skipped: u64,
+    /// Duplicates retried because the first copy was in progress.
+    pub duplicates_in_progress: u64,
+    /// Handler panics (counted as transient failures).
+    pub panics: u64,
+    /// Verbs that failed.
+    pub verb_failures: u64,
+    /// Deliveries being handled now.
+    pub in_flight: u64,
+}
+
+impl WorkerStats {
+    /// A snapshot of the counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            delivered: l(&self.delivered),
+            acked: l(&self.acked),
+            retried: l(&self.retried),
+            dead_lettered: l(&self.dead_lettered),
+            released: l(&self.released),
+            duplicates_skipped: l(&self.duplicates_skipped),
+            duplicates_in_progress: l(&self.duplicates_in_progress),
+            panics: l(&self.panics),
+            verb_failures: l(&self.verb_failures),
+            in_flight: l(&self.in_flight),
+        }
+    }
+
+    pub(crate) fn delivered(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn panicked(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record(&self, kind: &EventKind) {
+        let counter = match kind {
+            EventKind::Acked => &self.acked,
+            EventKind::Retried { .. } => &self.retried,
+            EventKind::DeadLettered { .. } => &self.dead_lettered,
+            EventKind::Released => &self.released,
+            EventKind::DuplicateSkipped => &self.duplicates_skipped,
+            EventKind::DuplicateInProgress { .. } => &self.duplicates_in_progress,
+            EventKind::VerbFailed { .. } => &self.verb_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

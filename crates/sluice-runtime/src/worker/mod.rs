@@ -1,0 +1,265 @@
+//! The worker: pulls deliveries of one subscription and runs each through the pipeline
+//! ([`process`]) on its own task.
+//!
+//! Backpressure is on pulling, never sleeps in handlers: the worker takes a concurrency
+//! permit (and rate-limit tokens) *before* it asks the backend for a delivery, so a slow or
+//! limited consumer leaves its backlog in the broker.
+//!
+//! Shutdown (the token is cancelled): stop pulling, let in-flight handlers finish within the
+//! grace period, then cancel what is left and `release` those deliveries.
+
+mod process;
+mod settle;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use sluice_core::{Delivery, Subscriber};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::handler::Handler;
+use crate::idempotency::Idempotency;
+use crate::observe::{Observer, StatsSnapshot, WorkerStats};
+use crate::rate_limit::{RateLimit, TokenBucket};
+
+/// Default number of handlers running at once.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Default time in-flight handlers get to finish at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default long-poll wait of one `receive`.
+pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// What the pipeline needs, shared by every delivery task.
+pub(crate) struct Pipeline<H> {
+    pub(crate) handler: H,
+    pub(crate) backoff: Backoff,
+    pub(crate) idempotency: Option<Idempotency>,
+    pub(crate) stats: Arc<WorkerStats>,
+    pub(crate) observer: Option<Arc<dyn Observer>>,
+    // std Mutex: locked only to draw a jitter value, never across an .await.
+    pub(crate) rng: Mutex<SmallRng>,
+    pub(crate) max_attempts: u32,
+}
+
+/// Builds a [`Worker`]. Start with [`Worker::builder`].
+#[must_use]
+pub struct WorkerBuilder<S, H> {
+    subscriber: S,
+    handler: H,
+    concurrency: usize,
+    rate_limit: Option<RateLimit>,
+    backoff: Backoff,
+    idempotency: Option<Idempotency>,
+    observer: Option<Arc<dyn Observer>>,
+    shutdown_grace: Duration,
+    poll_wait: Duration,
+    seed: Option<u64>,
+}
+
+impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
+    /// How many handlers run at once (16 by default).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+    /// Limits how many deliveries per second are pulled (none by default).
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+    /// The backoff between attempts (1 s doubling to 5 min, full jitter, by default).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    /// Skips duplicates with an idempotency store (off by default).
+    pub fn idempotency(mut self, idempotency: Idempotency) -> Self {
+        self.idempotency = Some(idempotency);
+        self
+    }
+    /// Receives every delivery outcome.
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+    /// How long in-flight handlers get to finish at shutdown (30 s by default).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+    /// Long-poll wait of one `receive` (1 s by default).
+    pub fn poll_wait(mut self, wait: Duration) -> Self {
+        self.poll_wait = wait;
+        self
+    }
+    /// Seeds the jitter generator, for reproducible runs.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+    /// Builds the worker.
+    pub fn build(self) -> Worker<S, H> {
+        let max_attempts = self.subscriber.config().max_attempts;
+        let rng = match self.seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_entropy(),
+        };
+        Worker {
+            pipeline: Arc::new(Pipeline {
+                handler: self.handler,
+                backoff: self.backoff,
+                idempotency: self.idempotency,
+                stats: Arc::new(WorkerStats::default()),
+                observer: self.observer,
+                rng: Mutex::new(rng),
+                max_attempts,
+            }),
+            subscriber: self.subscriber,
+            concurrency: self.concurrency,
+            rate_limit: self.rate_limit.map(TokenBucket::new),
+            shutdown_grace: self.shutdown_grace,
+            poll_wait: self.poll_wait,
+        }
+    }
+}
+
+/// Runs a handler over one subscription until shut down.
+pub struct Worker<S, H> {
+    subscriber: S,
+    pipeline: Arc<Pipeline<H>>,
+    concurrency: usize,
+    rate_limit: Option<TokenBucket>,
+    shutdown_grace: Duration,
+    poll_wait: Duration,
+}
+
+impl<S: Subscriber, H: Handler> Worker<S, H> {
+    /// A builder for a worker of `subscriber` running `handler`.
+    pub fn builder(subscriber: S, handler: H) -> WorkerBuilder<S, H> {
+        WorkerBuilder {
+            subscriber,
+            handler,
+            concurrency: DEFAULT_CONCURRENCY,
+            rate_limit: None,
+            backoff: Backoff::default(),
+            idempotency: None,
+            observer: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            poll_wait: DEFAULT_POLL_WAIT,
+            seed: None,
+        }
+    }
+
+    /// The worker's live counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.pipeline.stats.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains (see the module docs) and returns the
+    /// final counters.
+    pub async fn run(self, shutdown: CancellationToken) -> StatsSnapshot {
+        let semaphore = Arc::new(Semaphore::new(self.concurrency));
+        let hard_stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut failures: u32 = 0;
+        let subscription = self.subscriber.subscription().clone();
+        tracing::debug!(%subscription, concurrency = self.concurrency, "worker started");
+
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            // Backpressure: a permit before pulling.
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = semaphore.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            let mut permits = vec![first];
+            while let Ok(permit) = semaphore.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            if let Some(bucket) = &self.rate_limit {
+                let granted = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    granted = bucket.acquire(permits.len() as u32) => granted,
+                };
+                permits.truncate(granted as usize);
+            }
+            let want = permits.len();
+
+            // Never drop a receive half-way: if shutdown comes while it waits, finish it and
+            // release whatever it returns.
+            let receive = self.subscriber.receive(want, self.poll_wait);
+            tokio::pin!(receive);
+            let (received, stopping) = tokio::select! {
+                r = &mut receive => (r, false),
+                _ = shutdown.cancelled() => (receive.await, true),
+            };
+            let deliveries = match received {
+                Ok(deliveries) => deliveries,
+                Err(sluice_core::Error::Closed(_)) => break,
+                Err(err) => {
+                    failures += 1;
+                    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                    tracing::warn!(%subscription, %err, ?pause, "receive failed; trying again");
+                    if let Some(bucket) = &self.rate_limit {
+                        bucket.give_back(want as u32);
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            };
+            failures = 0;
+            if let Some(bucket) = &self.rate_limit {
+                bucket.give_back(want.saturating_sub(deliveries.len()) as u32);
+            }
+            for delivery in deliveries {
+                if stopping {
+                    settle::release_unhandled(&self.pipeline, delivery).await;
+                    continue;
+                }
+                let permit = permits
+                    .pop()
+                    .expect("a backend returned more deliveries than asked");
+                let pipeline = self.pipeline.clone();
+                let hard_stop = hard_stop.clone();
+                tasks.spawn(async move {
+                    process::process(&pipeline, delivery, hard_stop).await;
+                    drop(permit);
+                });
+            }
+        }
+
+        // Drain: in-flight handlers get the grace period, then are cancelled and released.
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(%subscription, in_flight, grace = ?self.shutdown_grace, "worker draining");
+        }
+        let drained = tokio::time::timeout(self.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            hard_stop.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
+        if let Err(err) = self.subscriber.close().await {
+            tracing::warn!(%subscription, %err, "closing the subscriber failed");
+        }
+        tracing::debug!(%subscription, "worker stopped");
+        self.pipeline.stats.snapshot()
+    }
+
+    /// Spawns [`run`](Self::run) on the tokio runtime.
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<StatsSnapshot>
+    where
+        S::Delivery: Delivery,
+    {
+        tokio::spawn(self.run(shutdown))
+    }
+}

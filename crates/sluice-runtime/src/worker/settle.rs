@@ -1,0 +1,88 @@
+//! Applying verbs: a verb that fails with a retryable error is tried again (the delivery is
+//! handed back by the contract); one that still fails is recorded, and the lease running out
+//! brings the message back.
+
+use std::time::Duration;
+
+use sluice_core::{DeadLetterReason, Delivery, Error};
+
+use super::Pipeline;
+use crate::observe::{Event, EventKind};
+
+/// A verb to apply.
+#[derive(Debug, Clone)]
+pub(crate) enum Verb {
+    Ack,
+    Retry(Duration),
+    Release,
+    DeadLetter(DeadLetterReason),
+}
+
+impl Verb {
+    fn name(&self) -> &'static str {
+        match self {
+            Verb::Ack => "ack",
+            Verb::Retry(_) => "retry",
+            Verb::Release => "release",
+            Verb::DeadLetter(_) => "dead_letter",
+        }
+    }
+}
+
+const VERB_TRIES: u32 = 3;
+
+/// Applies `verb`, trying again on retryable errors.
+pub(crate) async fn apply<D: Delivery>(mut delivery: D, verb: &Verb) -> Result<(), Error> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = match verb {
+            Verb::Ack => delivery.ack().await,
+            Verb::Retry(after) => delivery.retry(*after).await,
+            Verb::Release => delivery.release().await,
+            Verb::DeadLetter(reason) => delivery.dead_letter(reason.clone()).await,
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(failed) if failed.error.is_retryable() && tries < VERB_TRIES => {
+                delivery = failed.delivery;
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(tries))).await;
+            }
+            Err(failed) => return Err(failed.error),
+        }
+    }
+}
+
+/// Applies `verb` and reports `kind` (or the verb's failure) to the stats and observer.
+pub(crate) async fn settle<D: Delivery, H>(
+    pipeline: &Pipeline<H>,
+    delivery: D,
+    verb: Verb,
+    kind: EventKind,
+) {
+    let mut event = Event {
+        subscription: delivery.subscription().to_string(),
+        id: delivery.message().id().to_string(),
+        message_type: delivery.message().message_type().map(str::to_owned),
+        attempt: delivery.attempt(),
+        kind,
+    };
+    if let Err(err) = apply(delivery, &verb).await {
+        tracing::warn!(subscription = %event.subscription, id = %event.id, verb = verb.name(), %err, "verb failed; the message will be delivered again when its lease runs out");
+        event.kind = EventKind::VerbFailed {
+            verb: verb.name(),
+            error: err.to_string(),
+        };
+    }
+    pipeline.stats.record(&event.kind);
+    if let Some(observer) = &pipeline.observer {
+        observer.on_event(&event);
+    }
+}
+
+/// Releases a delivery that was received during shutdown and never handled.
+pub(crate) async fn release_unhandled<D: Delivery, H>(pipeline: &Pipeline<H>, delivery: D) {
+    pipeline.stats.delivered();
+    settle(pipeline, delivery, Verb::Release, EventKind::Released).await;
+    pipeline.stats.finished();
+}

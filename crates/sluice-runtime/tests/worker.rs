@@ -1,0 +1,547 @@
+//! Worker behaviour over the in-memory reference backend, under tokio's paused clock.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_core::{
+    Backend, Delivery, Envelope, Message, Publisher, Subscriber, SubscriptionConfig,
+    SubscriptionName, TopicConfig, TopicName,
+};
+use sluice_memory::MemoryBackend;
+use sluice_runtime::{
+    json_handler, raw_handler, Backoff, CancellationToken, Context, Event, EventKind, Handler,
+    HandlerError, Idempotency, InMemoryStore, Jitter, RateLimit, StatsSnapshot, Worker,
+};
+
+struct Setup {
+    backend: MemoryBackend,
+    topic: TopicName,
+    subscription: SubscriptionName,
+}
+
+async fn setup(config: impl FnOnce(SubscriptionConfig) -> SubscriptionConfig) -> Setup {
+    let backend = MemoryBackend::new();
+    let topic = TopicName::new("orders").unwrap();
+    let subscription = SubscriptionName::new("billing").unwrap();
+    backend
+        .ensure_topic(&topic, &TopicConfig::default())
+        .await
+        .unwrap();
+    let cfg = config(SubscriptionConfig::new(topic.clone()).lease(Duration::from_secs(10)));
+    backend
+        .ensure_subscription(&subscription, &cfg)
+        .await
+        .unwrap();
+    Setup {
+        backend,
+        topic,
+        subscription,
+    }
+}
+
+impl Setup {
+    async fn publish(&self, message: Message) {
+        let publisher = self.backend.publisher().await.unwrap();
+        publisher.publish(&self.topic, message).await.unwrap();
+    }
+}
+
+/// Collects every event a worker reports.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<Event>>>);
+
+impl Events {
+    fn observer(&self) -> impl Fn(&Event) + Send + Sync + 'static {
+        let events = self.0.clone();
+        move |e: &Event| events.lock().unwrap().push(e.clone())
+    }
+    fn kinds(&self) -> Vec<EventKind> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.kind.clone())
+            .collect()
+    }
+    fn count(&self, pred: impl Fn(&EventKind) -> bool) -> usize {
+        self.kinds().iter().filter(|k| pred(k)).count()
+    }
+}
+
+/// A worker running on its own task.
+struct Running {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<StatsSnapshot>,
+}
+
+impl Running {
+    fn start<S: Subscriber, H: Handler>(worker: Worker<S, H>) -> Self {
+        let stop = CancellationToken::new();
+        let handle = worker.spawn(stop.clone());
+        Self { stop, handle }
+    }
+
+    async fn stop(self) -> StatsSnapshot {
+        self.stop.cancel();
+        self.handle.await.expect("worker task panicked")
+    }
+}
+
+/// Waits (on the paused clock) until `cond` holds, failing after `deadline`.
+async fn wait_until(what: &str, deadline: Duration, cond: impl Fn() -> bool) {
+    let until = tokio::time::Instant::now() + deadline;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)).jitter(Jitter::None)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_undecodable_payload_is_dead_lettered_without_running_the_handler() {
+    let s = setup(|c| c).await;
+    s.publish(Message::json_builder("{not json").id("m1").build().unwrap())
+        .await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let events = Events::default();
+    #[derive(serde::Deserialize)]
+    struct Order {
+        #[allow(dead_code)]
+        id: u64,
+    }
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        json_handler(move |_o: Order, _c: Context| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        }),
+    )
+    .observer(events.observer())
+    .build();
+    let running = Running::start(worker);
+    wait_until("dead-lettered", Duration::from_secs(5), || {
+        events.count(|k| matches!(k, EventKind::DeadLettered { .. })) == 1
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the handler must not run on an undecodable payload"
+    );
+    let dlq = s.backend.dlq_list(&s.subscription, 10).await.unwrap();
+    let envelope = dlq[0].envelope.clone().expect("envelope");
+    assert_eq!(envelope.reason, "undecodable payload");
+    assert!(
+        envelope
+            .last_error
+            .unwrap()
+            .contains("payload is not a valid"),
+        "reason names the decode error"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_over_max_attempts_is_dead_lettered_without_running_the_handler() {
+    let s = setup(|c| c.max_attempts(2).lease(Duration::from_secs(1))).await;
+    s.publish(
+        Message::builder("crashes the process")
+            .id("poison")
+            .build()
+            .unwrap(),
+    )
+    .await;
+    // Two consumers "crash" with the message: they receive it and never settle it.
+    let raw = s.backend.subscribe(&s.subscription).await.unwrap();
+    for attempt in 1..=2 {
+        let got = raw.receive(1, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got[0].attempt(), attempt);
+        drop(got); // lease runs out
+    }
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let events = Events::default();
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(move |_p, _c| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        }),
+    )
+    .observer(events.observer())
+    .build();
+    let running = Running::start(worker);
+    wait_until("dead-lettered", Duration::from_secs(10), || {
+        events.count(|k| matches!(k, EventKind::DeadLettered { .. })) == 1
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the handler must not run past max_attempts"
+    );
+    let dlq = s.backend.dlq_list(&s.subscription, 10).await.unwrap();
+    let envelope = dlq[0].envelope.clone().unwrap();
+    assert!(
+        envelope.reason.contains("max attempts exceeded"),
+        "{}",
+        envelope.reason
+    );
+    assert_eq!(envelope.attempts, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_counts_as_a_transient_failure_and_is_retried() {
+    let s = setup(|c| c).await;
+    s.publish(Message::builder("x").id("m1").build().unwrap())
+        .await;
+    let events = Events::default();
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(|_p, ctx: Context| async move {
+            if ctx.attempt() == 1 {
+                panic!("boom");
+            }
+            Ok(())
+        }),
+    )
+    .backoff(fast_backoff())
+    .observer(events.observer())
+    .build();
+    let stats = worker.stats();
+    let running = Running::start(worker);
+    wait_until("acked", Duration::from_secs(5), || {
+        events.count(|k| *k == EventKind::Acked) == 1
+    })
+    .await;
+    running.stop().await;
+    let kinds = events.kinds();
+    assert!(
+        matches!(&kinds[0], EventKind::Retried { error, .. } if error.contains("handler panicked: boom")),
+        "{kinds:?}"
+    );
+    assert_eq!(stats.snapshot().panics, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_back_off_then_dead_letter_with_the_last_error() {
+    let s = setup(|c| c.max_attempts(3)).await;
+    s.publish(Message::builder("x").id("m1").build().unwrap())
+        .await;
+    let events = Events::default();
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(|_p, ctx: Context| async move {
+            Err(HandlerError::transient(format!(
+                "downstream 503 on attempt {}",
+                ctx.attempt()
+            )))
+        }),
+    )
+    .backoff(fast_backoff())
+    .observer(events.observer())
+    .build();
+    let running = Running::start(worker);
+    wait_until("dead-lettered", Duration::from_secs(10), || {
+        events.count(|k| matches!(k, EventKind::DeadLettered { .. })) == 1
+    })
+    .await;
+    running.stop().await;
+    let retries: Vec<Duration> = events
+        .kinds()
+        .into_iter()
+        .filter_map(|k| match k {
+            EventKind::Retried { after, .. } => Some(after),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        retries,
+        vec![Duration::from_millis(100), Duration::from_millis(200)],
+        "backoff doubles per attempt"
+    );
+    let envelope = s.backend.dlq_list(&s.subscription, 1).await.unwrap()[0]
+        .envelope
+        .clone()
+        .unwrap();
+    assert_eq!(
+        envelope.last_error.as_deref(),
+        Some("downstream 503 on attempt 3")
+    );
+    assert!(envelope.reason.contains("3 of 3"), "{}", envelope.reason);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_error_dead_letters_at_once() {
+    let s = setup(|c| c).await;
+    s.publish(Message::builder("x").id("m1").build().unwrap())
+        .await;
+    let events = Events::default();
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(|_p, _c| async { Err(HandlerError::permanent("card number invalid")) }),
+    )
+    .observer(events.observer())
+    .build();
+    let running = Running::start(worker);
+    wait_until("dead-lettered", Duration::from_secs(5), || {
+        !events.kinds().is_empty()
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        events.kinds(),
+        vec![EventKind::DeadLettered {
+            reason: "permanent error".into()
+        }]
+    );
+    let dlq = s.backend.dlq_list(&s.subscription, 1).await.unwrap();
+    assert_eq!(Envelope::read(&dlq[0].message).unwrap().attempts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_concurrent_deliveries_of_one_id_run_the_handler_once() {
+    let s = setup(|c| c).await;
+    // No dedup window on the topic: both copies are delivered, as after a producer retry.
+    s.publish(Message::builder("charge").id("order-42").build().unwrap())
+        .await;
+    s.publish(Message::builder("charge").id("order-42").build().unwrap())
+        .await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let events = Events::default();
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(move |_p, _c| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok(())
+            }
+        }),
+    )
+    .concurrency(2)
+    .idempotency(Idempotency::new(InMemoryStore::new()))
+    .observer(events.observer())
+    .build();
+    let running = Running::start(worker);
+    wait_until("duplicate skipped", Duration::from_secs(30), || {
+        events.count(|k| *k == EventKind::DuplicateSkipped) == 1
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the handler must run once for one id"
+    );
+    let kinds = events.kinds();
+    let in_progress = kinds
+        .iter()
+        .position(|k| matches!(k, EventKind::DuplicateInProgress { .. }));
+    let acked = kinds.iter().position(|k| *k == EventKind::Acked);
+    assert!(
+        in_progress.is_some() && acked.is_some() && in_progress < acked,
+        "the second copy waits while the first runs: {kinds:?}"
+    );
+    assert_eq!(events.count(|k| *k == EventKind::Acked), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_in_progress_is_retried_after_the_claim_not_acked() {
+    let s = setup(|c| c).await;
+    s.publish(Message::builder("charge").id("order-7").build().unwrap())
+        .await;
+    // Someone else holds the claim for 5 s.
+    let store = Arc::new(InMemoryStore::new());
+    let key = sluice_core::IdempotencyKey {
+        subscription: s.subscription.clone(),
+        id: sluice_core::MessageId::new("order-7").unwrap(),
+    };
+    use sluice_core::IdempotencyStore;
+    store.claim(&key, Duration::from_secs(5)).await.unwrap();
+    let events = Events::default();
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(|_p, _c| async { Ok(()) }),
+    )
+    .idempotency(Idempotency::from_arc(store.clone()))
+    .observer(events.observer())
+    .build();
+    let running = Running::start(worker);
+    wait_until("in progress", Duration::from_secs(4), || {
+        !events.kinds().is_empty()
+    })
+    .await;
+    let first = events.kinds()[0].clone();
+    let EventKind::DuplicateInProgress { after } = first else {
+        panic!("expected in-progress, got {first:?}")
+    };
+    assert!(
+        after <= Duration::from_secs(5) && after > Duration::from_secs(4),
+        "retried after the claim's remaining time: {after:?}"
+    );
+    let stats = s.backend.stats(&s.subscription).await.unwrap();
+    assert_eq!(
+        stats.delayed,
+        Some(1),
+        "the duplicate waits for retry, it is not acked"
+    );
+    // The other holder never completes: its claim expires and this copy runs.
+    wait_until("acked", Duration::from_secs(20), || {
+        events.count(|k| *k == EventKind::Acked) == 1
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_in_flight_work_after_the_grace_period() {
+    let s = setup(|c| c).await;
+    s.publish(Message::builder("slow").id("m1").build().unwrap())
+        .await;
+    let started = Arc::new(AtomicU32::new(0));
+    let st = started.clone();
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(move |_p, _c| {
+            st.fetch_add(1, Ordering::SeqCst);
+            std::future::pending()
+        }),
+    )
+    .shutdown_grace(Duration::from_secs(2))
+    .build();
+    let running = Running::start(worker);
+    wait_until("handler started", Duration::from_secs(5), || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let stopped_at = tokio::time::Instant::now();
+    let report = running.stop().await;
+    let waited = stopped_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "in-flight work gets the grace period, waited {waited:?}"
+    );
+    assert_eq!(report.released, 1);
+    assert_eq!(report.in_flight, 0);
+    // Released without penalty: delivered again at once with the same attempt.
+    let again = s
+        .backend
+        .subscribe(&s.subscription)
+        .await
+        .unwrap()
+        .receive(1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "the released message is ready again");
+    assert_eq!(again[0].attempt(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_in_flight_handlers_finish_within_the_grace_period() {
+    let s = setup(|c| c).await;
+    s.publish(Message::builder("x").id("m1").build().unwrap())
+        .await;
+    let started = Arc::new(AtomicU32::new(0));
+    let st = started.clone();
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(move |_p, _c| {
+            st.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(())
+            }
+        }),
+    )
+    .shutdown_grace(Duration::from_secs(5))
+    .build();
+    let running = Running::start(worker);
+    wait_until("handler started", Duration::from_secs(5), || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let report = running.stop().await;
+    assert_eq!((report.acked, report.released), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_limits_handlers_running_at_once() {
+    let s = setup(|c| c).await;
+    for i in 0..20 {
+        s.publish(Message::builder("x").id(format!("m{i}")).build().unwrap())
+            .await;
+    }
+    let running = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(move |_b, _c| {
+            let (r, p) = (r.clone(), p.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }),
+    )
+    .concurrency(3)
+    .build();
+    let stats = worker.stats();
+    let running = Running::start(worker);
+    wait_until("all acked", Duration::from_secs(10), || {
+        stats.snapshot().acked == 20
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "at most 3 handlers at once, and the limit is used"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_drains_the_backlog_at_the_set_rate() {
+    let s = setup(|c| c).await;
+    for i in 0..30 {
+        s.publish(Message::builder("x").id(format!("m{i}")).build().unwrap())
+            .await;
+    }
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(|_b, _c| async { Ok(()) }),
+    )
+    .rate_limit(RateLimit::per_second(10.0))
+    .build();
+    let stats = worker.stats();
+    let start = tokio::time::Instant::now();
+    let running = Running::start(worker);
+    wait_until("all acked", Duration::from_secs(10), || {
+        stats.snapshot().acked == 30
+    })
+    .await;
+    let took = start.elapsed();
+    running.stop().await;
+    // A burst of 10, then 20 more at 10/s.
+    assert!(
+        took >= Duration::from_millis(1900) && took <= Duration::from_millis(2500),
+        "30 messages at 10/s (burst 10) took {took:?}"
+    );
+    let remaining = s.backend.stats(&s.subscription).await.unwrap();
+    assert_eq!(remaining.ready, Some(0));
+}

@@ -1,0 +1,56 @@
+//! Choosing a backend from a URL at run time.
+
+use sluice_core::{BackendKind, BackendUrl, DynBackend, Error, UrlError};
+
+/// Connects to the backend a URL names (see [`BackendUrl`] for the schemes) and returns it
+/// type-erased. Backends not compiled into this build fail with
+/// [`UrlError::NotAvailable`], naming the cargo feature that would enable them.
+///
+/// `memory:` creates a new, empty in-process backend on every call: share the returned
+/// handle (it is cheap to clone) between the producers and consumers that should meet.
+pub async fn connect(url: &str) -> Result<DynBackend, Error> {
+    let url = BackendUrl::parse(url)?;
+    #[cfg(feature = "memory")]
+    let naming = sluice_core::Naming::new(url.namespace.clone());
+    match url.kind {
+        #[cfg(feature = "memory")]
+        BackendKind::Memory => Ok(DynBackend::new(sluice_memory::MemoryBackend::with_naming(
+            naming,
+        ))),
+        #[cfg(not(feature = "memory"))]
+        BackendKind::Memory => Err(not_available("memory", "memory")),
+        BackendKind::Embedded { .. } => Err(not_available("embedded", "embedded")),
+        BackendKind::Remote { .. } => Err(not_available("sluice", "remote")),
+        BackendKind::Amqp { .. } => Err(not_available("amqp", "rabbitmq")),
+        BackendKind::Sqs { .. } => Err(not_available("sqs", "sqs")),
+        BackendKind::Kafka { .. } => Err(not_available("kafka", "kafka")),
+        _ => Err(not_available("unknown", "unknown")),
+    }
+}
+
+fn not_available(scheme: &'static str, feature: &'static str) -> Error {
+    UrlError::NotAvailable { scheme, feature }.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::Backend;
+
+    #[tokio::test]
+    async fn memory_urls_connect_and_other_schemes_say_they_are_not_in_this_build() {
+        let backend = connect("memory:?namespace=dev").await.unwrap();
+        assert_eq!(backend.capabilities().backend, "memory");
+        assert_eq!(backend.naming().namespace().unwrap().as_str(), "dev");
+        let err = connect("amqp://guest:guest@127.0.0.1:5672/%2f")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not available in this build"),
+            "{err}"
+        );
+        let err = connect("embedded:./data").await.unwrap_err();
+        assert!(err.to_string().contains("`embedded`"), "{err}");
+        assert!(connect("ftp://x").await.is_err());
+    }
+}
