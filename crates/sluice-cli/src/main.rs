@@ -1,4 +1,10 @@
 //! The `sluice` command. Thin: parse arguments, set up tracing, call one `run`.
+//!
+//! # Layout
+//!
+//! | module | command |
+//! |---|---|
+//! | `demo/` | `sluice demo`: `mod.rs` runs the scenario, `services.rs` the four consumers, `chaos.rs` loses acks, `ledger.rs` reconciles and prints |
 
 mod demo;
 
