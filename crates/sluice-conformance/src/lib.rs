@@ -17,9 +17,10 @@
 //!
 //! # Using it
 //!
-//! A backend's `tests/conformance.rs` is a few lines:
+//! A backend's `tests/conformance.rs` is a few lines (this one is compiled and run as
+//! `crates/backends/sluice-memory/tests/conformance.rs`):
 //!
-//! ```ignore
+//! ```text
 //! use sluice_conformance::{Harness, Timing};
 //! use sluice_memory::MemoryBackend;
 //!

@@ -84,7 +84,7 @@ macro_rules! __conformance_tests {
 /// The argument is an expression evaluated inside each test's runtime (it may `.await`) that
 /// yields a [`Harness`](crate::Harness):
 ///
-/// ```ignore
+/// ```text
 /// struct MemoryHarness(MemoryBackend);
 /// impl sluice_conformance::Harness for MemoryHarness { /* … */ }
 ///
