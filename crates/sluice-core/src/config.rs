@@ -76,8 +76,9 @@ pub struct SubscriptionConfig {
     /// Whether the subscription has a dead-letter queue (on by default). Without one,
     /// `dead_letter` discards the message after logging it.
     pub dead_letter_queue: bool,
-    /// How many deliveries a consumer may hold unacknowledged (64 by default). The runtime
-    /// raises it to its concurrency when that is larger.
+    /// How many deliveries one subscriber may hold unsettled (64 by default): set it at least
+    /// to the worker's concurrency. A consumer-side setting: ensuring the subscription with
+    /// another prefetch updates it and is not a conflict.
     pub prefetch: u32,
 }
 
@@ -132,8 +133,9 @@ impl SubscriptionConfig {
     }
 
     /// The first difference between an existing configuration (`self`) and a requested one,
-    /// as `field: existing X, requested Y`. The start position is not compared: it only
-    /// matters at creation.
+    /// as `field: existing X, requested Y`. The start position is not compared (it only
+    /// matters at creation), nor is the prefetch (a consumer-side setting that `ensure`
+    /// updates).
     pub fn difference(&self, requested: &SubscriptionConfig) -> Option<String> {
         fn diff<T: PartialEq + std::fmt::Debug>(field: &str, a: &T, b: &T) -> Option<String> {
             (a != b).then(|| format!("{field}: existing {a:?}, requested {b:?}"))
@@ -155,7 +157,6 @@ impl SubscriptionConfig {
                     &requested.dead_letter_queue,
                 )
             })
-            .or_else(|| diff("prefetch", &self.prefetch, &requested.prefetch))
     }
 }
 

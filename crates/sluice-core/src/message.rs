@@ -238,6 +238,21 @@ impl Message {
     }
 }
 
+/// The longest delay a message may ask for: 100 years.
+pub const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now + delay`, refusing delays past [`MAX_DELAY`] (which would overflow the clock).
+pub fn deliver_after(delay: Duration) -> Result<SystemTime, MessageError> {
+    let too_long = MessageError::DelayTooLong {
+        requested: delay,
+        max: MAX_DELAY,
+    };
+    if delay > MAX_DELAY {
+        return Err(too_long);
+    }
+    SystemTime::now().checked_add(delay).ok_or(too_long)
+}
+
 fn headers_size(headers: &Headers) -> usize {
     headers.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
@@ -327,7 +342,8 @@ impl MessageBuilder {
         self.parts.content_type = Some(content_type.into());
         self
     }
-    /// Delays delivery by `delay` from the moment of publishing.
+    /// Delays delivery by `delay`, counted from [`build`](Self::build) (build the message
+    /// right before publishing it; `Publisher::publish_delayed` counts from the call).
     pub fn deliver_after(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
         self.parts.deliver_at = None;
@@ -368,7 +384,7 @@ impl MessageBuilder {
             validate_key("ordering_key", key)?;
         }
         if let Some(delay) = delay {
-            parts.deliver_at = Some(SystemTime::now() + delay);
+            parts.deliver_at = Some(deliver_after(delay)?);
         }
         Ok(Message::from_parts(parts))
     }
@@ -417,6 +433,15 @@ mod tests {
         assert!(Message::builder("x").ordering_key("").build().is_err());
         let ok = Message::builder("x").id("order-42-placed").build().unwrap();
         assert_eq!(ok.id().as_str(), "order-42-placed");
+    }
+
+    #[test]
+    fn an_absurd_delay_is_an_error_not_a_panic() {
+        let err = Message::builder("x").deliver_after(Duration::MAX).build();
+        assert!(
+            matches!(err, Err(MessageError::DelayTooLong { .. })),
+            "{err:?}"
+        );
     }
 
     #[test]

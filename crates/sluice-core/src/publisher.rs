@@ -78,8 +78,10 @@ pub trait Publisher: Send + Sync + 'static {
         mut message: Message,
         delay: Duration,
     ) -> impl Future<Output = Result<PublishReceipt>> + Send {
-        message.set_deliver_at(Some(SystemTime::now() + delay));
-        self.publish(topic, message)
+        async move {
+            message.set_deliver_at(Some(crate::message::deliver_after(delay)?));
+            self.publish(topic, message).await
+        }
     }
 
     /// Publishes a message that becomes deliverable at `at`.

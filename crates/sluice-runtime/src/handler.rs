@@ -143,10 +143,53 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
 /// What a handler returns.
 pub type HandlerResult = Result<(), HandlerError>;
 
-/// A payload that could not be decoded into the handler's input.
+/// A message that could not be decoded into the handler's input: it is dead-lettered with
+/// [`reason`](Self::reason) and the detail as its last error (or, for an unknown type under
+/// [`UnknownType::Ack`](crate::UnknownType), acked and skipped).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DecodeError(pub String);
+#[error("{reason}: {detail}")]
+pub struct DecodeError {
+    reason: &'static str,
+    detail: String,
+    ack: bool,
+}
+
+impl DecodeError {
+    /// The payload does not decode (reason `undecodable payload`).
+    pub fn undecodable(detail: impl Into<String>) -> Self {
+        Self {
+            reason: "undecodable payload",
+            detail: detail.into(),
+            ack: false,
+        }
+    }
+    /// No handler for the message's type (reason `unknown message type`).
+    pub fn unknown_type(detail: impl Into<String>) -> Self {
+        Self {
+            reason: "unknown message type",
+            detail: detail.into(),
+            ack: false,
+        }
+    }
+    /// The same error, but the message is acked and skipped instead of dead-lettered.
+    #[must_use]
+    pub fn ack_and_skip(mut self) -> Self {
+        self.ack = true;
+        self
+    }
+    /// Whether the message is acked and skipped rather than dead-lettered.
+    pub fn is_ack_and_skip(&self) -> bool {
+        self.ack
+    }
+    /// The short reason, used as the dead-letter reason.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+    /// What exactly failed, kept as the envelope's last error.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
 
 /// Handles the messages of a subscription.
 pub trait Handler: Send + Sync + 'static {
@@ -218,11 +261,13 @@ where
 pub fn decode_json<T: DeserializeOwned>(message: &Message) -> Result<T, DecodeError> {
     if let Some(ct) = message.content_type() {
         if !ct.contains("json") {
-            return Err(DecodeError(format!("content type `{ct}` is not JSON")));
+            return Err(DecodeError::undecodable(format!(
+                "content type `{ct}` is not JSON"
+            )));
         }
     }
     serde_json::from_slice(message.payload()).map_err(|e| {
-        DecodeError(format!(
+        DecodeError::undecodable(format!(
             "payload is not a valid {}: {e}",
             std::any::type_name::<T>()
         ))

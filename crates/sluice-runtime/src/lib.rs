@@ -40,25 +40,38 @@
 //! | [`shutdown`] | [`shutdown_on_signals`] for binaries |
 
 pub mod backoff;
+pub mod events;
 pub mod handler;
 pub mod idempotency;
+pub mod jobs;
+pub mod lease;
+pub mod metrics;
 pub mod observe;
+pub mod producer;
 pub mod rate_limit;
 mod recover;
 mod retry;
 pub mod shutdown;
+pub mod trace;
 mod worker;
 
 pub use backoff::{Backoff, Jitter};
+pub use events::{event_message, Event, Routed, Router, UnknownType};
 pub use handler::{
     decode_json, json_handler, json_message, raw_handler, Context, DecodeError, ErrorKind, Handler,
     HandlerError, HandlerResult, JsonHandler, RawHandler,
 };
 pub use idempotency::{Idempotency, InMemoryStore, DEFAULT_IDEMPOTENCY_TTL};
-pub use observe::{Event, EventKind, Observer, StatsSnapshot, WorkerStats};
+pub use jobs::{Job, JobOptions, Jobs};
+pub use lease::{LeaseExtension, DEFAULT_MAX_EXTENSION};
+#[cfg(feature = "prometheus")]
+pub use metrics::install_prometheus;
+pub use observe::{Observer, Outcome, OutcomeKind, StatsSnapshot, WorkerStats};
+pub use producer::{ProduceError, Producer};
 pub use rate_limit::RateLimit;
+pub use recover::Panicked;
 pub use shutdown::shutdown_on_signals;
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{
-    Worker, WorkerBuilder, DEFAULT_CONCURRENCY, DEFAULT_POLL_WAIT, DEFAULT_SHUTDOWN_GRACE,
+    TimedOut, Worker, WorkerBuilder, DEFAULT_CONCURRENCY, DEFAULT_POLL_WAIT, DEFAULT_SHUTDOWN_GRACE,
 };

@@ -7,7 +7,7 @@ use std::time::Duration;
 /// What happened to one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum EventKind {
+pub enum OutcomeKind {
     /// The handler succeeded and the delivery was acked.
     Acked,
     /// The handler failed (or panicked) and the delivery was retried after `after`.
@@ -26,6 +26,12 @@ pub enum EventKind {
     Released,
     /// A duplicate already handled: acked without running the handler.
     DuplicateSkipped,
+    /// Acked without running a handler (a message type no handler is registered for, under
+    /// the `ack` policy).
+    Skipped {
+        /// Why.
+        reason: String,
+    },
     /// A duplicate whose first copy is still being handled: retried after the claim's
     /// remaining time.
     DuplicateInProgress {
@@ -44,7 +50,9 @@ pub enum EventKind {
 /// One delivery's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Event {
+pub struct Outcome {
+    /// Topic.
+    pub topic: String,
     /// Subscription.
     pub subscription: String,
     /// Message id.
@@ -54,17 +62,17 @@ pub struct Event {
     /// Attempt of this delivery.
     pub attempt: u32,
     /// What happened.
-    pub kind: EventKind,
+    pub kind: OutcomeKind,
 }
 
 /// Receives every delivery outcome of a worker. Called on the worker's tasks: keep it quick.
 pub trait Observer: Send + Sync + 'static {
     /// One outcome.
-    fn on_event(&self, event: &Event);
+    fn on_outcome(&self, event: &Outcome);
 }
 
-impl<F: Fn(&Event) + Send + Sync + 'static> Observer for F {
-    fn on_event(&self, event: &Event) {
+impl<F: Fn(&Outcome) + Send + Sync + 'static> Observer for F {
+    fn on_outcome(&self, event: &Outcome) {
         self(event)
     }
 }
@@ -79,6 +87,9 @@ pub struct WorkerStats {
     released: AtomicU64,
     duplicates_skipped: AtomicU64,
     duplicates_in_progress: AtomicU64,
+    skipped: AtomicU64,
+    timeouts: AtomicU64,
+    lease_extensions: AtomicU64,
     panics: AtomicU64,
     verb_failures: AtomicU64,
     in_flight: AtomicU64,
@@ -102,6 +113,12 @@ pub struct StatsSnapshot {
     pub duplicates_skipped: u64,
     /// Duplicates retried because the first copy was in progress.
     pub duplicates_in_progress: u64,
+    /// Acked without a handler (unknown type under the `ack` policy).
+    pub skipped: u64,
+    /// Handlers that ran past their timeout (counted as transient failures).
+    pub timeouts: u64,
+    /// Lease extensions made while handlers ran.
+    pub lease_extensions: u64,
     /// Handler panics (counted as transient failures).
     pub panics: u64,
     /// Verbs that failed.
@@ -122,6 +139,9 @@ impl WorkerStats {
             released: l(&self.released),
             duplicates_skipped: l(&self.duplicates_skipped),
             duplicates_in_progress: l(&self.duplicates_in_progress),
+            skipped: l(&self.skipped),
+            timeouts: l(&self.timeouts),
+            lease_extensions: l(&self.lease_extensions),
             panics: l(&self.panics),
             verb_failures: l(&self.verb_failures),
             in_flight: l(&self.in_flight),
@@ -141,15 +161,24 @@ impl WorkerStats {
         self.panics.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn record(&self, kind: &EventKind) {
+    pub(crate) fn timed_out(&self) {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lease_extended(&self) {
+        self.lease_extensions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record(&self, kind: &OutcomeKind) {
         let counter = match kind {
-            EventKind::Acked => &self.acked,
-            EventKind::Retried { .. } => &self.retried,
-            EventKind::DeadLettered { .. } => &self.dead_lettered,
-            EventKind::Released => &self.released,
-            EventKind::DuplicateSkipped => &self.duplicates_skipped,
-            EventKind::DuplicateInProgress { .. } => &self.duplicates_in_progress,
-            EventKind::VerbFailed { .. } => &self.verb_failures,
+            OutcomeKind::Acked => &self.acked,
+            OutcomeKind::Retried { .. } => &self.retried,
+            OutcomeKind::DeadLettered { .. } => &self.dead_lettered,
+            OutcomeKind::Released => &self.released,
+            OutcomeKind::DuplicateSkipped => &self.duplicates_skipped,
+            OutcomeKind::DuplicateInProgress { .. } => &self.duplicates_in_progress,
+            OutcomeKind::Skipped { .. } => &self.skipped,
+            OutcomeKind::VerbFailed { .. } => &self.verb_failures,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -19,7 +19,15 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// `per_second` messages per second, bursts of up to one second's worth (at least 1).
+    ///
+    /// # Panics
+    /// If `per_second` is not a finite number above zero (a configuration error, caught at
+    /// start-up rather than as a worker that silently never pulls).
     pub fn per_second(per_second: f64) -> Self {
+        assert!(
+            per_second.is_finite() && per_second > 0.0,
+            "a rate limit must be a finite number of messages per second above zero, got {per_second}"
+        );
         Self {
             per_second,
             burst: (per_second.ceil() as u32).max(1),
@@ -31,6 +39,13 @@ impl RateLimit {
         self.burst = burst.max(1);
         self
     }
+}
+
+#[cfg(test)]
+#[test]
+#[should_panic(expected = "above zero")]
+fn a_zero_rate_is_refused_at_construction() {
+    let _ = RateLimit::per_second(0.0);
 }
 
 struct Bucket {

@@ -29,3 +29,8 @@ pub(crate) async fn catch_panic(
         }
     }
 }
+
+/// A handler panicked; the panic message is kept.
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked: {0}")]
+pub struct Panicked(pub String);

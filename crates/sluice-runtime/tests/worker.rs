@@ -1,104 +1,17 @@
 //! Worker behaviour over the in-memory reference backend, under tokio's paused clock.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::{
-    Backend, Delivery, Envelope, Message, Publisher, Subscriber, SubscriptionConfig,
-    SubscriptionName, TopicConfig, TopicName,
-};
-use sluice_memory::MemoryBackend;
+use common::{setup, wait_until, Events, Running};
+use sluice_core::{Backend, Delivery, Envelope, Message, Subscriber};
 use sluice_runtime::{
-    json_handler, raw_handler, Backoff, CancellationToken, Context, Event, EventKind, Handler,
-    HandlerError, Idempotency, InMemoryStore, Jitter, RateLimit, StatsSnapshot, Worker,
+    json_handler, raw_handler, Backoff, Context, HandlerError, Idempotency, InMemoryStore, Jitter,
+    OutcomeKind, RateLimit, Worker,
 };
-
-struct Setup {
-    backend: MemoryBackend,
-    topic: TopicName,
-    subscription: SubscriptionName,
-}
-
-async fn setup(config: impl FnOnce(SubscriptionConfig) -> SubscriptionConfig) -> Setup {
-    let backend = MemoryBackend::new();
-    let topic = TopicName::new("orders").unwrap();
-    let subscription = SubscriptionName::new("billing").unwrap();
-    backend
-        .ensure_topic(&topic, &TopicConfig::default())
-        .await
-        .unwrap();
-    let cfg = config(SubscriptionConfig::new(topic.clone()).lease(Duration::from_secs(10)));
-    backend
-        .ensure_subscription(&subscription, &cfg)
-        .await
-        .unwrap();
-    Setup {
-        backend,
-        topic,
-        subscription,
-    }
-}
-
-impl Setup {
-    async fn publish(&self, message: Message) {
-        let publisher = self.backend.publisher().await.unwrap();
-        publisher.publish(&self.topic, message).await.unwrap();
-    }
-}
-
-/// Collects every event a worker reports.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<Event>>>);
-
-impl Events {
-    fn observer(&self) -> impl Fn(&Event) + Send + Sync + 'static {
-        let events = self.0.clone();
-        move |e: &Event| events.lock().unwrap().push(e.clone())
-    }
-    fn kinds(&self) -> Vec<EventKind> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| e.kind.clone())
-            .collect()
-    }
-    fn count(&self, pred: impl Fn(&EventKind) -> bool) -> usize {
-        self.kinds().iter().filter(|k| pred(k)).count()
-    }
-}
-
-/// A worker running on its own task.
-struct Running {
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<StatsSnapshot>,
-}
-
-impl Running {
-    fn start<S: Subscriber, H: Handler>(worker: Worker<S, H>) -> Self {
-        let stop = CancellationToken::new();
-        let handle = worker.spawn(stop.clone());
-        Self { stop, handle }
-    }
-
-    async fn stop(self) -> StatsSnapshot {
-        self.stop.cancel();
-        self.handle.await.expect("worker task panicked")
-    }
-}
-
-/// Waits (on the paused clock) until `cond` holds, failing after `deadline`.
-async fn wait_until(what: &str, deadline: Duration, cond: impl Fn() -> bool) {
-    let until = tokio::time::Instant::now() + deadline;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 fn fast_backoff() -> Backoff {
     Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)).jitter(Jitter::None)
@@ -128,7 +41,7 @@ async fn an_undecodable_payload_is_dead_lettered_without_running_the_handler() {
     .build();
     let running = Running::start(worker);
     wait_until("dead-lettered", Duration::from_secs(5), || {
-        events.count(|k| matches!(k, EventKind::DeadLettered { .. })) == 1
+        events.count(|k| matches!(k, OutcomeKind::DeadLettered { .. })) == 1
     })
     .await;
     running.stop().await;
@@ -180,7 +93,7 @@ async fn a_delivery_over_max_attempts_is_dead_lettered_without_running_the_handl
     .build();
     let running = Running::start(worker);
     wait_until("dead-lettered", Duration::from_secs(10), || {
-        events.count(|k| matches!(k, EventKind::DeadLettered { .. })) == 1
+        events.count(|k| matches!(k, OutcomeKind::DeadLettered { .. })) == 1
     })
     .await;
     running.stop().await;
@@ -220,13 +133,13 @@ async fn a_panic_counts_as_a_transient_failure_and_is_retried() {
     let stats = worker.stats();
     let running = Running::start(worker);
     wait_until("acked", Duration::from_secs(5), || {
-        events.count(|k| *k == EventKind::Acked) == 1
+        events.count(|k| *k == OutcomeKind::Acked) == 1
     })
     .await;
     running.stop().await;
     let kinds = events.kinds();
     assert!(
-        matches!(&kinds[0], EventKind::Retried { error, .. } if error.contains("handler panicked: boom")),
+        matches!(&kinds[0], OutcomeKind::Retried { error, .. } if error.contains("handler panicked: boom")),
         "{kinds:?}"
     );
     assert_eq!(stats.snapshot().panics, 1);
@@ -252,7 +165,7 @@ async fn transient_errors_back_off_then_dead_letter_with_the_last_error() {
     .build();
     let running = Running::start(worker);
     wait_until("dead-lettered", Duration::from_secs(10), || {
-        events.count(|k| matches!(k, EventKind::DeadLettered { .. })) == 1
+        events.count(|k| matches!(k, OutcomeKind::DeadLettered { .. })) == 1
     })
     .await;
     running.stop().await;
@@ -260,7 +173,7 @@ async fn transient_errors_back_off_then_dead_letter_with_the_last_error() {
         .kinds()
         .into_iter()
         .filter_map(|k| match k {
-            EventKind::Retried { after, .. } => Some(after),
+            OutcomeKind::Retried { after, .. } => Some(after),
             _ => None,
         })
         .collect();
@@ -300,7 +213,7 @@ async fn a_permanent_error_dead_letters_at_once() {
     running.stop().await;
     assert_eq!(
         events.kinds(),
-        vec![EventKind::DeadLettered {
+        vec![OutcomeKind::DeadLettered {
             reason: "permanent error".into()
         }]
     );
@@ -336,7 +249,7 @@ async fn two_concurrent_deliveries_of_one_id_run_the_handler_once() {
     .build();
     let running = Running::start(worker);
     wait_until("duplicate skipped", Duration::from_secs(30), || {
-        events.count(|k| *k == EventKind::DuplicateSkipped) == 1
+        events.count(|k| *k == OutcomeKind::DuplicateSkipped) == 1
     })
     .await;
     running.stop().await;
@@ -348,13 +261,13 @@ async fn two_concurrent_deliveries_of_one_id_run_the_handler_once() {
     let kinds = events.kinds();
     let in_progress = kinds
         .iter()
-        .position(|k| matches!(k, EventKind::DuplicateInProgress { .. }));
-    let acked = kinds.iter().position(|k| *k == EventKind::Acked);
+        .position(|k| matches!(k, OutcomeKind::DuplicateInProgress { .. }));
+    let acked = kinds.iter().position(|k| *k == OutcomeKind::Acked);
     assert!(
         in_progress.is_some() && acked.is_some() && in_progress < acked,
         "the second copy waits while the first runs: {kinds:?}"
     );
-    assert_eq!(events.count(|k| *k == EventKind::Acked), 1);
+    assert_eq!(events.count(|k| *k == OutcomeKind::Acked), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -384,7 +297,7 @@ async fn a_duplicate_in_progress_is_retried_after_the_claim_not_acked() {
     })
     .await;
     let first = events.kinds()[0].clone();
-    let EventKind::DuplicateInProgress { after } = first else {
+    let OutcomeKind::DuplicateInProgress { after } = first else {
         panic!("expected in-progress, got {first:?}")
     };
     assert!(
@@ -399,7 +312,7 @@ async fn a_duplicate_in_progress_is_retried_after_the_claim_not_acked() {
     );
     // The other holder never completes: its claim expires and this copy runs.
     wait_until("acked", Duration::from_secs(20), || {
-        events.count(|k| *k == EventKind::Acked) == 1
+        events.count(|k| *k == OutcomeKind::Acked) == 1
     })
     .await;
     running.stop().await;
@@ -544,4 +457,57 @@ async fn a_rate_limit_drains_the_backlog_at_the_set_rate() {
     );
     let remaining = s.backend.stats(&s.subscription).await.unwrap();
     assert_eq!(remaining.ready, Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_already_done_past_max_attempts_is_skipped_not_dead_lettered() {
+    // Succeeded on its last attempt, but the ack was lost: it comes back over the limit.
+    let s = setup(|c| c.max_attempts(1).lease(Duration::from_secs(1))).await;
+    s.publish(
+        Message::builder("x")
+            .id("done-then-lost-ack")
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let store = Arc::new(InMemoryStore::new());
+    let key = sluice_core::IdempotencyKey {
+        subscription: s.subscription.clone(),
+        id: sluice_core::MessageId::new("done-then-lost-ack").unwrap(),
+    };
+    use sluice_core::IdempotencyStore;
+    let sluice_core::Claim::Acquired(token) =
+        store.claim(&key, Duration::from_secs(1)).await.unwrap()
+    else {
+        panic!("fresh key")
+    };
+    store
+        .complete(&key, &token, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let raw = s.backend.subscribe(&s.subscription).await.unwrap();
+    drop(raw.receive(1, Duration::from_secs(1)).await.unwrap()); // attempt 1, ack lost
+    let events = Events::default();
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(|_p, _c| async { panic!("the handler must not run again") }),
+    )
+    .idempotency(Idempotency::from_arc(store))
+    .observer(events.observer())
+    .build();
+    let running = Running::start(worker);
+    wait_until("settled", Duration::from_secs(5), || {
+        !events.kinds().is_empty()
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(events.kinds(), vec![OutcomeKind::DuplicateSkipped]);
+    assert_eq!(
+        s.backend
+            .stats(&s.subscription)
+            .await
+            .unwrap()
+            .dead_lettered,
+        Some(0)
+    );
 }

@@ -74,3 +74,4 @@ pub use backend::{capabilities, MemoryBackend, MAX_BATCH, MAX_MESSAGE_SIZE};
 pub use delivery::MemoryDelivery;
 pub use publisher::MemoryPublisher;
 pub use subscriber::MemorySubscriber;
+pub use topic::REPLAY_RETENTION;

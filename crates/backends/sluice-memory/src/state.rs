@@ -61,14 +61,18 @@ impl State {
         config: &SubscriptionConfig,
         now: Instant,
     ) -> Result<(), Error> {
-        if let Some(existing) = self.subscriptions.get(name) {
+        if let Some(existing) = self.subscriptions.get_mut(name) {
             return match existing.config.difference(config) {
                 Some(difference) => Err(conflict(
                     ObjectKind::Subscription,
                     name.as_str(),
                     difference,
                 )),
-                None => Ok(()),
+                None => {
+                    // Prefetch is a consumer-side setting: the latest ensure wins.
+                    existing.config.prefetch = config.prefetch;
+                    Ok(())
+                }
             };
         }
         let id = self.next_id();

@@ -1,9 +1,11 @@
 //! A topic: its configuration, its log and its dedup window.
 //!
 //! Invariants:
-//! - `log` holds every message ever published to the topic (not dropped as a duplicate), in
-//!   publish order; `published_at` is set on each and never decreases along the log, so a
-//!   start position `At(time)` is a binary search.
+//! - `log` holds the last [`REPLAY_RETENTION`] messages published to the topic (not dropped
+//!   as duplicates), in publish order, for subscriptions created later with a start position
+//!   `earliest` or `at`; `published_at` is set on each and never decreases along the log, so
+//!   `At(time)` is a binary search. Subscriptions keep their own references: trimming the
+//!   log never loses a message a subscription still has to deliver.
 //! - `subscriptions` names exactly the subscriptions of this topic in the backend's state.
 //! - `Dedup::seen` maps each id published within the window to its publish instant, and
 //!   `Dedup::order` lists the same pairs oldest first (one pair per id: a duplicate does not
@@ -15,6 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use sluice_core::{Message, MessageId, StartPosition, SubscriptionName, TopicConfig};
 use tokio::time::Instant;
+
+/// How many of a topic's most recent messages are kept for replay by subscriptions created
+/// later (`earliest`, `at`): bounds the memory of a long-running process.
+pub const REPLAY_RETENTION: usize = 100_000;
 
 /// A published message as the backend keeps it, shared by the log and every subscription.
 #[derive(Debug)]
@@ -30,7 +36,7 @@ pub(crate) struct Stored {
 pub(crate) struct Topic {
     pub(crate) config: TopicConfig,
     pub(crate) subscriptions: BTreeSet<SubscriptionName>,
-    log: Vec<Arc<Stored>>,
+    log: VecDeque<Arc<Stored>>,
     dedup: Dedup,
 }
 
@@ -39,7 +45,7 @@ impl Topic {
         Self {
             config,
             subscriptions: BTreeSet::new(),
-            log: Vec::new(),
+            log: VecDeque::new(),
             dedup: Dedup::default(),
         }
     }
@@ -54,11 +60,14 @@ impl Topic {
 
     /// Appends a message to the log.
     pub(crate) fn append(&mut self, stored: Arc<Stored>) {
-        self.log.push(stored);
+        if self.log.len() == REPLAY_RETENTION {
+            self.log.pop_front();
+        }
+        self.log.push_back(stored);
     }
 
     /// The messages a new subscription starting at `start` replays, oldest first.
-    pub(crate) fn replay(&self, start: StartPosition) -> &[Arc<Stored>] {
+    pub(crate) fn replay(&self, start: StartPosition) -> impl Iterator<Item = &Arc<Stored>> {
         let from = match start {
             StartPosition::Latest => self.log.len(),
             StartPosition::Earliest => 0,
@@ -70,7 +79,7 @@ impl Topic {
                     < at
             }),
         };
-        &self.log[from..]
+        self.log.range(from..)
     }
 }
 

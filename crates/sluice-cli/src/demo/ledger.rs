@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use sluice::runtime::{Event, EventKind, Observer, StatsSnapshot};
+use sluice::runtime::{Observer, Outcome, OutcomeKind, StatsSnapshot};
 
 /// Unique ids per outcome for one subscription.
 #[derive(Debug, Default, Clone)]
@@ -18,14 +18,14 @@ pub(crate) struct Books {
 pub(crate) struct Ledger(Arc<Mutex<BTreeMap<String, Books>>>);
 
 impl Observer for Ledger {
-    fn on_event(&self, event: &Event) {
+    fn on_outcome(&self, event: &Outcome) {
         let mut books = self.0.lock().expect("ledger");
         let entry = books.entry(event.subscription.clone()).or_default();
         match &event.kind {
-            EventKind::Acked => {
+            OutcomeKind::Acked => {
                 entry.acked.insert(event.id.clone());
             }
-            EventKind::DeadLettered { .. } => {
+            OutcomeKind::DeadLettered { .. } => {
                 entry.dead_lettered.insert(event.id.clone());
             }
             _ => {}

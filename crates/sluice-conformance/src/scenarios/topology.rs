@@ -109,7 +109,6 @@ pub async fn ensure_with_other_config_is_a_conflict_naming_the_field<H: Harness>
             "dead_letter_queue",
             config.clone().dead_letter_queue(!config.dead_letter_queue),
         ),
-        ("prefetch", config.clone().prefetch(config.prefetch + 7)),
     ];
     if f.caps().filter.is_available() {
         let filter = Filter::new("eu.#").must("building a filter");
@@ -119,6 +118,21 @@ pub async fn ensure_with_other_config_is_a_conflict_naming_the_field<H: Harness>
         let result = f.backend.ensure_subscription(&name, &other).await;
         assert_conflict(result, ObjectKind::Subscription, name.as_str(), field);
     }
+    // Prefetch is consumer-side: a new value is taken, not refused.
+    let more = config.clone().prefetch(config.prefetch + 7);
+    f.backend
+        .ensure_subscription(&name, &more)
+        .await
+        .must("ensuring with another prefetch");
+    let info = f
+        .backend
+        .describe_subscription(&name)
+        .await
+        .must("describing the subscription");
+    assert_eq!(
+        info.config.prefetch, more.prefetch,
+        "ensure updates the prefetch"
+    );
     f.finish().await
 }
 

@@ -9,6 +9,7 @@
 //! grace period, then cancel what is left and `release` those deliveries.
 
 mod process;
+pub use process::TimedOut;
 mod settle;
 
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::handler::Handler;
 use crate::idempotency::Idempotency;
+use crate::lease::LeaseExtension;
 use crate::observe::{Observer, StatsSnapshot, WorkerStats};
 use crate::rate_limit::{RateLimit, TokenBucket};
 
@@ -44,6 +46,9 @@ pub(crate) struct Pipeline<H> {
     // std Mutex: locked only to draw a jitter value, never across an .await.
     pub(crate) rng: Mutex<SmallRng>,
     pub(crate) max_attempts: u32,
+    pub(crate) lease: Duration,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) lease_extension: LeaseExtension,
 }
 
 /// Builds a [`Worker`]. Start with [`Worker::builder`].
@@ -59,6 +64,8 @@ pub struct WorkerBuilder<S, H> {
     shutdown_grace: Duration,
     poll_wait: Duration,
     seed: Option<u64>,
+    timeout: Option<Duration>,
+    lease_extension: LeaseExtension,
 }
 
 impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
@@ -97,6 +104,19 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
         self.poll_wait = wait;
         self
     }
+    /// Fails a handler that runs longer than `timeout` (a transient failure: retried with
+    /// backoff). None by default.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+    /// How leases are extended while a handler runs (by default: whenever half the lease is
+    /// left, up to 30 minutes in total, then the handler is abandoned and the delivery
+    /// released).
+    pub fn lease_extension(mut self, extension: LeaseExtension) -> Self {
+        self.lease_extension = extension;
+        self
+    }
     /// Seeds the jitter generator, for reproducible runs.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -105,6 +125,7 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
     /// Builds the worker.
     pub fn build(self) -> Worker<S, H> {
         let max_attempts = self.subscriber.config().max_attempts;
+        let lease = self.subscriber.config().lease;
         let rng = match self.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_entropy(),
@@ -118,6 +139,9 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
                 observer: self.observer,
                 rng: Mutex::new(rng),
                 max_attempts,
+                lease,
+                timeout: self.timeout,
+                lease_extension: self.lease_extension,
             }),
             subscriber: self.subscriber,
             concurrency: self.concurrency,
@@ -152,6 +176,8 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             poll_wait: DEFAULT_POLL_WAIT,
             seed: None,
+            timeout: None,
+            lease_extension: LeaseExtension::default(),
         }
     }
 

@@ -2,37 +2,46 @@
 //!
 //! 1. **max attempts** — `attempt > max_attempts` ⇒ dead-letter before any handler runs (the
 //!    only defence against a message that crashes the process).
-//! 2. **decode** ([`Handler::decode`]) — an undecodable payload ⇒ dead-letter with the reason.
+//! 2. **decode** ([`Handler::decode`]) — an undecodable payload or an unknown type ⇒
+//!    dead-letter with the reason (or ack and skip, if the decoder says so).
 //! 3. **idempotency** ([`crate::idempotency`]) — done ⇒ ack and skip; in progress ⇒ retry
 //!    after the claim's remaining time; else claim for the lease.
-//! 4. **handler** under panic recovery ([`crate::recover`]), cancelled at hard stop.
+//! 4. **handler** under panic recovery ([`crate::recover`]) and its timeout, while
+//!    [`crate::lease`] keeps the lease (and the claim) alive; cancelled at hard stop or at the
+//!    lease extension's hard cap (then released).
 //! 5. **retry policy** ([`crate::retry`]) ⇒ ack, retry with backoff, or dead-letter.
-//! 6. **idempotency** — done marker written *before* the ack; claim dropped on retry or
-//!    dead-letter.
+//! 6. **idempotency** — done marker written *before* the ack; claim dropped on retry,
+//!    dead-letter or release.
+//!
+//! All of it runs inside the delivery's span ([`crate::trace`]), which continues the
+//! producer's trace.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::{DeadLetterReason, Delivery, IdempotencyKey};
+use sluice_core::{ClaimToken, DeadLetterReason, Delivery, IdempotencyKey};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::settle::{settle, Verb};
 use super::Pipeline;
-use crate::handler::{Context, Handler};
+use crate::handler::{Context, Handler, HandlerError, HandlerResult};
 use crate::idempotency::Gate;
-use crate::observe::EventKind;
+use crate::lease::{keep_alive, LeaseExtension, Renewal};
+use crate::metrics::{self, Labels};
+use crate::observe::OutcomeKind;
 use crate::recover::catch_panic;
 use crate::retry::{decide, Disposition};
 
 fn lease_remaining<D: Delivery>(delivery: &D) -> Duration {
-    let deadline = tokio::time::Instant::from_std(delivery.lease_deadline());
-    deadline
-        .saturating_duration_since(tokio::time::Instant::now())
+    Instant::from_std(delivery.lease_deadline())
+        .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
 }
 
-fn dead_letter_kind(reason: &DeadLetterReason) -> EventKind {
-    EventKind::DeadLettered {
+fn dead_letter_kind(reason: &DeadLetterReason) -> OutcomeKind {
+    OutcomeKind::DeadLettered {
         reason: reason.reason.clone(),
     }
 }
@@ -43,21 +52,69 @@ pub(crate) async fn process<D: Delivery, H: Handler>(
     delivery: D,
     hard_stop: CancellationToken,
 ) {
-    pipeline.stats.delivered();
-    run(pipeline, delivery, hard_stop).await;
-    pipeline.stats.finished();
+    let labels = Labels {
+        topic: delivery.topic().to_string(),
+        subscription: delivery.subscription().to_string(),
+        message_type: delivery
+            .message()
+            .message_type()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let span = crate::trace::delivery_span(&delivery);
+    let _in_flight = InFlight::start(pipeline, labels.clone());
+    run(pipeline, delivery, hard_stop, &labels)
+        .instrument(span)
+        .await;
+}
+
+/// Counts a delivery in flight until dropped, so a panic anywhere cannot leave the gauge up.
+pub(crate) struct InFlight<'a> {
+    stats: &'a crate::observe::WorkerStats,
+    labels: Labels,
+}
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn start<H>(pipeline: &'a Pipeline<H>, labels: Labels) -> Self {
+        pipeline.stats.delivered();
+        metrics::delivered(&labels);
+        Self {
+            stats: &pipeline.stats,
+            labels,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        metrics::finished(&self.labels);
+        self.stats.finished();
+    }
+}
+
+/// How the handler stage ended.
+enum Ran {
+    Finished(HandlerResult),
+    /// Hard stop (shutdown grace over) or the lease extension's hard cap.
+    Abandoned(&'static str),
 }
 
 async fn run<D: Delivery, H: Handler>(
     pipeline: &Pipeline<H>,
-    delivery: D,
+    mut delivery: D,
     hard_stop: CancellationToken,
+    labels: &Labels,
 ) {
     let attempt = delivery.attempt();
     let max_attempts = pipeline.max_attempts;
 
     // 1. max attempts
     if attempt > max_attempts {
+        // A message whose effect is already done (its ack was lost on the last attempt) is
+        // a duplicate, not a poison message.
+        if already_done(pipeline, &delivery).await {
+            return settle(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
+        }
         let reason = DeadLetterReason::new(format!(
             "max attempts exceeded (delivered {attempt} times, limit {max_attempts})"
         ));
@@ -68,8 +125,14 @@ async fn run<D: Delivery, H: Handler>(
     // 2. decode
     let input = match pipeline.handler.decode(delivery.message()) {
         Ok(input) => input,
+        Err(err) if err.is_ack_and_skip() => {
+            let kind = OutcomeKind::Skipped {
+                reason: err.to_string(),
+            };
+            return settle(pipeline, delivery, Verb::Ack, kind).await;
+        }
         Err(err) => {
-            let reason = DeadLetterReason::new("undecodable payload").with_last_error(err.0);
+            let reason = DeadLetterReason::new(err.reason()).with_last_error(err.detail());
             let kind = dead_letter_kind(&reason);
             return settle(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
         }
@@ -85,17 +148,17 @@ async fn run<D: Delivery, H: Handler>(
         Some(idempotency) => match idempotency.gate(&key, lease_remaining(&delivery)).await {
             Ok(Gate::Run(token)) => token,
             Ok(Gate::Done) => {
-                return settle(pipeline, delivery, Verb::Ack, EventKind::DuplicateSkipped).await;
+                return settle(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
             }
             Ok(Gate::InProgress(remaining)) => {
-                let kind = EventKind::DuplicateInProgress { after: remaining };
+                let kind = OutcomeKind::DuplicateInProgress { after: remaining };
                 return settle(pipeline, delivery, Verb::Retry(remaining), kind).await;
             }
             Err(err) => {
                 // The store is unreachable: running the handler could apply the effect twice.
                 let after = backoff(pipeline, attempt);
                 tracing::warn!(%key, %err, "idempotency store failed; retrying the delivery");
-                let kind = EventKind::Retried {
+                let kind = OutcomeKind::Retried {
                     after,
                     error: format!("idempotency store: {err}"),
                 };
@@ -104,7 +167,7 @@ async fn run<D: Delivery, H: Handler>(
         },
     };
 
-    // 4. handler, under panic recovery, cancelled at hard stop
+    // 4. handler: panics caught, timed out, lease kept alive, cancellable
     let ctx = Context {
         message: Arc::new(delivery.message().clone()),
         attempt,
@@ -114,17 +177,59 @@ async fn run<D: Delivery, H: Handler>(
         lease_deadline: delivery.lease_deadline(),
         shutdown: hard_stop.clone(),
     };
-    let outcome = tokio::select! {
-        outcome = catch_panic(pipeline.handler.handle(input, ctx)) => Some(outcome),
-        _ = hard_stop.cancelled() => None,
+    let started = Instant::now();
+    let ran = {
+        let handler = timed(pipeline, pipeline.handler.handle(input, ctx));
+        let renewal = Renewal {
+            lease: pipeline.lease,
+            claim: match (&pipeline.idempotency, &claim) {
+                (Some(idempotency), Some(token)) => Some((idempotency, &key, token)),
+                _ => None,
+            },
+            labels,
+            stats: &pipeline.stats,
+        };
+        let (extend, cap) = match pipeline.lease_extension {
+            LeaseExtension::Off => (false, None),
+            LeaseExtension::UpTo(cap) => (true, Some(cap)),
+        };
+        let keep = async {
+            if extend {
+                keep_alive(&mut delivery, renewal).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let cap_reached = async {
+            match cap {
+                Some(cap) => tokio::time::sleep(cap).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // Biased: a handler that finished in the same poll as a stop keeps its result.
+            biased;
+            (result, panicked) = catch_panic(handler) => {
+                if panicked {
+                    pipeline.stats.panicked();
+                }
+                Ran::Finished(result)
+            }
+            _ = keep => unreachable!("keep_alive never completes"),
+            _ = hard_stop.cancelled() => Ran::Abandoned("shutdown grace period over"),
+            _ = cap_reached => Ran::Abandoned("handler outlived the lease extension's hard cap"),
+        }
     };
-    let Some((result, panicked)) = outcome else {
-        release_claim(pipeline, &key, claim.as_ref()).await;
-        return settle(pipeline, delivery, Verb::Release, EventKind::Released).await;
+    let result = match ran {
+        Ran::Finished(result) => result,
+        Ran::Abandoned(why) => {
+            tracing::warn!(%key, why, "handler abandoned; releasing the delivery");
+            metrics::handler_ran(labels, "abandoned", started.elapsed());
+            release_claim(pipeline, &key, claim.as_ref()).await;
+            return settle(pipeline, delivery, Verb::Release, OutcomeKind::Released).await;
+        }
     };
-    if panicked {
-        pipeline.stats.panicked();
-    }
+    metrics::handler_ran(labels, handler_outcome(&result), started.elapsed());
 
     // 5. retry policy, 6. idempotency bookkeeping
     match decide(result, attempt, max_attempts, || backoff(pipeline, attempt)) {
@@ -140,18 +245,13 @@ async fn run<D: Delivery, H: Handler>(
                     tracing::warn!(%key, %err, "could not record the message as done");
                 }
             }
-            settle(pipeline, delivery, Verb::Ack, EventKind::Acked).await;
+            settle(pipeline, delivery, Verb::Ack, OutcomeKind::Acked).await;
         }
         Disposition::Retry { after, error } => {
             release_claim(pipeline, &key, claim.as_ref()).await;
             tracing::debug!(%key, attempt, ?after, %error, "handler failed; retrying");
-            settle(
-                pipeline,
-                delivery,
-                Verb::Retry(after),
-                EventKind::Retried { after, error },
-            )
-            .await;
+            let kind = OutcomeKind::Retried { after, error };
+            settle(pipeline, delivery, Verb::Retry(after), kind).await;
         }
         Disposition::DeadLetter { reason, last_error } => {
             release_claim(pipeline, &key, claim.as_ref()).await;
@@ -163,6 +263,57 @@ async fn run<D: Delivery, H: Handler>(
     }
 }
 
+/// The handler under its timeout: running past it is a transient failure.
+async fn timed<H>(
+    pipeline: &Pipeline<H>,
+    handler: impl std::future::Future<Output = HandlerResult>,
+) -> HandlerResult {
+    let Some(limit) = pipeline.timeout else {
+        return handler.await;
+    };
+    match tokio::time::timeout(limit, handler).await {
+        Ok(result) => result,
+        Err(_) => {
+            pipeline.stats.timed_out();
+            Err(HandlerError::transient(TimedOut(limit)))
+        }
+    }
+}
+
+/// A handler ran past its timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("handler timed out after {0:?}")]
+pub struct TimedOut(pub Duration);
+
+fn handler_outcome(result: &HandlerResult) -> &'static str {
+    match result {
+        Ok(()) => "ok",
+        Err(err) if err.error().is::<TimedOut>() => "timeout",
+        Err(err) if err.error().is::<crate::recover::Panicked>() => "panic",
+        Err(_) => "error",
+    }
+}
+
+/// Whether the idempotency store already records this delivery's message as done. Takes
+/// (and drops) a claim when it is not.
+async fn already_done<D: Delivery, H>(pipeline: &Pipeline<H>, delivery: &D) -> bool {
+    let Some(idempotency) = &pipeline.idempotency else {
+        return false;
+    };
+    let key = IdempotencyKey {
+        subscription: delivery.subscription().clone(),
+        id: delivery.message().id().clone(),
+    };
+    match idempotency.store.claim(&key, Duration::from_secs(1)).await {
+        Ok(sluice_core::Claim::Done) => true,
+        Ok(sluice_core::Claim::Acquired(token)) => {
+            let _ = idempotency.store.release(&key, &token).await;
+            false
+        }
+        _ => false,
+    }
+}
+
 fn backoff<H>(pipeline: &Pipeline<H>, attempt: u32) -> Duration {
     let mut rng = pipeline.rng.lock().expect("rng poisoned");
     pipeline.backoff.delay(attempt, &mut *rng)
@@ -171,7 +322,7 @@ fn backoff<H>(pipeline: &Pipeline<H>, attempt: u32) -> Duration {
 async fn release_claim<H>(
     pipeline: &Pipeline<H>,
     key: &IdempotencyKey,
-    claim: Option<&sluice_core::ClaimToken>,
+    claim: Option<&ClaimToken>,
 ) {
     if let (Some(idempotency), Some(token)) = (&pipeline.idempotency, claim) {
         if let Err(err) = idempotency.store.release(key, token).await {

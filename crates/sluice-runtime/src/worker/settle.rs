@@ -7,7 +7,7 @@ use std::time::Duration;
 use sluice_core::{DeadLetterReason, Delivery, Error};
 
 use super::Pipeline;
-use crate::observe::{Event, EventKind};
+use crate::observe::{Outcome, OutcomeKind};
 
 /// A verb to apply.
 #[derive(Debug, Clone)]
@@ -58,9 +58,10 @@ pub(crate) async fn settle<D: Delivery, H>(
     pipeline: &Pipeline<H>,
     delivery: D,
     verb: Verb,
-    kind: EventKind,
+    kind: OutcomeKind,
 ) {
-    let mut event = Event {
+    let mut event = Outcome {
+        topic: delivery.topic().to_string(),
         subscription: delivery.subscription().to_string(),
         id: delivery.message().id().to_string(),
         message_type: delivery.message().message_type().map(str::to_owned),
@@ -69,20 +70,33 @@ pub(crate) async fn settle<D: Delivery, H>(
     };
     if let Err(err) = apply(delivery, &verb).await {
         tracing::warn!(subscription = %event.subscription, id = %event.id, verb = verb.name(), %err, "verb failed; the message will be delivered again when its lease runs out");
-        event.kind = EventKind::VerbFailed {
+        event.kind = OutcomeKind::VerbFailed {
             verb: verb.name(),
             error: err.to_string(),
         };
     }
     pipeline.stats.record(&event.kind);
+    crate::metrics::outcome(&event);
     if let Some(observer) = &pipeline.observer {
-        observer.on_event(&event);
+        // A panicking observer must not take the delivery's bookkeeping down with it.
+        let call = std::panic::AssertUnwindSafe(|| observer.on_outcome(&event));
+        if std::panic::catch_unwind(call).is_err() {
+            tracing::error!(id = %event.id, "the worker's observer panicked");
+        }
     }
 }
 
 /// Releases a delivery that was received during shutdown and never handled.
 pub(crate) async fn release_unhandled<D: Delivery, H>(pipeline: &Pipeline<H>, delivery: D) {
-    pipeline.stats.delivered();
-    settle(pipeline, delivery, Verb::Release, EventKind::Released).await;
-    pipeline.stats.finished();
+    let labels = crate::metrics::Labels {
+        topic: delivery.topic().to_string(),
+        subscription: delivery.subscription().to_string(),
+        message_type: delivery
+            .message()
+            .message_type()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let _in_flight = super::process::InFlight::start(pipeline, labels);
+    settle(pipeline, delivery, Verb::Release, OutcomeKind::Released).await;
 }

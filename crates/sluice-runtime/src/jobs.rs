@@ -1,0 +1,234 @@
+//! Background jobs: `enqueue(job)` from a request handler, handled later by a worker.
+//!
+//! A job type is a serde type with a name and its defaults (max attempts, backoff, timeout,
+//! concurrency, lease), declared once ([`Job`]). Jobs are built on the same pieces as events:
+//! each job type is a topic and a subscription of the same name, a job is a JSON message of
+//! `type` = the job name, and its worker is an ordinary [`Worker`] with the job's defaults
+//! applied (and changeable on the returned builder).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sluice_core::{
+    Backend, Message, MessageBuilder, PublishReceipt, SubscriptionConfig, SubscriptionName,
+    TopicConfig, TopicName,
+};
+
+use crate::backoff::Backoff;
+use crate::handler::{json_handler, Context, HandlerResult, JsonHandler};
+use crate::producer::{ProduceError, Producer};
+use crate::worker::{Worker, WorkerBuilder};
+
+/// A background job type.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice_runtime::{Job, JobOptions};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct SendWelcomeEmail { user_id: u64 }
+///
+/// impl Job for SendWelcomeEmail {
+///     const NAME: &'static str = "send-welcome-email";
+///     fn options() -> JobOptions {
+///         JobOptions::default().max_attempts(8).timeout(Duration::from_secs(30)).concurrency(4)
+///     }
+/// }
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + 'static {
+    /// The job's name: its topic, its subscription and its message `type`
+    /// (`[a-z0-9_-]`, at most 48 characters).
+    const NAME: &'static str;
+
+    /// The job type's defaults.
+    fn options() -> JobOptions {
+        JobOptions::default()
+    }
+}
+
+/// Defaults of a job type. The subscription keeps `max_attempts` and `lease` (changing them
+/// later is a configuration conflict, as for any subscription); the worker takes the rest.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct JobOptions {
+    /// Attempts before the job is dead-lettered (10).
+    pub max_attempts: u32,
+    /// Backoff between attempts (1 s doubling to 10 min, full jitter).
+    pub backoff: Backoff,
+    /// A run longer than this is a transient failure (none).
+    pub timeout: Option<Duration>,
+    /// Jobs of this type run at once per worker (8).
+    pub concurrency: usize,
+    /// Lease of one run, extended while it runs (30 s).
+    pub lease: Duration,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(600)),
+            timeout: None,
+            concurrency: 8,
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+impl JobOptions {
+    /// Sets max attempts.
+    #[must_use]
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+    /// Sets the backoff.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    /// Sets the timeout.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+    /// Sets the concurrency.
+    #[must_use]
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+    /// Sets the lease.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+}
+
+/// Enqueues jobs and builds their workers, over any backend.
+pub struct Jobs<B: Backend> {
+    backend: B,
+    producer: Producer<B::Publisher>,
+    // std Mutex: never held across an .await.
+    ensured: Mutex<HashSet<&'static str>>,
+}
+
+impl<B: Backend> std::fmt::Debug for Jobs<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jobs")
+            .field("backend", &self.backend.capabilities().backend)
+            .finish_non_exhaustive()
+    }
+}
+
+fn names<J: Job>() -> sluice_core::Result<(TopicName, SubscriptionName)> {
+    Ok((TopicName::new(J::NAME)?, SubscriptionName::new(J::NAME)?))
+}
+
+impl<B: Backend> Jobs<B> {
+    /// Jobs over `backend` (with a publisher of its own).
+    pub async fn new(backend: B) -> sluice_core::Result<Self> {
+        let producer = Producer::new(backend.publisher().await?);
+        Ok(Self {
+            backend,
+            producer,
+            ensured: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Creates the job type's topic and subscription if needed (done once per type; enqueue
+    /// and worker call it).
+    pub async fn ensure<J: Job>(&self) -> sluice_core::Result<(TopicName, SubscriptionName)> {
+        let (topic, subscription) = names::<J>()?;
+        if self.ensured.lock().expect("jobs").contains(J::NAME) {
+            return Ok((topic, subscription));
+        }
+        let options = J::options();
+        self.backend
+            .ensure_topic(&topic, &TopicConfig::default())
+            .await?;
+        let config = SubscriptionConfig::new(topic.clone())
+            .max_attempts(options.max_attempts)
+            .lease(options.lease)
+            .prefetch(u32::try_from(options.concurrency).unwrap_or(u32::MAX));
+        self.backend
+            .ensure_subscription(&subscription, &config)
+            .await?;
+        self.ensured.lock().expect("jobs").insert(J::NAME);
+        Ok((topic, subscription))
+    }
+
+    /// Enqueues a job to run as soon as a worker is free.
+    pub async fn enqueue<J: Job>(&self, job: &J) -> Result<PublishReceipt, ProduceError> {
+        self.enqueue_with(job, |m| m).await
+    }
+
+    /// Enqueues a job to run after `delay`.
+    pub async fn enqueue_in<J: Job>(
+        &self,
+        delay: Duration,
+        job: &J,
+    ) -> Result<PublishReceipt, ProduceError> {
+        self.enqueue_with(job, |m| m.deliver_after(delay)).await
+    }
+
+    /// Enqueues a job to run at `at`.
+    pub async fn enqueue_at<J: Job>(
+        &self,
+        at: SystemTime,
+        job: &J,
+    ) -> Result<PublishReceipt, ProduceError> {
+        self.enqueue_with(job, |m| m.deliver_at(at)).await
+    }
+
+    /// Enqueues a job, letting `customize` set its id (a business key makes the job
+    /// recognisable to an idempotent worker), ordering key, headers or delay.
+    pub async fn enqueue_with<J: Job>(
+        &self,
+        job: &J,
+        customize: impl FnOnce(MessageBuilder) -> MessageBuilder,
+    ) -> Result<PublishReceipt, ProduceError> {
+        let (topic, _) = self.ensure::<J>().await?;
+        let payload = serde_json::to_vec(job).map_err(|source| ProduceError::Encode {
+            type_name: std::any::type_name::<J>(),
+            source,
+        })?;
+        let message = customize(Message::json_builder(payload).message_type(J::NAME)).build()?;
+        Ok(sluice_core::Publisher::publish(&self.producer, &topic, message).await?)
+    }
+
+    /// A worker for job type `J` running `handler`, with the job's defaults (concurrency,
+    /// backoff, timeout) applied; change any of them on the returned builder.
+    pub async fn worker<J, F, Fut>(
+        &self,
+        handler: F,
+    ) -> sluice_core::Result<WorkerBuilder<B::Subscriber, JsonHandler<J, F>>>
+    where
+        J: Job,
+        F: Fn(J, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let (_, subscription) = self.ensure::<J>().await?;
+        let options = J::options();
+        let subscriber = self.backend.subscribe(&subscription).await?;
+        let mut builder = Worker::builder(subscriber, json_handler(handler))
+            .concurrency(options.concurrency)
+            .backoff(options.backoff);
+        if let Some(timeout) = options.timeout {
+            builder = builder.timeout(timeout);
+        }
+        Ok(builder)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+}
