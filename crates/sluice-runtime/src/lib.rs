@@ -30,13 +30,19 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`handler`] | [`Handler`], [`Context`], [`HandlerError`], raw and JSON handlers |
+//! | [`events`] | typed [`Event`]s, the [`Router`] dispatching on the message type, [`UnknownType`] |
+//! | [`jobs`] | background [`Job`]s: [`Jobs`] enqueues them and builds their workers |
+//! | [`producer`] | [`Producer`]: publish with a span, trace context and metrics; typed events |
 //! | `worker` | [`Worker`] and its builder: the pull loop, backpressure, shutdown; `process.rs` is the pipeline, `settle.rs` applies verbs |
 //! | [`backoff`] | exponential backoff with jitter |
-//! | [`retry`] (private) | handler result ⇒ verb |
+//! | `retry` (private) | handler result ⇒ verb |
 //! | `recover` (private) | panic ⇒ transient error |
+//! | [`lease`] | automatic lease extension and its hard cap |
 //! | [`idempotency`] | the idempotency stage and [`InMemoryStore`] |
 //! | [`rate_limit`] | [`RateLimit`], a token bucket drawn before pulling |
-//! | [`observe`] | [`WorkerStats`] and the [`Observer`] event stream |
+//! | [`trace`] | spans and W3C trace context in headers |
+//! | [`metrics`] | metric names and recording (`docs/observability.md`) |
+//! | [`observe`] | [`WorkerStats`] and the [`Observer`] outcome stream |
 //! | [`shutdown`] | [`shutdown_on_signals`] for binaries |
 
 pub mod backoff;

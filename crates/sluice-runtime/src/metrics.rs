@@ -142,3 +142,32 @@ pub fn install_prometheus(
         )?
         .install()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_is_listed_in_the_docs() {
+        let doc = include_str!("../../../docs/observability.md");
+        for name in [
+            super::PUBLISHED,
+            super::PUBLISH_ERRORS,
+            super::DELIVERED,
+            super::ACKED,
+            super::RETRIED,
+            super::RELEASED,
+            super::DEAD_LETTERED,
+            super::DUPLICATES_SKIPPED,
+            super::DUPLICATES_IN_PROGRESS,
+            super::SKIPPED,
+            super::VERB_FAILURES,
+            super::LEASE_EXTENSIONS,
+            super::HANDLER_DURATION,
+            super::IN_FLIGHT,
+        ] {
+            assert!(
+                doc.contains(&format!("| `{name}` |")),
+                "docs/observability.md does not list {name}"
+            );
+        }
+    }
+}

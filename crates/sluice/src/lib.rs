@@ -76,8 +76,9 @@ pub mod prelude {
         TopicName,
     };
     pub use sluice_runtime::{
-        json_handler, json_message, raw_handler, Backoff, CancellationToken, Context, HandlerError,
-        HandlerResult, Idempotency, InMemoryStore, RateLimit, Worker,
+        event_message, json_handler, json_message, raw_handler, Backoff, CancellationToken,
+        Context, Event, HandlerError, HandlerResult, Idempotency, InMemoryStore, Job, JobOptions,
+        Jobs, Producer, RateLimit, Router, UnknownType, Worker,
     };
 }
 
