@@ -4,7 +4,7 @@
 //!
 //! | module | command |
 //! |---|---|
-//! | `demo/` | `sluice demo`: `mod.rs` runs the scenario, `services.rs` the four consumers, `chaos.rs` loses acks, `ledger.rs` reconciles and prints |
+//! | `demo/` | `sluice demo`: `mod.rs` runs the scenario, `services.rs` the four consumers, `chaos.rs` loses acks, `ledger.rs` reconciles and prints, `progress.rs` shows the run on stderr, `chart.rs` draws the backlog over time |
 
 mod demo;
 

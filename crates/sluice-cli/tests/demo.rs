@@ -37,6 +37,17 @@ fn the_demo_reconciles_every_subscription_and_charges_each_order_once() {
         "{out}"
     );
     assert!(!out.contains("FAIL"), "{out}");
+    assert!(
+        out.contains("backlog over time"),
+        "the summary charts the backlog:\n{out}"
+    );
+    for name in ["email", "billing", "analytics", "shipping"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("  {name} ")) && l.contains("drained at")),
+            "the chart has a drained row for {name}:\n{out}"
+        );
+    }
 }
 
 #[test]

@@ -9,10 +9,14 @@
 //! - `shipping`: a downstream failing 30 % of the time; retries with backoff; a poison order
 //!   ends in the DLQ (it does in every subscription: its payload is not valid JSON).
 //!
-//! The summary reconciles by unique message id; a mismatch exits non-zero.
+//! While it runs, `progress.rs` shows the backlog of every subscription on stderr; the summary
+//! on stdout is the table (`ledger.rs`), the backlog over time (`chart.rs`) and a
+//! reconciliation by unique message id; a mismatch exits non-zero.
 
 mod chaos;
+mod chart;
 mod ledger;
+mod progress;
 mod services;
 
 use std::collections::BTreeSet;
@@ -28,7 +32,9 @@ use sluice::prelude::*;
 use sluice::runtime::{Jitter, StatsSnapshot, WorkerStats};
 use sluice::{DynSubscriber, Message};
 
+use chart::History;
 use ledger::{Ledger, Row};
+use progress::{Progress, Sample};
 use services::{Effects, OrderPlaced};
 
 /// Flags of `sluice demo`.
@@ -52,6 +58,10 @@ pub(crate) struct DemoArgs {
     /// Emails per second (the rate limit of `email`).
     #[arg(long, default_value_t = 100)]
     email_rate: u32,
+    /// Plain progress lines on stderr instead of live bars (the default when stderr is not a
+    /// terminal).
+    #[arg(long)]
+    plain: bool,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -78,6 +88,12 @@ pub(crate) fn chance(seed: u64, id: &str, salt: &str) -> f64 {
 const SUBSCRIPTIONS: [&str; 4] = ["email", "billing", "analytics", "shipping"];
 const DUPLICATE_PUBLISH_RATE: f64 = 0.05;
 const LOST_ACK_RATE: f64 = 0.05;
+/// How often the producer's loop samples the backlog during the burst.
+const SAMPLE_DURING_BURST: Duration = Duration::from_millis(250);
+/// How often the backlog is sampled while the consumers drain it.
+const SAMPLE_WHILE_DRAINING: Duration = Duration::from_millis(100);
+/// Width of the backlog chart, in columns.
+const CHART_COLUMNS: usize = 60;
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -132,8 +148,18 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut dropped_duplicates = 0u64;
     let tick = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let burst_start = tokio::time::Instant::now();
-    let mut peaks = [0u64; 4];
-    let mut last_progress = Instant::now();
+    let origin = burst_start.into_std();
+    let mut progress = Progress::start(args.plain, &SUBSCRIPTIONS, args.orders, origin);
+    let mut history = History::new(&SUBSCRIPTIONS);
+    // One look at every subscription: recorded for the chart, shown on stderr.
+    let mut observe = async |progress: &mut Progress| -> anyhow::Result<[Sample; 4]> {
+        let samples = sample(&backend, &stats).await?;
+        history.record(origin.elapsed(), &samples.map(|s| s.backlog));
+        progress.update(&samples);
+        Ok(samples)
+    };
+    observe(&mut progress).await?;
+    let mut last_sample = Instant::now();
     for i in 0..args.orders {
         tokio::time::sleep_until(burst_start + tick * i as u32).await;
         let order = OrderPlaced {
@@ -181,45 +207,34 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             )
             .await?;
         }
-        if last_progress.elapsed() >= Duration::from_millis(250) {
-            sample(&backend, &mut peaks).await?;
-            last_progress = Instant::now();
+        progress.sent(i + 1);
+        if last_sample.elapsed() >= SAMPLE_DURING_BURST {
+            observe(&mut progress).await?;
+            last_sample = Instant::now();
         }
     }
     publisher.close().await?;
-    println!(
+    let burst = format!(
         "burst done in {:.1}s: {} published, {} duplicate publishes dropped by the dedup window",
         burst_start.elapsed().as_secs_f64(),
         published.len(),
         dropped_duplicates
     );
+    progress.burst_done();
+    progress.println(&burst);
 
     // Drain, sampling the backlog, until every subscription is empty or time runs out.
-    let mut last_line = Instant::now();
     let drained = loop {
-        let backlogs = sample(&backend, &mut peaks).await?;
-        let idle = stats.iter().all(|(_, s)| s.snapshot().in_flight == 0);
-        if backlogs.iter().all(|b| *b == 0) && idle {
+        let samples = observe(&mut progress).await?;
+        if samples.iter().all(|s| s.backlog == 0 && s.in_flight == 0) {
             break true;
         }
         if started.elapsed() >= args.duration {
             break false;
         }
-        if last_line.elapsed() >= Duration::from_secs(2) {
-            let parts: Vec<String> = SUBSCRIPTIONS
-                .iter()
-                .zip(backlogs)
-                .map(|(n, b)| format!("{n} {b}"))
-                .collect();
-            eprintln!(
-                "  t={:>4.1}s backlog: {}",
-                started.elapsed().as_secs_f64(),
-                parts.join(" | ")
-            );
-            last_line = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(SAMPLE_WHILE_DRAINING).await;
     };
+    progress.finish();
     shutdown.cancel();
     let mut finals: Vec<StatsSnapshot> = Vec::new();
     for handle in workers {
@@ -230,16 +245,18 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let rows: Vec<Row> = SUBSCRIPTIONS
         .iter()
         .zip(&finals)
-        .zip(peaks)
-        .map(|((name, s), peak)| Row {
+        .enumerate()
+        .map(|(i, (name, s))| Row {
             subscription: (*name).to_owned(),
             stats: *s,
             effects: describe_effects(name, &effects),
-            peak_backlog: peak,
+            peak_backlog: history.peak(i),
         })
         .collect();
     println!();
     ledger::print_table(published.len(), &rows);
+    println!();
+    print!("{}", history.render(CHART_COLUMNS));
     println!();
     let problems = reconcile(&backend, &ledger, &effects, &published).await?;
     println!("finished in {:.1}s", started.elapsed().as_secs_f64());
@@ -272,14 +289,24 @@ async fn publish(
     Ok(())
 }
 
-async fn sample(backend: &impl Backend, peaks: &mut [u64; 4]) -> anyhow::Result<[u64; 4]> {
-    let mut backlogs = [0u64; 4];
-    for (i, name) in SUBSCRIPTIONS.iter().enumerate() {
+/// Every subscription's backlog (from the backend) and counters (from its worker).
+async fn sample(
+    backend: &impl Backend,
+    workers: &[(&str, Arc<WorkerStats>)],
+) -> anyhow::Result<[Sample; 4]> {
+    let mut samples = [Sample::default(); 4];
+    for (sample, (name, worker)) in samples.iter_mut().zip(workers) {
         let stats = backend.stats(&SubscriptionName::new(*name)?).await?;
-        backlogs[i] = stats.backlog().unwrap_or(0);
-        peaks[i] = peaks[i].max(backlogs[i]);
+        let counters = worker.snapshot();
+        *sample = Sample {
+            backlog: stats.backlog().unwrap_or(0),
+            acked: counters.acked,
+            retried: counters.retried,
+            dead_lettered: stats.dead_lettered.unwrap_or(counters.dead_lettered),
+            in_flight: counters.in_flight,
+        };
     }
-    Ok(backlogs)
+    Ok(samples)
 }
 
 fn spawn_worker(
