@@ -62,6 +62,9 @@ pub(crate) struct DemoArgs {
     /// terminal).
     #[arg(long)]
     plain: bool,
+    /// Serve the run's metrics in Prometheus' format at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -72,7 +75,10 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{s}` is too long")),
         _ => Err(format!("`{s}`: use ms, s or m")),
     }
 }
@@ -97,6 +103,11 @@ const CHART_COLUMNS: usize = 60;
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    if let Some(addr) = args.metrics {
+        sluice::runtime::install_prometheus(addr)
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        println!("metrics: http://{addr}/metrics");
+    }
     let backend = sluice::connect(&args.url)
         .await
         .with_context(|| format!("connecting to {}", args.url))?;
@@ -118,12 +129,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .await?;
     }
     println!(
-        "Sluice demo: {} backend, seed {}, {} orders (+1 poison) at {}/s; consumers take about {}/s",
+        "Sluice demo: {} backend, seed {}, {} orders (+1 poison) at {}/s; the consumers take about {}/s",
         backend.capabilities().backend,
         args.seed,
         args.orders,
         args.rate,
-        args.rate / 10
+        args.email_rate
     );
 
     let effects = Arc::new(Effects::default());
@@ -141,7 +152,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     // The order service: a burst, with some publishes retried (same id: dropped by the dedup
     // window) and one poison order.
-    let publisher = backend.publisher().await?;
+    // A Producer adds the publish span, trace context and metrics to the backend's publisher.
+    let publisher = Producer::new(backend.publisher().await?);
     let mut rng = SmallRng::seed_from_u64(args.seed);
     let poison_at = rng.gen_range(0..args.orders.max(1));
     let mut published = BTreeSet::new();
