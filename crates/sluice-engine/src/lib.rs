@@ -12,5 +12,14 @@
 //! | [`dir`] | the data directory: lock, `FORMAT`, catalog |
 //! | [`commit`] | group commit: one flusher thread, sync modes, poisoning |
 //! | [`subscription`] | a subscription's state machine, its journal records and checkpoint |
+//! | [`catalog`] | topics and subscriptions with their options (JSON, replaced atomically) |
+//! | [`dedup`] | a topic's dedup window, rebuilt from the log at open |
+//! | [`filter`] | routing-key patterns |
+//! | [`clock`] | injected time |
 //! | [`error`] | the engine's errors |
+
+pub mod catalog;
+pub mod clock;
 pub mod codec;
+pub mod dedup;
+pub mod filter;
