@@ -4,8 +4,10 @@
 //!
 //! | module | command |
 //! |---|---|
+//! | `bench/` | `sluice bench`: `workload.rs` the end-to-end run per backend, `disk.rs` the disk's own limit, `report.rs` the table and JSON |
 //! | `demo/` | `sluice demo`: `mod.rs` runs the scenario, `services.rs` the four consumers, `chaos.rs` loses acks, `ledger.rs` reconciles and prints, `progress.rs` shows the run on stderr, `chart.rs` draws the backlog over time |
 
+mod bench;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +26,9 @@ enum Command {
     /// email, idempotent billing, fan-out analytics, flaky shipping with retries and a DLQ),
     /// then a reconciled summary.
     Demo(demo::DemoArgs),
+    /// Measures backends side by side: end-to-end throughput and latency percentiles, with
+    /// the disk's own append + fdatasync limit measured in the same run.
+    Bench(bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -37,5 +42,6 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -1,0 +1,91 @@
+//! The benchmark report: a human table with every backend's throughput as a ratio of the
+//! disk's own limit, or JSON.
+
+use super::disk::DiskResult;
+use super::workload::BackendResult;
+use super::BenchArgs;
+
+/// Everything one `sluice bench` run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Report {
+    /// Message payload size.
+    pub(crate) size: usize,
+    /// Producers.
+    pub(crate) producers: usize,
+    /// Consumers.
+    pub(crate) consumers: usize,
+    /// Batch size.
+    pub(crate) batch: usize,
+    /// The disk's append + fdatasync limit at this batch size.
+    pub(crate) disk: Option<DiskResult>,
+    /// One result per backend.
+    pub(crate) results: Vec<BackendResult>,
+}
+
+impl Report {
+    pub(crate) fn new(args: &BenchArgs) -> Self {
+        Self {
+            size: args.size,
+            producers: args.producers,
+            consumers: args.consumers,
+            batch: args.batch,
+            disk: None,
+            results: Vec::new(),
+        }
+    }
+
+    pub(crate) fn print(&self) {
+        println!(
+            "\nsluice bench: {} B messages, {} producers, {} consumers, batch {}",
+            self.size, self.producers, self.consumers, self.batch
+        );
+        if let Some(d) = &self.disk {
+            println!(
+                "disk (append + fdatasync every {} records): {:.0} records/s, {:.0} syncs/s, sync p50 {} µs, p99 {} µs",
+                d.batch, d.records_per_sec, d.syncs_per_sec, d.sync_p50_us, d.sync_p99_us
+            );
+        }
+        println!(
+            "\n{:<28} {:>10} {:>8} {:>9} {:>22} {:>24}",
+            "backend",
+            "msg/s",
+            "MiB/s",
+            "vs disk",
+            "publish p50/p99/p99.9",
+            "end-to-end p50/p99/p99.9"
+        );
+        for r in &self.results {
+            let ratio = self.disk.as_ref().map_or("-".to_owned(), |d| {
+                format!("{:.0} %", 100.0 * r.messages_per_sec / d.records_per_sec)
+            });
+            println!(
+                "{:<28} {:>10.0} {:>8.1} {:>9} {:>22} {:>24}",
+                truncate(&r.url, 28),
+                r.messages_per_sec,
+                r.mib_per_sec,
+                ratio,
+                format_us(r.publish_us),
+                format_us(r.end_to_end_us)
+            );
+        }
+        println!("\nlatencies in ms; 'vs disk' = end-to-end messages/s ÷ the disk's records/s at the same batch size");
+    }
+}
+
+fn format_us(p: [u64; 3]) -> String {
+    format!(
+        "{:.2}/{:.2}/{:.2}",
+        p[0] as f64 / 1000.0,
+        p[1] as f64 / 1000.0,
+        p[2] as f64 / 1000.0
+    )
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(n - 1).collect();
+        format!("{cut}…")
+    }
+}
