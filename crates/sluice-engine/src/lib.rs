@@ -6,9 +6,10 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`io`] | the one I/O trait ([`io::Storage`], [`io::StorageFile`]) with file, memory (crash-simulating) and fault-injecting implementations |
-//! | [`codec`] | record bodies: the message record, fixed little-endian field encodings |
-//! | [`segment`] | segment header, record framing (length, CRC32C), scanning and recovery |
-//! | [`log`] | a segmented append-only log: preallocated segments, sparse index, reads, retention |
+//! | [`codec`] | field encodings shared by every record body: fixed little-endian integers, strings, bytes |
+//! | [`record`] | the message record (type 1) of topic logs and DLQs: encode, decode, decode the scheduling fields only |
+//! | [`segment`] | segment header, record framing (length, CRC32C), the frame scanner, the sparse index file |
+//! | [`log`] | a segmented append-only log: preallocated segments, recovery, sparse index, reads, retention |
 //! | [`dir`] | the data directory: lock, `FORMAT`, catalog |
 //! | [`commit`] | group commit: one flusher thread, sync modes, poisoning |
 //! | [`subscription`] | a subscription's state machine, its journal records and checkpoint |
@@ -22,4 +23,12 @@ pub mod catalog;
 pub mod clock;
 pub mod codec;
 pub mod dedup;
+pub mod dir;
+pub mod error;
 pub mod filter;
+pub mod io;
+pub mod log;
+pub mod record;
+pub mod segment;
+
+pub use error::{Error, Result};

@@ -1,0 +1,220 @@
+//! The engine's errors: one enum, [`Error`], for every module of the crate.
+//!
+//! Invariants: an error names the file (or directory) it is about whenever there is one, so an
+//! operator can act on the message alone; [`Error::Poisoned`] and [`Error::InUse`] carry the
+//! exact wording of `docs/engine-format.md`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::codec::CodecError;
+
+/// Result type of the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error of the storage engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path (`fdatasync DATA/topics/orders/….seg`).
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file holds bytes that cannot be what the engine wrote: a flipped bit at rest, a
+    /// stray file, a truncated sealed segment. The engine refuses to skip data silently.
+    #[error("{} is corrupt at byte {position}: {reason}", file.display())]
+    Corrupt {
+        /// The file.
+        file: PathBuf,
+        /// Byte position in the file where the problem starts.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An earlier write or sync failed, so what is on disk is unknown (after a failed
+    /// `fsync` the kernel may have dropped the dirty pages); the engine refuses further
+    /// writes. Reads keep working.
+    #[error(
+        "a write to the data directory failed ({cause}); the engine refuses further writes; \
+         restart to recover"
+    )]
+    Poisoned {
+        /// The first failure, with the file it was about.
+        cause: String,
+    },
+    /// Another engine (in this or another process) has the data directory open.
+    #[error(
+        "data directory `{}` is in use by another process{}. To share one data directory \
+         between processes, run `sluice serve --data {}` and connect with `sluice://HOST:PORT`.",
+        dir.display(), Pid(*pid), dir.display()
+    )]
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+        /// The pid written into `LOCK` by its holder, when it could be read.
+        pid: Option<u32>,
+    },
+    /// A `FORMAT` file or a segment header names a format version this build cannot read.
+    #[error("format {found} found; this build of Sluice reads format {expected}")]
+    Format {
+        /// The version found, as written.
+        found: String,
+        /// The version this build reads.
+        expected: u32,
+    },
+    /// The directory is not empty but is not a Sluice data directory (no `FORMAT`, or a
+    /// `FORMAT` of another program).
+    #[error("`{}` is not a Sluice data directory: {reason}", dir.display())]
+    NotDataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+    /// A record body does not decode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A record body is empty or larger than a frame may carry.
+    #[error("record body of {len} bytes; a record body must be 1 to {max} bytes")]
+    RecordSize {
+        /// The body's length.
+        len: usize,
+        /// The largest body this log accepts.
+        max: usize,
+    },
+    /// A value handed to the engine cannot be stored as it is (a string field longer than
+    /// its encoding allows, a name that is not a safe path component).
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was invalid.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The committer was shut down before the operation could run.
+    #[error("the engine is shutting down; the write was not performed")]
+    Closed,
+}
+
+impl Error {
+    /// An I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A corruption report.
+    pub fn corrupt(file: impl Into<PathBuf>, position: u64, reason: impl Into<String>) -> Self {
+        Self::Corrupt {
+            file: file.into(),
+            position,
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether trying the same operation again may succeed without operator action: only
+    /// interrupted or timed-out I/O. A poisoned engine, corruption, a locked directory or a
+    /// foreign format stay as they are until someone intervenes.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Formats ` (pid N)` when the pid is known.
+struct Pid(Option<u32>);
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, " (pid {pid})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Extension for `std::io::Result`: attach what was being done.
+pub(crate) trait IoContext<T> {
+    /// Wraps an I/O error into [`Error::Io`], computing the context only on failure.
+    fn context<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn context<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|source| Error::io(context(), source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_use_message_points_to_sluice_serve() {
+        let e = Error::InUse {
+            dir: "/var/lib/sluice".into(),
+            pid: Some(42),
+        };
+        assert_eq!(
+            e.to_string(),
+            "data directory `/var/lib/sluice` is in use by another process (pid 42). To share \
+             one data directory between processes, run `sluice serve --data /var/lib/sluice` \
+             and connect with `sluice://HOST:PORT`.",
+            "the message must match docs/engine-format.md"
+        );
+        let e = Error::InUse {
+            dir: "d".into(),
+            pid: None,
+        };
+        assert!(
+            e.to_string()
+                .starts_with("data directory `d` is in use by another process. "),
+            "without a pid the parenthesis is left out: {e}"
+        );
+    }
+
+    #[test]
+    fn format_and_poisoned_messages_follow_the_doc() {
+        let e = Error::Format {
+            found: "2".into(),
+            expected: 1,
+        };
+        assert_eq!(
+            e.to_string(),
+            "format 2 found; this build of Sluice reads format 1"
+        );
+        let e = Error::Poisoned {
+            cause: "fdatasync d/x.seg: Input/output error".into(),
+        };
+        assert!(
+            e.to_string()
+                .ends_with("the engine refuses further writes; restart to recover"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_transient_io_errors_are_retryable() {
+        let interrupted = Error::io("read", std::io::ErrorKind::Interrupted.into());
+        assert!(
+            interrupted.is_retryable(),
+            "an interrupted read may succeed"
+        );
+        let poisoned = Error::Poisoned { cause: "x".into() };
+        assert!(!poisoned.is_retryable(), "poisoning lasts until restart");
+    }
+}
