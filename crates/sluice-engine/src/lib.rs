@@ -22,6 +22,7 @@
 pub mod catalog;
 pub mod clock;
 pub mod codec;
+pub mod commit;
 pub mod dedup;
 pub mod dir;
 pub mod error;

@@ -1,5 +1,8 @@
 //! [`FaultyStorage`]: wraps another [`Storage`] and makes chosen operations fail.
 //!
+//! It can also slow every sync down ([`FaultyStorage::set_sync_delay`]), so tests see the
+//! batching a real disk's flush latency causes.
+//!
 //! Counting: a *write* is a [`StorageFile::write_at`]; a *sync* is a
 //! [`StorageFile::sync_data`], [`StorageFile::sync_all`] or [`Storage::sync_dir`]. A failed
 //! operation does nothing to the inner storage. Once [`FaultyStorage::break_after_fault`] is
@@ -10,6 +13,7 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Storage, StorageFile};
 
@@ -30,6 +34,8 @@ struct Faults {
     fail_sync_at: AtomicU64,
     break_after_fault: AtomicBool,
     broken: AtomicBool,
+    /// Latency added to every sync, in microseconds (to make a test's syncs slow like a disk's).
+    sync_delay_us: AtomicU64,
 }
 
 impl Faults {
@@ -58,6 +64,10 @@ impl Faults {
 
     fn sync(&self) -> io::Result<()> {
         self.check_broken()?;
+        let delay = self.sync_delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_micros(delay));
+        }
         let n = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
         if n == self.fail_sync_at.load(Ordering::SeqCst) {
             return Err(self.fire("sync", n));
@@ -101,6 +111,13 @@ impl<S: Storage> FaultyStorage<S> {
     /// Breaks the storage now: every later operation fails.
     pub fn break_now(&self) {
         self.faults.broken.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes every sync take at least `delay` (a disk's flush latency), so concurrent
+    /// writers pile up behind it as they would in production.
+    pub fn set_sync_delay(&self, delay: Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.faults.sync_delay_us.store(micros, Ordering::SeqCst);
     }
 
     /// Writes attempted so far (failed ones included).

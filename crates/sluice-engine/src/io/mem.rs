@@ -329,13 +329,16 @@ struct MemFile {
 
 impl MemFile {
     fn content(&self) -> io::Result<MutexGuard<'_, Content>> {
+        // Checked under the inode's lock: a crash bumps the generation before it reverts the
+        // inode (under the same lock), so no write of a dead handle can land after a crash.
+        let content = self.inode.content.lock().unwrap_or_else(|e| e.into_inner());
         if self.current.load(Ordering::SeqCst) != self.generation {
             return Err(io::Error::other(format!(
                 "{}: handle opened before a simulated crash",
                 self.path.display()
             )));
         }
-        Ok(self.inode.content.lock().unwrap_or_else(|e| e.into_inner()))
+        Ok(content)
     }
 }
 
