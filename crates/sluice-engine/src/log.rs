@@ -490,7 +490,9 @@ impl SegmentedLog {
         Ok(())
     }
 
-    /// One entry per segment, oldest first.
+    /// One entry per segment, oldest first. For retention by age, a segment's newest
+    /// publish time is one read away: [`crate::record::decode_meta`] of
+    /// `read(info.end - 1)` (an index lookup and one short scan, no full read).
     pub fn segments(&self) -> Vec<SegmentInfo> {
         let last = self.segments.len() - 1;
         self.segments

@@ -71,7 +71,16 @@ impl Flusher {
                 };
             };
             drop(state);
-            self.flush(batches);
+            let count = batches.len() as u64;
+            if catch_unwind(AssertUnwindSafe(|| self.flush(batches))).is_err() {
+                // A bug, not an I/O error: what was written is unknown, so stop writing; the
+                // batches' completions were dropped (their waiters see the channel close).
+                let error = Error::Poisoned {
+                    cause: "the flusher panicked".into(),
+                };
+                poison(&mut self.shared.lock(), &error);
+                self.finish(count);
+            }
             if self.interval_sync_due().is_some_and(|wait| wait.is_zero()) {
                 self.sync_pending();
             }
