@@ -31,5 +31,6 @@ pub mod io;
 pub mod log;
 pub mod record;
 pub mod segment;
+pub mod subscription;
 
 pub use error::{Error, Result};
