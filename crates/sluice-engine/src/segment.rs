@@ -536,6 +536,20 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn scanning_arbitrary_bytes_never_panics_and_yields_only_crc_checked_frames(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            chunk in 1usize..64,
+        ) {
+            let (frames, _) = scan_all(file_with(&bytes), chunk);
+            for (position, body) in frames {
+                let p = position as usize;
+                proptest::prop_assert_eq!(le_u32(&bytes[p + 4..]), crc32c::crc32c(&body));
+            }
+        }
+    }
+
     #[test]
     fn an_index_round_trips_and_a_damaged_one_is_refused() {
         let index = SparseIndex {

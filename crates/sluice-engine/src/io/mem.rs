@@ -209,8 +209,14 @@ impl Storage for MemStorage {
             None if !create => return Err(not_found(path)),
             None => {
                 let parent = path.parent().unwrap_or(Path::new(""));
-                if !ns.dir_exists(parent) || ns.dirs.contains(path) {
+                if !ns.dir_exists(parent) {
                     return Err(not_found(parent));
+                }
+                if ns.dirs.contains(path) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} is a directory", path.display()),
+                    ));
                 }
                 let inode = Arc::new(Inode::default());
                 ns.files.insert(path.to_path_buf(), inode.clone());
