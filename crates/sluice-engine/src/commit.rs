@@ -176,6 +176,11 @@ impl Batch {
         self
     }
 
+    /// Completes the batch with `error` without writing it (its committer is gone).
+    pub fn fail(self, error: Error) {
+        self.complete(Err(error));
+    }
+
     fn complete(self, outcome: Result<Vec<Range<u64>>>) {
         if let Some(completion) = self.completion {
             flusher::guarded("a completion", || completion(outcome));

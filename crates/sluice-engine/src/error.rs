@@ -99,6 +99,39 @@ pub enum Error {
     /// The committer was shut down before the operation could run.
     #[error("the engine is shutting down; the write was not performed")]
     Closed,
+    /// No topic of that name.
+    #[error("topic `{name}` does not exist")]
+    TopicNotFound {
+        /// The topic.
+        name: String,
+    },
+    /// No subscription of that name.
+    #[error("subscription `{name}` does not exist")]
+    SubscriptionNotFound {
+        /// The subscription.
+        name: String,
+    },
+    /// The lease is not (or no longer) held: it ran out, or the delivery was settled.
+    #[error("lease lost on {id}: it ran out or the delivery was already settled")]
+    LeaseLost {
+        /// What the lease was on.
+        id: String,
+    },
+    /// The topic's backlog bound is reached.
+    #[error("topic `{topic}` is full: its backlog of {backlog} messages reached the bound of {bound}; consumers of `{slowest}` are behind")]
+    BacklogFull {
+        /// The topic.
+        topic: String,
+        /// Messages in its backlog.
+        backlog: u64,
+        /// The bound.
+        bound: u64,
+        /// The slowest subscription.
+        slowest: String,
+    },
+    /// A subscription's state refused the operation.
+    #[error(transparent)]
+    State(#[from] crate::subscription::StateError),
 }
 
 impl Error {

@@ -1,0 +1,183 @@
+//! [`EmbeddedDelivery`]: a lease on one message; the verbs are journalled by the engine and
+//! confirmed once durable. A verb with a stale lease (it ran out and the message was handed
+//! out again, or it was settled) fails with `LeaseLost` and hands the delivery back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sluice_core::{
+    DeadLetterReason, Delivery, Envelope, Error, Message, SubscriptionName, TopicName, VerbError,
+    VerbResult,
+};
+use sluice_engine::engine::Leased;
+use sluice_engine::subscription::Ref;
+
+use crate::backend::Shared;
+use crate::bridge::completion;
+use crate::convert;
+
+/// A delivery from the embedded engine.
+pub struct EmbeddedDelivery {
+    shared: Arc<Shared>,
+    physical: String,
+    subscription: SubscriptionName,
+    topic: TopicName,
+    message: Message,
+    r: Ref,
+    token: u64,
+    attempt: u32,
+    deadline: Instant,
+}
+
+impl std::fmt::Debug for EmbeddedDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedDelivery")
+            .field("id", self.message.id())
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The tokio-clock instant of an engine deadline (ms since the epoch).
+fn deadline(deadline_ms: u64) -> Instant {
+    let now_ms = convert::to_ms(Some(SystemTime::now()));
+    let now = tokio::time::Instant::now();
+    (now + Duration::from_millis(deadline_ms.saturating_sub(now_ms))).into_std()
+}
+
+impl EmbeddedDelivery {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        physical: String,
+        subscription: SubscriptionName,
+        topic: TopicName,
+        leased: Leased,
+    ) -> Self {
+        Self {
+            shared,
+            physical,
+            subscription,
+            topic,
+            message: {
+                let mut message = convert::from_record(leased.record);
+                // A redriven message comes back without its envelope, as on every backend.
+                if matches!(leased.r, Ref::Dlq(_)) {
+                    Envelope::strip(&mut message);
+                }
+                message
+            },
+            r: leased.r,
+            token: leased.token,
+            attempt: leased.attempt,
+            deadline: deadline(leased.deadline_ms),
+        }
+    }
+
+    async fn settle(
+        self,
+        verb: impl FnOnce(&Self, Box<dyn FnOnce(sluice_engine::Result<()>) + Send>),
+    ) -> VerbResult<Self> {
+        let (done, settled) = completion::<()>();
+        verb(&self, done);
+        match settled.await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let error = self.name_lease(error);
+                Err(VerbError::new(error, self))
+            }
+        }
+    }
+
+    /// The engine names a lost lease by its position; the contract names it by message id.
+    fn name_lease(&self, error: Error) -> Error {
+        match error {
+            Error::LeaseLost { .. } => Error::LeaseLost {
+                id: self.message.id().to_string(),
+            },
+            other => other,
+        }
+    }
+}
+
+impl Delivery for EmbeddedDelivery {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    fn lease_deadline(&self) -> Instant {
+        self.deadline
+    }
+    fn topic(&self) -> &TopicName {
+        &self.topic
+    }
+    fn subscription(&self) -> &SubscriptionName {
+        &self.subscription
+    }
+
+    async fn ack(self) -> VerbResult<Self> {
+        self.settle(|d, done| d.shared.engine.ack(&d.physical, d.r, d.token, done))
+            .await
+    }
+
+    async fn retry(self, after: Duration) -> VerbResult<Self> {
+        self.settle(|d, done| {
+            d.shared
+                .engine
+                .retry(&d.physical, d.r, d.token, ms(after), done)
+        })
+        .await
+    }
+
+    async fn release(self) -> VerbResult<Self> {
+        self.settle(|d, done| d.shared.engine.release(&d.physical, d.r, d.token, done))
+            .await
+    }
+
+    async fn dead_letter(self, reason: DeadLetterReason) -> VerbResult<Self> {
+        let topic = self.topic.to_string();
+        let subscription = self.subscription.to_string();
+        let message = self.message.clone();
+        self.settle(move |d, done| {
+            // The engine knows the attempts and the first failure; the envelope's header names
+            // are the contract's.
+            let envelope = Box::new(move |attempts: u32, first_failure_ms: Option<u64>| {
+                let mut dead = message;
+                let mut reason_text = DeadLetterReason::new(reason.reason.clone());
+                reason_text.last_error = reason.last_error.clone();
+                let mut env = Envelope::new(
+                    topic,
+                    subscription,
+                    attempts,
+                    reason_text,
+                    first_failure_ms.and_then(convert::from_ms),
+                    SystemTime::now(),
+                );
+                if env.first_failure_at.is_none() {
+                    env.first_failure_at = Some(env.dead_lettered_at);
+                }
+                env.write(&mut dead);
+                convert::to_record(&dead)
+            });
+            d.shared
+                .engine
+                .dead_letter(&d.physical, d.r, d.token, envelope, done);
+        })
+        .await
+    }
+
+    async fn extend_lease(&mut self, lease: Duration) -> Result<(), Error> {
+        let deadline_ms = self
+            .shared
+            .engine
+            .extend(&self.physical, self.r, self.token, ms(lease).max(1))
+            .map_err(|e| self.name_lease(convert::error(e)))?;
+        self.deadline = deadline(deadline_ms);
+        Ok(())
+    }
+}

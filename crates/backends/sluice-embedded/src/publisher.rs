@@ -1,0 +1,158 @@
+//! [`EmbeddedPublisher`]: validates, converts and hands a batch to the engine, which confirms
+//! it once its records are durable (group commit with every concurrent publisher).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sluice_core::{Error, Message, PublishOutcome, PublishReceipt, Publisher, TopicName};
+use sluice_engine::engine::Published;
+
+use crate::backend::Shared;
+use crate::bridge::completion;
+use crate::convert;
+
+/// Publishes to the embedded engine. Cheap to clone; clones share their closed state.
+#[derive(Clone)]
+pub struct EmbeddedPublisher {
+    shared: Arc<Shared>,
+    state: Arc<State>,
+}
+
+#[derive(Default)]
+struct State {
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for EmbeddedPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedPublisher").finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedPublisher {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            state: Arc::default(),
+        }
+    }
+
+    /// Validates one message against the backend's limits and stamps `published_at`.
+    fn prepare(&self, mut message: Message, now: SystemTime) -> Result<Message, Error> {
+        message.check_size(self.shared.capabilities.max_message_size)?;
+        message.set_published_at(now);
+        Ok(message)
+    }
+}
+
+/// Decrements the in-flight count when a publish ends, however it ends.
+struct InFlight<'a>(&'a State);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Publisher for EmbeddedPublisher {
+    async fn publish(&self, topic: &TopicName, message: Message) -> Result<PublishReceipt, Error> {
+        self.publish_batch(topic, vec![message])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::backend("the engine returned no result", false)))
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<Message>,
+    ) -> Vec<Result<PublishReceipt, Error>> {
+        if self.state.closed.load(Ordering::Acquire) {
+            return messages
+                .iter()
+                .map(|_| Err(Error::Closed("publisher")))
+                .collect();
+        }
+        self.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _in_flight = InFlight(&self.state);
+        let now = SystemTime::now();
+        // Invalid messages fail alone; the valid ones go to the engine as one batch.
+        let mut results: Vec<Option<Result<PublishReceipt, Error>>> =
+            Vec::with_capacity(messages.len());
+        let mut ids = Vec::new();
+        let mut records = Vec::new();
+        for message in messages {
+            match self.prepare(message, now) {
+                Ok(message) => {
+                    ids.push(message.id().clone());
+                    records.push(convert::to_record(&message));
+                    results.push(None);
+                }
+                Err(err) => results.push(Some(Err(err))),
+            }
+        }
+        if !records.is_empty() {
+            let (done, confirmed) = completion::<Vec<sluice_engine::Result<Published>>>();
+            self.shared
+                .engine
+                .publish(&self.shared.topic(topic), records, done);
+            let mut outcomes = match confirmed.await {
+                Ok(outcomes) => outcomes
+                    .into_iter()
+                    .map(|r| r.map_err(convert::error))
+                    .collect::<Vec<_>>(),
+                Err(err) => {
+                    // The whole batch failed: every message gets the same error.
+                    ids.iter().map(|_| Err(same_error(&err, topic))).collect()
+                }
+            }
+            .into_iter();
+            let mut ids = ids.into_iter();
+            for slot in results.iter_mut().filter(|r| r.is_none()) {
+                let (Some(id), Some(outcome)) = (ids.next(), outcomes.next()) else {
+                    *slot = Some(Err(Error::backend(
+                        "the engine returned too few results",
+                        false,
+                    )));
+                    continue;
+                };
+                *slot = Some(outcome.map(|p| {
+                    let outcome = match p {
+                        Published::Stored { .. } => PublishOutcome::Published,
+                        Published::Duplicate => PublishOutcome::Duplicate,
+                    };
+                    PublishReceipt::new(id, outcome)
+                }));
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::backend("no result", false))))
+            .collect()
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        self.state.closed.store(true, Ordering::Release);
+        loop {
+            let idle = self.state.idle.notified();
+            if self.state.in_flight.load(Ordering::Acquire) == 0 {
+                return Ok(());
+            }
+            idle.await;
+        }
+    }
+}
+
+/// The same error again (errors are not `Clone`), with the topic's logical name.
+fn same_error(err: &Error, topic: &TopicName) -> Error {
+    match err {
+        Error::NotFound { .. } => Error::topic_not_found(topic.as_str()),
+        Error::Closed(what) => Error::Closed(what),
+        other => Error::backend(other.to_string(), other.is_retryable()),
+    }
+}

@@ -1,0 +1,122 @@
+//! [`EmbeddedSubscriber`]: pulls leases from the engine. A receive that finds nothing waits
+//! for the engine's wake-up (a durable publish, a verb) or its next timer (a lease running
+//! out, a retry or a delay coming due), never polling.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sluice_core::{Error, Subscriber, SubscriptionConfig, SubscriptionName, TopicName};
+
+use crate::backend::Shared;
+use crate::bridge::completion;
+use crate::convert;
+use crate::delivery::EmbeddedDelivery;
+
+/// A subscriber of one subscription. Each subscriber is its own holder for prefetch.
+pub struct EmbeddedSubscriber {
+    shared: Arc<Shared>,
+    name: SubscriptionName,
+    physical: String,
+    config: SubscriptionConfig,
+    holder: u64,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for EmbeddedSubscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedSubscriber")
+            .field("subscription", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedSubscriber {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        name: SubscriptionName,
+        config: SubscriptionConfig,
+    ) -> Self {
+        let physical = shared.subscription(&name);
+        let holder = shared.holder();
+        Self {
+            shared,
+            name,
+            physical,
+            config,
+            holder,
+            closed: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Subscriber for EmbeddedSubscriber {
+    type Delivery = EmbeddedDelivery;
+
+    fn subscription(&self) -> &SubscriptionName {
+        &self.name
+    }
+
+    fn config(&self) -> &SubscriptionConfig {
+        &self.config
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<EmbeddedDelivery>, Error> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let max = max.clamp(1, self.shared.capabilities.max_batch);
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed("subscriber"));
+            }
+            // Register for the wake-up before looking, so a change in between is not missed.
+            let woken = self.shared.notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let (done, leased) = completion();
+            self.shared
+                .engine
+                .receive(&self.physical, self.holder, max, done);
+            let leased = leased.await?;
+            if !leased.is_empty() {
+                let topic: TopicName = self.config.topic.clone();
+                return Ok(leased
+                    .into_iter()
+                    .map(|l| {
+                        EmbeddedDelivery::new(
+                            self.shared.clone(),
+                            self.physical.clone(),
+                            self.name.clone(),
+                            topic.clone(),
+                            l,
+                        )
+                    })
+                    .collect());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut until = deadline;
+            if let Some(wake_ms) = self
+                .shared
+                .engine
+                .next_wakeup_ms(&self.physical)
+                .map_err(convert::error)?
+            {
+                let now_ms = convert::to_ms(Some(SystemTime::now()));
+                let timer = now + Duration::from_millis(wake_ms.saturating_sub(now_ms));
+                until = until.min(timer);
+            }
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        self.closed.store(true, Ordering::Release);
+        self.shared.notify.notify_waiters();
+        Ok(())
+    }
+}

@@ -1,0 +1,464 @@
+//! Publishing, receiving and the verbs. Each operation changes the state under the lock,
+//! submits its records to the committer under the same lock, and completes once they are
+//! committed.
+
+use std::ops::Range;
+
+use super::{read_record, read_ref, Completion, Engine, EnvelopeFn};
+use crate::commit::Batch;
+use crate::error::{Error, Result};
+use crate::filter;
+use crate::record::{decode_meta, MessageRecord};
+use crate::subscription::{Meta, Ref, StateError, Stats};
+
+/// The outcome of one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Stored at this offset of the topic.
+    Stored {
+        /// Its offset.
+        offset: u64,
+    },
+    /// Its id was published within the topic's dedup window: dropped.
+    Duplicate,
+}
+
+/// A message leased to a consumer.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Leased {
+    /// What the lease is on (pass it back to the verbs).
+    pub r: Ref,
+    /// The lease's token (pass it back to the verbs).
+    pub token: u64,
+    /// 1-based delivery count.
+    pub attempt: u32,
+    /// When the lease runs out (ms since the epoch, the engine's clock).
+    pub deadline_ms: u64,
+    /// The message.
+    pub record: MessageRecord,
+}
+
+/// A subscription's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionStats {
+    /// Deliverable now (an upper bound when a filter skips messages not yet looked at).
+    pub ready: u64,
+    /// Leased.
+    pub in_flight: u64,
+    /// Waiting for a delay or a retry.
+    pub delayed: u64,
+    /// In the DLQ.
+    pub dead_lettered: u64,
+    /// When the oldest unsettled message was published (ms since the epoch).
+    pub oldest_published_ms: Option<u64>,
+}
+
+fn state_error(err: StateError) -> Error {
+    match err {
+        StateError::LeaseLost { message } => Error::LeaseLost {
+            id: message.to_string(),
+        },
+        other => Error::State(other),
+    }
+}
+
+impl Engine {
+    /// Publishes `records` to `topic` (their offset and `published_at` are set by the
+    /// engine). `done` gets one outcome per record, in order, once the batch is committed; a
+    /// record whose id was published within the topic's dedup window is `Duplicate` and not
+    /// stored. A failed write fails the whole call (and poisons the engine).
+    pub fn publish(
+        &self,
+        topic: &str,
+        records: Vec<MessageRecord>,
+        done: Completion<Vec<Result<Published>>>,
+    ) {
+        if let Err(err) = self.check_open() {
+            return done(Err(err));
+        }
+        let failed: Vec<(String, String, u64)> = std::mem::take(
+            &mut *self
+                .inner
+                .failed_claims
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let now = self.now_ms();
+        let mut state = self.lock();
+        for (topic_name, id, at) in failed {
+            if let Some(t) = state.topics.get_mut(&topic_name) {
+                t.dedup.remove(&id, at);
+            }
+        }
+        let Some(t) = state.topics.get_mut(topic) else {
+            drop(state);
+            return done(Err(Error::TopicNotFound {
+                name: topic.to_owned(),
+            }));
+        };
+        let mut outcomes: Vec<Option<Result<Published>>> = Vec::with_capacity(records.len());
+        let mut bodies = Vec::with_capacity(records.len());
+        let mut claims = Vec::new();
+        for mut record in records {
+            record.published_at_ms = now;
+            if let Some(window) = t.options.dedup_window_ms {
+                if t.dedup.contains(&record.id, now, window) {
+                    outcomes.push(Some(Ok(Published::Duplicate)));
+                    continue;
+                }
+            }
+            match record.encode() {
+                Ok(body) => {
+                    if t.options.dedup_window_ms.is_some() {
+                        t.dedup.insert(&record.id, now);
+                        claims.push((topic.to_owned(), record.id, now));
+                    }
+                    bodies.push(body);
+                    outcomes.push(None);
+                }
+                Err(err) => outcomes.push(Some(Err(err))),
+            }
+        }
+        if bodies.is_empty() {
+            drop(state);
+            return done(Ok(outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or(Err(Error::Closed)))
+                .collect()));
+        }
+        let inner = std::sync::Arc::downgrade(&self.inner);
+        let batch = Batch::new().append(&t.log, bodies).on_complete(
+            move |result: Result<Vec<Range<u64>>>| match result {
+                Ok(ranges) => {
+                    let mut offsets = ranges.into_iter().next().unwrap_or(0..0);
+                    let outcomes = outcomes
+                        .into_iter()
+                        .map(|o| {
+                            o.unwrap_or_else(|| {
+                                Ok(Published::Stored {
+                                    offset: offsets.next().unwrap_or(0),
+                                })
+                            })
+                        })
+                        .collect();
+                    done(Ok(outcomes));
+                }
+                Err(err) => {
+                    // The publish failed: its ids may be published again.
+                    if let Some(inner) = inner.upgrade() {
+                        inner
+                            .failed_claims
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(claims);
+                    }
+                    done(Err(err));
+                }
+            },
+        );
+        self.submit(batch);
+    }
+
+    /// Leases up to `max` messages of subscription `name` to `holder` (within the
+    /// subscription's prefetch per holder). `done` gets them once their delivery is
+    /// journalled; an empty list means nothing is deliverable now (see
+    /// [`next_wakeup_ms`](Self::next_wakeup_ms)).
+    pub fn receive(&self, name: &str, holder: u64, max: usize, done: Completion<Vec<Leased>>) {
+        if let Err(err) = self.check_open() {
+            return done(Err(err));
+        }
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let super::State { topics, subs, .. } = &mut *state;
+        let Some(sub) = subs.get_mut(name) else {
+            drop(state);
+            return done(Err(Error::SubscriptionNotFound {
+                name: name.to_owned(),
+            }));
+        };
+        let Some(topic) = topics.get(&sub.entry.options.topic) else {
+            drop(state);
+            return done(Err(Error::TopicNotFound {
+                name: name.to_owned(),
+            }));
+        };
+        let prefetch = sub.entry.options.prefetch.max(1);
+        let room = prefetch.saturating_sub(sub.state.held_by(holder)) as usize;
+        let max = max.min(room);
+        if max == 0 {
+            drop(state);
+            return done(Ok(Vec::new()));
+        }
+        let log = topic.log.clone();
+        let dlq = sub.dlq.clone();
+        let log_end = log.lock().end();
+        let pattern = sub.entry.options.filter.clone();
+        let mut meta = |r: Ref| -> Option<Meta> {
+            let body = match r {
+                Ref::Topic(offset) => log.lock().read(offset),
+                Ref::Dlq(offset) => dlq.lock().read(offset),
+            };
+            let body = match body {
+                Ok(Some(body)) => body,
+                // Retention removed it (it was handled by every subscription): skip it.
+                Ok(None) => {
+                    return Some(Meta {
+                        matches: false,
+                        ..Meta::default()
+                    })
+                }
+                Err(err) => {
+                    tracing::error!(subscription = name, %r, %err, "cannot read a message; dispatch stops there");
+                    return None;
+                }
+            };
+            let meta = decode_meta(&body).ok()?;
+            let matches = matches!(r, Ref::Dlq(_))
+                || pattern
+                    .as_deref()
+                    .is_none_or(|p| filter::matches(p, meta.routing_key));
+            Some(Meta {
+                deliver_at_ms: meta.deliver_at_ms,
+                ordering_key: meta.ordering_key.map(str::to_owned),
+                matches,
+            })
+        };
+        let lease_ms = sub.entry.options.lease_ms;
+        let poll = sub
+            .state
+            .poll(now, max, holder, lease_ms, log_end, &mut meta);
+        let mut leased = Vec::with_capacity(poll.leases.len());
+        for lease in poll.leases {
+            match read_ref(&log, &dlq, lease.message) {
+                Ok(Some(record)) => leased.push(Leased {
+                    r: lease.message,
+                    token: lease.token,
+                    attempt: lease.attempt,
+                    deadline_ms: lease.deadline_ms,
+                    record,
+                }),
+                Ok(None) | Err(_) => {
+                    tracing::error!(subscription = name, r = %lease.message, "a leased message cannot be read; it is delivered again when its lease runs out");
+                }
+            }
+        }
+        self.journal(
+            name,
+            sub,
+            &poll.journal,
+            Box::new(move |result| done(result.map(|()| leased))),
+        );
+    }
+
+    fn verb(
+        &self,
+        name: &str,
+        done: Completion<()>,
+        apply: impl FnOnce(
+            &mut crate::subscription::SubscriptionState,
+            u64,
+        )
+            -> std::result::Result<crate::subscription::JournalRecord, StateError>,
+    ) {
+        if let Err(err) = self.check_open() {
+            return done(Err(err));
+        }
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let Some(sub) = state.subs.get_mut(name) else {
+            drop(state);
+            return done(Err(Error::SubscriptionNotFound {
+                name: name.to_owned(),
+            }));
+        };
+        match apply(&mut sub.state, now) {
+            Ok(record) => {
+                self.journal(name, sub, &[record], done);
+                drop(state);
+                self.wake();
+            }
+            Err(err) => {
+                drop(state);
+                done(Err(state_error(err)));
+            }
+        }
+    }
+
+    /// Acks: the message is settled for this subscription.
+    pub fn ack(&self, name: &str, r: Ref, token: u64, done: Completion<()>) {
+        self.verb(name, done, |s, now| s.ack(r, token, now));
+    }
+
+    /// Retries: delivered again no earlier than `after_ms` from now, with attempt + 1.
+    pub fn retry(&self, name: &str, r: Ref, token: u64, after_ms: u64, done: Completion<()>) {
+        self.verb(name, done, |s, now| s.retry(r, token, now, after_ms));
+    }
+
+    /// Releases: delivered again at once, attempt unchanged.
+    pub fn release(&self, name: &str, r: Ref, token: u64, done: Completion<()>) {
+        self.verb(name, done, |s, now| s.release(r, token, now));
+    }
+
+    /// Extends a lease to `lease_ms` from now; returns the new deadline. Not journalled
+    /// (leases do not survive a restart).
+    pub fn extend(&self, name: &str, r: Ref, token: u64, lease_ms: u64) -> Result<u64> {
+        self.check_open()?;
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let sub = state
+            .subs
+            .get_mut(name)
+            .ok_or_else(|| Error::SubscriptionNotFound {
+                name: name.to_owned(),
+            })?;
+        sub.state
+            .extend(r, token, now, lease_ms)
+            .map_err(state_error)
+    }
+
+    /// Dead-letters: the message goes to the subscription's DLQ as the record `envelope`
+    /// builds (from the attempts made and the first failure time), or is dropped with a
+    /// warning if the subscription has no DLQ.
+    pub fn dead_letter(
+        &self,
+        name: &str,
+        r: Ref,
+        token: u64,
+        envelope: EnvelopeFn,
+        done: Completion<()>,
+    ) {
+        if let Err(err) = self.check_open() {
+            return done(Err(err));
+        }
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let result = self.dead_letter_locked(&mut state, name, r, token, now, envelope, done);
+        drop(state);
+        match result {
+            Ok(()) => self.wake(),
+            Err((err, done)) => done(Err(err)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dead_letter_locked(
+        &self,
+        state: &mut super::State,
+        name: &str,
+        r: Ref,
+        token: u64,
+        now: u64,
+        envelope: EnvelopeFn,
+        done: Completion<()>,
+    ) -> std::result::Result<(), (Error, Completion<()>)> {
+        let Some(sub) = state.subs.get_mut(name) else {
+            return Err((
+                Error::SubscriptionNotFound {
+                    name: name.to_owned(),
+                },
+                done,
+            ));
+        };
+        let facts = match sub.state.dead_letter(r, token, now) {
+            Ok(facts) => facts,
+            Err(err) => return Err((state_error(err), done)),
+        };
+        let first_failure = (facts.first_failure_at_ms != 0).then_some(facts.first_failure_at_ms);
+        let dead = envelope(facts.attempt, first_failure);
+        if !sub.entry.options.dead_letter_queue {
+            tracing::warn!(subscription = name, id = %dead.id, "dead-lettered without a DLQ: the message is dropped");
+            // Settled as dead-lettered at an offset past any real DLQ offset: never read.
+            let phantom = u64::MAX - sub.dlq_next;
+            return match sub.state.dead_lettered(r, phantom) {
+                Ok(record) => {
+                    self.journal(name, sub, &[record], done);
+                    Ok(())
+                }
+                Err(err) => Err((state_error(err), done)),
+            };
+        }
+        let body = match dead.encode() {
+            Ok(body) => body,
+            Err(err) => {
+                let _ = sub.state.cancel_dead_letter(r);
+                return Err((err, done));
+            }
+        };
+        let dlq_offset = sub.dlq_next;
+        let record = match sub.state.dead_lettered(r, dlq_offset) {
+            Ok(record) => record,
+            Err(err) => return Err((state_error(err), done)),
+        };
+        sub.dlq_next += 1;
+        sub.journal_next += 1;
+        sub.since_checkpoint += 1;
+        // The DLQ record and the journal record commit in one flush.
+        let batch = Batch::new()
+            .append(&sub.dlq, vec![body])
+            .append(&sub.journal, vec![record.encode()])
+            .on_complete(move |result| done(result.map(|_| ())));
+        self.submit(batch);
+        Ok(())
+    }
+
+    /// When something of subscription `name` may next become deliverable without a new
+    /// publish (a lease running out, a retry or delay coming due), ms since the epoch.
+    pub fn next_wakeup_ms(&self, name: &str) -> Result<Option<u64>> {
+        let state = self.lock();
+        let sub = state
+            .subs
+            .get(name)
+            .ok_or_else(|| Error::SubscriptionNotFound {
+                name: name.to_owned(),
+            })?;
+        Ok(sub.state.next_wakeup_ms())
+    }
+
+    /// A subscription's counters.
+    pub fn stats(&self, name: &str) -> Result<SubscriptionStats> {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let super::State { topics, subs, .. } = &mut *state;
+        let sub = subs
+            .get_mut(name)
+            .ok_or_else(|| Error::SubscriptionNotFound {
+                name: name.to_owned(),
+            })?;
+        let log = topics
+            .get(&sub.entry.options.topic)
+            .map(|t| t.log.clone())
+            .ok_or_else(|| Error::TopicNotFound {
+                name: sub.entry.options.topic.clone(),
+            })?;
+        let log_end = log.lock().end();
+        let s: Stats = sub.state.stats(now, log_end);
+        let oldest_published_ms = match s.oldest_unsettled {
+            Some(r) => read_ref(&log, &sub.dlq, r)?.map(|m| m.published_at_ms),
+            None => None,
+        };
+        Ok(SubscriptionStats {
+            ready: s.ready,
+            in_flight: s.in_flight,
+            delayed: s.delayed,
+            dead_lettered: s.dead_lettered,
+            oldest_published_ms,
+        })
+    }
+
+    /// The message at `offset` of a topic, if retained.
+    pub fn read(&self, topic: &str, offset: u64) -> Result<Option<MessageRecord>> {
+        let log = {
+            let state = self.lock();
+            state
+                .topics
+                .get(topic)
+                .map(|t| t.log.clone())
+                .ok_or_else(|| Error::TopicNotFound {
+                    name: topic.to_owned(),
+                })?
+        };
+        read_record(&log, offset)
+    }
+}

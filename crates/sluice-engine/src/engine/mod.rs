@@ -1,0 +1,536 @@
+//! The engine: topics, subscriptions and their logs behind one state lock, writes through
+//! one group committer. This is where the pieces meet; the format and the commit protocol
+//! are in `docs/engine-format.md`.
+//!
+//! Invariants:
+//! - Every change of a subscription's state is applied in memory under the state lock and
+//!   its journal records are submitted to the committer *under the same lock*, so the journal
+//!   holds them in the order they were applied; the caller's completion runs only once they
+//!   are committed (durable with `SyncMode::Always`).
+//! - Completions and the durable hook never take the state lock (a refused batch completes
+//!   synchronously on the submitting thread, which holds it); failed dedup claims go through
+//!   their own small lock instead.
+//! - Reads of a log take its lock briefly, never while the flusher would need it for long.
+//! - A topic's offsets are assigned by its log at append; a publish learns them from its
+//!   completion.
+
+mod data;
+mod dlq;
+mod topology;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::catalog::{Catalog, SubscriptionEntry, TopicOptions};
+use crate::clock::{Clock, SystemClock};
+use crate::commit::{Batch, Committer, LogHandle, SyncMode};
+use crate::dedup::DedupIndex;
+use crate::dir::DataDir;
+use crate::error::{Error, Result};
+use crate::io::{FileStorage, Storage};
+use crate::log::{LogOptions, SegmentedLog};
+use crate::record::MessageRecord;
+use crate::segment::SegmentKind;
+use crate::subscription::{JournalPosition, JournalRecord, Ref, SubscriptionState};
+
+pub use data::{Leased, Published};
+
+/// A callback completing an asynchronous operation, run on the flusher thread: keep it short
+/// and never block in it.
+pub type Completion<T> = Box<dyn FnOnce(Result<T>) + Send + 'static>;
+
+/// Builds the dead-letter record from the attempts made and the first failure time (ms).
+pub type EnvelopeFn = Box<dyn FnOnce(u32, Option<u64>) -> MessageRecord + Send + 'static>;
+
+/// Journal records after which a subscription is checkpointed (and its journal trimmed).
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 100_000;
+
+/// Options of an engine.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct EngineOptions {
+    /// Durability of writes (default: sync before confirming).
+    pub sync: SyncMode,
+    /// Segment layout of every log.
+    pub log: LogOptions,
+    /// Where the bytes go; `None` is the real filesystem (and the directory is locked).
+    pub storage: Option<Arc<dyn Storage>>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Journal records between two checkpoints of a subscription.
+    pub checkpoint_every: u64,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("sync", &self.sync)
+            .field("log", &self.log)
+            .field("checkpoint_every", &self.checkpoint_every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            sync: SyncMode::Always,
+            log: LogOptions::default(),
+            storage: None,
+            clock: Arc::new(SystemClock),
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// Sets the sync mode.
+    #[must_use]
+    pub fn sync(mut self, sync: SyncMode) -> Self {
+        self.sync = sync;
+        self
+    }
+    /// Uses `storage` instead of the filesystem (tests: memory, fault injection).
+    #[must_use]
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+    /// Uses `clock`.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// Sets the segment layout.
+    #[must_use]
+    pub fn log(mut self, log: LogOptions) -> Self {
+        self.log = log;
+        self
+    }
+    /// Sets the checkpoint interval (journal records).
+    #[must_use]
+    pub fn checkpoint_every(mut self, records: u64) -> Self {
+        self.checkpoint_every = records.max(1);
+        self
+    }
+}
+
+/// What an engine knows about one topic.
+pub(crate) struct Topic {
+    pub(crate) options: TopicOptions,
+    pub(crate) log: LogHandle,
+    pub(crate) dedup: DedupIndex,
+    pub(crate) subscriptions: BTreeSet<String>,
+}
+
+/// What an engine knows about one subscription.
+pub(crate) struct Sub {
+    pub(crate) entry: SubscriptionEntry,
+    pub(crate) state: SubscriptionState,
+    pub(crate) journal: LogHandle,
+    pub(crate) dlq: LogHandle,
+    /// The DLQ offset the next dead-lettered message will get (appends are submitted in
+    /// order under the state lock).
+    pub(crate) dlq_next: u64,
+    /// The journal sequence the next record will get.
+    pub(crate) journal_next: u64,
+    /// Journal records since the last checkpoint.
+    pub(crate) since_checkpoint: u64,
+    /// A checkpoint is being written.
+    pub(crate) checkpointing: bool,
+}
+
+pub(crate) struct State {
+    pub(crate) catalog: Catalog,
+    pub(crate) topics: HashMap<String, Topic>,
+    pub(crate) subs: HashMap<String, Sub>,
+}
+
+type Listener = Arc<dyn Fn() + Send + Sync>;
+
+pub(crate) struct Inner {
+    pub(crate) options: EngineOptions,
+    pub(crate) dir: Mutex<Option<DataDir>>,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) committer: Mutex<Option<Committer>>,
+    pub(crate) state: Mutex<State>,
+    listener: Arc<RwLock<Option<Listener>>>,
+    /// Dedup claims of publishes that failed, dropped at the next publish to their topic.
+    pub(crate) failed_claims: Mutex<Vec<(String, String, u64)>>,
+    pub(crate) closed: AtomicBool,
+}
+
+/// The embedded engine. Cheap to clone: clones share one open data directory.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens (creating if needed) the data directory at `path`: locks it, checks its format,
+    /// loads the catalog, recovers every log (reporting anything dropped in the log) and
+    /// restores every subscription from its checkpoint and journal.
+    pub fn open(path: impl AsRef<Path>, options: EngineOptions) -> Result<Engine> {
+        let (storage, real_lock): (Arc<dyn Storage>, bool) = match &options.storage {
+            Some(storage) => (storage.clone(), false),
+            None => (Arc::new(FileStorage::new()), true),
+        };
+        let dir = DataDir::open(storage.clone(), path.as_ref(), real_lock)?;
+        let catalog = match dir.load_catalog()? {
+            Some(bytes) => Catalog::from_bytes(&bytes).map_err(|reason| Error::Invalid {
+                what: "catalog",
+                reason,
+            })?,
+            None => Catalog::new(),
+        };
+        let now = options.clock.now_ms();
+        let mut topics = HashMap::new();
+        for (name, topic_options) in &catalog.topics {
+            topics.insert(
+                name.clone(),
+                open_topic(&dir, &options, name, topic_options.clone(), now)?,
+            );
+        }
+        let mut subs = HashMap::new();
+        for (name, entry) in &catalog.subscriptions {
+            let sub = open_subscription(&dir, &options, name, entry.clone(), now)?;
+            if let Some(topic) = topics.get_mut(&entry.options.topic) {
+                topic.subscriptions.insert(name.clone());
+            }
+            subs.insert(name.clone(), sub);
+        }
+        let listener: Arc<RwLock<Option<Listener>>> = Arc::default();
+        let hook_listener = listener.clone();
+        let committer = Committer::start(options.sync, move |_committed| {
+            let listener = hook_listener
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(listener) = listener {
+                listener();
+            }
+        });
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                options,
+                dir: Mutex::new(Some(dir)),
+                storage,
+                committer: Mutex::new(Some(committer)),
+                state: Mutex::new(State {
+                    catalog,
+                    topics,
+                    subs,
+                }),
+                listener,
+                failed_claims: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Sets the function called after every committed write and every state change that may
+    /// make a delivery possible (a consumer waiting in `receive` should look again).
+    pub fn set_listener(&self, listener: Arc<dyn Fn() + Send + Sync>) {
+        *self
+            .inner
+            .listener
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+
+    pub(crate) fn wake(&self) {
+        let listener = self
+            .inner
+            .listener
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(listener) = listener {
+            listener();
+        }
+    }
+
+    /// The engine's clock, now.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.options.clock.now_ms()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Submits a batch (call it with the state lock held when the order of journal records
+    /// matters: the completion must not take the state lock).
+    pub(crate) fn submit(&self, batch: Batch) {
+        let committer = self
+            .inner
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match committer.as_ref() {
+            Some(committer) => {
+                committer.submit(batch);
+            }
+            None => batch_closed(batch),
+        }
+    }
+
+    /// Submits journal records of `sub` with a completion; counts them toward the next
+    /// checkpoint. Call with the state lock held.
+    pub(crate) fn journal(
+        &self,
+        name: &str,
+        sub: &mut Sub,
+        records: &[JournalRecord],
+        done: Completion<()>,
+    ) {
+        if records.is_empty() {
+            done(Ok(()));
+            return;
+        }
+        let bodies: Vec<Vec<u8>> = records.iter().map(JournalRecord::encode).collect();
+        sub.journal_next += bodies.len() as u64;
+        sub.since_checkpoint += bodies.len() as u64;
+        let batch = Batch::new()
+            .append(&sub.journal, bodies)
+            .on_complete(move |result| done(result.map(|_| ())));
+        self.submit(batch);
+        if sub.since_checkpoint >= self.inner.options.checkpoint_every && !sub.checkpointing {
+            sub.checkpointing = true;
+            let engine = self.clone();
+            let name = name.to_owned();
+            std::thread::spawn(move || {
+                if let Err(err) = engine.checkpoint(&name) {
+                    tracing::warn!(subscription = %name, %err, "checkpoint failed; the journal keeps growing until the next one");
+                }
+            });
+        }
+    }
+
+    /// Writes a checkpoint of subscription `name` and trims its journal before it.
+    pub fn checkpoint(&self, name: &str) -> Result<()> {
+        let (body, position, journal) = {
+            let mut state = self.lock();
+            let Some(sub) = state.subs.get_mut(name) else {
+                return Ok(());
+            };
+            let position = JournalPosition {
+                segment: 0,
+                position: sub.journal_next,
+            };
+            sub.since_checkpoint = 0;
+            (
+                sub.state.checkpoint(position),
+                position,
+                sub.journal.clone(),
+            )
+        };
+        let result = (|| {
+            // Every record the checkpoint includes must be durable before the journal is cut.
+            self.barrier()?;
+            let path = {
+                let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
+                let dir = dir.as_ref().ok_or(Error::Closed)?;
+                let path = dir.checkpoint_path(name)?;
+                dir.write_atomic(&path, &body)?;
+                path
+            };
+            let _ = path;
+            journal.lock().remove_segments_before(position.position)?;
+            Ok(())
+        })();
+        if let Some(sub) = self.lock().subs.get_mut(name) {
+            sub.checkpointing = false;
+        }
+        result
+    }
+
+    /// Waits until everything submitted so far is complete.
+    pub(crate) fn barrier(&self) -> Result<()> {
+        let committer = self
+            .inner
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match committer.as_ref() {
+            Some(committer) => {
+                if let Some(cause) = committer.poisoned() {
+                    return Err(Error::Poisoned { cause });
+                }
+                committer.commit(Vec::new()).map(|_| ())
+            }
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// Checkpoints every subscription, stops the flusher (completing what is queued) and
+    /// releases the data directory. Later calls on any clone fail with [`Error::Closed`].
+    pub fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let names: Vec<String> = self.lock().subs.keys().cloned().collect();
+        let mut first_error = None;
+        for name in names {
+            if let Err(err) = self.checkpoint(&name) {
+                first_error.get_or_insert(err);
+            }
+        }
+        if let Some(mut committer) = self
+            .inner
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            committer.close();
+        }
+        self.inner
+            .dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.wake();
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether a write failed and the engine refuses further writes.
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(Committer::poisoned)
+    }
+}
+
+fn batch_closed(batch: Batch) {
+    // The committer is gone: complete the batch with `Closed` by submitting it to a
+    // committer that refuses everything is not possible, so drop it through its completion.
+    batch.fail(Error::Closed);
+}
+
+pub(crate) fn open_topic(
+    dir: &DataDir,
+    options: &EngineOptions,
+    name: &str,
+    topic_options: TopicOptions,
+    now: u64,
+) -> Result<Topic> {
+    let (log, report) = SegmentedLog::open(
+        dir.storage().clone(),
+        dir.topic_dir(name)?,
+        SegmentKind::TopicLog,
+        options.log,
+    )?;
+    if !report.is_clean() {
+        tracing::warn!(topic = name, %report, "recovered the topic log");
+    }
+    let mut dedup = DedupIndex::new();
+    if let Some(window) = topic_options.dedup_window_ms {
+        let mut iter = log.iter_from(log.first());
+        while let Some((_, body)) = iter.next_body()? {
+            let meta = crate::record::decode_meta(body)?;
+            if now.saturating_sub(meta.published_at_ms) < window {
+                dedup.insert(meta.id, meta.published_at_ms);
+            }
+        }
+    }
+    Ok(Topic {
+        options: topic_options,
+        log: LogHandle::new(log),
+        dedup,
+        subscriptions: BTreeSet::new(),
+    })
+}
+
+pub(crate) fn open_subscription(
+    dir: &DataDir,
+    options: &EngineOptions,
+    name: &str,
+    entry: SubscriptionEntry,
+    now: u64,
+) -> Result<Sub> {
+    let storage = dir.storage().clone();
+    let (journal, report) = SegmentedLog::open(
+        storage.clone(),
+        dir.journal_dir(name)?,
+        SegmentKind::Journal,
+        options.log,
+    )?;
+    if !report.is_clean() {
+        tracing::warn!(subscription = name, %report, "recovered the subscription journal");
+    }
+    let (dlq, report) =
+        SegmentedLog::open(storage, dir.dlq_dir(name)?, SegmentKind::Dlq, options.log)?;
+    if !report.is_clean() {
+        tracing::warn!(subscription = name, %report, "recovered the dead-letter log");
+    }
+    let (mut state, from) = match dir.read(&dir.checkpoint_path(name)?)? {
+        Some(body) => {
+            let (state, position) = SubscriptionState::restore(&body)?;
+            (state, position.position)
+        }
+        None => (SubscriptionState::new(entry.start_offset), journal.first()),
+    };
+    let mut replayed = 0u64;
+    {
+        let mut iter = journal.iter_from(from.max(journal.first()));
+        while let Some((_, body)) = iter.next_body()? {
+            let record = JournalRecord::decode(body)?;
+            state.apply(&record);
+            replayed += 1;
+        }
+    }
+    // Tokens of the previous run must never match a new lease.
+    state.start_tokens_at(now.saturating_mul(1000));
+    let journal_next = journal.end();
+    let dlq_next = dlq.end();
+    Ok(Sub {
+        entry,
+        state,
+        journal: LogHandle::new(journal),
+        dlq: LogHandle::new(dlq),
+        dlq_next,
+        journal_next,
+        since_checkpoint: replayed,
+        checkpointing: false,
+    })
+}
+
+/// Reads a message record from `log` at `seq`.
+pub(crate) fn read_record(log: &LogHandle, seq: u64) -> Result<Option<MessageRecord>> {
+    let body = log.lock().read(seq)?;
+    body.map(|b| MessageRecord::decode(&b)).transpose()
+}
+
+/// Reads the message a ref points at.
+pub(crate) fn read_ref(
+    topic_log: &LogHandle,
+    dlq: &LogHandle,
+    r: Ref,
+) -> Result<Option<MessageRecord>> {
+    match r {
+        Ref::Topic(offset) => read_record(topic_log, offset),
+        Ref::Dlq(offset) => read_record(dlq, offset),
+    }
+}

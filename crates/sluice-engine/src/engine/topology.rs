@@ -1,0 +1,236 @@
+//! Topics and subscriptions: create (or report the existing options), describe, list,
+//! delete. Every change rewrites the catalog atomically before it is visible.
+
+use std::collections::BTreeSet;
+
+use super::{open_subscription, open_topic, Engine};
+use crate::catalog::{Start, SubscriptionEntry, SubscriptionOptions, TopicOptions};
+use crate::dir::check_name;
+use crate::error::{Error, Result};
+use crate::record::decode_meta;
+
+impl Engine {
+    fn store_catalog(&self, catalog: &crate::catalog::Catalog) -> Result<()> {
+        let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
+        dir.as_ref()
+            .ok_or(Error::Closed)?
+            .store_catalog(&catalog.to_bytes())
+    }
+
+    /// Creates topic `name`; if it exists, returns its options (the caller decides whether
+    /// they conflict with the ones asked for).
+    pub fn create_topic(&self, name: &str, options: TopicOptions) -> Result<Option<TopicOptions>> {
+        self.check_open()?;
+        check_name("topic name", name)?;
+        let mut state = self.lock();
+        if let Some(topic) = state.topics.get(name) {
+            return Ok(Some(topic.options.clone()));
+        }
+        let topic = {
+            let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
+            let dir = dir.as_ref().ok_or(Error::Closed)?;
+            open_topic(
+                dir,
+                &self.inner.options,
+                name,
+                options.clone(),
+                self.now_ms(),
+            )?
+        };
+        let mut catalog = state.catalog.clone();
+        catalog.topics.insert(name.to_owned(), options);
+        self.store_catalog(&catalog)?;
+        state.catalog = catalog;
+        state.topics.insert(name.to_owned(), topic);
+        Ok(None)
+    }
+
+    /// A topic's options and subscriptions.
+    pub fn topic(&self, name: &str) -> Result<(TopicOptions, Vec<String>)> {
+        let state = self.lock();
+        let topic = state.topics.get(name).ok_or_else(|| Error::TopicNotFound {
+            name: name.to_owned(),
+        })?;
+        Ok((
+            topic.options.clone(),
+            topic.subscriptions.iter().cloned().collect(),
+        ))
+    }
+
+    /// Every topic with its options and subscriptions, by name.
+    pub fn topics(&self) -> Vec<(String, TopicOptions, Vec<String>)> {
+        let state = self.lock();
+        let mut topics: Vec<_> = state
+            .topics
+            .iter()
+            .map(|(name, t)| {
+                (
+                    name.clone(),
+                    t.options.clone(),
+                    t.subscriptions.iter().cloned().collect(),
+                )
+            })
+            .collect();
+        topics.sort_by(|a, b| a.0.cmp(&b.0));
+        topics
+    }
+
+    /// Deletes a topic, its subscriptions and all their data.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        let subs: Vec<String> = {
+            let state = self.lock();
+            let topic = state.topics.get(name).ok_or_else(|| Error::TopicNotFound {
+                name: name.to_owned(),
+            })?;
+            topic.subscriptions.iter().cloned().collect()
+        };
+        for sub in subs {
+            match self.delete_subscription(&sub) {
+                Ok(()) | Err(Error::SubscriptionNotFound { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let mut state = self.lock();
+        if state.topics.remove(name).is_none() {
+            return Err(Error::TopicNotFound {
+                name: name.to_owned(),
+            });
+        }
+        let mut catalog = state.catalog.clone();
+        catalog.topics.remove(name);
+        self.store_catalog(&catalog)?;
+        state.catalog = catalog;
+        drop(state);
+        let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = dir.as_ref().ok_or(Error::Closed)?;
+        dir.remove_dir(&dir.topic_dir(name)?)
+    }
+
+    /// Creates subscription `name`; if it exists, returns its options (the caller decides
+    /// whether they conflict). Its topic must exist. The start position is resolved now:
+    /// `Latest` = the end of the log, `Earliest` = the first message retained, `At(ms)` = the
+    /// first message published at or after `ms`.
+    pub fn create_subscription(
+        &self,
+        name: &str,
+        options: SubscriptionOptions,
+    ) -> Result<Option<SubscriptionOptions>> {
+        self.check_open()?;
+        check_name("subscription name", name)?;
+        let mut state = self.lock();
+        if let Some(sub) = state.subs.get(name) {
+            return Ok(Some(sub.entry.options.clone()));
+        }
+        let topic = state
+            .topics
+            .get(&options.topic)
+            .ok_or_else(|| Error::TopicNotFound {
+                name: options.topic.clone(),
+            })?;
+        let start_offset = {
+            let log = topic.log.lock();
+            match options.start {
+                Start::Latest => log.end(),
+                Start::Earliest => log.first(),
+                Start::At(at_ms) => {
+                    let mut iter = log.iter_from(log.first());
+                    let mut found = log.end();
+                    while let Some((seq, body)) = iter.next_body()? {
+                        if decode_meta(body)?.published_at_ms >= at_ms {
+                            found = seq;
+                            break;
+                        }
+                    }
+                    found
+                }
+            }
+        };
+        let entry = SubscriptionEntry {
+            options,
+            start_offset,
+        };
+        let sub = {
+            let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
+            let dir = dir.as_ref().ok_or(Error::Closed)?;
+            // A leftover directory of an earlier subscription of this name is not reused.
+            let old = dir.subscription_dir(name)?;
+            if self.inner.storage.exists(&old).unwrap_or(false) {
+                dir.remove_dir(&old)?;
+            }
+            open_subscription(dir, &self.inner.options, name, entry.clone(), self.now_ms())?
+        };
+        let mut catalog = state.catalog.clone();
+        catalog.subscriptions.insert(name.to_owned(), entry.clone());
+        self.store_catalog(&catalog)?;
+        state.catalog = catalog;
+        if let Some(topic) = state.topics.get_mut(&entry.options.topic) {
+            topic.subscriptions.insert(name.to_owned());
+        }
+        state.subs.insert(name.to_owned(), sub);
+        Ok(None)
+    }
+
+    /// A subscription's options.
+    pub fn subscription(&self, name: &str) -> Result<SubscriptionOptions> {
+        let state = self.lock();
+        state
+            .subs
+            .get(name)
+            .map(|s| s.entry.options.clone())
+            .ok_or_else(|| Error::SubscriptionNotFound {
+                name: name.to_owned(),
+            })
+    }
+
+    /// Every subscription name.
+    pub fn subscriptions(&self) -> BTreeSet<String> {
+        self.lock().subs.keys().cloned().collect()
+    }
+
+    /// Changes a subscription's prefetch (a consumer-side setting).
+    pub fn set_prefetch(&self, name: &str, prefetch: u32) -> Result<()> {
+        self.check_open()?;
+        let mut state = self.lock();
+        let mut catalog = state.catalog.clone();
+        let entry =
+            catalog
+                .subscriptions
+                .get_mut(name)
+                .ok_or_else(|| Error::SubscriptionNotFound {
+                    name: name.to_owned(),
+                })?;
+        entry.options.prefetch = prefetch.max(1);
+        let entry = entry.clone();
+        self.store_catalog(&catalog)?;
+        state.catalog = catalog;
+        if let Some(sub) = state.subs.get_mut(name) {
+            sub.entry = entry;
+        }
+        Ok(())
+    }
+
+    /// Deletes a subscription and its state, journal and DLQ.
+    pub fn delete_subscription(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        let mut state = self.lock();
+        let sub = state
+            .subs
+            .remove(name)
+            .ok_or_else(|| Error::SubscriptionNotFound {
+                name: name.to_owned(),
+            })?;
+        if let Some(topic) = state.topics.get_mut(&sub.entry.options.topic) {
+            topic.subscriptions.remove(name);
+        }
+        let mut catalog = state.catalog.clone();
+        catalog.subscriptions.remove(name);
+        self.store_catalog(&catalog)?;
+        state.catalog = catalog;
+        drop(state);
+        self.wake();
+        let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = dir.as_ref().ok_or(Error::Closed)?;
+        dir.remove_dir(&dir.subscription_dir(name)?)
+    }
+}
