@@ -2,9 +2,17 @@
 
 use std::process::Command;
 
+/// Runs `sluice demo` on the embedded engine in a directory of its own.
 fn demo(args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    demo_on(&format!("embedded:{}", dir.path().display()), args)
+}
+
+/// Runs `sluice demo` on `url`.
+fn demo_on(url: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("demo")
+        .args(["--url", url])
         .args(args)
         .output()
         .expect("run sluice demo");
@@ -93,7 +101,18 @@ fn the_same_seed_gives_the_same_workload() {
 
 #[test]
 fn an_unavailable_backend_is_a_clear_error() {
-    let (ok, out) = demo(&["--url", "kafka://127.0.0.1:9092"]);
+    let (ok, out) = demo_on("kafka://127.0.0.1:9092", &[]);
     assert!(!ok);
     assert!(out.contains("not available in this build"), "{out}");
+}
+
+#[test]
+fn the_demo_reconciles_on_the_memory_backend_too() {
+    let (ok, out) = demo_on(
+        "memory:",
+        &["--orders", "100", "--rate", "2000", "--email-rate", "500"],
+    );
+    assert!(ok, "demo failed:\n{out}");
+    assert!(out.contains("memory backend"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
 }

@@ -6,11 +6,14 @@ use sluice_core::{BackendKind, BackendUrl, DynBackend, Error, UrlError};
 /// type-erased. Backends not compiled into this build fail with
 /// [`UrlError::NotAvailable`], naming the cargo feature that would enable them.
 ///
-/// `memory:` creates a new, empty in-process backend on every call: share the returned
-/// handle (it is cheap to clone) between the producers and consumers that should meet.
+/// `embedded:PATH` opens Sluice's durable engine on the directory `PATH` (created if needed;
+/// `embedded:` alone is `./sluice-data`); one process at a time may open a directory.
+/// `memory:` creates a new, empty in-process backend on every call. Either way, share the
+/// returned handle (it is cheap to clone) between the producers and consumers that should
+/// meet.
 pub async fn connect(url: &str) -> Result<DynBackend, Error> {
     let url = BackendUrl::parse(url)?;
-    #[cfg(feature = "memory")]
+    #[cfg(any(feature = "memory", feature = "embedded"))]
     let naming = sluice_core::Naming::new(url.namespace.clone());
     match url.kind {
         #[cfg(feature = "memory")]
@@ -19,6 +22,14 @@ pub async fn connect(url: &str) -> Result<DynBackend, Error> {
         ))),
         #[cfg(not(feature = "memory"))]
         BackendKind::Memory => Err(not_available("memory", "memory")),
+        #[cfg(feature = "embedded")]
+        BackendKind::Embedded { path } => {
+            let options = sluice_embedded::EmbeddedOptions::default().naming(naming);
+            Ok(DynBackend::new(
+                sluice_embedded::EmbeddedBackend::open_with(path, options).await?,
+            ))
+        }
+        #[cfg(not(feature = "embedded"))]
         BackendKind::Embedded { .. } => Err(not_available("embedded", "embedded")),
         BackendKind::Remote { .. } => Err(not_available("sluice", "remote")),
         BackendKind::Amqp { .. } => Err(not_available("amqp", "rabbitmq")),
@@ -49,8 +60,13 @@ mod tests {
             err.to_string().contains("not available in this build"),
             "{err}"
         );
-        let err = connect("embedded:./data").await.unwrap_err();
-        assert!(err.to_string().contains("`embedded`"), "{err}");
+        let dir = std::env::temp_dir().join(format!("sluice-connect-{}", std::process::id()));
+        let backend = connect(&format!("embedded:{}", dir.display()))
+            .await
+            .unwrap();
+        assert_eq!(backend.capabilities().backend, "embedded");
+        drop(backend);
+        let _ = std::fs::remove_dir_all(&dir);
         assert!(connect("ftp://x").await.is_err());
     }
 }

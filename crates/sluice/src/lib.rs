@@ -55,7 +55,7 @@
 //! | the contract ([`Message`], [`Publisher`], [`Subscriber`], [`Delivery`], [`Backend`], errors) | [`sluice_core`], re-exported at the root |
 //! | [`runtime`] (workers, handlers, backoff, idempotency, rate limits) | [`sluice_runtime`] |
 //! | [`connect`]: a backend from a URL | this crate, `connect.rs` |
-//! | backends | behind cargo features: `memory` (default) |
+//! | backends | behind cargo features: `embedded` (the default backend) and `memory` |
 //! | [`prelude`] | what most programs import |
 
 mod connect;
@@ -63,6 +63,10 @@ mod connect;
 pub use connect::connect;
 pub use sluice_core::*;
 pub use sluice_runtime as runtime;
+
+/// Sluice's own durable engine, in-process (`embedded:PATH`): the default backend.
+#[cfg(feature = "embedded")]
+pub use sluice_embedded as embedded;
 
 /// The in-process reference backend (`memory:`).
 #[cfg(feature = "memory")]

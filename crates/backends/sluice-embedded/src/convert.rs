@@ -119,14 +119,9 @@ pub(crate) fn error(err: sluice_engine::Error) -> Error {
         E::SubscriptionNotFound { name } => Error::subscription_not_found(name),
         E::LeaseLost { id } => Error::LeaseLost { id },
         E::Closed => Error::Closed("the embedded engine is closed"),
-        other => {
-            let retryable = other.is_retryable();
-            Error::Backend {
-                message: other.to_string(),
-                retryable,
-                source: Some(Box::new(other)),
-            }
-        }
+        // The engine's messages are complete (they carry their own causes): no source, so
+        // error reports do not print the same text twice.
+        other => Error::backend(other.to_string(), other.is_retryable()),
     }
 }
 

@@ -40,8 +40,9 @@ use services::{Effects, OrderPlaced};
 /// Flags of `sluice demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
-    /// Backend URL (the embedded engine becomes the default when it lands).
-    #[arg(long, default_value = "memory:")]
+    /// Backend URL: Sluice's durable engine in `./sluice-data` by default (its own `demo`
+    /// namespace; each run starts fresh), or `memory:`.
+    #[arg(long, default_value = "embedded:./sluice-data?namespace=demo")]
     url: String,
     /// Number of orders in the burst.
     #[arg(long, default_value_t = 1000)]
@@ -112,6 +113,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {}", args.url))?;
     let orders = TopicName::new("orders")?;
+    // Each run starts fresh: the previous run's orders would be duplicates within the
+    // window, and its backlog would not reconcile with this run's books.
+    match backend.delete_topic(&orders).await {
+        Ok(()) => println!("starting fresh: removed the previous run's `orders` topic"),
+        Err(sluice::Error::NotFound { .. }) => {}
+        Err(err) => return Err(err).context("removing the previous run's topic"),
+    }
     backend
         .ensure_topic(
             &orders,
