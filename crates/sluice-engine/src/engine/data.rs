@@ -195,6 +195,8 @@ impl Engine {
         let dlq = sub.dlq.clone();
         let log_end = log.lock().end();
         let pattern = sub.entry.options.filter.clone();
+        // Bodies read to classify messages, kept for the ones leased: each is read once.
+        let mut bodies: std::collections::HashMap<Ref, Vec<u8>> = std::collections::HashMap::new();
         let mut meta = |r: Ref| -> Option<Meta> {
             let body = match r {
                 Ref::Topic(offset) => log.lock().read(offset),
@@ -214,16 +216,20 @@ impl Engine {
                     return None;
                 }
             };
-            let meta = decode_meta(&body).ok()?;
+            let decoded = decode_meta(&body).ok()?;
             let matches = matches!(r, Ref::Dlq(_))
                 || pattern
                     .as_deref()
-                    .is_none_or(|p| filter::matches(p, meta.routing_key));
-            Some(Meta {
-                deliver_at_ms: meta.deliver_at_ms,
-                ordering_key: meta.ordering_key.map(str::to_owned),
+                    .is_none_or(|p| filter::matches(p, decoded.routing_key));
+            let meta = Meta {
+                deliver_at_ms: decoded.deliver_at_ms,
+                ordering_key: decoded.ordering_key.map(str::to_owned),
                 matches,
-            })
+            };
+            if matches {
+                bodies.insert(r, body);
+            }
+            Some(meta)
         };
         let lease_ms = sub.entry.options.lease_ms;
         let poll = sub
@@ -231,7 +237,11 @@ impl Engine {
             .poll(now, max, holder, lease_ms, log_end, &mut meta);
         let mut leased = Vec::with_capacity(poll.leases.len());
         for lease in poll.leases {
-            match read_ref(&log, &dlq, lease.message) {
+            let record = match bodies.remove(&lease.message) {
+                Some(body) => MessageRecord::decode(&body).map(Some),
+                None => read_ref(&log, &dlq, lease.message),
+            };
+            match record {
                 Ok(Some(record)) => leased.push(Leased {
                     r: lease.message,
                     token: lease.token,
