@@ -111,6 +111,25 @@ impl SegmentedLog {
         Ok(Some(body))
     }
 
+    /// Bytes of the records from `seq` to the end written (frames only, no segment
+    /// headers), counted from the sparse index entry at or before `seq`: exact up to one
+    /// index interval (4 KiB by default) too many. No I/O: for backlog bounds, on every
+    /// publish.
+    pub fn bytes_from(&self, seq: u64) -> u64 {
+        let seq = seq.max(self.first());
+        if seq >= self.written_end() {
+            return 0;
+        }
+        let at = self.segment_index(seq);
+        let segment = &self.segments[at];
+        let start = u64::from(floor_entry(segment, seq).position);
+        let later: u64 = self.segments[at + 1..]
+            .iter()
+            .map(|s| s.end_pos - HEADER_LEN)
+            .sum();
+        segment.end_pos.saturating_sub(start) + later
+    }
+
     /// The committed records from `seq` on (from `first()` if `seq` is before it), in order,
     /// up to the end committed when the iterator was made. Reads in large chunks.
     pub fn iter_from(&self, seq: u64) -> LogIter<'_> {

@@ -391,6 +391,41 @@ fn retention_removes_only_whole_sealed_segments_before_the_sequence() {
 }
 
 #[test]
+fn bytes_from_counts_the_frames_after_a_record_within_one_index_interval() {
+    let storage = Arc::new(MemStorage::new());
+    let options = small();
+    let (mut log, _) = open_topic(&storage, options);
+    for i in 0..50 {
+        log.append(&[message(i, 40)]).unwrap();
+    }
+    assert!(
+        log.segments().len() > 2,
+        "the records span several segments"
+    );
+    let frames = |from: u64| -> u64 { (from..50).map(|i| frame_len(message(i, 40).len())).sum() };
+    assert_eq!(log.bytes_from(0), frames(0), "from the start: every frame");
+    assert_eq!(log.bytes_from(50), 0, "from the end: nothing");
+    assert_eq!(log.bytes_from(u64::MAX), 0, "past the end: nothing");
+    for seq in 0..50 {
+        let counted = log.bytes_from(seq);
+        assert!(
+            (frames(seq)..=frames(seq) + u64::from(options.index_interval_bytes))
+                .contains(&counted),
+            "bytes from {seq}: {counted}, exact {}",
+            frames(seq)
+        );
+    }
+    let second = log.segments()[1].base;
+    log.commit().unwrap();
+    log.remove_segments_before(second).unwrap();
+    assert_eq!(
+        log.bytes_from(0),
+        frames(second),
+        "before the first retained record: from the first one"
+    );
+}
+
+#[test]
 fn empty_or_oversized_bodies_are_refused_without_poisoning_the_log() {
     let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
     let (mut log, _) = open_journal(storage).unwrap();
