@@ -117,17 +117,30 @@ pub enum Error {
         /// What the lease was on.
         id: String,
     },
-    /// The topic's backlog bound is reached.
-    #[error("topic `{topic}` is full: its backlog of {backlog} messages reached the bound of {bound}; consumers of `{slowest}` are behind")]
+    /// Accepting the publish would take the topic's backlog (from the slowest subscription's
+    /// low watermark to the end of the log) past its bound. Nothing of the publish was
+    /// stored, so trying it again is safe (no dedup claim was made).
+    #[error(
+        "topic `{topic}` is full: its backlog of {backlog} {unit} plus this publish would exceed \
+         the bound of {bound} {unit}; subscription `{slowest}` is the furthest behind{}",
+        BlockHint(*block_timeout_ms)
+    )]
     BacklogFull {
         /// The topic.
         topic: String,
-        /// Messages in its backlog.
+        /// Its backlog now, in `unit`.
         backlog: u64,
-        /// The bound.
+        /// The bound that would be exceeded, in `unit`.
         bound: u64,
-        /// The slowest subscription.
+        /// Whether `backlog` and `bound` count messages or bytes.
+        unit: BacklogUnit,
+        /// The subscription furthest behind (lowest low watermark).
         slowest: String,
+        /// `Some(timeout)` when the topic's overflow is `Block`: the publisher may wait up to
+        /// this long for consumers to make room and publish again (the engine itself never
+        /// blocks a thread). `None` when the overflow is `Reject`, or when the publish alone
+        /// is larger than the bound, so that waiting cannot help.
+        block_timeout_ms: Option<u64>,
     },
     /// A subscription's state refused the operation.
     #[error(transparent)]
@@ -152,11 +165,13 @@ impl Error {
         }
     }
 
-    /// Whether trying the same operation again may succeed without operator action: only
-    /// interrupted or timed-out I/O. A poisoned engine, corruption, a locked directory or a
-    /// foreign format stay as they are until someone intervenes.
+    /// Whether trying the same operation again may succeed without operator action:
+    /// interrupted or timed-out I/O, and a full backlog (consumers may catch up). A poisoned
+    /// engine, corruption, a locked directory or a foreign format stay as they are until
+    /// someone intervenes.
     pub fn is_retryable(&self) -> bool {
         match self {
+            Self::BacklogFull { .. } => true,
             Self::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted
@@ -164,6 +179,36 @@ impl Error {
                     | std::io::ErrorKind::WouldBlock
             ),
             _ => false,
+        }
+    }
+}
+
+/// What a backlog bound counts (see [`Error::BacklogFull`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BacklogUnit {
+    /// Messages.
+    Messages,
+    /// Bytes of log (frames: record bodies and their 8-byte frame headers).
+    Bytes,
+}
+
+impl fmt::Display for BacklogUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Messages => "messages",
+            Self::Bytes => "bytes",
+        })
+    }
+}
+
+/// Formats the end of a [`Error::BacklogFull`] message: how long a blocked publisher waits.
+struct BlockHint(Option<u64>);
+
+impl fmt::Display for BlockHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(ms) => write!(f, " (the publisher may wait up to {ms} ms for room)"),
+            None => Ok(()),
         }
     }
 }
@@ -241,7 +286,40 @@ mod tests {
     }
 
     #[test]
-    fn only_transient_io_errors_are_retryable() {
+    fn a_full_backlog_names_the_topic_the_bound_and_the_slowest_subscription() {
+        let e = Error::BacklogFull {
+            topic: "orders".into(),
+            backlog: 998,
+            bound: 1000,
+            unit: BacklogUnit::Messages,
+            slowest: "billing".into(),
+            block_timeout_ms: Some(5000),
+        };
+        assert_eq!(
+            e.to_string(),
+            "topic `orders` is full: its backlog of 998 messages plus this publish would exceed \
+             the bound of 1000 messages; subscription `billing` is the furthest behind (the \
+             publisher may wait up to 5000 ms for room)"
+        );
+        assert!(e.is_retryable(), "consumers may make room");
+        let e = Error::BacklogFull {
+            topic: "orders".into(),
+            backlog: 4096,
+            bound: 4096,
+            unit: BacklogUnit::Bytes,
+            slowest: "billing".into(),
+            block_timeout_ms: None,
+        };
+        assert!(
+            e.to_string().ends_with(
+                "the bound of 4096 bytes; subscription `billing` is the furthest behind"
+            ),
+            "a rejecting bound says nothing of waiting: {e}"
+        );
+    }
+
+    #[test]
+    fn only_transient_io_errors_and_a_full_backlog_are_retryable() {
         let interrupted = Error::io("read", std::io::ErrorKind::Interrupted.into());
         assert!(
             interrupted.is_retryable(),

@@ -75,7 +75,8 @@ impl Engine {
         records: Vec<MessageRecord>,
         done: Completion<Vec<Result<Published>>>,
     ) {
-        if let Err(err) = self.check_open() {
+        // Backlog bounds (`backlog.rs`): refused before anything of the publish is done.
+        if let Err(err) = self.check_open().and_then(|()| self.admit(topic, &records)) {
             return done(Err(err));
         }
         let failed: Vec<(String, String, u64)> = std::mem::take(

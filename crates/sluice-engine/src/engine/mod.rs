@@ -13,15 +13,26 @@
 //! - Reads of a log take its lock briefly, never while the flusher would need it for long.
 //! - A topic's offsets are assigned by its log at append; a publish learns them from its
 //!   completion.
+//! - Retention deletes only what every subscription has durably handled (`retention.rs`);
+//!   a publish past a topic's backlog bound is refused before anything of it is done
+//!   (`backlog.rs`); neither ever blocks a thread.
+//!
+//! Threads: the committer's flusher, checkpoint threads (one per checkpoint), and the
+//! maintenance thread (`maintenance.rs`, retention every
+//! [`EngineOptions::maintenance_interval`]), which `close` stops first.
 
+mod backlog;
 mod data;
 mod dlq;
+mod maintenance;
+mod retention;
 mod topology;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use crate::catalog::{Catalog, SubscriptionEntry, TopicOptions};
 use crate::clock::{Clock, SystemClock};
@@ -35,7 +46,9 @@ use crate::record::MessageRecord;
 use crate::segment::SegmentKind;
 use crate::subscription::{JournalPosition, JournalRecord, Ref, SubscriptionState};
 
+pub use backlog::Backlog;
 pub use data::{Leased, Published};
+pub use retention::RetentionReport;
 
 /// A callback completing an asynchronous operation, run on the flusher thread: keep it short
 /// and never block in it.
@@ -46,6 +59,9 @@ pub type EnvelopeFn = Box<dyn FnOnce(u32, Option<u64>) -> MessageRecord + Send +
 
 /// Journal records after which a subscription is checkpointed (and its journal trimmed).
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 100_000;
+
+/// How often the maintenance thread runs retention by default.
+pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Options of an engine.
 #[derive(Clone)]
@@ -61,6 +77,9 @@ pub struct EngineOptions {
     pub clock: Arc<dyn Clock>,
     /// Journal records between two checkpoints of a subscription.
     pub checkpoint_every: u64,
+    /// How often the maintenance thread runs retention ([`Engine::enforce_retention`]);
+    /// `None` starts no thread (retention runs only when called).
+    pub maintenance_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -69,6 +88,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("sync", &self.sync)
             .field("log", &self.log)
             .field("checkpoint_every", &self.checkpoint_every)
+            .field("maintenance_interval", &self.maintenance_interval)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +101,7 @@ impl Default for EngineOptions {
             storage: None,
             clock: Arc::new(SystemClock),
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            maintenance_interval: Some(DEFAULT_MAINTENANCE_INTERVAL),
         }
     }
 }
@@ -114,6 +135,13 @@ impl EngineOptions {
     #[must_use]
     pub fn checkpoint_every(mut self, records: u64) -> Self {
         self.checkpoint_every = records.max(1);
+        self
+    }
+    /// Sets how often retention runs in the background (`None`: never; call
+    /// [`Engine::enforce_retention`] yourself, as deterministic tests do).
+    #[must_use]
+    pub fn maintenance_interval(mut self, every: Option<Duration>) -> Self {
+        self.maintenance_interval = every.filter(|d| !d.is_zero());
         self
     }
 }
@@ -161,6 +189,10 @@ pub(crate) struct Inner {
     /// Dedup claims of publishes that failed, dropped at the next publish to their topic.
     pub(crate) failed_claims: Mutex<Vec<(String, String, u64)>>,
     pub(crate) closed: AtomicBool,
+    /// Whether some topic has a backlog bound (lets publishes to others skip the check).
+    pub(crate) any_backlog_bound: AtomicBool,
+    /// The maintenance thread, while it runs.
+    maintenance: Mutex<Option<maintenance::Maintenance>>,
 }
 
 /// The embedded engine. Cheap to clone: clones share one open data directory.
@@ -221,7 +253,9 @@ impl Engine {
                 listener();
             }
         });
-        Ok(Engine {
+        let any_backlog_bound = catalog.topics.values().any(|t| t.backlog.is_some());
+        let maintenance_interval = options.maintenance_interval;
+        let engine = Engine {
             inner: Arc::new(Inner {
                 options,
                 dir: Mutex::new(Some(dir)),
@@ -235,8 +269,19 @@ impl Engine {
                 listener,
                 failed_claims: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
+                any_backlog_bound: AtomicBool::new(any_backlog_bound),
+                maintenance: Mutex::new(None),
             }),
-        })
+        };
+        if let Some(every) = maintenance_interval {
+            let thread = maintenance::Maintenance::start(Arc::downgrade(&engine.inner), every);
+            *engine
+                .inner
+                .maintenance
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        }
+        Ok(engine)
     }
 
     /// Sets the function called after every committed write and every state change that may
@@ -381,11 +426,21 @@ impl Engine {
         }
     }
 
-    /// Checkpoints every subscription, stops the flusher (completing what is queued) and
+    /// Stops the maintenance thread (waiting for a retention pass in progress),
+    /// checkpoints every subscription, stops the flusher (completing what is queued) and
     /// releases the data directory. Later calls on any clone fail with [`Error::Closed`].
     pub fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        let maintenance = self
+            .inner
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut maintenance) = maintenance {
+            maintenance.stop();
         }
         let names: Vec<String> = self.lock().subs.keys().cloned().collect();
         let mut first_error = None;

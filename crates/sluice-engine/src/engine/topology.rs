@@ -38,6 +38,7 @@ impl Engine {
             )?
         };
         let mut catalog = state.catalog.clone();
+        self.note_backlog_bound(&options);
         catalog.topics.insert(name.to_owned(), options);
         self.store_catalog(&catalog)?;
         state.catalog = catalog;
