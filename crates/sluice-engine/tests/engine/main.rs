@@ -1,0 +1,7 @@
+//! Engine-level tests: the [`Engine`](sluice_engine::engine::Engine) over in-memory storage
+//! with a manual clock, through its public API only. One binary, one module per concern.
+
+mod backlog;
+mod faults;
+mod retention;
+mod support;
