@@ -2,6 +2,8 @@
 //! with a manual clock, through its public API only. One binary, one module per concern.
 
 mod backlog;
+mod corruption;
+mod crash;
 mod faults;
 mod retention;
 mod support;
