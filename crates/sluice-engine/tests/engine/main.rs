@@ -5,5 +5,6 @@ mod backlog;
 mod corruption;
 mod crash;
 mod faults;
+mod model;
 mod retention;
 mod support;
