@@ -3,7 +3,7 @@
 //! | URL | backend |
 //! |---|---|
 //! | `memory:` | in-process reference backend |
-//! | `embedded:PATH` (default `embedded:./sluice-data`) | embedded durable engine |
+//! | `embedded:PATH[?sync=always\|never\|interval:MS]` (default `embedded:./sluice-data`) | embedded durable engine |
 //! | `sluice://HOST:PORT` | `sluice serve` over the network |
 //! | `amqp://USER:PASS@HOST:PORT/VHOST` (or `amqps://`) | RabbitMQ |
 //! | `sqs://REGION[?endpoint=URL]` | Amazon SQS + SNS |
@@ -27,10 +27,13 @@ pub const DEFAULT_EMBEDDED_PATH: &str = "./sluice-data";
 pub enum BackendKind {
     /// `memory:`
     Memory,
-    /// `embedded:PATH`
+    /// `embedded:PATH[?sync=always|never|interval:MS]`
     Embedded {
         /// Data directory.
         path: PathBuf,
+        /// Durability: `always` (the default: fsync before confirming), `never`, or
+        /// `interval:MS` (fsync at most every MS milliseconds).
+        sync: Option<String>,
     },
     /// `sluice://HOST:PORT`
     Remote {
@@ -171,14 +174,38 @@ impl BackendUrl {
                 BackendKind::Memory
             }
             "embedded" => {
-                no_params(&params)?;
+                let mut sync = None;
+                for (k, v) in params {
+                    match k.as_str() {
+                        "sync"
+                            if v == "always"
+                                || v == "never"
+                                || v.strip_prefix("interval:")
+                                    .is_some_and(|ms| ms.parse::<u64>().is_ok()) =>
+                        {
+                            sync = Some(v)
+                        }
+                        "sync" => {
+                            return Err(invalid(
+                                input,
+                                format!("sync=`{v}`: use always, never or interval:MS"),
+                            ))
+                        }
+                        other => {
+                            return Err(invalid(input, format!("unknown parameter `{other}`")))
+                        }
+                    }
+                }
                 let path = body.strip_prefix("//").unwrap_or(body);
                 let path = if path.is_empty() {
                     DEFAULT_EMBEDDED_PATH
                 } else {
                     path
                 };
-                BackendKind::Embedded { path: path.into() }
+                BackendKind::Embedded {
+                    path: path.into(),
+                    sync,
+                }
             }
             "sluice" => {
                 no_params(&params)?;
@@ -277,15 +304,25 @@ mod tests {
         assert_eq!(
             kind("embedded:"),
             BackendKind::Embedded {
-                path: DEFAULT_EMBEDDED_PATH.into()
+                path: DEFAULT_EMBEDDED_PATH.into(),
+                sync: None
             }
         );
         assert_eq!(
             kind("embedded:/var/lib/sluice"),
             BackendKind::Embedded {
-                path: "/var/lib/sluice".into()
+                path: "/var/lib/sluice".into(),
+                sync: None
             }
         );
+        assert_eq!(
+            kind("embedded:/d?sync=interval:10&namespace=dev"),
+            BackendKind::Embedded {
+                path: "/d".into(),
+                sync: Some("interval:10".into())
+            }
+        );
+        assert!(BackendUrl::parse("embedded:/d?sync=sometimes").is_err());
         assert_eq!(
             kind("sluice://127.0.0.1:7575"),
             BackendKind::Remote {

@@ -23,8 +23,20 @@ pub async fn connect(url: &str) -> Result<DynBackend, Error> {
         #[cfg(not(feature = "memory"))]
         BackendKind::Memory => Err(not_available("memory", "memory")),
         #[cfg(feature = "embedded")]
-        BackendKind::Embedded { path } => {
-            let options = sluice_embedded::EmbeddedOptions::default().naming(naming);
+        BackendKind::Embedded { path, sync } => {
+            let sync = match sync.as_deref() {
+                Some("never") => sluice_embedded::SyncMode::Never,
+                Some(s) => match s.strip_prefix("interval:").and_then(|ms| ms.parse().ok()) {
+                    Some(ms) => {
+                        sluice_embedded::SyncMode::Interval(std::time::Duration::from_millis(ms))
+                    }
+                    None => sluice_embedded::SyncMode::Always,
+                },
+                None => sluice_embedded::SyncMode::Always,
+            };
+            let options = sluice_embedded::EmbeddedOptions::default()
+                .naming(naming)
+                .sync(sync);
             Ok(DynBackend::new(
                 sluice_embedded::EmbeddedBackend::open_with(path, options).await?,
             ))

@@ -4,6 +4,7 @@
 //! ratio against a peer measured here, never as an absolute.
 
 mod disk;
+mod recovery;
 mod report;
 mod workload;
 
@@ -42,12 +43,25 @@ pub(crate) struct BenchArgs {
     /// How long the disk baseline runs.
     #[arg(long, default_value = "2s", value_parser = crate::demo::humantime_duration)]
     disk_duration: Duration,
+    /// Open loop: publish single messages at this many per second in total (latency at a
+    /// given load, not at saturation). Without it, producers publish batches as fast as
+    /// confirms come back.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Backlog mode: publish this many messages with no consumer running, then measure how
+    /// fast the consumers drain them (and the process's peak memory).
+    #[arg(long)]
+    backlog: Option<u64>,
+    /// Recovery mode (embedded URLs only): write this much log (`1GiB`), close the engine,
+    /// and time opening it again.
+    #[arg(long, value_parser = parse_size)]
+    recovery: Option<usize>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
 
-/// Parses `1024`, `1KiB`, `4KiB`, `1MiB`.
+/// Parses `1024`, `1KiB`, `4KiB`, `1MiB`, `1GiB`.
 pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -58,7 +72,8 @@ pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
         "" | "b" => 1,
         "kib" | "k" | "kb" => 1024,
         "mib" | "m" | "mb" => 1024 * 1024,
-        _ => return Err(format!("`{s}`: use B, KiB or MiB")),
+        "gib" | "g" | "gb" => 1024 * 1024 * 1024,
+        _ => return Err(format!("`{s}`: use B, KiB, MiB or GiB")),
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("`{s}` is too large"))
@@ -80,9 +95,30 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             disk_dir.display()
         );
     }
-    let disk = disk::measure(&disk_dir, args.size, args.batch, args.disk_duration)
-        .with_context(|| format!("measuring the disk in {}", disk_dir.display()))?;
-    report.disk = Some(disk);
+    if args.recovery.is_none() {
+        let disk = disk::measure(&disk_dir, args.size, args.batch, args.disk_duration)
+            .with_context(|| format!("measuring the disk in {}", disk_dir.display()))?;
+        report.disk = Some(disk);
+    }
+    if let Some(bytes) = args.recovery {
+        for url in args.urls.iter().filter(|u| u.starts_with("embedded:")) {
+            if !args.json {
+                eprintln!(
+                    "{url}: writing {} MiB of log, then timing a reopen",
+                    bytes >> 20
+                );
+            }
+            report
+                .recovery
+                .push(recovery::measure(url, bytes, args.size).await?);
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            report.print();
+        }
+        return Ok(());
+    }
     for url in &args.urls {
         if !args.json {
             eprintln!(
@@ -113,7 +149,8 @@ mod tests {
         assert_eq!(parse_size("1KiB"), Ok(1024));
         assert_eq!(parse_size("4kib"), Ok(4096));
         assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert!(parse_size("1GB").is_err());
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("1TB").is_err());
         assert!(parse_size("x").is_err());
     }
 }

@@ -20,6 +20,12 @@ pub(crate) struct Report {
     pub(crate) disk: Option<DiskResult>,
     /// One result per backend.
     pub(crate) results: Vec<BackendResult>,
+    /// Recovery measurements (`--recovery`).
+    pub(crate) recovery: Vec<super::recovery::RecoveryResult>,
+    /// The open-loop rate, if any.
+    pub(crate) rate: Option<u64>,
+    /// The backlog filled before consuming, if any.
+    pub(crate) backlog: Option<u64>,
 }
 
 impl Report {
@@ -31,41 +37,66 @@ impl Report {
             batch: args.batch,
             disk: None,
             results: Vec::new(),
+            recovery: Vec::new(),
+            rate: args.rate,
+            backlog: args.backlog,
         }
     }
 
     pub(crate) fn print(&self) {
         println!(
-            "\nsluice bench: {} B messages, {} producers, {} consumers, batch {}",
-            self.size, self.producers, self.consumers, self.batch
+            "\nsluice bench: {} B messages, {} producers, {} consumers, batch {}{}{}",
+            self.size,
+            self.producers,
+            self.consumers,
+            self.batch,
+            self.rate
+                .map_or(String::new(), |r| format!(", open loop at {r} msg/s")),
+            self.backlog
+                .map_or(String::new(), |n| format!(", draining a backlog of {n}"))
         );
+        for r in &self.recovery {
+            println!(
+                "recovery of {}: {:.1} MiB of log in {} segments reopened in {:.3} s ({} messages)",
+                r.url,
+                r.log_bytes as f64 / (1024.0 * 1024.0),
+                r.segments,
+                r.reopen_seconds,
+                r.messages
+            );
+        }
         if let Some(d) = &self.disk {
             println!(
                 "disk (append + fdatasync every {} records): {:.0} records/s, {:.0} syncs/s, sync p50 {} µs, p99 {} µs",
                 d.batch, d.records_per_sec, d.syncs_per_sec, d.sync_p50_us, d.sync_p99_us
             );
         }
+        if self.results.is_empty() {
+            return;
+        }
         println!(
-            "\n{:<28} {:>10} {:>8} {:>9} {:>22} {:>24}",
+            "\n{:<28} {:>10} {:>8} {:>9} {:>22} {:>24} {:>9}",
             "backend",
             "msg/s",
             "MiB/s",
             "vs disk",
             "publish p50/p99/p99.9",
-            "end-to-end p50/p99/p99.9"
+            "end-to-end p50/p99/p99.9",
+            "peak RSS"
         );
         for r in &self.results {
             let ratio = self.disk.as_ref().map_or("-".to_owned(), |d| {
                 format!("{:.0} %", 100.0 * r.messages_per_sec / d.records_per_sec)
             });
             println!(
-                "{:<28} {:>10.0} {:>8.1} {:>9} {:>22} {:>24}",
+                "{:<28} {:>10.0} {:>8.1} {:>9} {:>22} {:>24} {:>6} MiB",
                 truncate(&r.url, 28),
                 r.messages_per_sec,
                 r.mib_per_sec,
                 ratio,
                 format_us(r.publish_us),
-                format_us(r.end_to_end_us)
+                format_us(r.end_to_end_us),
+                r.peak_rss_kib / 1024
             );
         }
         println!("\nlatencies in ms; 'vs disk' = end-to-end messages/s ÷ the disk's records/s at the same batch size");

@@ -33,6 +33,21 @@ pub(crate) struct BackendResult {
     pub(crate) publish_us: [u64; 3],
     /// Publish → ack-time latency of a message: p50, p99, p99.9 in microseconds.
     pub(crate) end_to_end_us: [u64; 3],
+    /// Peak resident memory of this process so far (KiB; the broker is in-process for
+    /// `embedded:` and `memory:`).
+    pub(crate) peak_rss_kib: u64,
+}
+
+/// The process's peak resident set size (`VmHWM`), in KiB.
+pub(crate) fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 const HEADER: &str = "bench-t";
@@ -64,22 +79,31 @@ pub(crate) async fn run(url: &str, args: &BenchArgs) -> anyhow::Result<BackendRe
 
     let origin = Instant::now();
     let warmup = (args.messages / 10).max(args.batch as u64);
-    round(&backend, &topic, &subscription, args, warmup, origin).await?;
-    let started = Instant::now();
-    let (publish, end_to_end) =
-        round(&backend, &topic, &subscription, args, args.messages, origin).await?;
-    let seconds = started.elapsed().as_secs_f64();
+    round(&backend, &topic, &subscription, args, warmup, origin, false).await?;
+    let total = args.backlog.unwrap_or(args.messages);
+    // With --backlog: fill first, with nobody consuming; then time the drain alone.
+    let (publish, end_to_end, seconds) = round(
+        &backend,
+        &topic,
+        &subscription,
+        args,
+        total,
+        origin,
+        args.backlog.is_some(),
+    )
+    .await?;
 
     let _ = backend.delete_topic(&topic).await;
     Ok(BackendResult {
         url: url.to_owned(),
         backend: backend.capabilities().backend.to_owned(),
-        messages: args.messages,
+        messages: total,
         seconds,
-        messages_per_sec: args.messages as f64 / seconds,
-        mib_per_sec: (args.messages as f64 * args.size as f64) / seconds / (1024.0 * 1024.0),
+        messages_per_sec: total as f64 / seconds,
+        mib_per_sec: (total as f64 * args.size as f64) / seconds / (1024.0 * 1024.0),
         publish_us: percentiles(&publish),
         end_to_end_us: percentiles(&end_to_end),
+        peak_rss_kib: peak_rss_kib(),
     })
 }
 
@@ -91,7 +115,8 @@ fn uuid_suffix() -> String {
 }
 
 /// Publishes `total` messages and waits until all are acked. Returns the publish and
-/// end-to-end latency histograms.
+/// end-to-end latency histograms and the measured seconds (the whole round, or with
+/// `fill_first` only the drain after every message was published).
 async fn round(
     backend: &DynBackend,
     topic: &TopicName,
@@ -99,18 +124,26 @@ async fn round(
     args: &BenchArgs,
     total: u64,
     origin: Instant,
-) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
+    fill_first: bool,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, f64)> {
+    let started = Instant::now();
     let acked = Arc::new(AtomicU64::new(0));
     let mut consumers = Vec::new();
-    for _ in 0..args.consumers.max(1) {
-        let subscriber = backend.subscribe(subscription).await?;
-        consumers.push(tokio::spawn(consume(
-            subscriber,
-            args.batch,
-            total,
-            acked.clone(),
-            origin,
-        )));
+    let start_consumers = |consumers: &mut Vec<_>| -> anyhow::Result<()> {
+        for _ in 0..args.consumers.max(1) {
+            let backend = backend.clone();
+            let subscription = subscription.clone();
+            let acked = acked.clone();
+            let batch = args.batch;
+            consumers.push(tokio::spawn(async move {
+                let subscriber = backend.subscribe(&subscription).await?;
+                consume(subscriber, batch, total, acked, origin).await
+            }));
+        }
+        Ok(())
+    };
+    if !fill_first {
+        start_consumers(&mut consumers)?;
     }
     let payload = Bytes::from(vec![b'x'; args.size]);
     let mut producers = Vec::new();
@@ -118,6 +151,9 @@ async fn round(
     for p in 0..producer_count {
         let share = total / producer_count + u64::from(p < total % producer_count);
         let publisher = backend.publisher().await?;
+        let rate = args
+            .rate
+            .map(|r| (r as f64 / producer_count as f64).max(0.001));
         producers.push(tokio::spawn(produce(
             publisher,
             topic.clone(),
@@ -125,17 +161,27 @@ async fn round(
             args.batch,
             payload.clone(),
             origin,
+            rate,
         )));
     }
     let mut publish = histogram();
     for producer in producers {
         publish.add(producer.await??)?;
     }
+    let drain_started = Instant::now();
+    if fill_first {
+        start_consumers(&mut consumers)?;
+    }
     let mut end_to_end = histogram();
     for consumer in consumers {
         end_to_end.add(consumer.await??)?;
     }
-    Ok((publish, end_to_end))
+    let seconds = if fill_first {
+        drain_started.elapsed()
+    } else {
+        started.elapsed()
+    };
+    Ok((publish, end_to_end, seconds.as_secs_f64()))
 }
 
 async fn produce(
@@ -145,7 +191,11 @@ async fn produce(
     batch: usize,
     payload: Bytes,
     origin: Instant,
+    rate: Option<f64>,
 ) -> anyhow::Result<Histogram<u64>> {
+    if let Some(rate) = rate {
+        return produce_at_rate(publisher, topic, count, payload, origin, rate).await;
+    }
     let mut latency = histogram();
     let mut sent = 0u64;
     while sent < count {
@@ -164,6 +214,41 @@ async fn produce(
         }
         latency.record(began.elapsed().as_micros() as u64)?;
         sent += n;
+    }
+    Ok(latency)
+}
+
+/// Open loop: one message every `1/rate` s on a fixed schedule, each publish on its own
+/// task, latency measured from the scheduled time (so a slow confirm delays nothing and is
+/// not hidden: no coordinated omission).
+async fn produce_at_rate(
+    publisher: DynPublisher,
+    topic: TopicName,
+    count: u64,
+    payload: Bytes,
+    origin: Instant,
+    rate: f64,
+) -> anyhow::Result<Histogram<u64>> {
+    let start = tokio::time::Instant::now();
+    let mut inflight = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let message = Message::builder(payload.clone())
+            .header(HEADER, origin.elapsed().as_micros().to_string())
+            .build()?;
+        let (publisher, topic) = (publisher.clone(), topic.clone());
+        inflight.push(tokio::spawn(async move {
+            // Measured from the send, not from `due`: tokio's timer wakes the generator up to
+            // 1 ms late, which is the generator's lateness, not the broker's. The schedule
+            // itself never waits for a confirm, so slow confirms are not hidden.
+            let began = Instant::now();
+            publisher.publish(&topic, message).await.map(|_| began.elapsed())
+        }));
+    }
+    let mut latency = histogram();
+    for publish in inflight {
+        latency.record(publish.await??.as_micros() as u64)?;
     }
     Ok(latency)
 }
