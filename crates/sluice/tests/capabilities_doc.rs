@@ -3,14 +3,16 @@
 
 use std::path::PathBuf;
 
-
 const START: &str =
     "<!-- generated:start (SLUICE_UPDATE_DOCS=1 cargo test -p sluice --test capabilities_doc) -->";
 const END: &str = "<!-- generated:end -->";
 
 #[test]
 fn the_capability_table_in_docs_matches_the_backends() {
-    let caps = vec![sluice::embedded::capabilities(), sluice::memory::capabilities()];
+    let caps = vec![
+        sluice::embedded::capabilities(),
+        sluice::memory::capabilities(),
+    ];
     let table = sluice_conformance::capability_table(&caps);
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/capabilities.md");
     let doc = std::fs::read_to_string(&path).expect("docs/capabilities.md exists");
