@@ -243,7 +243,10 @@ async fn produce_at_rate(
             // 1 ms late, which is the generator's lateness, not the broker's. The schedule
             // itself never waits for a confirm, so slow confirms are not hidden.
             let began = Instant::now();
-            publisher.publish(&topic, message).await.map(|_| began.elapsed())
+            publisher
+                .publish(&topic, message)
+                .await
+                .map(|_| began.elapsed())
         }));
     }
     let mut latency = histogram();
