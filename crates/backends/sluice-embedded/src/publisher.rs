@@ -1,16 +1,25 @@
 //! [`EmbeddedPublisher`]: validates, converts and hands a batch to the engine, which confirms
 //! it once its records are durable (group commit with every concurrent publisher).
+//!
+//! A topic whose backlog bound says `Block` (set on the engine: the contract has no such
+//! option) refuses a publish that would exceed it with a timeout; the engine never blocks a
+//! thread, so the waiting happens here: woken by the engine after every committed write
+//! (acks included), or after a pause that doubles up to 200 ms, the publisher
+//! tries again until the timeout, then fails with a backend error that says so.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use sluice_core::{Error, Message, PublishOutcome, PublishReceipt, Publisher, TopicName};
 use sluice_engine::engine::Published;
 
 use crate::backend::Shared;
-use crate::bridge::completion;
 use crate::convert;
+
+/// Longest pause between two tries of a publish waiting for room under a `Block` bound
+/// (the engine's wake-up after each committed write usually comes first).
+const MAX_ROOM_PAUSE: Duration = Duration::from_millis(200);
 
 /// Publishes to the embedded engine. Cheap to clone; clones share their closed state.
 #[derive(Clone)]
@@ -85,23 +94,22 @@ impl Publisher for EmbeddedPublisher {
         let mut results: Vec<Option<Result<PublishReceipt, Error>>> =
             Vec::with_capacity(messages.len());
         let mut ids = Vec::new();
-        let mut records = Vec::new();
+        let mut prepared = Vec::new();
         for message in messages {
             match self.prepare(message, now) {
                 Ok(message) => {
                     ids.push(message.id().clone());
-                    records.push(convert::to_record(&message));
+                    prepared.push(message);
                     results.push(None);
                 }
                 Err(err) => results.push(Some(Err(err))),
             }
         }
-        if !records.is_empty() {
-            let (done, confirmed) = completion::<Vec<sluice_engine::Result<Published>>>();
-            self.shared
-                .engine
-                .publish(&self.shared.topic(topic), records, done);
-            let mut outcomes = match confirmed.await {
+        if !prepared.is_empty() {
+            let confirmed = self
+                .publish_waiting_for_room(&self.shared.topic(topic), &prepared)
+                .await;
+            let mut outcomes = match confirmed {
                 Ok(outcomes) => outcomes
                     .into_iter()
                     .map(|r| r.map_err(convert::error))
@@ -144,6 +152,55 @@ impl Publisher for EmbeddedPublisher {
                 return Ok(());
             }
             idle.await;
+        }
+    }
+}
+
+impl EmbeddedPublisher {
+    /// Hands `messages` to the engine as one batch. While the topic's backlog bound refuses
+    /// it with a `Block` timeout, waits for room (see the module documentation) and tries
+    /// again; a refused publish did nothing in the engine, so trying again is safe.
+    async fn publish_waiting_for_room(
+        &self,
+        topic: &str,
+        messages: &[Message],
+    ) -> Result<Vec<sluice_engine::Result<Published>>, Error> {
+        let mut deadline = None;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            let records = messages.iter().map(convert::to_record).collect();
+            self.shared.engine.publish(
+                topic,
+                records,
+                Box::new(move |result| {
+                    let _ = sender.send(result);
+                }),
+            );
+            let outcome = receiver
+                .await
+                .map_err(|_| Error::Closed("the engine stopped before completing the operation"))?;
+            let (full, timeout_ms) = match outcome {
+                Err(
+                    full @ sluice_engine::Error::BacklogFull {
+                        block_timeout_ms: Some(timeout_ms),
+                        ..
+                    },
+                ) => (full, timeout_ms),
+                other => return other.map_err(convert::error),
+            };
+            let now = tokio::time::Instant::now();
+            let deadline = *deadline.get_or_insert_with(|| now + Duration::from_millis(timeout_ms));
+            if now >= deadline {
+                return Err(Error::Backend {
+                    message: format!("{full}; no room was made within those {timeout_ms} ms"),
+                    retryable: true,
+                    source: Some(Box::new(full)),
+                });
+            }
+            let room = self.shared.notify.notified();
+            let _ = tokio::time::timeout(pause.min(deadline - now), room).await;
+            pause = (pause * 2).min(MAX_ROOM_PAUSE);
         }
     }
 }
