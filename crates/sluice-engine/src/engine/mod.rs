@@ -408,22 +408,21 @@ impl Engine {
         result
     }
 
-    /// Waits until everything submitted so far is complete.
+    /// Waits until everything submitted so far is complete (batches complete in submission
+    /// order). Fails with [`Error::Poisoned`] or [`Error::Closed`] when the committer refuses
+    /// writes. The committer's mutex is not held while waiting, so publishers and verbs (which
+    /// submit under the state lock) are not held up for a flush.
     pub(crate) fn barrier(&self) -> Result<()> {
-        let committer = self
-            .inner
-            .committer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match committer.as_ref() {
-            Some(committer) => {
-                if let Some(cause) = committer.poisoned() {
-                    return Err(Error::Poisoned { cause });
-                }
-                committer.commit(Vec::new()).map(|_| ())
-            }
-            None => Err(Error::Closed),
-        }
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        self.submit(Batch::new().on_complete(move |outcome| {
+            let _ = sender.send(outcome.map(|_| ()));
+        }));
+        receiver.recv().unwrap_or_else(|_| {
+            // The flusher drops a completion only when it panicked, which poisons it.
+            Err(self
+                .poisoned()
+                .map_or(Error::Closed, |cause| Error::Poisoned { cause }))
+        })
     }
 
     /// Stops the maintenance thread (waiting for a retention pass in progress),
