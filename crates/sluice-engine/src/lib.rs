@@ -13,7 +13,7 @@
 //! | [`dir`] | the data directory: lock, `FORMAT`, catalog |
 //! | [`commit`] | group commit: one flusher thread, sync modes, poisoning |
 //! | [`subscription`] | a subscription's state machine, its journal records and checkpoint |
-//! | [`engine`] | the [`Engine`](engine::Engine): topics, subscriptions, publish, receive, verbs, DLQ tools, checkpoints |
+//! | [`engine`] | the [`Engine`](engine::Engine): topics, subscriptions, publish, receive, verbs, DLQ tools, checkpoints, retention (and its maintenance thread), backlog bounds |
 //! | [`catalog`] | topics and subscriptions with their options (JSON, replaced atomically) |
 //! | [`dedup`] | a topic's dedup window, rebuilt from the log at open |
 //! | [`filter`] | routing-key patterns |
