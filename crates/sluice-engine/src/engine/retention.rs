@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use super::Engine;
 use crate::catalog::TopicOptions;
 use crate::commit::LogHandle;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::log::{Removed, SegmentInfo, SegmentedLog};
 use crate::record::decode_meta;
 
@@ -71,11 +71,13 @@ impl Engine {
     /// every [`EngineOptions::maintenance_interval`](super::EngineOptions::maintenance_interval).
     ///
     /// A failure on one log does not stop the others; the first one is returned (after the
-    /// others were tried, and what they removed was logged). Fails with
-    /// [`Error::Poisoned`](crate::Error::Poisoned) or [`Error::Closed`](crate::Error::Closed)
-    /// without deleting anything.
+    /// others were tried, and what they removed was logged). Fails with [`Error::Poisoned`]
+    /// or [`Error::Closed`] without deleting anything.
     pub fn enforce_retention(&self) -> Result<RetentionReport> {
         self.check_open()?;
+        if let Some(cause) = self.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
         let now = self.now_ms();
         let (topics, dead_letter_logs) = {
             let state = self.lock();
@@ -100,10 +102,16 @@ impl Engine {
             let dead_letter_logs: Vec<(String, LogHandle, u64)> = state
                 .subs
                 .iter()
+                // Only a log with a sealed segment has anything to remove.
+                .filter(|(_, s)| s.dlq.lock().segments().len() > 1)
                 .map(|(name, s)| (name.clone(), s.dlq.clone(), s.state.dlq_retain_from()))
                 .collect();
             (topics, dead_letter_logs)
         };
+        if topics.is_empty() && dead_letter_logs.is_empty() {
+            // Nothing that could be removed: no barrier (an idle engine stays idle).
+            return Ok(RetentionReport::default());
+        }
         // The watermarks just read may rest on journal records not committed yet: wait for
         // them (they were submitted under the state lock, before we read), so nothing is
         // deleted that a crash could make unhandled again.

@@ -77,6 +77,10 @@ fn given_the_next_sync_fails_when_publishing_then_that_publish_fails_and_every_l
         engine.stats("billing").is_ok(),
         "stats keep working on a poisoned engine"
     );
+    assert!(
+        matches!(engine.enforce_retention(), Err(Error::Poisoned { .. })),
+        "a poisoned engine deletes nothing"
+    );
 }
 
 #[test]
