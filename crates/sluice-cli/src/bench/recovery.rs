@@ -20,6 +20,8 @@ pub(crate) struct RecoveryResult {
     pub(crate) messages: u64,
     /// Time to open the engine again, in seconds.
     pub(crate) reopen_seconds: f64,
+    /// Whether the page cache was dropped before reopening (needs root).
+    pub(crate) cold_cache: bool,
 }
 
 pub(crate) async fn measure(
@@ -73,6 +75,9 @@ pub(crate) async fn measure(
             log_bytes += entry.metadata()?.len();
         }
     }
+    // Cold cache when allowed (root): recovery then reads from the disk, not from memory.
+    let cold = std::process::Command::new("sync").status().is_ok()
+        && std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok();
     let started = Instant::now();
     let reopened = sluice::embedded::EmbeddedBackend::open(&dir).await?;
     let reopen_seconds = started.elapsed().as_secs_f64();
@@ -91,5 +96,6 @@ pub(crate) async fn measure(
         segments,
         messages,
         reopen_seconds,
+        cold_cache: cold,
     })
 }

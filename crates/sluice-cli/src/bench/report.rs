@@ -57,12 +57,13 @@ impl Report {
         );
         for r in &self.recovery {
             println!(
-                "recovery of {}: {:.1} MiB of log in {} segments reopened in {:.3} s ({} messages)",
+                "recovery of {}: {:.1} MiB of log in {} segments reopened in {:.3} s ({} messages, {} page cache)",
                 r.url,
                 r.log_bytes as f64 / (1024.0 * 1024.0),
                 r.segments,
                 r.reopen_seconds,
-                r.messages
+                r.messages,
+                if r.cold_cache { "cold" } else { "warm" }
             );
         }
         if let Some(d) = &self.disk {
