@@ -48,6 +48,10 @@ pub struct Capabilities {
     pub dedup_window: Support,
     /// Longest dedup window; `None` means unbounded.
     pub max_dedup_window: Option<Duration>,
+    /// Topic backlog bounds ([`TopicConfig::backlog_bound`](crate::TopicConfig)) with both
+    /// overflow policies, `block` and `reject`. Where unsupported, ensuring a topic with a
+    /// bound fails with [`Error::Unsupported`](crate::Error::Unsupported).
+    pub backlog_bounds: Support,
     /// Start positions `earliest` and `at` (replay).
     pub replay: bool,
     /// Routing-key filters.
@@ -78,6 +82,7 @@ impl Capabilities {
             ordering: OrderingLevel::Strict,
             dedup_window: Support::Native,
             max_dedup_window: None,
+            backlog_bounds: Support::Native,
             replay: true,
             filter: Support::Native,
             release_counts_as_attempt: false,

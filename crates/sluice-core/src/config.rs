@@ -16,6 +16,10 @@ pub struct TopicConfig {
     /// Dedup window: a publish whose id was already published to this topic within the window
     /// is accepted and dropped. `None` disables it.
     pub dedup_window: Option<Duration>,
+    /// Backlog bound: caps what waits in the topic for its slowest subscription, and says
+    /// what a publish past the cap does. `None` (the default) leaves the backlog unbounded.
+    /// Available where [`Capabilities::backlog_bounds`](crate::Capabilities) says so.
+    pub backlog_bound: Option<BacklogBound>,
 }
 
 impl TopicConfig {
@@ -26,16 +30,102 @@ impl TopicConfig {
         self
     }
 
+    /// Sets the backlog bound.
+    #[must_use]
+    pub fn backlog_bound(mut self, bound: BacklogBound) -> Self {
+        self.backlog_bound = Some(bound);
+        self
+    }
+
     /// The first difference between an existing configuration (`self`) and a requested one,
     /// as `field: existing X, requested Y`.
     pub fn difference(&self, requested: &TopicConfig) -> Option<String> {
-        (self.dedup_window != requested.dedup_window).then(|| {
-            format!(
-                "dedup_window: existing {:?}, requested {:?}",
-                self.dedup_window, requested.dedup_window
+        diff("dedup_window", &self.dedup_window, &requested.dedup_window).or_else(|| {
+            diff(
+                "backlog_bound",
+                &self.backlog_bound,
+                &requested.backlog_bound,
             )
         })
     }
+}
+
+/// A bound on a topic's backlog: the messages published to the topic that its slowest
+/// subscription has not settled yet (acked or dead-lettered). A publish that would take the
+/// backlog past a limit is refused with [`Error::BacklogFull`](crate::Error::BacklogFull) at
+/// once ([`Overflow::Reject`]), or waits for consumers to make room ([`Overflow::Block`]).
+///
+/// How each backend counts (what "settled" and "bytes" mean exactly) is written on the
+/// backend; a topic without subscriptions has no backlog. A bound with neither limit set
+/// refuses nothing.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice_core::config::{BacklogBound, Overflow, TopicConfig};
+///
+/// let config = TopicConfig::default().backlog_bound(
+///     BacklogBound::new(Overflow::Block { timeout: Duration::from_secs(5) })
+///         .max_messages(100_000)
+///         .max_bytes(1 << 30),
+/// );
+/// assert_eq!(config.backlog_bound.unwrap().max_messages, Some(100_000));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BacklogBound {
+    /// At most this many messages wait.
+    pub max_messages: Option<u64>,
+    /// At most this many bytes wait (as the backend measures a message: payload, headers and
+    /// keys, or its stored frame).
+    pub max_bytes: Option<u64>,
+    /// What a publish past a limit does.
+    pub overflow: Overflow,
+}
+
+impl BacklogBound {
+    /// A bound with this overflow policy and no limit yet: set one with
+    /// [`max_messages`](Self::max_messages) or [`max_bytes`](Self::max_bytes).
+    pub fn new(overflow: Overflow) -> Self {
+        Self {
+            max_messages: None,
+            max_bytes: None,
+            overflow,
+        }
+    }
+
+    /// Caps the backlog at `max` messages.
+    #[must_use]
+    pub fn max_messages(mut self, max: u64) -> Self {
+        self.max_messages = Some(max);
+        self
+    }
+
+    /// Caps the backlog at `max` bytes.
+    #[must_use]
+    pub fn max_bytes(mut self, max: u64) -> Self {
+        self.max_bytes = Some(max);
+        self
+    }
+}
+
+/// What a publish does when it would take a topic's backlog past its [`BacklogBound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// Wait up to `timeout` for consumers to make room (without blocking a thread), then
+    /// fail with [`Error::BacklogFull`](crate::Error::BacklogFull). A publish larger than
+    /// the bound by itself fails at once: waiting cannot help.
+    Block {
+        /// How long a publish may wait for room.
+        timeout: Duration,
+    },
+    /// Fail at once with [`Error::BacklogFull`](crate::Error::BacklogFull).
+    Reject,
+}
+
+/// `field: existing X, requested Y` if the two differ.
+fn diff<T: PartialEq + std::fmt::Debug>(field: &str, a: &T, b: &T) -> Option<String> {
+    (a != b).then(|| format!("{field}: existing {a:?}, requested {b:?}"))
 }
 
 /// Where a new subscription starts reading its topic.
@@ -137,9 +227,6 @@ impl SubscriptionConfig {
     /// matters at creation), nor is the prefetch (a consumer-side setting that `ensure`
     /// updates).
     pub fn difference(&self, requested: &SubscriptionConfig) -> Option<String> {
-        fn diff<T: PartialEq + std::fmt::Debug>(field: &str, a: &T, b: &T) -> Option<String> {
-            (a != b).then(|| format!("{field}: existing {a:?}, requested {b:?}"))
-        }
         diff("topic", &self.topic.as_str(), &requested.topic.as_str())
             .or_else(|| {
                 diff(
@@ -183,5 +270,27 @@ mod tests {
         let t1 = TopicConfig::default();
         let t2 = TopicConfig::default().dedup_window(Duration::from_secs(60));
         assert!(t1.difference(&t2).unwrap().starts_with("dedup_window"));
+    }
+
+    #[test]
+    fn difference_names_the_backlog_bound() {
+        let bound = BacklogBound::new(Overflow::Reject).max_messages(3);
+        let bounded = TopicConfig::default().backlog_bound(bound);
+        assert_eq!(bounded.difference(&bounded.clone()), None);
+        let unbounded = TopicConfig::default();
+        let difference = unbounded.difference(&bounded).unwrap();
+        assert!(
+            difference.starts_with("backlog_bound: existing None"),
+            "{difference}"
+        );
+        let blocking = TopicConfig::default().backlog_bound(
+            BacklogBound::new(Overflow::Block {
+                timeout: Duration::from_secs(1),
+            })
+            .max_messages(3),
+        );
+        let difference = bounded.difference(&blocking).unwrap();
+        assert!(difference.starts_with("backlog_bound:"), "{difference}");
+        assert!(difference.contains("Reject") && difference.contains("Block"));
     }
 }

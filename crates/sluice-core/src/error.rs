@@ -219,6 +219,18 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// The topic's backlog bound refused the publish: its slowest subscription has too much
+    /// waiting (see [`BacklogBound`](crate::config::BacklogBound)). Nothing of the refused
+    /// message was stored, so publishing it again is safe. Retryable: consumers may catch up.
+    #[error("topic `{topic}` is full: {detail}")]
+    BacklogFull {
+        /// The topic (its logical name).
+        topic: String,
+        /// The backlog, the bound, the slowest subscription and, under `block`, how long the
+        /// publish waited, e.g. "its backlog of 3 messages has reached the bound of 3; the
+        /// slowest subscription is \`billing\`".
+        detail: String,
+    },
     /// The operation did not complete in time. Retryable.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -240,7 +252,7 @@ impl Error {
     /// transient broker errors). Invalid input, conflicts and lost leases are not retryable.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Connection { .. } | Error::Timeout(_) => true,
+            Error::Connection { .. } | Error::Timeout(_) | Error::BacklogFull { .. } => true,
             Error::Backend { retryable, .. } => *retryable,
             _ => false,
         }
@@ -260,6 +272,14 @@ impl Error {
             message: message.into(),
             retryable,
             source: None,
+        }
+    }
+
+    /// A [`Error::BacklogFull`] for a topic.
+    pub fn backlog_full(topic: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::BacklogFull {
+            topic: topic.into(),
+            detail: detail.into(),
         }
     }
 
@@ -291,5 +311,19 @@ mod tests {
         assert!(!Error::topic_not_found("orders").is_retryable());
         assert!(!Error::LeaseLost { id: "a".into() }.is_retryable());
         assert!(Error::backend("busy", true).is_retryable());
+    }
+
+    #[test]
+    fn backlog_full_names_the_topic_and_is_retryable() {
+        let err = Error::backlog_full(
+            "orders",
+            "its backlog of 3 messages has reached the bound of 3; the slowest subscription is `billing`",
+        );
+        assert!(err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "topic `orders` is full: its backlog of 3 messages has reached the bound of 3; \
+             the slowest subscription is `billing`"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! | [`name`] | topic, subscription and namespace names; [`Naming`], the one function for physical names |
 //! | [`message`] | [`Message`], its builder and limits |
 //! | [`filter`] | routing-key patterns (`*`, `#`) |
-//! | [`config`] | [`TopicConfig`], [`SubscriptionConfig`], [`StartPosition`] |
+//! | [`config`] | [`TopicConfig`] (with its [`BacklogBound`]), [`SubscriptionConfig`], [`StartPosition`] |
 //! | [`publisher`] | the [`Publisher`] trait and its receipt |
 //! | [`delivery`] | the [`Subscriber`] and [`Delivery`] traits: receive and the verbs |
 //! | [`backend`] | the [`Backend`] trait: factory, topology, stats and DLQ tools |
@@ -40,7 +40,7 @@ pub mod url;
 
 pub use backend::Backend;
 pub use capabilities::{Capabilities, OrderingLevel, Support};
-pub use config::{StartPosition, SubscriptionConfig, TopicConfig};
+pub use config::{BacklogBound, Overflow, StartPosition, SubscriptionConfig, TopicConfig};
 pub use delivery::{Delivery, Subscriber, VerbError, VerbResult};
 pub use dynamic::{DynBackend, DynDelivery, DynPublisher, DynSubscriber};
 pub use envelope::{DeadLetterReason, Envelope};
