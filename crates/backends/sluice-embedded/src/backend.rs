@@ -89,6 +89,14 @@ impl Shared {
     pub(crate) fn subscription(&self, subscription: &SubscriptionName) -> String {
         self.naming.subscription(subscription)
     }
+    /// The name a physical name had before the namespace was prefixed (the physical name
+    /// itself if it has no such prefix).
+    pub(crate) fn logical<'a>(&self, physical: &'a str) -> &'a str {
+        self.naming
+            .namespace()
+            .and_then(|ns| physical.strip_prefix(ns.as_str())?.strip_prefix('-'))
+            .unwrap_or(physical)
+    }
 }
 
 /// The embedded backend: a cheap-to-clone handle on an open engine.
@@ -227,7 +235,7 @@ impl Backend for EmbeddedBackend {
         match self
             .shared
             .engine
-            .create_topic(&physical, convert::topic_options(config))
+            .create_topic(&physical, convert::topic_options(config)?)
             .map_err(error)?
         {
             None => Ok(()),

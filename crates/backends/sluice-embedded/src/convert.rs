@@ -5,10 +5,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_core::{
-    Error, Filter, Message, MessageId, MessageParts, StartPosition, SubscriptionConfig,
-    TopicConfig, TopicName,
+    BacklogBound, Error, Filter, Message, MessageId, MessageParts, Overflow, StartPosition,
+    SubscriptionConfig, TopicConfig, TopicName,
 };
-use sluice_engine::catalog::{Start, SubscriptionOptions, TopicOptions};
+use sluice_engine::catalog::{self, Start, SubscriptionOptions, TopicOptions};
+use sluice_engine::error::BacklogUnit;
 use sluice_engine::record::MessageRecord;
 
 /// Milliseconds since the Unix epoch (0 for `None` or a time before the epoch).
@@ -61,18 +62,76 @@ pub(crate) fn from_record(record: MessageRecord) -> Message {
     Message::from_parts(parts)
 }
 
-/// Topic options from a topic configuration.
-pub(crate) fn topic_options(config: &TopicConfig) -> TopicOptions {
-    TopicOptions::default().dedup_window_ms(config.dedup_window.map(duration_ms))
+/// Topic options from a topic configuration. Fails with `Unsupported` for an overflow
+/// policy this adapter does not know (the contract's `Overflow` may grow).
+pub(crate) fn topic_options(config: &TopicConfig) -> Result<TopicOptions, Error> {
+    let backlog = config.backlog_bound.map(backlog_bound).transpose()?;
+    Ok(TopicOptions::default()
+        .dedup_window_ms(config.dedup_window.map(duration_ms))
+        .backlog(backlog))
 }
 
-/// The topic configuration the engine's options describe.
+/// The engine's backlog bound for the contract's (timeouts in whole milliseconds).
+fn backlog_bound(bound: BacklogBound) -> Result<catalog::BacklogBound, Error> {
+    let overflow = match bound.overflow {
+        Overflow::Block { timeout } => catalog::Overflow::Block {
+            timeout_ms: duration_ms(timeout),
+        },
+        Overflow::Reject => catalog::Overflow::Reject,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "backlog overflow policy {other:?} on the embedded backend"
+            )))
+        }
+    };
+    Ok(catalog::BacklogBound {
+        max_messages: bound.max_messages,
+        max_bytes: bound.max_bytes,
+        overflow,
+    })
+}
+
+/// The topic configuration the engine's options describe (retention, an engine-only
+/// option, is not part of it).
 pub(crate) fn topic_config(options: &TopicOptions) -> TopicConfig {
     let mut config = TopicConfig::default();
     if let Some(ms) = options.dedup_window_ms {
         config = config.dedup_window(Duration::from_millis(ms));
     }
+    if let Some(bound) = options.backlog {
+        let overflow = match bound.overflow {
+            catalog::Overflow::Block { timeout_ms } => Overflow::Block {
+                timeout: Duration::from_millis(timeout_ms),
+            },
+            catalog::Overflow::Reject => Overflow::Reject,
+        };
+        let mut backlog = BacklogBound::new(overflow);
+        backlog.max_messages = bound.max_messages;
+        backlog.max_bytes = bound.max_bytes;
+        config = config.backlog_bound(backlog);
+    }
     config
+}
+
+/// A contract `BacklogFull` from the engine's report: `topic` and `slowest` as the caller
+/// names them (logical names where it knows the naming), and, for a publish that waited
+/// under `block`, how long it waited.
+pub(crate) fn backlog_full(
+    topic: &str,
+    backlog: u64,
+    bound: u64,
+    unit: BacklogUnit,
+    slowest: &str,
+    waited: Option<Duration>,
+) -> Error {
+    let mut detail = format!(
+        "its backlog of {backlog} {unit} plus this publish would exceed the bound of {bound} \
+         {unit}; the slowest subscription is `{slowest}`"
+    );
+    if let Some(waited) = waited {
+        detail.push_str(&format!("; no room was made within {waited:?}"));
+    }
+    Error::backlog_full(topic, detail)
 }
 
 /// Subscription options from a subscription configuration.
@@ -119,6 +178,15 @@ pub(crate) fn error(err: sluice_engine::Error) -> Error {
         E::SubscriptionNotFound { name } => Error::subscription_not_found(name),
         E::LeaseLost { id } => Error::LeaseLost { id },
         E::Closed => Error::Closed("the embedded engine is closed"),
+        // Physical names here: the publisher, which knows the naming, reports logical ones.
+        E::BacklogFull {
+            topic,
+            backlog,
+            bound,
+            unit,
+            slowest,
+            ..
+        } => backlog_full(&topic, backlog, bound, unit, &slowest, None),
         // The engine's messages are complete (they carry their own causes): no source, so
         // error reports do not print the same text twice.
         other => Error::backend(other.to_string(), other.is_retryable()),
@@ -161,6 +229,42 @@ mod tests {
         assert_eq!(back.difference(&config), None);
         assert_eq!(back.start, StartPosition::Earliest);
         let topic = TopicConfig::default().dedup_window(Duration::from_secs(600));
-        assert_eq!(topic_config(&topic_options(&topic)), topic);
+        assert_eq!(topic_config(&topic_options(&topic).unwrap()), topic);
+        for overflow in [
+            Overflow::Reject,
+            Overflow::Block {
+                timeout: Duration::from_millis(1500),
+            },
+        ] {
+            let topic = TopicConfig::default()
+                .backlog_bound(BacklogBound::new(overflow).max_messages(10).max_bytes(4096));
+            let back = topic_config(&topic_options(&topic).unwrap());
+            assert_eq!(back, topic);
+            assert_eq!(back.difference(&topic), None);
+        }
+    }
+
+    #[test]
+    fn a_full_backlog_is_backlog_full_naming_the_topic_and_the_slowest_subscription() {
+        let err = error(sluice_engine::Error::BacklogFull {
+            topic: "orders".into(),
+            backlog: 3,
+            bound: 3,
+            unit: BacklogUnit::Messages,
+            slowest: "billing".into(),
+            block_timeout_ms: None,
+        });
+        assert!(err.is_retryable());
+        match &err {
+            Error::BacklogFull { topic, detail } => {
+                assert_eq!(topic, "orders");
+                assert!(
+                    detail.contains("bound of 3 messages")
+                        && detail.contains("the slowest subscription is `billing`"),
+                    "{detail}"
+                );
+            }
+            other => panic!("expected BacklogFull, got {other:?}"),
+        }
     }
 }

@@ -1,11 +1,14 @@
 //! [`EmbeddedPublisher`]: validates, converts and hands a batch to the engine, which confirms
 //! it once its records are durable (group commit with every concurrent publisher).
 //!
-//! A topic whose backlog bound says `Block` (set on the engine: the contract has no such
-//! option) refuses a publish that would exceed it with a timeout; the engine never blocks a
-//! thread, so the waiting happens here: woken by the engine after every committed write
-//! (acks included), or after a pause that doubles up to 200 ms, the publisher
-//! tries again until the timeout, then fails with a backend error that says so.
+//! A topic whose backlog bound says `Block` ([`TopicConfig::backlog_bound`]) refuses a
+//! publish that would exceed it with a timeout; the engine never blocks a thread, so the
+//! waiting happens here: woken by the engine after every committed write (acks included), or
+//! after a pause that doubles up to 200 ms, the publisher tries again until the timeout, then
+//! fails with [`Error::BacklogFull`] naming the topic, its slowest subscription and the wait.
+//! Under `Reject` it fails with `BacklogFull` at once.
+//!
+//! [`TopicConfig::backlog_bound`]: sluice_core::TopicConfig
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -106,9 +109,7 @@ impl Publisher for EmbeddedPublisher {
             }
         }
         if !prepared.is_empty() {
-            let confirmed = self
-                .publish_waiting_for_room(&self.shared.topic(topic), &prepared)
-                .await;
+            let confirmed = self.publish_waiting_for_room(topic, &prepared).await;
             let mut outcomes = match confirmed {
                 Ok(outcomes) => outcomes
                     .into_iter()
@@ -159,19 +160,21 @@ impl Publisher for EmbeddedPublisher {
 impl EmbeddedPublisher {
     /// Hands `messages` to the engine as one batch. While the topic's backlog bound refuses
     /// it with a `Block` timeout, waits for room (see the module documentation) and tries
-    /// again; a refused publish did nothing in the engine, so trying again is safe.
+    /// again; a refused publish did nothing in the engine, so trying again is safe. A full
+    /// backlog is reported as `BacklogFull` with logical names.
     async fn publish_waiting_for_room(
         &self,
-        topic: &str,
+        topic: &TopicName,
         messages: &[Message],
     ) -> Result<Vec<sluice_engine::Result<Published>>, Error> {
+        let physical = self.shared.topic(topic);
         let mut deadline = None;
         let mut pause = Duration::from_millis(5);
         loop {
             let (sender, receiver) = tokio::sync::oneshot::channel();
             let records = messages.iter().map(convert::to_record).collect();
             self.shared.engine.publish(
-                topic,
+                &physical,
                 records,
                 Box::new(move |result| {
                     let _ = sender.send(result);
@@ -180,23 +183,30 @@ impl EmbeddedPublisher {
             let outcome = receiver
                 .await
                 .map_err(|_| Error::Closed("the engine stopped before completing the operation"))?;
-            let (full, timeout_ms) = match outcome {
-                Err(
-                    full @ sluice_engine::Error::BacklogFull {
-                        block_timeout_ms: Some(timeout_ms),
-                        ..
-                    },
-                ) => (full, timeout_ms),
+            let (backlog, bound, unit, slowest, block_timeout_ms) = match outcome {
+                Err(sluice_engine::Error::BacklogFull {
+                    backlog,
+                    bound,
+                    unit,
+                    slowest,
+                    block_timeout_ms,
+                    ..
+                }) => (backlog, bound, unit, slowest, block_timeout_ms),
                 other => return other.map_err(convert::error),
             };
+            let full = |waited| {
+                let slowest = self.shared.logical(&slowest);
+                convert::backlog_full(topic.as_str(), backlog, bound, unit, slowest, waited)
+            };
+            // `Reject`, or a publish larger than the bound by itself: waiting cannot help.
+            let Some(timeout_ms) = block_timeout_ms else {
+                return Err(full(None));
+            };
+            let timeout = Duration::from_millis(timeout_ms);
             let now = tokio::time::Instant::now();
-            let deadline = *deadline.get_or_insert_with(|| now + Duration::from_millis(timeout_ms));
+            let deadline = *deadline.get_or_insert_with(|| now + timeout);
             if now >= deadline {
-                return Err(Error::Backend {
-                    message: format!("{full}; no room was made within those {timeout_ms} ms"),
-                    retryable: true,
-                    source: Some(Box::new(full)),
-                });
+                return Err(full(Some(timeout)));
             }
             let room = self.shared.notify.notified();
             let _ = tokio::time::timeout(pause.min(deadline - now), room).await;
@@ -210,6 +220,9 @@ fn same_error(err: &Error, topic: &TopicName) -> Error {
     match err {
         Error::NotFound { .. } => Error::topic_not_found(topic.as_str()),
         Error::Closed(what) => Error::Closed(what),
+        Error::BacklogFull { topic, detail } => {
+            Error::backlog_full(topic.as_str(), detail.as_str())
+        }
         other => Error::backend(other.to_string(), other.is_retryable()),
     }
 }
