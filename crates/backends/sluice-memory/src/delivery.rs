@@ -65,13 +65,19 @@ impl MemoryDelivery {
     /// `ExtendLease`.
     fn apply(&self, verb: Verb) -> Result<Option<Instant>> {
         let lease = &self.lease;
+        // Settling frees room in the topic's backlog: publishers waiting for it try again.
+        let frees_room = matches!(verb, Verb::Ack | Verb::DeadLetter(_));
         lease.backend.with_state(|state, now, clock| {
-            state
+            let deadline = state
                 .incarnation(&lease.subscription, lease.incarnation)?
                 .settle(lease.seq, lease.token, verb, now, clock)
                 .map_err(|_| Error::LeaseLost {
                     id: lease.message.id().to_string(),
-                })
+                })?;
+            if frees_room {
+                state.room.notify_waiters();
+            }
+            Ok(deadline)
         })
     }
 

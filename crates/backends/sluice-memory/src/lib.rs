@@ -37,10 +37,10 @@
 //! | module | what lives there |
 //! |---|---|
 //! | `backend` | [`MemoryBackend`]: the handle, its [`capabilities`], topology, stats, DLQ tools |
-//! | `publisher` | [`MemoryPublisher`]: validation and publish |
+//! | `publisher` | [`MemoryPublisher`]: validation and publish, waiting for room under a `Block` backlog bound |
 //! | `subscriber` | [`MemorySubscriber`]: `receive`, waiting without polling |
 //! | `delivery` | [`MemoryDelivery`]: the verbs |
-//! | `state` | the whole state behind the lock: topics, subscriptions, publish fan-out |
+//! | `state` | the whole state behind the lock: topics, subscriptions, backlog bounds, publish fan-out |
 //! | `topic` | one topic: its log (for replay) and its dedup window |
 //! | `subscription` | one subscription: per-message phases, ready queue, timers, leases, ordering keys, DLQ |
 //! | `clock` | the backend clock: instants and wall-clock times from tokio's (pausable) clock |
@@ -57,6 +57,14 @@
 //! - A dead letter's envelope records the first failure (first retry or lease expiry; the
 //!   dead-lettering itself if it failed on its first attempt).
 //! - Without a dead-letter queue, `dead_letter` logs a warning and drops the message.
+//! - Backlog bounds (`TopicConfig::backlog_bound`): a topic's backlog is the largest, over
+//!   its subscriptions, of their unsettled messages (ready, in flight, delayed, waiting for
+//!   retry or behind their ordering key; dead letters are settled), in messages and in bytes
+//!   (`Message::size`: payload, headers, keys). A topic without subscriptions has none. A
+//!   publish that would exceed it fails with `Error::BacklogFull` at once (`Reject`), or waits
+//!   (`Block { timeout }`, on tokio's clock, no thread blocked) until an ack, a dead-letter or
+//!   a deletion makes room, failing with `BacklogFull` after the timeout. A refused publish
+//!   changes nothing (not even the dedup window). Redrive is never refused.
 
 mod backend;
 mod clock;

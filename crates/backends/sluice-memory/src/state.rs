@@ -9,14 +9,20 @@
 //!   matches, atomically under the backend's lock: a subscription created before the publish
 //!   gets the message exactly once (live or by replay, never both).
 //! - `next_id` only grows: subscription incarnations never repeat.
+//! - A topic's backlog bound is checked first in a publish, before the dedup window records
+//!   the id: a refused publish changes nothing and can be tried again as it is.
+//! - `room` is woken whenever a backlog may have shrunk (a message settled, a subscription
+//!   or topic deleted): publishers waiting under `Overflow::Block` try again then.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_core::{
-    Error, Message, ObjectKind, PublishOutcome, SubscriptionConfig, SubscriptionName, TopicConfig,
-    TopicInfo, TopicName,
+    BacklogBound, Error, Message, ObjectKind, Overflow, PublishOutcome, SubscriptionConfig,
+    SubscriptionName, TopicConfig, TopicInfo, TopicName,
 };
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -29,6 +35,35 @@ pub(crate) struct State {
     topics: BTreeMap<TopicName, Topic>,
     subscriptions: BTreeMap<SubscriptionName, Subscription>,
     next_id: u64,
+    /// Woken when a backlog may have shrunk (see the module docs).
+    pub(crate) room: Arc<Notify>,
+}
+
+/// Why a publish was not done.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// It failed (unknown topic, …).
+    Failed(Error),
+    /// The topic's backlog bound refused it; the message is handed back untouched.
+    Full(Full),
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Refused::Failed(error)
+    }
+}
+
+/// A publish the topic's backlog bound refused.
+#[derive(Debug)]
+pub(crate) struct Full {
+    /// The message, to try again.
+    pub(crate) message: Message,
+    /// What is full and who is behind (the `detail` of `Error::BacklogFull`).
+    pub(crate) detail: String,
+    /// How long the publisher may wait for room: the `Block` timeout, unless the overflow
+    /// is `Reject` or the message alone exceeds the bound (waiting cannot help).
+    pub(crate) wait: Option<Duration>,
 }
 
 impl State {
@@ -120,6 +155,7 @@ impl State {
                 removed.notify.notify_waiters();
             }
         }
+        self.room.notify_waiters();
         Ok(())
     }
 
@@ -132,6 +168,7 @@ impl State {
             topic.subscriptions.remove(name);
         }
         removed.notify.notify_waiters();
+        self.room.notify_waiters();
         Ok(())
     }
 
@@ -157,14 +194,27 @@ impl State {
         }
     }
 
-    /// Publishes one message (already validated): dedup, log, fan-out.
+    /// Publishes one message (already validated): backlog bound, dedup, log, fan-out.
     pub(crate) fn publish(
         &mut self,
         name: &TopicName,
         mut message: Message,
         now: Instant,
         clock: &Clock,
-    ) -> Result<PublishOutcome, Error> {
+    ) -> Result<PublishOutcome, Refused> {
+        let topic = self
+            .topics
+            .get(name)
+            .ok_or_else(|| Error::topic_not_found(name.as_str()))?;
+        if let Some(bound) = topic.config.backlog_bound {
+            if let Some((detail, wait)) = self.refusal(topic, &bound, message.size() as u64) {
+                return Err(Refused::Full(Full {
+                    message,
+                    detail,
+                    wait,
+                }));
+            }
+        }
         let topic = self
             .topics
             .get_mut(name)
@@ -186,6 +236,62 @@ impl State {
             }
         }
         Ok(PublishOutcome::Published)
+    }
+}
+
+impl State {
+    /// Why `bound` refuses one more message of `size` bytes on `topic`, and how long the
+    /// publisher may wait for room; `None` if it fits. The backlog is the largest over the
+    /// topic's subscriptions (in messages and in bytes, each on its own), so the slowest
+    /// subscription decides; a topic without subscriptions has none. Every subscription
+    /// counts, whether or not its filter would select the message.
+    fn refusal(
+        &self,
+        topic: &Topic,
+        bound: &BacklogBound,
+        size: u64,
+    ) -> Option<(String, Option<Duration>)> {
+        let backlogs = topic.subscriptions.iter().filter_map(|name| {
+            let subscription = self.subscriptions.get(name)?;
+            Some((name, subscription.backlog()))
+        });
+        // The first by name on a tie.
+        let mut messages: Option<(&SubscriptionName, u64)> = None;
+        let mut bytes: Option<(&SubscriptionName, u64)> = None;
+        for (name, (m, b)) in backlogs {
+            if messages.is_none_or(|(_, max)| m > max) {
+                messages = Some((name, m));
+            }
+            if bytes.is_none_or(|(_, max)| b > max) {
+                bytes = Some((name, b));
+            }
+        }
+        let block = match bound.overflow {
+            Overflow::Block { timeout } => Some(timeout),
+            _ => None,
+        };
+        let checks = [
+            (bound.max_messages, messages, 1, "messages"),
+            (bound.max_bytes, bytes, size, "bytes"),
+        ];
+        for (max, slowest, incoming, unit) in checks {
+            let (Some(max), Some((slowest, backlog))) = (max, slowest) else {
+                continue;
+            };
+            if backlog.saturating_add(incoming) <= max {
+                continue;
+            }
+            let fits_alone = incoming <= max;
+            let mut detail = format!(
+                "its backlog of {backlog} {unit} plus this publish would exceed the bound of \
+                 {max} {unit}; the slowest subscription is `{slowest}`"
+            );
+            if !fits_alone {
+                detail.push_str(" (the message alone exceeds the bound: waiting cannot help)");
+            }
+            return Some((detail, block.filter(|_| fits_alone)));
+        }
+        None
     }
 }
 

@@ -22,6 +22,8 @@
 //!   matches its entry's lease (expired, redelivered, settled) is stale.
 //! - Time only moves in [`Subscription::advance`], which every operation calls first: a
 //!   lease whose deadline is now or earlier has expired.
+//! - `bytes` is the sum of `Message::size()` over `entries`: with `entries.len()`, the
+//!   subscription's backlog (what the topic's backlog bound counts).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -109,6 +111,8 @@ pub(crate) struct Subscription {
     held: HashMap<u64, u32>,
     dead_letters: BTreeMap<u64, Message>,
     next_dead_letter: u64,
+    /// Sum of the sizes of the unsettled messages (see the module docs).
+    bytes: u64,
 }
 
 impl Subscription {
@@ -127,6 +131,7 @@ impl Subscription {
             held: HashMap::new(),
             dead_letters: BTreeMap::new(),
             next_dead_letter: 0,
+            bytes: 0,
         }
     }
 
@@ -144,6 +149,7 @@ impl Subscription {
         self.next_seq += 1;
         let due = stored.due;
         let key = stored.message.ordering_key().map(str::to_owned);
+        self.bytes += stored.message.size() as u64;
         self.entries.insert(
             seq,
             Entry {
@@ -165,6 +171,12 @@ impl Subscription {
             self.schedule(seq, due, now);
         }
         self.notify.notify_waiters();
+    }
+
+    /// The backlog: unsettled messages (ready, leased, waiting or blocked behind their key)
+    /// and the sum of their sizes. Dead letters are settled: they do not count.
+    pub(crate) fn backlog(&self) -> (u64, u64) {
+        (self.entries.len() as u64, self.bytes)
     }
 
     /// Fires every timer due at `now`: waiting messages become ready, expired leases are
@@ -417,6 +429,12 @@ impl Subscription {
             .filter(|entry| entry.stored.message.ordering_key().is_some())
             .count();
         assert_eq!(keyed, expected, "key queues hold exactly the keyed entries");
+        let bytes: u64 = self
+            .entries
+            .values()
+            .map(|entry| entry.stored.message.size() as u64)
+            .sum();
+        assert_eq!(bytes, self.bytes, "bytes = sizes of the unsettled messages");
     }
 
     /// Puts an entry that is in no queue into the ready queue, or waiting until `due`.
@@ -445,6 +463,7 @@ impl Subscription {
     /// lets the next message of its ordering key go.
     fn finish(&mut self, seq: Seq, now: Instant) -> Option<Entry> {
         let entry = self.entries.remove(&seq)?;
+        self.bytes -= entry.stored.message.size() as u64;
         if let Some(key) = entry.stored.message.ordering_key() {
             let mut next = None;
             if let Some(queue) = self.keys.get_mut(key) {

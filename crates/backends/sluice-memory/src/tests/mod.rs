@@ -6,6 +6,7 @@
 //! clock, while the backend's wall clock follows the paused one; tests publish delayed
 //! messages before moving time, so both agree to within microseconds.
 
+mod backlog;
 mod delivery;
 mod dlq;
 mod model;
