@@ -188,6 +188,8 @@ pub(crate) struct Inner {
     listener: Arc<RwLock<Option<Listener>>>,
     /// Dedup claims of publishes that failed, dropped at the next publish to their topic.
     pub(crate) failed_claims: Mutex<Vec<(String, String, u64)>>,
+    /// Checkpoint threads started by `journal`, joined by `close`.
+    pub(crate) checkpoints: Mutex<Vec<std::thread::JoinHandle<()>>>,
     pub(crate) closed: AtomicBool,
     /// Whether some topic has a backlog bound (lets publishes to others skip the check).
     pub(crate) any_backlog_bound: AtomicBool,
@@ -268,6 +270,7 @@ impl Engine {
                 }),
                 listener,
                 failed_claims: Mutex::new(Vec::new()),
+                checkpoints: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 any_backlog_bound: AtomicBool::new(any_backlog_bound),
                 maintenance: Mutex::new(None),
@@ -362,11 +365,19 @@ impl Engine {
             sub.checkpointing = true;
             let engine = self.clone();
             let name = name.to_owned();
-            std::thread::spawn(move || {
+            let handle = std::thread::spawn(move || {
                 if let Err(err) = engine.checkpoint(&name) {
                     tracing::warn!(subscription = %name, %err, "checkpoint failed; the journal keeps growing until the next one");
                 }
             });
+            // `close` joins it: no checkpoint may be written after the engine closed.
+            let mut threads = self
+                .inner
+                .checkpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            threads.retain(|t| !t.is_finished());
+            threads.push(handle);
         }
     }
 
@@ -441,6 +452,18 @@ impl Engine {
         if let Some(mut maintenance) = maintenance {
             maintenance.stop();
         }
+        let threads = std::mem::take(
+            &mut *self
+                .inner
+                .checkpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a checkpoint thread panicked");
+            }
+        }
         let names: Vec<String> = self.lock().subs.keys().cloned().collect();
         let mut first_error = None;
         for name in names {
@@ -501,7 +524,23 @@ pub(crate) fn open_topic(
     }
     let mut dedup = DedupIndex::new();
     if let Some(window) = topic_options.dedup_window_ms {
-        let mut iter = log.iter_from(log.first());
+        // Only the segments whose newest message is inside the window hold ids to remember.
+        let horizon = now.saturating_sub(window);
+        let mut from = log.first();
+        for segment in log.segments() {
+            if segment.end == segment.base {
+                continue;
+            }
+            let newest = match log.read(segment.end - 1)? {
+                Some(body) => crate::record::decode_meta(&body)?.published_at_ms,
+                None => 0,
+            };
+            if newest >= horizon {
+                break;
+            }
+            from = segment.end;
+        }
+        let mut iter = log.iter_from(from);
         while let Some((_, body)) = iter.next_body()? {
             let meta = crate::record::decode_meta(body)?;
             if now.saturating_sub(meta.published_at_ms) < window {

@@ -4,6 +4,7 @@
 mod backlog;
 mod corruption;
 mod crash;
+mod dedup;
 mod faults;
 mod model;
 mod retention;
