@@ -25,6 +25,8 @@ macro_rules! __with_scenarios {
             publisher_close_flushes,
             delayed_publish_not_delivered_early,
             dedup_window_drops_duplicate_publish,
+            // backlog
+            backlog_bound_rejects_or_blocks_when_full,
             // lease
             retry_redelivers_no_earlier_than_asked_with_next_attempt,
             lease_expiry_redelivers_with_next_attempt,

@@ -77,6 +77,9 @@ const ROWS: &[Row] = &[
     ("ordering per key", |c| ordering(c.ordering).to_owned()),
     ("dedup window", |c| support(c.dedup_window).to_owned()),
     ("max dedup window", |c| limit(c.max_dedup_window)),
+    ("backlog bounds (block / reject)", |c| {
+        support(c.backlog_bounds).to_owned()
+    }),
     ("replay (start earliest / at)", |c| {
         yes_no(c.replay).to_owned()
     }),
@@ -141,6 +144,7 @@ mod tests {
         let full = Capabilities::full("reference");
         let mut small = Capabilities::full("small");
         small.delay = Support::Unsupported;
+        small.backlog_bounds = Support::Unsupported;
         small.ordering = OrderingLevel::UntilRetry;
         small.max_message_size = 256 * 1024;
         small.time_granularity = Duration::from_secs(1);
@@ -151,6 +155,16 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("| ordering per key | strict | until retry |"));
+        assert!(
+            table.contains("| backlog bounds (block / reject) | native | no |"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "`backlog_bound_rejects_or_blocks_when_full` (backlog bounds are unsupported)"
+            ),
+            "{table}"
+        );
         assert!(table.contains("| max message size | 1 MiB | 256 KiB |"));
         assert!(table.contains("| time granularity | 1 ms | 1 s |"));
         assert!(table.contains("- **reference**: none"), "{table}");

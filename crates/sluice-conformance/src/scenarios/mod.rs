@@ -8,6 +8,7 @@
 //! | `basic.rs` | round trip, competing consumers, ack |
 //! | `routing.rs` | fan-out, filters, topic isolation |
 //! | `publish.rs` | missing topic, batch, size limit, publisher close, delay, dedup window |
+//! | `backlog.rs` | backlog bounds: reject, block until an ack, block until the timeout |
 //! | `lease.rs` | retry, lease expiry, release, extend lease, verbs after the lease |
 //! | `dlq.rs` | dead letter, redrive, stats |
 //! | `ordering.rs` | ordering per key |
@@ -16,6 +17,7 @@
 
 use sluice_core::{Capabilities, OrderingLevel};
 
+mod backlog;
 mod basic;
 mod connection;
 mod dlq;
@@ -25,6 +27,7 @@ mod publish;
 mod routing;
 mod topology;
 
+pub use backlog::*;
 pub use basic::*;
 pub use connection::*;
 pub use dlq::*;
@@ -54,6 +57,9 @@ pub fn skip_reason(scenario: &str, caps: &Capabilities) -> Option<String> {
         "dedup_window_drops_duplicate_publish" if !caps.dedup_window.is_available() => {
             "dedup windows are unsupported"
         }
+        "backlog_bound_rejects_or_blocks_when_full" if !caps.backlog_bounds.is_available() => {
+            "backlog bounds are unsupported"
+        }
         "ordering_per_key_at_declared_level" if caps.ordering == OrderingLevel::None => {
             "ordering level is `none`"
         }
@@ -79,6 +85,7 @@ mod tests {
         none.filter = sluice_core::Support::Unsupported;
         none.delay = sluice_core::Support::Unsupported;
         none.dedup_window = sluice_core::Support::Unsupported;
+        none.backlog_bounds = sluice_core::Support::Unsupported;
         none.ordering = OrderingLevel::None;
         none.replay = false;
         none.reconnects = false;
@@ -87,7 +94,7 @@ mod tests {
             .iter()
             .filter(|s| skip_reason(s, &none).is_some())
             .count();
-        assert_eq!(gated, 7, "each gate matches exactly one listed scenario");
+        assert_eq!(gated, 8, "each gate matches exactly one listed scenario");
         let full = Capabilities::full("full");
         assert!(SCENARIOS.iter().all(|s| skip_reason(s, &full).is_none()));
     }
