@@ -44,8 +44,9 @@ pub(crate) struct State {
 pub(crate) enum Refused {
     /// It failed (unknown topic, …).
     Failed(Error),
-    /// The topic's backlog bound refused it; the message is handed back untouched.
-    Full(Full),
+    /// The topic's backlog bound refused it; the message is handed back untouched (boxed:
+    /// a message is large, and the `Ok` path should not pay for it).
+    Full(Box<Full>),
 }
 
 impl From<Error> for Refused {
@@ -208,11 +209,11 @@ impl State {
             .ok_or_else(|| Error::topic_not_found(name.as_str()))?;
         if let Some(bound) = topic.config.backlog_bound {
             if let Some((detail, wait)) = self.refusal(topic, &bound, message.size() as u64) {
-                return Err(Refused::Full(Full {
+                return Err(Refused::Full(Box::new(Full {
                     message,
                     detail,
                     wait,
-                }));
+                })));
             }
         }
         let topic = self
