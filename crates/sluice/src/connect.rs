@@ -8,6 +8,7 @@ use sluice_core::{BackendKind, BackendUrl, DynBackend, Error, UrlError};
 ///
 /// `embedded:PATH` opens Sluice's durable engine on the directory `PATH` (created if needed;
 /// `embedded:` alone is `./sluice-data`); one process at a time may open a directory.
+/// `amqp://…` connects to RabbitMQ (the `rabbitmq` feature).
 /// `memory:` creates a new, empty in-process backend on every call. Either way, share the
 /// returned handle (it is cheap to clone) between the producers and consumers that should
 /// meet.
@@ -44,6 +45,14 @@ pub async fn connect(url: &str) -> Result<DynBackend, Error> {
         #[cfg(not(feature = "embedded"))]
         BackendKind::Embedded { .. } => Err(not_available("embedded", "embedded")),
         BackendKind::Remote { .. } => Err(not_available("sluice", "remote")),
+        #[cfg(feature = "rabbitmq")]
+        BackendKind::Amqp { uri } => {
+            let options = sluice_rabbitmq::RabbitOptions::default().namespace(url.namespace);
+            Ok(DynBackend::new(
+                sluice_rabbitmq::RabbitBackend::connect(&uri, options).await?,
+            ))
+        }
+        #[cfg(not(feature = "rabbitmq"))]
         BackendKind::Amqp { .. } => Err(not_available("amqp", "rabbitmq")),
         BackendKind::Sqs { .. } => Err(not_available("sqs", "sqs")),
         BackendKind::Kafka { .. } => Err(not_available("kafka", "kafka")),
@@ -65,9 +74,7 @@ mod tests {
         let backend = connect("memory:?namespace=dev").await.unwrap();
         assert_eq!(backend.capabilities().backend, "memory");
         assert_eq!(backend.naming().namespace().unwrap().as_str(), "dev");
-        let err = connect("amqp://guest:guest@127.0.0.1:5672/%2f")
-            .await
-            .unwrap_err();
+        let err = connect("kafka://127.0.0.1:9092").await.unwrap_err();
         assert!(
             err.to_string().contains("not available in this build"),
             "{err}"

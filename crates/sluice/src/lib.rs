@@ -55,7 +55,7 @@
 //! | the contract ([`Message`], [`Publisher`], [`Subscriber`], [`Delivery`], [`Backend`], errors) | [`sluice_core`], re-exported at the root |
 //! | [`runtime`] (workers, handlers, backoff, idempotency, rate limits) | [`sluice_runtime`] |
 //! | [`connect`]: a backend from a URL | this crate, `connect.rs` |
-//! | backends | behind cargo features: `embedded` (the default backend) and `memory` |
+//! | backends | behind cargo features: `embedded` (the default backend), `memory`, `rabbitmq` |
 //! | [`prelude`] | what most programs import |
 
 mod connect;
@@ -71,6 +71,10 @@ pub use sluice_embedded as embedded;
 /// The in-process reference backend (`memory:`).
 #[cfg(feature = "memory")]
 pub use sluice_memory as memory;
+
+/// RabbitMQ (`amqp://USER:PASS@HOST:PORT/VHOST`).
+#[cfg(feature = "rabbitmq")]
+pub use sluice_rabbitmq as rabbitmq;
 
 /// What most programs import: `use sluice::prelude::*;`.
 pub mod prelude {

@@ -3,9 +3,12 @@
 //!
 //! Every run uses its own namespace (`c` and 10 random hex digits), so runs and parallel
 //! tests never see each other's objects. Delays are rounded up to delay tiers (250 ms,
-//! 500 ms, 1 s…): the harness's delay of 500 ms is a tier. The broker is not restarted
-//! (restarting the shared RabbitMQ in CI is slow and disturbs other users of it): that
-//! scenario prints SKIPPED; `tests/force_close.rs` force-closes every connection instead.
+//! 500 ms, 1 s…): the harness's delay of 500 ms is a tier.
+//!
+//! The broker is restarted (`rabbitmqctl stop_app` / `start_app`, keeping its data) only
+//! when `SLUICE_RABBITMQ_RESTART=1`: restarting the shared RabbitMQ disturbs every other
+//! user of it, so by default that scenario prints SKIPPED; `tests/force_close.rs`
+//! force-closes every connection mid-run instead.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -60,6 +63,34 @@ impl Harness for RabbitHarness {
         let options = RabbitOptions::default().namespace(Some(namespace()));
         Some(RabbitBackend::connect(&uri(&proxy_addr.to_string()), options).await)
     }
+
+    async fn restart_broker(&self) -> Option<sluice_core::Result<()>> {
+        if std::env::var("SLUICE_RABBITMQ_RESTART").as_deref() != Ok("1") {
+            return None;
+        }
+        Some(restart().await)
+    }
+}
+
+/// Stops and starts the RabbitMQ application (the node and its data stay), then waits for
+/// it to accept work again.
+async fn restart() -> sluice_core::Result<()> {
+    for step in [
+        &["-q", "stop_app"][..],
+        &["-q", "start_app"][..],
+        &["-q", "await_startup"][..],
+    ] {
+        let status = tokio::process::Command::new("rabbitmqctl")
+            .args(step)
+            .status()
+            .await
+            .map_err(|err| sluice_core::Error::backend(format!("rabbitmqctl: {err}"), false))?;
+        if !status.success() {
+            let message = format!("rabbitmqctl {step:?} failed: {status}");
+            return Err(sluice_core::Error::backend(message, false));
+        }
+    }
+    Ok(())
 }
 
 sluice_conformance::conformance_tests!(RabbitHarness);

@@ -41,7 +41,8 @@ use services::{Effects, OrderPlaced};
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
     /// Backend URL: Sluice's durable engine in `./sluice-data` by default (its own `demo`
-    /// namespace; each run starts fresh), or `memory:`.
+    /// namespace; each run starts fresh), `memory:`, or RabbitMQ
+    /// (`amqp://guest:guest@127.0.0.1:5672/%2f`).
     #[arg(long, default_value = "embedded:./sluice-data?namespace=demo")]
     url: String,
     /// Number of orders in the burst.
