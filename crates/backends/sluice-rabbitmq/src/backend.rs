@@ -642,8 +642,8 @@ impl Backend for RabbitBackend {
                     .await
                     .map_err(|err| to_error(err, &format!("reading `{queue}`")))?;
                 let Some(got) = got else { break };
-                let d = &got.delivery;
-                let decoded = wire::decode(d.routing_key.as_str(), &d.properties, &d.data);
+                let d = got.delivery;
+                let decoded = wire::decode(d.routing_key.as_str(), &d.properties, d.data.into());
                 listed.push(DeadLetteredMessage::new(decoded.message));
             }
             Ok::<_, Error>(())
@@ -680,7 +680,7 @@ impl Backend for RabbitBackend {
                 let Some(got) = got else { break };
                 let d = got.delivery;
                 let mut message =
-                    wire::decode(d.routing_key.as_str(), &d.properties, &d.data).message;
+                    wire::decode(d.routing_key.as_str(), &d.properties, d.data.into()).message;
                 if !options.selects(&message) {
                     continue;
                 }

@@ -5,8 +5,8 @@
 //! - At most one connection attempt runs at a time; after a failed one, callers get a
 //!   retryable [`Error::Connection`] at once until the backoff (100 ms doubling to 5 s) has
 //!   passed, so a broker that is down is not hammered.
-//! - A publish returns `Ok` only once the broker confirmed it (publisher confirms on the
-//!   shared publish channel). A publish whose confirm was lost with the connection fails
+//! - A publish returns `Ok` only once the broker confirmed it (publisher confirms: one
+//!   channel per publisher, and one for the link's own republishes). A publish whose confirm was lost with the connection fails
 //!   with a retryable error: publishing the same id again is safe with a dedup window.
 
 use std::sync::Arc;
@@ -69,7 +69,7 @@ struct State {
 pub(crate) struct Link {
     uri: String,
     state: Mutex<State>,
-    publish: Mutex<Option<Channel>>,
+    publish: ConfirmChannel,
     connections: std::sync::atomic::AtomicU64,
 }
 
@@ -90,7 +90,7 @@ impl Link {
                 backoff: FIRST_BACKOFF,
                 next_try: None,
             }),
-            publish: Mutex::new(None),
+            publish: ConfirmChannel::default(),
             connections: std::sync::atomic::AtomicU64::new(0),
         };
         link.connection().await?;
@@ -155,45 +155,8 @@ impl Link {
             .map_err(|err| to_error(err, "opening a channel"))
     }
 
-    /// The shared publish channel (confirms on), opened again after it closed.
-    async fn publish_channel(&self) -> Result<Channel, Error> {
-        let mut slot = self.publish.lock().await;
-        if let Some(channel) = &*slot {
-            if channel.status().connected() {
-                return Ok(channel.clone());
-            }
-        }
-        let channel = self.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|err| to_error(err, "turning publisher confirms on"))?;
-        *slot = Some(channel.clone());
-        Ok(channel)
-    }
-
-    /// Sends a message on the publish channel; the returned future waits for its confirm.
-    /// Sends keep their call order on the wire.
-    pub(crate) async fn send(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        mandatory: bool,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<lapin::publisher_confirm::PublisherConfirm, Error> {
-        let channel = self.publish_channel().await?;
-        let options = BasicPublishOptions {
-            mandatory,
-            ..BasicPublishOptions::default()
-        };
-        channel
-            .basic_publish(exchange, routing_key, options, body, properties)
-            .await
-            .map_err(|err| to_error(err, "publishing"))
-    }
-
-    /// Publishes and waits for the broker's confirm.
+    /// Publishes on the link's own confirm channel and waits for the broker's confirm
+    /// (Sluice's republishes: retries, dead letters, redrives).
     pub(crate) async fn publish(
         &self,
         exchange: &str,
@@ -203,9 +166,56 @@ impl Link {
         properties: BasicProperties,
     ) -> Result<(), Error> {
         let confirm = self
-            .send(exchange, routing_key, mandatory, body, properties)
+            .publish
+            .send(self, exchange, routing_key, mandatory, body, properties)
             .await?;
         confirmed(confirm, exchange, routing_key).await
+    }
+}
+
+/// A confirm-mode channel, opened on first use and again after it closed. Sends on one
+/// channel keep their call order on the wire.
+#[derive(Default)]
+pub(crate) struct ConfirmChannel {
+    slot: Mutex<Option<Channel>>,
+}
+
+impl ConfirmChannel {
+    async fn channel(&self, link: &Link) -> Result<Channel, Error> {
+        let mut slot = self.slot.lock().await;
+        if let Some(channel) = &*slot {
+            if channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        let channel = link.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|err| to_error(err, "turning publisher confirms on"))?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Sends a message; the returned future waits for its confirm.
+    pub(crate) async fn send(
+        &self,
+        link: &Link,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<lapin::publisher_confirm::PublisherConfirm, Error> {
+        let channel = self.channel(link).await?;
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        channel
+            .basic_publish(exchange, routing_key, options, body, properties)
+            .await
+            .map_err(|err| to_error(err, "publishing"))
     }
 }
 

@@ -1,4 +1,5 @@
-//! [`RabbitPublisher`]: confirmed, persistent publishes to a topic's exchange, delayed ones
+//! [`RabbitPublisher`]: confirmed, persistent publishes (on the publisher's own confirm-mode
+//! channel) to a topic's exchange, delayed ones
 //! through the topic's delay tiers, with the emulated dedup window.
 //!
 //! Invariants:
@@ -18,13 +19,14 @@ use sluice_core::{
 use tokio::sync::Notify;
 
 use crate::backend::Shared;
-use crate::link::{confirmed, reply_code, NOT_FOUND};
+use crate::link::{confirmed, reply_code, ConfirmChannel, NOT_FOUND};
 use crate::names::{tier_for, MAX_DELAY};
 use crate::wire;
 
-/// Publishes to topics over the backend's shared, confirm-mode channel.
+/// Publishes to topics on its own confirm-mode channel of the backend's connection.
 pub struct RabbitPublisher {
     shared: Arc<Shared>,
+    channel: ConfirmChannel,
     closed: AtomicBool,
     in_flight: Arc<AtomicUsize>,
     idle: Arc<Notify>,
@@ -64,6 +66,7 @@ impl RabbitPublisher {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
+            channel: ConfirmChannel::default(),
             closed: AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
             idle: Arc::new(Notify::new()),
@@ -129,9 +132,10 @@ impl RabbitPublisher {
         };
         let out = wire::encode(&message, &extra).map_err(release)?;
         let mandatory = shared.options.unroutable_is_error && tier.is_none();
-        let confirm = shared
-            .link
+        let confirm = self
+            .channel
             .send(
+                &shared.link,
                 &exchange,
                 &out.routing_key,
                 mandatory,

@@ -171,12 +171,12 @@ impl RabbitSubscriber {
             // From a channel that died: the broker has requeued it.
             return None;
         }
-        let d = &incoming.delivery;
-        let decoded = wire::decode(d.routing_key.as_str(), &d.properties, &d.data);
+        let d = incoming.delivery;
+        let decoded = wire::decode(d.routing_key.as_str(), &d.properties, d.data.into());
         Some(RabbitDelivery::new(
             Arc::clone(&self.state),
             incoming.channel,
-            incoming.delivery.delivery_tag,
+            d.delivery_tag,
             decoded,
         ))
     }

@@ -145,7 +145,7 @@ pub(crate) struct Decoded {
 
 /// Decodes a received message. A message without `message_id` (a plain client that set
 /// none) gets a fresh id.
-pub(crate) fn decode(routing_key: &str, properties: &BasicProperties, body: &[u8]) -> Decoded {
+pub(crate) fn decode(routing_key: &str, properties: &BasicProperties, body: Bytes) -> Decoded {
     let mut parts = MessageParts::default();
     let mut base_attempt = 1u64;
     let mut delivery_count = 0u64;
@@ -184,7 +184,7 @@ pub(crate) fn decode(routing_key: &str, properties: &BasicProperties, body: &[u8
             .timestamp()
             .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds))
     });
-    parts.payload = Bytes::copy_from_slice(body);
+    parts.payload = body;
     let attempt = base_attempt.saturating_add(delivery_count);
     Decoded {
         message: Message::from_parts(parts),
@@ -210,7 +210,7 @@ mod tests {
         message.set_published_at(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
         let out = encode(&message, &[(ATTEMPT, "3".into())]).unwrap();
         assert_eq!(out.routing_key, "eu.orders");
-        let back = decode("ignored.queue", &out.properties, &out.body);
+        let back = decode("ignored.queue", &out.properties, out.body.clone());
         assert_eq!(back.message, message);
         assert_eq!(back.attempt, 3);
     }
@@ -224,7 +224,7 @@ mod tests {
         let properties = BasicProperties::default()
             .with_message_id("abc".into())
             .with_headers(headers);
-        let decoded = decode("us.orders", &properties, b"{}");
+        let decoded = decode("us.orders", &properties, Bytes::from_static(b"{}"));
         assert_eq!(decoded.attempt, 3, "1 + x-delivery-count");
         let m = decoded.message;
         assert_eq!(m.id().as_str(), "abc");
@@ -239,7 +239,7 @@ mod tests {
         let message = Message::builder("x").id(id.clone()).build().unwrap();
         let out = encode(&message, &[]).unwrap();
         assert!(out.properties.message_id().is_none());
-        let back = decode("", &out.properties, &out.body);
+        let back = decode("", &out.properties, out.body.clone());
         assert_eq!(back.message.id().as_str(), id);
     }
 }

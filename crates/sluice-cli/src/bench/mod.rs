@@ -4,6 +4,7 @@
 //! ratio against a peer measured here, never as an absolute.
 
 mod disk;
+mod lapin_baseline;
 mod recovery;
 mod report;
 mod workload;
@@ -130,6 +131,17 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("benchmarking {url}"))?;
         report.results.push(result);
+        if url.starts_with("amqp") && args.rate.is_none() && args.backlog.is_none() {
+            if !args.json {
+                eprintln!(
+                    "{url}: the same workload on raw lapin (quorum queue, confirms, manual acks)"
+                );
+            }
+            let baseline = lapin_baseline::run(url, &args)
+                .await
+                .with_context(|| format!("the raw lapin baseline on {url}"))?;
+            report.results.push(baseline);
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -101,6 +101,15 @@ impl Report {
             );
         }
         println!("\nlatencies in ms; 'vs disk' = end-to-end messages/s ÷ the disk's records/s at the same batch size");
+        for pair in self.results.windows(2) {
+            if pair[1].backend == "lapin" {
+                println!(
+                    "{} reaches {:.0} % of raw lapin's throughput on the same broker (goal: at least 90 %)",
+                    pair[0].url,
+                    100.0 * pair[0].messages_per_sec / pair[1].messages_per_sec
+                );
+            }
+        }
     }
 }
 

@@ -52,11 +52,11 @@ pub(crate) fn peak_rss_kib() -> u64 {
 
 const HEADER: &str = "bench-t";
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new(3).expect("valid histogram precision")
 }
 
-fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
+pub(crate) fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
     [
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
