@@ -2,9 +2,9 @@
 //!
 //! RabbitMQ holds a delivery until it is acked or its channel closes (or the broker-wide
 //! `consumer_timeout`, 30 minutes by default on 3.10, runs out); it has no lease. Sluice
-//! adds one on the client: a timer per delivery gives the message back (`nack`, requeue)
-//! when its lease runs out, which counts an attempt (`x-delivery-count`). `extend_lease`
-//! moves that timer.
+//! adds one on the client: a lease watcher task per subscriber gives a delivery back
+//! (`nack`, requeue) when its lease runs out, which counts an attempt (`x-delivery-count`).
+//! `extend_lease` moves the deadline the watcher reads.
 //!
 //! Invariants:
 //! - A delivery is settled once: by a verb or by its lease timer, whichever takes it first
@@ -13,6 +13,7 @@
 //! - `retry` and `dead_letter` republish (confirmed) *before* acking: a crash in between
 //!   duplicates the message, never loses it.
 
+use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,19 +23,20 @@ use sluice_core::envelope::{format_time, Envelope, FIRST_FAILURE_HEADER};
 use sluice_core::{
     DeadLetterReason, Delivery, Error, Message, SubscriptionName, TopicName, VerbError, VerbResult,
 };
+use tokio::sync::mpsc;
 
 use crate::names::{tier_for, MAX_DELAY};
 use crate::subscriber::SubscriberState;
 use crate::wire::{self, Decoded};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     Held,
     Settling,
     Settled,
 }
 
-struct Lease {
+pub(crate) struct Lease {
     phase: Phase,
     deadline: Instant,
 }
@@ -59,36 +61,91 @@ impl std::fmt::Debug for RabbitDelivery {
     }
 }
 
-/// Gives the message back when its lease runs out, unless a verb settled it first.
-async fn lease_timer(lease: Arc<Mutex<Lease>>, channel: Channel, tag: u64) {
+/// A held delivery the lease watcher keeps an eye on.
+pub(crate) struct Watch {
+    deadline: Instant,
+    seq: u64,
+    lease: Arc<Mutex<Lease>>,
+    channel: Channel,
+    tag: u64,
+}
+
+impl PartialEq for Watch {
+    fn eq(&self, other: &Self) -> bool {
+        (self.deadline, self.seq) == (other.deadline, other.seq)
+    }
+}
+impl Eq for Watch {}
+impl PartialOrd for Watch {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Watch {
+    /// Reversed: the earliest deadline is the greatest, for a max-heap.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.deadline, other.seq).cmp(&(self.deadline, self.seq))
+    }
+}
+
+/// One task per subscriber gives each delivery back when its lease runs out, unless a verb
+/// settled it first or `extend_lease` moved its deadline (then it is watched again).
+/// It ends once the subscriber and every delivery it handed out are gone and nothing is
+/// left to watch.
+pub(crate) async fn watch_leases(mut watches: mpsc::UnboundedReceiver<Watch>) {
+    let mut heap = BinaryHeap::new();
+    let mut open = true;
+    let mut seq = 0u64;
     loop {
-        let (phase, deadline) = {
-            let lease = lease.lock().expect("lease");
-            (lease.phase, lease.deadline)
-        };
-        match phase {
-            Phase::Settled => return,
-            Phase::Settling => tokio::time::sleep(Duration::from_millis(20)).await,
-            Phase::Held if Instant::now() < deadline => {
-                tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
-            }
-            Phase::Held => {
-                let fire = {
-                    let mut lease = lease.lock().expect("lease");
-                    let fire = lease.phase == Phase::Held && Instant::now() >= lease.deadline;
-                    if fire {
-                        lease.phase = Phase::Settled;
-                    }
-                    fire
+        let next = heap.peek().map(|w: &Watch| w.deadline);
+        if !open && next.is_none() {
+            return;
+        }
+        tokio::select! {
+            received = watches.recv(), if open => match received {
+                Some(mut watch) => {
+                    seq += 1;
+                    watch.seq = seq;
+                    heap.push(watch);
+                }
+                None => open = false,
+            },
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(
+                next.unwrap_or_else(Instant::now),
+            )), if next.is_some() => {
+                let Some(mut watch) = heap.pop() else { continue };
+                let (phase, deadline) = {
+                    let lease = watch.lease.lock().expect("lease");
+                    (lease.phase, lease.deadline)
                 };
-                if fire {
-                    let requeue = BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    };
-                    // A failure means the channel died, which requeued it anyway.
-                    let _ = channel.basic_nack(tag, requeue).await;
-                    return;
+                match phase {
+                    Phase::Settled => {}
+                    Phase::Settling => {
+                        watch.deadline = Instant::now() + Duration::from_millis(20);
+                        heap.push(watch);
+                    }
+                    Phase::Held if Instant::now() < deadline => {
+                        watch.deadline = deadline;
+                        heap.push(watch);
+                    }
+                    Phase::Held => {
+                        let fire = {
+                            let mut lease = watch.lease.lock().expect("lease");
+                            let fire = lease.phase == Phase::Held;
+                            if fire {
+                                lease.phase = Phase::Settled;
+                            }
+                            fire
+                        };
+                        if fire {
+                            let requeue = BasicNackOptions {
+                                requeue: true,
+                                multiple: false,
+                            };
+                            // A failure means the channel died, which requeued it anyway.
+                            let _ = watch.channel.basic_nack(watch.tag, requeue).await;
+                        }
+                    }
                 }
             }
         }
@@ -106,7 +163,14 @@ impl RabbitDelivery {
             phase: Phase::Held,
             deadline: Instant::now() + state.config.lease,
         }));
-        tokio::spawn(lease_timer(Arc::clone(&lease), channel.clone(), tag));
+        let deadline = lease.lock().expect("lease").deadline;
+        state.watch(Watch {
+            deadline,
+            seq: 0,
+            lease: Arc::clone(&lease),
+            channel: channel.clone(),
+            tag,
+        });
         Self {
             state,
             channel,

@@ -23,7 +23,7 @@ use sluice_core::{Error, Subscriber, SubscriptionConfig, SubscriptionName};
 use tokio::sync::mpsc;
 
 use crate::backend::Shared;
-use crate::delivery::RabbitDelivery;
+use crate::delivery::{watch_leases, RabbitDelivery, Watch};
 use crate::link::{reply_code, to_error, NOT_FOUND};
 use crate::wire;
 
@@ -42,6 +42,15 @@ pub(crate) struct SubscriberState {
     buffered: Arc<AtomicI64>,
     // std Mutex: the current consumer, swapped without an .await held.
     current: Mutex<Option<(Channel, String)>>,
+    leases: mpsc::UnboundedSender<Watch>,
+}
+
+impl SubscriberState {
+    /// Hands a delivery's lease to the lease watcher.
+    pub(crate) fn watch(&self, watch: Watch) {
+        // The watcher lives as long as this sender: it cannot be gone.
+        let _ = self.leases.send(watch);
+    }
 }
 
 /// Receives deliveries of one subscription.
@@ -145,6 +154,8 @@ impl RabbitSubscriber {
         config: SubscriptionConfig,
     ) -> Result<Self, Error> {
         let buffered = shared.buffered(&name);
+        let (leases, watches) = mpsc::unbounded_channel();
+        tokio::spawn(watch_leases(watches));
         let state = Arc::new(SubscriberState {
             shared,
             name,
@@ -152,6 +163,7 @@ impl RabbitSubscriber {
             closed: AtomicBool::new(false),
             buffered,
             current: Mutex::new(None),
+            leases,
         });
         // The first consume is awaited, so that a subscriber exists on the broker (and gets
         // its share of what is published) once `subscribe` returns.
