@@ -9,6 +9,8 @@
 //! leaves the catalog locked. Within one process a mutex serialises sessions.
 //!
 //! Invariants:
+//! - A catalog that becomes empty is deleted with its queue, so a namespace whose topics
+//!   were all deleted leaves nothing behind.
 //! - A change is published (confirmed) before the old record is acked: a crash in between
 //!   leaves the old or the new record, never none.
 //! - Physical objects are declared inside the session that records them, so two processes
@@ -189,7 +191,15 @@ impl<'a> Session<'a> {
 
     /// Writes the catalog (if `changed`) and releases the lock.
     pub(crate) async fn commit(mut self, changed: bool) -> Result<(), Error> {
-        if changed {
+        if changed && self.catalog == Catalog::default() {
+            // Nothing left in the namespace: remove the catalog queue rather than keep an
+            // empty record (the next session declares it again).
+            self.channel
+                .queue_delete(&self.names.catalog(), QueueDeleteOptions::default())
+                .await
+                .map_err(|err| to_error(err, "removing the empty topology catalog"))?;
+            self.tag = None;
+        } else if changed {
             use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
             self.channel
                 .confirm_select(ConfirmSelectOptions::default())
