@@ -176,8 +176,14 @@ impl Shared {
 
     /// Forgets a topic the broker says is gone.
     pub(crate) fn forget_topic(&self, topic: &str) {
-        self.topics.lock().expect("topics").remove(topic);
+        self.uncache_topic(topic);
         self.claims.forget_topic(topic);
+    }
+
+    /// Drops the cached configuration of a topic (after a failed publish: the next one
+    /// reads the catalog again, and finds out whether the topic still exists).
+    pub(crate) fn uncache_topic(&self, topic: &str) {
+        self.topics.lock().expect("topics").remove(topic);
     }
 
     /// Declares a tier queue once per handle.

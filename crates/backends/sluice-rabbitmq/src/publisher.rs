@@ -117,6 +117,7 @@ impl RabbitPublisher {
             None => false,
         };
         let release = |err: Error| {
+            shared.uncache_topic(topic.as_str());
             if claimed {
                 shared.claims.release(topic.as_str(), message.id().as_str());
             }
@@ -160,6 +161,7 @@ impl RabbitPublisher {
         match result {
             Ok(()) => Ok(PublishReceipt::new(sent.id, PublishOutcome::Published)),
             Err(err) => {
+                self.shared.uncache_topic(&sent.topic);
                 if sent.claimed {
                     self.shared.claims.release(&sent.topic, sent.id.as_str());
                 }
