@@ -1,7 +1,7 @@
 //! The wire mapping between a Sluice [`Message`] and an AMQP message (see
 //! `docs/rabbitmq.md`, which a plain AMQP client can follow to interoperate).
 //!
-//! Invariant: [`decode`] of [`encode`] gives back every field a publisher set (id, type,
+//! Invariant: decoding an encoded message gives back every field a publisher set (id, type,
 //! keys, headers, content type, payload, published_at); the transport headers Sluice adds
 //! (`sluice-attempt`, `sluice-routing-key`, …) and RabbitMQ's dead-lettering headers
 //! (`x-death`, …) never reach the user's headers.
