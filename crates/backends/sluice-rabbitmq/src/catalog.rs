@@ -9,6 +9,8 @@
 //! leaves the catalog locked. Within one process a mutex serialises sessions.
 //!
 //! Invariants:
+//! - The lock and the catalog record live on a channel of their own: a broker error on the
+//!   session's work channel (a conflicting declaration) cannot strand the lock.
 //! - A catalog that becomes empty is deleted with its queue, so a namespace whose topics
 //!   were all deleted leaves nothing behind.
 //! - A change is published (confirmed) before the old record is acked: a crash in between
@@ -108,7 +110,11 @@ pub(crate) struct Catalog {
 /// [`release`](Self::release) ends it (dropping it releases the lock in the background).
 pub(crate) struct Session<'a> {
     pub(crate) catalog: Catalog,
+    /// The channel for the session's physical declarations and deletions: a broker error
+    /// closes it, never the lock's channel.
     pub(crate) channel: Channel,
+    /// The channel that owns the lock and holds the catalog record.
+    lock: Channel,
     names: &'a Names,
     tag: Option<u64>,
     done: bool,
@@ -134,7 +140,7 @@ impl<'a> Session<'a> {
     ) -> Result<Session<'a>, Error> {
         let guard = local.lock().await;
         let give_up = Instant::now() + LOCK_WAIT;
-        let channel = loop {
+        let lock = loop {
             let channel = link.channel().await?;
             let declared = channel
                 .queue_declare(
@@ -158,9 +164,11 @@ impl<'a> Session<'a> {
                 Err(err) => return Err(to_error(err, "locking the topology catalog")),
             }
         };
+        let channel = link.channel().await?;
         let mut session = Session {
             catalog: Catalog::default(),
             channel,
+            lock,
             names,
             tag: None,
             done: false,
@@ -171,12 +179,12 @@ impl<'a> Session<'a> {
             ..QueueDeclareOptions::default()
         };
         session
-            .channel
+            .lock
             .queue_declare(&names.catalog(), durable, catalog_arguments())
             .await
             .map_err(|err| to_error(err, "declaring the topology catalog"))?;
         let record = session
-            .channel
+            .lock
             .basic_get(&names.catalog(), BasicGetOptions { no_ack: false })
             .await
             .map_err(|err| to_error(err, "reading the topology catalog"))?;
@@ -194,14 +202,14 @@ impl<'a> Session<'a> {
         if changed && self.catalog == Catalog::default() {
             // Nothing left in the namespace: remove the catalog queue rather than keep an
             // empty record (the next session declares it again).
-            self.channel
+            self.lock
                 .queue_delete(&self.names.catalog(), QueueDeleteOptions::default())
                 .await
                 .map_err(|err| to_error(err, "removing the empty topology catalog"))?;
             self.tag = None;
         } else if changed {
             use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-            self.channel
+            self.lock
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(|err| to_error(err, "writing the topology catalog"))?;
@@ -210,7 +218,7 @@ impl<'a> Session<'a> {
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into());
             let confirm = self
-                .channel
+                .lock
                 .basic_publish(
                     "",
                     &self.names.catalog(),
@@ -222,7 +230,7 @@ impl<'a> Session<'a> {
                 .map_err(|err| to_error(err, "writing the topology catalog"))?;
             crate::link::confirmed(confirm, "", &self.names.catalog()).await?;
             if let Some(tag) = self.tag.take() {
-                self.channel
+                self.lock
                     .basic_ack(tag, BasicAckOptions::default())
                     .await
                     .map_err(|err| to_error(err, "writing the topology catalog"))?;
@@ -237,6 +245,7 @@ impl<'a> Session<'a> {
         self.done = true;
         finish(
             self.channel.clone(),
+            self.lock.clone(),
             self.tag.take(),
             self.names.catalog_lock(),
         )
@@ -244,27 +253,31 @@ impl<'a> Session<'a> {
     }
 }
 
-async fn finish(channel: Channel, tag: Option<u64>, lock: String) {
-    // Best effort: a failure here means the channel died, which releases both anyway.
+async fn finish(work: Channel, lock: Channel, tag: Option<u64>, lock_queue: String) {
+    // Best effort: the work channel may have been closed by a broker error already.
+    let _ = work.close(200, "done").await;
+    // A failure here means the lock's channel died with its connection, which releases
+    // both the record and the lock anyway.
     if let Some(tag) = tag {
         let requeue = BasicRejectOptions { requeue: true };
-        let _ = channel.basic_reject(tag, requeue).await;
+        let _ = lock.basic_reject(tag, requeue).await;
     }
-    let _ = channel
-        .queue_delete(&lock, QueueDeleteOptions::default())
+    let _ = lock
+        .queue_delete(&lock_queue, QueueDeleteOptions::default())
         .await;
-    let _ = channel.close(200, "done").await;
+    let _ = lock.close(200, "done").await;
 }
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let (channel, tag, lock) = (
+            let (work, lock, tag, lock_queue) = (
                 self.channel.clone(),
+                self.lock.clone(),
                 self.tag.take(),
                 self.names.catalog_lock(),
             );
-            tokio::spawn(finish(channel, tag, lock));
+            tokio::spawn(finish(work, lock, tag, lock_queue));
         }
     }
 }
