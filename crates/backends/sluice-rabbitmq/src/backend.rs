@@ -330,10 +330,6 @@ impl RabbitBackend {
         let mut arguments = FieldTable::default();
         arguments.insert("x-queue-type".into(), string("quorum"));
         if config.dead_letter_queue {
-            channel
-                .queue_declare(&dead_letter, durable(), FieldTable::default())
-                .await
-                .map_err(|err| conflict(err, &dead_letter))?;
             arguments.insert("x-dead-letter-exchange".into(), string(""));
             arguments.insert("x-dead-letter-routing-key".into(), string(&dead_letter));
             let limit = config.max_attempts.saturating_add(DELIVERY_LIMIT_MARGIN);
@@ -346,6 +342,13 @@ impl RabbitBackend {
             .queue_declare(&queue, durable(), arguments)
             .await
             .map_err(|err| conflict(err, &queue))?;
+        // The DLQ after the queue: a queue that conflicts leaves nothing behind.
+        if config.dead_letter_queue {
+            channel
+                .queue_declare(&dead_letter, durable(), FieldTable::default())
+                .await
+                .map_err(|err| conflict(err, &dead_letter))?;
+        }
         let pattern = config.filter.as_ref().map_or("#", |f| f.as_str());
         channel
             .queue_bind(
