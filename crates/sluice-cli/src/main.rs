@@ -40,8 +40,10 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // lapin logs every lost connection at ERROR, the runtime's own shutdown at exit
+            // included; sluice-rabbitmq reports connection errors itself. `RUST_LOG` overrides.
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off")),
         )
         .with_writer(std::io::stderr)
         .init();
