@@ -5,10 +5,11 @@
 //! tests never see each other's objects. Delays are rounded up to delay tiers (250 ms,
 //! 500 ms, 1 s…): the harness's delay of 500 ms is a tier.
 //!
-//! The broker is restarted (`rabbitmqctl stop_app` / `start_app`, keeping its data) only
-//! when `SLUICE_RABBITMQ_RESTART=1`: restarting the shared RabbitMQ disturbs every other
-//! user of it, so by default that scenario prints SKIPPED; `tests/force_close.rs`
-//! force-closes every connection mid-run instead.
+//! The broker-restart scenario really restarts RabbitMQ (`rabbitmqctl stop_app` /
+//! `start_app`, keeping its data); the suite runs it alone, and cargo runs one test binary
+//! at a time, so nothing else of the test run is using the broker meanwhile. Set
+//! `SLUICE_RABBITMQ_RESTART=0` on a machine whose RabbitMQ others are using: the scenario then
+//! prints SKIPPED. `tests/force_close.rs` also force-closes every connection mid-run.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -65,7 +66,7 @@ impl Harness for RabbitHarness {
     }
 
     async fn restart_broker(&self) -> Option<sluice_core::Result<()>> {
-        if std::env::var("SLUICE_RABBITMQ_RESTART").as_deref() != Ok("1") {
+        if std::env::var("SLUICE_RABBITMQ_RESTART").as_deref() == Ok("0") {
             return None;
         }
         Some(restart().await)
