@@ -163,6 +163,17 @@ impl Naming {
         self.namespace.as_ref()
     }
 
+    /// The inverse of [`topic`](Self::topic) and [`subscription`](Self::subscription): the
+    /// logical name inside a physical one, or `None` if `physical` is not in this namespace.
+    pub fn strip_namespace<'a>(&self, physical: &'a str) -> Option<&'a str> {
+        match &self.namespace {
+            Some(ns) => physical
+                .strip_prefix(ns.as_str())?
+                .strip_prefix(self.separator),
+            None => Some(physical),
+        }
+    }
+
     fn join(&self, parts: &[&str]) -> String {
         let mut out = String::new();
         if let Some(ns) = &self.namespace {
@@ -264,6 +275,15 @@ mod tests {
         let name = sqs.retry_tier(&long, Duration::from_secs(43_199)) + ".fifo";
         assert!(name.len() <= 80, "{name} is {} long", name.len());
         assert!(!name.trim_end_matches(".fifo").contains('.'));
+    }
+
+    #[test]
+    fn strip_namespace_inverts_the_physical_name() {
+        let ns = Naming::new(Some(Namespace::new("dev").unwrap())).with_separator('-');
+        let topic = TopicName::new("orders").unwrap();
+        assert_eq!(ns.strip_namespace(&ns.topic(&topic)), Some("orders"));
+        assert_eq!(ns.strip_namespace("prod-orders"), None, "another namespace");
+        assert_eq!(Naming::default().strip_namespace("orders"), Some("orders"));
     }
 
     #[test]

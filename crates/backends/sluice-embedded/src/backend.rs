@@ -92,10 +92,7 @@ impl Shared {
     /// The name a physical name had before the namespace was prefixed (the physical name
     /// itself if it has no such prefix).
     pub(crate) fn logical<'a>(&self, physical: &'a str) -> &'a str {
-        self.naming
-            .namespace()
-            .and_then(|ns| physical.strip_prefix(ns.as_str())?.strip_prefix('-'))
-            .unwrap_or(physical)
+        self.naming.strip_namespace(physical).unwrap_or(physical)
     }
 }
 
@@ -162,20 +159,14 @@ impl EmbeddedBackend {
         &self.shared.path
     }
 
+    /// The topic a physical name stands for, if it is in this backend's namespace.
     fn logical_topic(&self, physical: &str) -> Option<TopicName> {
-        let name = match self.shared.naming.namespace() {
-            Some(ns) => physical.strip_prefix(ns.as_str())?.strip_prefix('-')?,
-            None => physical,
-        };
-        TopicName::new(name).ok()
+        TopicName::new(self.shared.naming.strip_namespace(physical)?).ok()
     }
 
+    /// The subscription a physical name stands for, if it is in this backend's namespace.
     fn logical_subscription(&self, physical: &str) -> Option<SubscriptionName> {
-        let name = match self.shared.naming.namespace() {
-            Some(ns) => physical.strip_prefix(ns.as_str())?.strip_prefix('-')?,
-            None => physical,
-        };
-        SubscriptionName::new(name).ok()
+        SubscriptionName::new(self.shared.naming.strip_namespace(physical)?).ok()
     }
 
     fn topic_info(
