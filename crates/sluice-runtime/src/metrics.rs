@@ -49,6 +49,19 @@ pub(crate) struct Labels {
 }
 
 impl Labels {
+    /// The labels of a delivery.
+    pub(crate) fn of<D: sluice_core::Delivery>(delivery: &D) -> Self {
+        Self {
+            topic: delivery.topic().to_string(),
+            subscription: delivery.subscription().to_string(),
+            message_type: delivery
+                .message()
+                .message_type()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
     fn pairs(&self) -> [(&'static str, String); 3] {
         [
             ("topic", self.topic.clone()),

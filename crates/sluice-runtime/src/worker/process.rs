@@ -52,15 +52,7 @@ pub(crate) async fn process<D: Delivery, H: Handler>(
     delivery: D,
     hard_stop: CancellationToken,
 ) {
-    let labels = Labels {
-        topic: delivery.topic().to_string(),
-        subscription: delivery.subscription().to_string(),
-        message_type: delivery
-            .message()
-            .message_type()
-            .unwrap_or_default()
-            .to_owned(),
-    };
+    let labels = Labels::of(&delivery);
     let span = crate::trace::delivery_span(&delivery);
     let _in_flight = InFlight::start(pipeline, labels.clone());
     run(pipeline, delivery, hard_stop, &labels)

@@ -88,15 +88,7 @@ pub(crate) async fn settle<D: Delivery, H>(
 
 /// Releases a delivery that was received during shutdown and never handled.
 pub(crate) async fn release_unhandled<D: Delivery, H>(pipeline: &Pipeline<H>, delivery: D) {
-    let labels = crate::metrics::Labels {
-        topic: delivery.topic().to_string(),
-        subscription: delivery.subscription().to_string(),
-        message_type: delivery
-            .message()
-            .message_type()
-            .unwrap_or_default()
-            .to_owned(),
-    };
+    let labels = crate::metrics::Labels::of(&delivery);
     let _in_flight = super::process::InFlight::start(pipeline, labels);
     settle(pipeline, delivery, Verb::Release, OutcomeKind::Released).await;
 }
