@@ -20,7 +20,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
-use super::workload::{histogram, peak_rss_kib, percentiles, BackendResult};
+use super::workload::{histogram, BackendResult};
 use super::BenchArgs;
 
 const HEADER: &str = "bench-t";
@@ -81,17 +81,13 @@ pub(crate) async fn run(url: &str, args: &BenchArgs) -> anyhow::Result<BackendRe
         .exchange_delete(&name, ExchangeDeleteOptions::default())
         .await;
     let _ = connection.close(200, "done").await;
-    Ok(BackendResult {
-        url: "raw lapin (same broker)".to_owned(),
-        backend: "lapin".to_owned(),
-        messages: total,
-        seconds,
-        messages_per_sec: total as f64 / seconds,
-        mib_per_sec: (total as f64 * args.size as f64) / seconds / (1024.0 * 1024.0),
-        publish_us: percentiles(&publish),
-        end_to_end_us: percentiles(&end_to_end),
-        peak_rss_kib: peak_rss_kib(),
-    })
+    Ok(BackendResult::new(
+        "raw lapin (same broker)".to_owned(),
+        "lapin".to_owned(),
+        (total, args.size, seconds),
+        &publish,
+        &end_to_end,
+    ))
 }
 
 async fn round(

@@ -38,8 +38,31 @@ pub(crate) struct BackendResult {
     pub(crate) peak_rss_kib: u64,
 }
 
+impl BackendResult {
+    /// The figures of `total` messages of `size` bytes measured over `seconds`.
+    pub(crate) fn new(
+        url: String,
+        backend: String,
+        (total, size, seconds): (u64, usize, f64),
+        publish: &Histogram<u64>,
+        end_to_end: &Histogram<u64>,
+    ) -> Self {
+        Self {
+            url,
+            backend,
+            messages: total,
+            seconds,
+            messages_per_sec: total as f64 / seconds,
+            mib_per_sec: (total as f64 * size as f64) / seconds / (1024.0 * 1024.0),
+            publish_us: percentiles(publish),
+            end_to_end_us: percentiles(end_to_end),
+            peak_rss_kib: peak_rss_kib(),
+        }
+    }
+}
+
 /// The process's peak resident set size (`VmHWM`), in KiB.
-pub(crate) fn peak_rss_kib() -> u64 {
+fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -56,7 +79,7 @@ pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new(3).expect("valid histogram precision")
 }
 
-pub(crate) fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
+fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
     [
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
@@ -94,17 +117,13 @@ pub(crate) async fn run(url: &str, args: &BenchArgs) -> anyhow::Result<BackendRe
     .await?;
 
     let _ = backend.delete_topic(&topic).await;
-    Ok(BackendResult {
-        url: url.to_owned(),
-        backend: backend.capabilities().backend.to_owned(),
-        messages: total,
-        seconds,
-        messages_per_sec: total as f64 / seconds,
-        mib_per_sec: (total as f64 * args.size as f64) / seconds / (1024.0 * 1024.0),
-        publish_us: percentiles(&publish),
-        end_to_end_us: percentiles(&end_to_end),
-        peak_rss_kib: peak_rss_kib(),
-    })
+    Ok(BackendResult::new(
+        url.to_owned(),
+        backend.capabilities().backend.to_owned(),
+        (total, args.size, seconds),
+        &publish,
+        &end_to_end,
+    ))
 }
 
 fn uuid_suffix() -> String {
