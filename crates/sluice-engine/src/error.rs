@@ -156,6 +156,20 @@ impl Error {
         }
     }
 
+    /// No subscription of that name.
+    pub fn subscription_not_found(name: &str) -> Self {
+        Self::SubscriptionNotFound {
+            name: name.to_owned(),
+        }
+    }
+
+    /// No topic of that name.
+    pub fn topic_not_found(name: &str) -> Self {
+        Self::TopicNotFound {
+            name: name.to_owned(),
+        }
+    }
+
     /// A corruption report.
     pub fn corrupt(file: impl Into<PathBuf>, position: u64, reason: impl Into<String>) -> Self {
         Self::Corrupt {

@@ -49,9 +49,7 @@ impl Engine {
         let t = state
             .topics
             .get(topic)
-            .ok_or_else(|| Error::TopicNotFound {
-                name: topic.to_owned(),
-            })?;
+            .ok_or_else(|| Error::topic_not_found(topic))?;
         let Some((slowest, low)) = slowest(&state, t) else {
             return Ok(Backlog::default());
         };

@@ -95,9 +95,7 @@ impl Engine {
         }
         let Some(t) = state.topics.get_mut(topic) else {
             drop(state);
-            return done(Err(Error::TopicNotFound {
-                name: topic.to_owned(),
-            }));
+            return done(Err(Error::topic_not_found(topic)));
         };
         let mut outcomes: Vec<Option<Result<Published>>> = Vec::with_capacity(records.len());
         let mut bodies = Vec::with_capacity(records.len());
@@ -175,15 +173,12 @@ impl Engine {
         let super::State { topics, subs, .. } = &mut *state;
         let Some(sub) = subs.get_mut(name) else {
             drop(state);
-            return done(Err(Error::SubscriptionNotFound {
-                name: name.to_owned(),
-            }));
+            return done(Err(Error::subscription_not_found(name)));
         };
         let Some(topic) = topics.get(&sub.entry.options.topic) else {
+            let err = Error::topic_not_found(&sub.entry.options.topic);
             drop(state);
-            return done(Err(Error::TopicNotFound {
-                name: name.to_owned(),
-            }));
+            return done(Err(err));
         };
         let prefetch = sub.entry.options.prefetch.max(1);
         let room = prefetch.saturating_sub(sub.state.held_by(holder)) as usize;
@@ -280,16 +275,11 @@ impl Engine {
         let mut state = self.lock();
         let Some(sub) = state.subs.get_mut(name) else {
             drop(state);
-            return done(Err(Error::SubscriptionNotFound {
-                name: name.to_owned(),
-            }));
+            return done(Err(Error::subscription_not_found(name)));
         };
         match apply(&mut sub.state, now) {
-            Ok(record) => {
-                self.journal(name, sub, &[record], done);
-                drop(state);
-                self.wake();
-            }
+            // No wake here: the journal record's flush wakes receivers (the durable hook).
+            Ok(record) => self.journal(name, sub, &[record], done),
             Err(err) => {
                 drop(state);
                 done(Err(state_error(err)));
@@ -321,9 +311,7 @@ impl Engine {
         let sub = state
             .subs
             .get_mut(name)
-            .ok_or_else(|| Error::SubscriptionNotFound {
-                name: name.to_owned(),
-            })?;
+            .ok_or_else(|| Error::subscription_not_found(name))?;
         sub.state
             .extend(r, token, now, lease_ms)
             .map_err(state_error)
@@ -347,9 +335,9 @@ impl Engine {
         let mut state = self.lock();
         let result = self.dead_letter_locked(&mut state, name, r, token, now, envelope, done);
         drop(state);
-        match result {
-            Ok(()) => self.wake(),
-            Err((err, done)) => done(Err(err)),
+        // On success the flush of its records wakes receivers (the durable hook).
+        if let Err((err, done)) = result {
+            done(Err(err));
         }
     }
 
@@ -365,12 +353,7 @@ impl Engine {
         done: Completion<()>,
     ) -> std::result::Result<(), (Error, Completion<()>)> {
         let Some(sub) = state.subs.get_mut(name) else {
-            return Err((
-                Error::SubscriptionNotFound {
-                    name: name.to_owned(),
-                },
-                done,
-            ));
+            return Err((Error::subscription_not_found(name), done));
         };
         let facts = match sub.state.dead_letter(r, token, now) {
             Ok(facts) => facts,
@@ -421,9 +404,7 @@ impl Engine {
         let sub = state
             .subs
             .get(name)
-            .ok_or_else(|| Error::SubscriptionNotFound {
-                name: name.to_owned(),
-            })?;
+            .ok_or_else(|| Error::subscription_not_found(name))?;
         Ok(sub.state.next_wakeup_ms())
     }
 
@@ -434,9 +415,7 @@ impl Engine {
         let super::State { topics, subs, .. } = &mut *state;
         let sub = subs
             .get_mut(name)
-            .ok_or_else(|| Error::SubscriptionNotFound {
-                name: name.to_owned(),
-            })?;
+            .ok_or_else(|| Error::subscription_not_found(name))?;
         let log = topics
             .get(&sub.entry.options.topic)
             .map(|t| t.log.clone())
@@ -466,9 +445,7 @@ impl Engine {
                 .topics
                 .get(topic)
                 .map(|t| t.log.clone())
-                .ok_or_else(|| Error::TopicNotFound {
-                    name: topic.to_owned(),
-                })?
+                .ok_or_else(|| Error::topic_not_found(topic))?
         };
         read_record(&log, offset)
     }

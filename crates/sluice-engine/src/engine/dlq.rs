@@ -12,9 +12,7 @@ impl Engine {
             let sub = state
                 .subs
                 .get(name)
-                .ok_or_else(|| Error::SubscriptionNotFound {
-                    name: name.to_owned(),
-                })?;
+                .ok_or_else(|| Error::subscription_not_found(name))?;
             (
                 sub.state.dlq_live().take(limit).collect::<Vec<u64>>(),
                 sub.dlq.clone(),
@@ -38,9 +36,7 @@ impl Engine {
         let mut state = self.lock();
         let Some(sub) = state.subs.get_mut(name) else {
             drop(state);
-            return done(Err(Error::SubscriptionNotFound {
-                name: name.to_owned(),
-            }));
+            return done(Err(Error::subscription_not_found(name)));
         };
         let found = sub.state.dlq_live().collect::<Vec<u64>>().into_iter().find(
             |offset| matches!(read_record(&sub.dlq, *offset), Ok(Some(record)) if record.id == id),
@@ -57,8 +53,6 @@ impl Engine {
                     &records,
                     Box::new(move |result| done(result.map(|()| true))),
                 );
-                drop(state);
-                self.wake();
             }
             Err(err) => {
                 drop(state);
@@ -75,9 +69,7 @@ impl Engine {
         let mut state = self.lock();
         let Some(sub) = state.subs.get_mut(name) else {
             drop(state);
-            return done(Err(Error::SubscriptionNotFound {
-                name: name.to_owned(),
-            }));
+            return done(Err(Error::subscription_not_found(name)));
         };
         let offsets: Vec<u64> = sub.state.dlq_live().collect();
         let mut records = Vec::with_capacity(offsets.len());

@@ -49,9 +49,10 @@ impl Engine {
     /// A topic's options and subscriptions.
     pub fn topic(&self, name: &str) -> Result<(TopicOptions, Vec<String>)> {
         let state = self.lock();
-        let topic = state.topics.get(name).ok_or_else(|| Error::TopicNotFound {
-            name: name.to_owned(),
-        })?;
+        let topic = state
+            .topics
+            .get(name)
+            .ok_or_else(|| Error::topic_not_found(name))?;
         Ok((
             topic.options.clone(),
             topic.subscriptions.iter().cloned().collect(),
@@ -81,9 +82,10 @@ impl Engine {
         self.check_open()?;
         let subs: Vec<String> = {
             let state = self.lock();
-            let topic = state.topics.get(name).ok_or_else(|| Error::TopicNotFound {
-                name: name.to_owned(),
-            })?;
+            let topic = state
+                .topics
+                .get(name)
+                .ok_or_else(|| Error::topic_not_found(name))?;
             topic.subscriptions.iter().cloned().collect()
         };
         for sub in subs {
@@ -94,9 +96,7 @@ impl Engine {
         }
         let mut state = self.lock();
         if state.topics.remove(name).is_none() {
-            return Err(Error::TopicNotFound {
-                name: name.to_owned(),
-            });
+            return Err(Error::topic_not_found(name));
         }
         let mut catalog = state.catalog.clone();
         catalog.topics.remove(name);
@@ -179,9 +179,7 @@ impl Engine {
             .subs
             .get(name)
             .map(|s| s.entry.options.clone())
-            .ok_or_else(|| Error::SubscriptionNotFound {
-                name: name.to_owned(),
-            })
+            .ok_or_else(|| Error::subscription_not_found(name))
     }
 
     /// Every subscription name.
@@ -194,13 +192,10 @@ impl Engine {
         self.check_open()?;
         let mut state = self.lock();
         let mut catalog = state.catalog.clone();
-        let entry =
-            catalog
-                .subscriptions
-                .get_mut(name)
-                .ok_or_else(|| Error::SubscriptionNotFound {
-                    name: name.to_owned(),
-                })?;
+        let entry = catalog
+            .subscriptions
+            .get_mut(name)
+            .ok_or_else(|| Error::subscription_not_found(name))?;
         entry.options.prefetch = prefetch.max(1);
         let entry = entry.clone();
         self.store_catalog(&catalog)?;
@@ -218,9 +213,7 @@ impl Engine {
         let sub = state
             .subs
             .remove(name)
-            .ok_or_else(|| Error::SubscriptionNotFound {
-                name: name.to_owned(),
-            })?;
+            .ok_or_else(|| Error::subscription_not_found(name))?;
         if let Some(topic) = state.topics.get_mut(&sub.entry.options.topic) {
             topic.subscriptions.remove(name);
         }
