@@ -75,7 +75,8 @@ pub(crate) struct Shared {
     pub(crate) naming: Naming,
     /// Woken by the engine after every durable change: receivers re-check.
     pub(crate) notify: Arc<Notify>,
-    next_holder: AtomicU64,
+    /// Shared by every view of one engine: holder ids are unique per engine.
+    next_holder: Arc<AtomicU64>,
     path: PathBuf,
 }
 
@@ -138,7 +139,7 @@ impl EmbeddedBackend {
                 // The engine's names are path components (`[a-z0-9_-]`): no dots.
                 naming: options.naming.with_separator('-'),
                 notify,
-                next_holder: AtomicU64::new(1),
+                next_holder: Arc::new(AtomicU64::new(1)),
                 path,
             }),
         })
@@ -152,6 +153,23 @@ impl EmbeddedBackend {
             .await
             .map_err(|e| Error::backend(format!("closing the engine panicked: {e}"), false))?
             .map_err(error)
+    }
+
+    /// Another view of the same open engine under another naming (namespace): what
+    /// `sluice serve` gives each connection. Clones share the directory, its lock and its
+    /// wake-ups; closing any view closes the engine.
+    pub fn with_naming(&self, naming: Naming) -> Self {
+        let shared = &self.shared;
+        Self {
+            shared: Arc::new(Shared {
+                engine: shared.engine.clone(),
+                capabilities: shared.capabilities.clone(),
+                naming: naming.with_separator('-'),
+                notify: shared.notify.clone(),
+                next_holder: shared.next_holder.clone(),
+                path: shared.path.clone(),
+            }),
+        }
     }
 
     /// The data directory.

@@ -1,0 +1,76 @@
+//! The server's own counters (connections, requests, protocol errors), kept as atomics and
+//! rendered with the engine's per-subscription gauges at scrape time (`admin.rs`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sluice_protocol::Request;
+
+/// Counters of one running server.
+#[derive(Debug, Default)]
+pub struct ServerMetrics {
+    connections_total: AtomicU64,
+    connections_open: AtomicU64,
+    protocol_errors: AtomicU64,
+    published: AtomicU64,
+    receives: AtomicU64,
+    settles: AtomicU64,
+    other_requests: AtomicU64,
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MetricsSnapshot {
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections closed on a protocol error.
+    pub protocol_errors: u64,
+    /// Messages received in publish requests.
+    pub published: u64,
+    /// Receive requests.
+    pub receives: u64,
+    /// Verbs (ack, retry, release, dead_letter).
+    pub settles: u64,
+    /// Every other request.
+    pub other_requests: u64,
+}
+
+impl ServerMetrics {
+    pub(crate) fn connection_opened(&self) {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request(&self, request: &Request) {
+        let (counter, n) = match request {
+            Request::Publish { messages, .. } => (&self.published, messages.len() as u64),
+            Request::Receive { .. } => (&self.receives, 1),
+            Request::Settle { .. } => (&self.settles, 1),
+            _ => (&self.other_requests, 1),
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            connections_total: get(&self.connections_total),
+            connections_open: get(&self.connections_open),
+            protocol_errors: get(&self.protocol_errors),
+            published: get(&self.published),
+            receives: get(&self.receives),
+            settles: get(&self.settles),
+            other_requests: get(&self.other_requests),
+        }
+    }
+}

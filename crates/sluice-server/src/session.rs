@@ -1,0 +1,343 @@
+//! One client connection's state and the mapping of each request onto the engine.
+//!
+//! Invariants: subscriber ids and delivery tokens are only valid on the connection that
+//! issued them; a delivery is in the token map exactly while it is leased to this
+//! connection and not settled (a failed verb puts it back). When the connection ends, its
+//! subscribers are closed and its deliveries dropped: their leases run out and the engine
+//! delivers them again, as for any consumer that stops answering.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_core::{
+    Backend, DeadLetterReason, Delivery, Error, PublishOutcome, Publisher, RedriveOptions,
+    Subscriber,
+};
+use sluice_embedded::{EmbeddedBackend, EmbeddedDelivery, EmbeddedPublisher, EmbeddedSubscriber};
+use sluice_protocol::convert::{self, ms};
+use sluice_protocol::message::{Published, WireDelivery, WireError};
+use sluice_protocol::{Request, Response, Verb};
+use tokio::sync::OnceCell;
+
+/// Longest a single receive may wait on the server (a client asking more waits again).
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// The result of one request.
+pub(crate) type Answer = Result<Response, WireError>;
+
+fn wire(error: &Error) -> WireError {
+    convert::error_to_wire(error)
+}
+
+fn unknown(what: &str, handle: u64) -> WireError {
+    WireError::UnknownHandle {
+        message: format!("{what} {handle} is not held by this connection"),
+    }
+}
+
+/// One connection's view of the engine.
+pub(crate) struct Session {
+    backend: EmbeddedBackend,
+    publisher: OnceCell<EmbeddedPublisher>,
+    // std Mutexes: never held across an .await.
+    subscribers: Mutex<HashMap<u64, Arc<EmbeddedSubscriber>>>,
+    deliveries: Mutex<HashMap<u64, EmbeddedDelivery>>,
+    next_handle: AtomicU64,
+    max_batch: usize,
+}
+
+impl Session {
+    pub(crate) fn new(backend: EmbeddedBackend) -> Self {
+        let max_batch = backend.capabilities().max_batch;
+        Self {
+            backend,
+            publisher: OnceCell::new(),
+            subscribers: Mutex::new(HashMap::new()),
+            deliveries: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            max_batch,
+        }
+    }
+
+    fn handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Closes every subscriber (pending receives return) and forgets every delivery.
+    pub(crate) async fn end(&self) {
+        let subscribers: Vec<_> = self
+            .subscribers
+            .lock()
+            .expect("session lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for subscriber in subscribers {
+            let _ = subscriber.close().await;
+        }
+        let held = std::mem::take(&mut *self.deliveries.lock().expect("session lock"));
+        if !held.is_empty() {
+            tracing::debug!(
+                deliveries = held.len(),
+                "connection ended holding leases; they will run out and be redelivered"
+            );
+        }
+    }
+
+    /// Answers one request.
+    pub(crate) async fn answer(&self, request: Request) -> Answer {
+        match request {
+            Request::Ping => Ok(Response::Pong),
+            Request::Publish { topic, messages } => self.publish(&topic, messages).await,
+            Request::OpenSubscriber { subscription } => {
+                let name = convert::subscription(&subscription).map_err(|e| wire(&e))?;
+                let subscriber = self.backend.subscribe(&name).await.map_err(|e| wire(&e))?;
+                let config = convert::subscription_config_to_wire(subscriber.config());
+                let id = self.handle();
+                self.subscribers
+                    .lock()
+                    .expect("session lock")
+                    .insert(id, Arc::new(subscriber));
+                Ok(Response::Subscriber {
+                    subscriber: id,
+                    config,
+                })
+            }
+            Request::Receive {
+                subscriber,
+                max,
+                wait_ms,
+            } => self.receive(subscriber, max, wait_ms).await,
+            Request::CloseSubscriber { subscriber } => {
+                let removed = self
+                    .subscribers
+                    .lock()
+                    .expect("session lock")
+                    .remove(&subscriber);
+                if let Some(s) = removed {
+                    s.close().await.map_err(|e| wire(&e))?;
+                }
+                Ok(Response::Done)
+            }
+            Request::Settle { token, verb } => self.settle(token, verb).await,
+            Request::ExtendLease { token, lease_ms } => {
+                let mut delivery = self.take(token)?;
+                let result = delivery.extend_lease(Duration::from_millis(lease_ms)).await;
+                self.put_back(token, delivery);
+                result.map_err(|e| wire(&e))?;
+                Ok(Response::Done)
+            }
+            other => self.topology(other).await,
+        }
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        messages: Vec<sluice_protocol::message::WireMessage>,
+    ) -> Answer {
+        let topic = convert::topic(topic).map_err(|e| wire(&e))?;
+        let publisher = self
+            .publisher
+            .get_or_try_init(|| self.backend.publisher())
+            .await
+            .map_err(|e| wire(&e))?;
+        let mut decoded = Vec::with_capacity(messages.len());
+        let mut invalid = Vec::new();
+        for (i, m) in messages.into_iter().enumerate() {
+            match convert::message_from_wire(m) {
+                Ok(m) => decoded.push(m),
+                Err(e) => invalid.push((i, wire(&e))),
+            }
+        }
+        let mut results: Vec<Result<Published, WireError>> = publisher
+            .publish_batch(&topic, decoded)
+            .await
+            .into_iter()
+            .map(|r| {
+                r.map(|receipt| Published {
+                    id: receipt.id.as_str().to_owned(),
+                    fresh: receipt.outcome == PublishOutcome::Published,
+                })
+                .map_err(|e| wire(&e))
+            })
+            .collect();
+        for (i, err) in invalid {
+            results.insert(i, Err(err));
+        }
+        Ok(Response::Published(results))
+    }
+
+    async fn receive(&self, subscriber: u64, max: u32, wait_ms: u64) -> Answer {
+        let sub = self
+            .subscribers
+            .lock()
+            .expect("session lock")
+            .get(&subscriber)
+            .cloned()
+            .ok_or_else(|| unknown("subscriber", subscriber))?;
+        let max = (max as usize).clamp(1, self.max_batch);
+        let wait = Duration::from_millis(wait_ms).min(MAX_WAIT);
+        let leased = sub.receive(max, wait).await.map_err(|e| wire(&e))?;
+        let now = std::time::Instant::now();
+        let mut out = Vec::with_capacity(leased.len());
+        let mut held = self.deliveries.lock().expect("session lock");
+        for delivery in leased {
+            let token = self.handle();
+            out.push(WireDelivery {
+                token,
+                message: convert::message_to_wire(delivery.message().clone()),
+                attempt: delivery.attempt(),
+                lease_ms: ms(delivery.lease_deadline().saturating_duration_since(now)),
+                topic: delivery.topic().as_str().to_owned(),
+            });
+            held.insert(token, delivery);
+        }
+        Ok(Response::Deliveries(out))
+    }
+
+    fn take(&self, token: u64) -> Result<EmbeddedDelivery, WireError> {
+        self.deliveries
+            .lock()
+            .expect("session lock")
+            .remove(&token)
+            .ok_or_else(|| unknown("delivery", token))
+    }
+
+    fn put_back(&self, token: u64, delivery: EmbeddedDelivery) {
+        self.deliveries
+            .lock()
+            .expect("session lock")
+            .insert(token, delivery);
+    }
+
+    async fn settle(&self, token: u64, verb: Verb) -> Answer {
+        let delivery = self.take(token)?;
+        let result = match verb {
+            Verb::Ack => delivery.ack().await,
+            Verb::Retry { after_ms } => delivery.retry(Duration::from_millis(after_ms)).await,
+            Verb::Release => delivery.release().await,
+            Verb::DeadLetter { reason, last_error } => {
+                let mut reason = DeadLetterReason::new(reason);
+                reason.last_error = last_error;
+                delivery.dead_letter(reason).await
+            }
+        };
+        match result {
+            Ok(()) => Ok(Response::Done),
+            Err(failed) => {
+                let error = wire(&failed.error);
+                // Handed back: the client may try again (unless the lease is gone anyway).
+                if !matches!(error, WireError::LeaseLost { .. }) {
+                    self.put_back(token, failed.delivery);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn topology(&self, request: Request) -> Answer {
+        let b = &self.backend;
+        let w = |e: Error| wire(&e);
+        Ok(match request {
+            Request::EnsureTopic { topic, config } => {
+                let topic = convert::topic(&topic).map_err(w)?;
+                b.ensure_topic(&topic, &convert::topic_config_from_wire(&config))
+                    .await
+                    .map_err(w)?;
+                Response::Done
+            }
+            Request::EnsureSubscription {
+                subscription,
+                config,
+            } => {
+                let name = convert::subscription(&subscription).map_err(w)?;
+                let config = convert::subscription_config_from_wire(&config).map_err(w)?;
+                b.ensure_subscription(&name, &config).await.map_err(w)?;
+                Response::Done
+            }
+            Request::DescribeTopic { topic } => {
+                let topic = convert::topic(&topic).map_err(w)?;
+                let info = b.describe_topic(&topic).await.map_err(w)?;
+                Response::Topic(convert::topic_info_to_wire(&info))
+            }
+            Request::DescribeSubscription { subscription } => {
+                let name = convert::subscription(&subscription).map_err(w)?;
+                let info = b.describe_subscription(&name).await.map_err(w)?;
+                Response::Subscription {
+                    name: info.name.as_str().to_owned(),
+                    config: convert::subscription_config_to_wire(&info.config),
+                }
+            }
+            Request::ListTopics => Response::Topics(
+                b.list_topics()
+                    .await
+                    .map_err(w)?
+                    .iter()
+                    .map(convert::topic_info_to_wire)
+                    .collect(),
+            ),
+            Request::DeleteTopic { topic } => {
+                let topic = convert::topic(&topic).map_err(w)?;
+                b.delete_topic(&topic).await.map_err(w)?;
+                Response::Done
+            }
+            Request::DeleteSubscription { subscription } => {
+                let name = convert::subscription(&subscription).map_err(w)?;
+                b.delete_subscription(&name).await.map_err(w)?;
+                Response::Done
+            }
+            Request::Stats { subscription } => {
+                let name = convert::subscription(&subscription).map_err(w)?;
+                Response::Stats(convert::stats_to_wire(&b.stats(&name).await.map_err(w)?))
+            }
+            Request::DlqList {
+                subscription,
+                limit,
+            } => {
+                let name = convert::subscription(&subscription).map_err(w)?;
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                Response::DeadLettered(
+                    b.dlq_list(&name, limit)
+                        .await
+                        .map_err(w)?
+                        .into_iter()
+                        .map(|d| convert::message_to_wire(d.message))
+                        .collect(),
+                )
+            }
+            Request::DlqRedrive {
+                subscription,
+                ids,
+                limit,
+                dry_run,
+                rate_per_second,
+            } => {
+                let name = convert::subscription(&subscription).map_err(w)?;
+                let mut options = RedriveOptions::all().ids(ids).dry_run(dry_run);
+                if let Some(limit) = limit {
+                    options = options.limit(usize::try_from(limit).unwrap_or(usize::MAX));
+                }
+                if let Some(rate) = rate_per_second {
+                    options = options.rate_per_second(rate);
+                }
+                let report = b.dlq_redrive(&name, &options).await.map_err(w)?;
+                Response::Redriven {
+                    moved: report.moved,
+                    dry_run: report.dry_run,
+                }
+            }
+            Request::DlqPurge { subscription } => {
+                let name = convert::subscription(&subscription).map_err(w)?;
+                Response::Purged(b.dlq_purge(&name).await.map_err(w)?)
+            }
+            other => {
+                return Err(WireError::Invalid {
+                    message: format!("request {other:?} is not a topology request"),
+                })
+            }
+        })
+    }
+}
