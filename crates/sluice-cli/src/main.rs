@@ -5,10 +5,12 @@
 //! | module | command |
 //! |---|---|
 //! | `bench/` | `sluice bench`: `workload.rs` the end-to-end run per backend, `disk.rs` the disk's own limit, `report.rs` the table and JSON |
+//! | `serve.rs` | `sluice serve`: starts `sluice-server`, waits for a shutdown signal, shuts down gracefully |
 //! | `demo/` | `sluice demo`: `mod.rs` runs the scenario, `services.rs` the four consumers, `chaos.rs` loses acks, `ledger.rs` reconciles and prints, `progress.rs` shows the run on stderr, `chart.rs` draws the backlog over time |
 
 mod bench;
 mod demo;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,9 @@ enum Command {
     /// Measures backends side by side: end-to-end throughput and latency percentiles, with
     /// the disk's own append + fdatasync limit measured in the same run.
     Bench(bench::BenchArgs),
+    /// Serves the embedded engine to other processes (`sluice://HOST:PORT`), with an HTTP
+    /// admin API, Prometheus metrics and a dashboard.
+    Serve(serve::ServeArgs),
 }
 
 #[tokio::main]
@@ -50,5 +55,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
     }
 }

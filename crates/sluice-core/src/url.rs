@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `memory:` | in-process reference backend |
 //! | `embedded:PATH[?sync=always\|never\|interval:MS]` (default `embedded:./sluice-data`) | embedded durable engine |
-//! | `sluice://HOST:PORT` | `sluice serve` over the network |
+//! | `sluice://HOST:PORT[?token=T]` | `sluice serve` over the network |
 //! | `amqp://USER:PASS@HOST:PORT/VHOST` (or `amqps://`) | RabbitMQ |
 //! | `sqs://REGION[?endpoint=URL]` | Amazon SQS + SNS |
 //! | `kafka://HOST:PORT[,HOST:PORT]` | Apache Kafka |
@@ -35,12 +35,14 @@ pub enum BackendKind {
         /// `interval:MS` (fsync at most every MS milliseconds).
         sync: Option<String>,
     },
-    /// `sluice://HOST:PORT`
+    /// `sluice://HOST:PORT[?token=TOKEN]`
     Remote {
         /// Host name or address.
         host: String,
         /// Port.
         port: u16,
+        /// API token (`?token=`), when the server requires one.
+        token: Option<String>,
     },
     /// `amqp://…` or `amqps://…`, kept whole for the AMQP client.
     Amqp {
@@ -208,13 +210,22 @@ impl BackendUrl {
                 }
             }
             "sluice" => {
-                no_params(&params)?;
+                let mut token = None;
+                let mut rest = Vec::new();
+                for (k, v) in params {
+                    if k == "token" {
+                        token = Some(v);
+                    } else {
+                        rest.push((k, v));
+                    }
+                }
+                no_params(&rest)?;
                 let authority = body
                     .strip_prefix("//")
                     .ok_or_else(|| invalid(input, "expected sluice://HOST:PORT"))?
                     .trim_end_matches('/');
                 let (host, port) = host_port(input, authority)?;
-                BackendKind::Remote { host, port }
+                BackendKind::Remote { host, port, token }
             }
             "amqp" | "amqps" => {
                 let mut uri = format!("{scheme}:{body}");
@@ -327,7 +338,16 @@ mod tests {
             kind("sluice://127.0.0.1:7575"),
             BackendKind::Remote {
                 host: "127.0.0.1".into(),
-                port: 7575
+                port: 7575,
+                token: None
+            }
+        );
+        assert_eq!(
+            kind("sluice://localhost:7575?token=s3cret"),
+            BackendKind::Remote {
+                host: "localhost".into(),
+                port: 7575,
+                token: Some("s3cret".into())
             }
         );
         assert_eq!(

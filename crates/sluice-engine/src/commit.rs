@@ -45,6 +45,25 @@ pub enum SyncMode {
     Never,
 }
 
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    /// `always`, `never` or `interval:MS` (as in `embedded:PATH?sync=…`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(SyncMode::Always),
+            "never" => Ok(SyncMode::Never),
+            other => other
+                .strip_prefix("interval:")
+                .and_then(|ms| ms.parse().ok())
+                .map(|ms| SyncMode::Interval(Duration::from_millis(ms)))
+                .ok_or_else(|| {
+                    format!("sync mode `{other}` is not one of always, never, interval:MS")
+                }),
+        }
+    }
+}
+
 /// A log shared by the committer (which appends to it) and readers (which lock it briefly to
 /// read committed records). Cloning gives another handle on the same log.
 #[derive(Clone)]

@@ -31,13 +31,7 @@ impl Auth {
 
     /// Reads tokens from a file: one per line, blank lines and `#` comments ignored.
     pub fn from_file(path: &Path) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(path)?;
-        Ok(Self::tokens(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned),
-        ))
+        Ok(Self::tokens(tokens_in(&std::fs::read_to_string(path)?)))
     }
 
     /// Whether any token is required.
@@ -56,6 +50,15 @@ impl Auth {
             found | constant_time_eq(t.as_bytes(), token.as_bytes())
         })
     }
+}
+
+/// The tokens of a tokens file's text: one per line, blank lines and `#` comments ignored.
+pub fn tokens_in(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -8,6 +8,7 @@ use sluice_core::{BackendKind, BackendUrl, DynBackend, Error, UrlError};
 ///
 /// `embedded:PATH` opens Sluice's durable engine on the directory `PATH` (created if needed;
 /// `embedded:` alone is `./sluice-data`); one process at a time may open a directory.
+/// `sluice://HOST:PORT` connects to `sluice serve` (the `remote` feature, on by default).
 /// `amqp://…` connects to RabbitMQ (the `rabbitmq` feature).
 /// `memory:` creates a new, empty in-process backend on every call. Either way, share the
 /// returned handle (it is cheap to clone) between the producers and consumers that should
@@ -25,16 +26,11 @@ pub async fn connect(url: &str) -> Result<DynBackend, Error> {
         BackendKind::Memory => Err(not_available("memory", "memory")),
         #[cfg(feature = "embedded")]
         BackendKind::Embedded { path, sync } => {
-            let sync = match sync.as_deref() {
-                Some("never") => sluice_embedded::SyncMode::Never,
-                Some(s) => match s.strip_prefix("interval:").and_then(|ms| ms.parse().ok()) {
-                    Some(ms) => {
-                        sluice_embedded::SyncMode::Interval(std::time::Duration::from_millis(ms))
-                    }
-                    None => sluice_embedded::SyncMode::Always,
-                },
-                None => sluice_embedded::SyncMode::Always,
-            };
+            // The URL parser already checked the value.
+            let sync = sync
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(sluice_embedded::SyncMode::Always);
             let options = sluice_embedded::EmbeddedOptions::default()
                 .naming(naming)
                 .sync(sync);
@@ -44,6 +40,16 @@ pub async fn connect(url: &str) -> Result<DynBackend, Error> {
         }
         #[cfg(not(feature = "embedded"))]
         BackendKind::Embedded { .. } => Err(not_available("embedded", "embedded")),
+        #[cfg(feature = "remote")]
+        BackendKind::Remote { host, port, token } => {
+            let options = sluice_remote::RemoteOptions::default()
+                .namespace(url.namespace)
+                .token(token);
+            Ok(DynBackend::new(
+                sluice_remote::RemoteBackend::connect(&format!("{host}:{port}"), options).await?,
+            ))
+        }
+        #[cfg(not(feature = "remote"))]
         BackendKind::Remote { .. } => Err(not_available("sluice", "remote")),
         #[cfg(feature = "rabbitmq")]
         BackendKind::Amqp { uri } => {

@@ -55,7 +55,7 @@
 //! | the contract ([`Message`], [`Publisher`], [`Subscriber`], [`Delivery`], [`Backend`], errors) | [`sluice_core`], re-exported at the root |
 //! | [`runtime`] (workers, handlers, backoff, idempotency, rate limits) | [`sluice_runtime`] |
 //! | [`connect`]: a backend from a URL | this crate, `connect.rs` |
-//! | backends | behind cargo features: `embedded` (the default backend), `memory`, `rabbitmq` |
+//! | backends | behind cargo features: `embedded` (the default backend), `memory`, `remote` (`sluice://`), `rabbitmq` |
 //! | [`prelude`] | what most programs import |
 
 mod connect;
@@ -71,6 +71,10 @@ pub use sluice_embedded as embedded;
 /// The in-process reference backend (`memory:`).
 #[cfg(feature = "memory")]
 pub use sluice_memory as memory;
+
+/// `sluice serve` over the network (`sluice://HOST:PORT`).
+#[cfg(feature = "remote")]
+pub use sluice_remote as remote;
 
 /// RabbitMQ (`amqp://USER:PASS@HOST:PORT/VHOST`).
 #[cfg(feature = "rabbitmq")]

@@ -12,6 +12,7 @@ fn the_capability_table_in_docs_matches_the_backends() {
     let caps = vec![
         sluice::embedded::capabilities(),
         sluice::memory::capabilities(),
+        sluice_remote::capabilities(sluice_embedded::MAX_MESSAGE_SIZE),
         sluice_rabbitmq::capabilities(),
     ];
     let table = sluice_conformance::capability_table(&caps);

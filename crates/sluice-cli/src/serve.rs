@@ -1,0 +1,78 @@
+//! `sluice serve`: the embedded engine shared over the network until a shutdown signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use sluice_server::{Auth, Server, ServerConfig};
+
+/// Arguments of `sluice serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Data directory of the engine (created if needed; one process at a time).
+    #[arg(long, default_value = "./sluice-data")]
+    data: PathBuf,
+    /// Address of the `sluice://` protocol listener.
+    #[arg(long, default_value = "127.0.0.1:7575")]
+    listen: SocketAddr,
+    /// Address of the HTTP admin API, `/metrics` and the dashboard; `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:7576")]
+    http: String,
+    /// File of API tokens, one per line (`#` comments). Also read: `SLUICE_TOKENS`
+    /// (comma-separated). Without tokens the server listens on loopback addresses only.
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
+    /// Durability: `always` (fsync before confirming), `never`, or `interval:MS`.
+    #[arg(long, default_value = "always")]
+    sync: String,
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut tokens = Vec::new();
+    if let Some(path) = &args.tokens_file {
+        let auth = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the tokens file {}", path.display()))?;
+        tokens.extend(sluice_server::config::tokens_in(&auth));
+    }
+    if let Ok(env) = std::env::var("SLUICE_TOKENS") {
+        tokens.extend(env.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned));
+    }
+    let http = match args.http.as_str() {
+        "off" | "none" => None,
+        addr => Some(
+            addr.parse::<SocketAddr>()
+                .with_context(|| format!("--http `{addr}` is not an address (or `off`)"))?,
+        ),
+    };
+    let sync = args.sync.parse().map_err(anyhow::Error::msg)?;
+    let token_count = tokens.len();
+    let config = ServerConfig::new(&args.data)
+        .listen(args.listen)
+        .http(http)
+        .auth(Auth::tokens(tokens))
+        .sync(sync);
+    let server = Server::start(config)
+        .await
+        .with_context(|| format!("starting sluice serve on {}", args.data.display()))?;
+    eprintln!(
+        "sluice serve {}: data {}, sync {}",
+        env!("CARGO_PKG_VERSION"),
+        args.data.display(),
+        args.sync
+    );
+    eprintln!("  protocol   sluice://{}", server.addr());
+    if let Some(http) = server.http_addr() {
+        eprintln!("  dashboard  http://{http}/   (admin API /api/v1, metrics /metrics)");
+    }
+    if token_count == 0 {
+        eprintln!("  auth       none: no API tokens configured, so only this machine may connect (loopback addresses)");
+    } else {
+        eprintln!("  auth       {token_count} API token(s); clients pass ?token= or SLUICE_TOKEN");
+    }
+    let stop = sluice::runtime::shutdown_on_signals();
+    stop.cancelled().await;
+    eprintln!("sluice serve: shutting down (finishing requests in flight, flushing)");
+    server.shutdown().await.context("closing the engine")?;
+    eprintln!("sluice serve: stopped cleanly");
+    Ok(())
+}
