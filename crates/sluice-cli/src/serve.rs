@@ -35,7 +35,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokens.extend(sluice_server::config::tokens_in(&auth));
     }
     if let Ok(env) = std::env::var("SLUICE_TOKENS") {
-        tokens.extend(env.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned));
+        tokens.extend(
+            env.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+        );
     }
     let http = match args.http.as_str() {
         "off" | "none" => None,

@@ -69,7 +69,7 @@ where
     // page), not by the limit it puts on what clients send.
     let mut writer = FramedWrite::new(write, FrameCodec::new(u32::MAX as usize));
     if let Err(err) = check_preface(&preface) {
-        let _ = writer.send(fatal(&err)).await;
+        refuse(writer, reader, fatal(&err)).await;
         return Err(err);
     }
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
@@ -94,7 +94,7 @@ where
         Ok(session) => Arc::new(session),
         Err(refusal) => {
             tracing::warn!(%peer, client = %hello.client, "connection refused: {refusal:?}");
-            let _ = writer.send(Frame::new(0, Body::Failed(refusal))).await;
+            refuse(writer, reader, Frame::new(0, Body::Failed(refusal))).await;
             return Ok(());
         }
     };
@@ -156,7 +156,35 @@ where
     while tasks.join_next().await.is_some() {}
     drop(tx);
     let _ = write_task.await;
+    if result.is_err() {
+        linger(reader.into_inner()).await;
+    }
     result
+}
+
+/// Sends a last frame, closes the write side and lingers (see [`linger`]).
+async fn refuse<R, W>(
+    mut writer: FramedWrite<W, FrameCodec>,
+    reader: FramedRead<R, FrameCodec>,
+    last: Frame,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let _ = writer.send(last).await;
+    let _ = SinkExt::<Frame>::close(&mut writer).await;
+    linger(reader.into_inner()).await;
+}
+
+/// Reads and discards what the peer still sends, until it closes or a second passes.
+/// Closing a socket with unread input makes the kernel reset the connection, which can
+/// destroy the error frame before the peer reads it; draining first lets it arrive.
+async fn linger<R: AsyncRead + Unpin>(mut reader: R) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// The connection's session if the hello is acceptable, or why not.

@@ -1,0 +1,220 @@
+//! `sluice serve` as a real process: SIGKILLed under publish load with confirms and
+//! restarted, it keeps every confirmed message, and clients reconnect by themselves; the
+//! demo runs across processes against it.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sluice::prelude::*;
+
+/// A free loopback port (bound, then released for the server to take).
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// Starts `sluice serve` and waits (with a deadline) until it accepts connections.
+fn serve(data: &Path, addr: SocketAddr) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--http",
+            "off",
+            "--listen",
+            &addr.to_string(),
+            "--data",
+        ])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sluice serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "sluice serve did not start listening on {addr} within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_publish_load_keeps_every_confirmed_message_and_clients_reconnect() {
+    const ROUNDS: usize = 5;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let addr = free_addr();
+    let mut server = Server(serve(dir.path(), addr));
+    let url = format!("sluice://{addr}");
+    let backend = sluice::connect(&url).await.expect("connect");
+    let topic = TopicName::new("orders").unwrap();
+    let sub = SubscriptionName::new("billing").unwrap();
+    backend
+        .ensure_topic(&topic, &TopicConfig::default())
+        .await
+        .unwrap();
+    backend
+        .ensure_subscription(
+            &sub,
+            &SubscriptionConfig::new(topic.clone()).lease(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+
+    let confirmed = Arc::new(Mutex::new(BTreeSet::new()));
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = CancellationToken::new();
+
+    // Two producers publishing with confirms; an id is recorded only once confirmed.
+    let mut producers = Vec::new();
+    for p in 0..2 {
+        let publisher = backend.publisher().await.unwrap();
+        let (topic, confirmed, stop) = (topic.clone(), confirmed.clone(), stop.clone());
+        producers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                let batch: Vec<Message> = (0..16)
+                    .map(|i| {
+                        Message::builder(&b"x"[..])
+                            .id(format!("p{p}-{n}-{i}"))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                n += 1;
+                let ids: Vec<String> = batch.iter().map(|m| m.id().to_string()).collect();
+                for (id, result) in ids
+                    .into_iter()
+                    .zip(publisher.publish_batch(&topic, batch).await)
+                {
+                    match result {
+                        Ok(_) => {
+                            confirmed.lock().unwrap().insert(id);
+                        }
+                        Err(err) => assert!(err.is_retryable(), "a publish failed for good: {err}"),
+                    }
+                }
+            }
+        }));
+    }
+    // One consumer acking what it receives; it is never told about the restarts.
+    let consumer = {
+        let subscriber = backend.subscribe(&sub).await.unwrap();
+        let (seen, stop) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                match subscriber.receive(64, Duration::from_millis(200)).await {
+                    Ok(batch) => {
+                        for d in batch {
+                            seen.lock().unwrap().insert(d.message().id().to_string());
+                            let _ = d.ack().await; // a lost ack only means a redelivery
+                        }
+                    }
+                    Err(err) => {
+                        assert!(err.is_retryable(), "receive failed for good: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+    };
+
+    for round in 0..ROUNDS {
+        let before = confirmed.lock().unwrap().len();
+        let pause = rand::thread_rng().gen_range(200..700);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        server.0.kill().expect("SIGKILL sluice serve");
+        server.0.wait().expect("reap sluice serve");
+        server = Server(serve(dir.path(), addr));
+        // Publishing resumes by itself on the new process.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while confirmed.lock().unwrap().len() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no publish confirmed after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.cancel();
+    for p in producers {
+        p.await.expect("producer");
+    }
+    consumer.await.expect("consumer");
+
+    // Every confirmed message is there: drain with a fresh subscriber until all were seen.
+    let confirmed = confirmed.lock().unwrap().clone();
+    assert!(
+        confirmed.len() > 100,
+        "the load was real: {} confirmed",
+        confirmed.len()
+    );
+    let subscriber = backend.subscribe(&sub).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing = confirmed.difference(&seen.lock().unwrap()).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} confirmed messages never came",
+            confirmed.len()
+        );
+        for d in subscriber
+            .receive(256, Duration::from_millis(500))
+            .await
+            .expect("receive")
+        {
+            seen.lock().unwrap().insert(d.message().id().to_string());
+            d.ack().await.expect("ack");
+        }
+    }
+}
+
+#[test]
+fn the_demo_runs_across_processes_against_sluice_serve() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let addr = free_addr();
+    let _server = Server(serve(dir.path(), addr));
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "demo",
+            "--plain",
+            "--orders",
+            "200",
+            "--rate",
+            "2000",
+            "--email-rate",
+            "400",
+            "--seed",
+            "3",
+        ])
+        .args(["--url", &format!("sluice://{addr}")])
+        .output()
+        .expect("run sluice demo");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{text}");
+    assert!(
+        text.contains("ok   billing: 200 orders charged exactly once"),
+        "billing does not reconcile:\n{text}"
+    );
+    assert!(!text.contains("FAIL"), "{text}");
+}
