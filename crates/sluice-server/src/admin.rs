@@ -1,13 +1,345 @@
-//! The HTTP admin API, Prometheus `/metrics` and the dashboard.
+//! The HTTP side of `sluice serve`: the admin API (JSON under `/api/v1`, described by
+//! `/api/v1/openapi.json`), Prometheus `/metrics`, and the dashboard at `/`.
+//!
+//! Every handler's error becomes a JSON `{"error": …}` with the status its kind deserves
+//! (404 not found, 409 conflict, 400 invalid input, 503 retryable, 500 otherwise). With API
+//! tokens configured, every route but `/api/v1/health` and the dashboard page itself needs
+//! `Authorization: Bearer TOKEN`.
 
 use std::sync::Arc;
 
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sluice_core::{
+    Backend, DeadLetteredMessage, Error, Namespace, Naming, RedriveOptions, SubscriptionName,
+    TopicName,
+};
+use sluice_embedded::EmbeddedBackend;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
+mod render;
+
+/// The OpenAPI document of this API.
+pub(crate) const OPENAPI: &str = include_str!("admin/openapi.json");
+const DASHBOARD: &str = include_str!("admin/dashboard.html");
+
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let _ = (listener, shared);
-    stop.cancelled().await;
+    let app = router(shared);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(err) = result {
+        tracing::error!(error = %err, "the HTTP admin listener failed");
+    }
+}
+
+/// Every route (the OpenAPI test walks this list).
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/topics", get(list_topics))
+        .route("/api/v1/topics/{topic}", get(describe_topic))
+        .route("/api/v1/overview", get(overview))
+        .route(
+            "/api/v1/subscriptions/{subscription}",
+            get(describe_subscription),
+        )
+        .route("/api/v1/subscriptions/{subscription}/stats", get(stats))
+        .route("/api/v1/subscriptions/{subscription}/dlq", get(dlq_list))
+        .route(
+            "/api/v1/subscriptions/{subscription}/dlq/messages/{id}",
+            get(dlq_show),
+        )
+        .route(
+            "/api/v1/subscriptions/{subscription}/dlq/redrive",
+            post(dlq_redrive),
+        )
+        .route(
+            "/api/v1/subscriptions/{subscription}/dlq/purge",
+            post(dlq_purge),
+        )
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/api/v1/health", get(health))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .merge(api)
+        .with_state(shared)
+}
+
+async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if shared.config.auth.accepts(token) {
+        next.run(request).await
+    } else {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "this server requires `Authorization: Bearer TOKEN` with one of its API tokens".into(),
+        )
+        .into_response()
+    }
+}
+
+/// An error answer.
+pub(crate) struct ApiError(StatusCode, String);
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let status = match &error {
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Name(_) | Error::Message(_) | Error::InvalidFilter { .. } | Error::Url(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// `?namespace=`: which namespace's view (none: every object, physical names).
+#[derive(Debug, Deserialize)]
+pub(crate) struct View {
+    namespace: Option<String>,
+}
+
+impl View {
+    fn backend(&self, shared: &Shared) -> Result<EmbeddedBackend, ApiError> {
+        let namespace = match self.namespace.as_deref().filter(|n| !n.is_empty()) {
+            Some(ns) => Some(Namespace::new(ns).map_err(Error::from)?),
+            None => None,
+        };
+        Ok(shared.backend.with_naming(Naming::new(namespace)))
+    }
+}
+
+fn topic_name(name: &str) -> Result<TopicName, ApiError> {
+    Ok(TopicName::new(name).map_err(Error::from)?)
+}
+
+fn subscription_name(name: &str) -> Result<SubscriptionName, ApiError> {
+    Ok(SubscriptionName::new(name).map_err(Error::from)?)
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+    data: String,
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        data: shared.config.data.display().to_string(),
+    })
+}
+
+async fn list_topics(
+    State(shared): State<Arc<Shared>>,
+    Query(view): Query<View>,
+) -> ApiResult<Vec<render::Topic>> {
+    let backend = view.backend(&shared)?;
+    Ok(Json(
+        backend
+            .list_topics()
+            .await?
+            .iter()
+            .map(render::topic)
+            .collect(),
+    ))
+}
+
+async fn describe_topic(
+    State(shared): State<Arc<Shared>>,
+    Query(view): Query<View>,
+    Path(topic): Path<String>,
+) -> ApiResult<render::Topic> {
+    let backend = view.backend(&shared)?;
+    Ok(Json(render::topic(
+        &backend.describe_topic(&topic_name(&topic)?).await?,
+    )))
+}
+
+async fn describe_subscription(
+    State(shared): State<Arc<Shared>>,
+    Query(view): Query<View>,
+    Path(subscription): Path<String>,
+) -> ApiResult<render::Subscription> {
+    let backend = view.backend(&shared)?;
+    let name = subscription_name(&subscription)?;
+    let info = backend.describe_subscription(&name).await?;
+    let stats = backend.stats(&name).await?;
+    Ok(Json(render::subscription(&info, &stats)))
+}
+
+async fn stats(
+    State(shared): State<Arc<Shared>>,
+    Query(view): Query<View>,
+    Path(subscription): Path<String>,
+) -> ApiResult<render::Stats> {
+    let backend = view.backend(&shared)?;
+    let stats = backend.stats(&subscription_name(&subscription)?).await?;
+    Ok(Json(render::stats(&stats)))
+}
+
+async fn overview(
+    State(shared): State<Arc<Shared>>,
+    Query(view): Query<View>,
+) -> ApiResult<render::Overview> {
+    let backend = view.backend(&shared)?;
+    Ok(Json(render::overview(&backend, &shared.metrics).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct DlqQuery {
+    namespace: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn dlq_list(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<DlqQuery>,
+    Path(subscription): Path<String>,
+) -> ApiResult<Vec<render::DeadLettered>> {
+    let backend = View {
+        namespace: query.namespace,
+    }
+    .backend(&shared)?;
+    let messages = backend
+        .dlq_list(
+            &subscription_name(&subscription)?,
+            query.limit.unwrap_or(100),
+        )
+        .await?;
+    Ok(Json(messages.iter().map(render::dead_lettered).collect()))
+}
+
+async fn dlq_show(
+    State(shared): State<Arc<Shared>>,
+    Query(view): Query<View>,
+    Path((subscription, id)): Path<(String, String)>,
+) -> ApiResult<render::DeadLettered> {
+    let backend = view.backend(&shared)?;
+    let messages: Vec<DeadLetteredMessage> = backend
+        .dlq_list(&subscription_name(&subscription)?, usize::MAX)
+        .await?;
+    messages
+        .iter()
+        .find(|m| m.message.id().as_str() == id)
+        .map(|m| Json(render::dead_lettered(m)))
+        .ok_or_else(|| {
+            ApiError::from(Error::NotFound {
+                kind: sluice_core::ObjectKind::Message,
+                name: id,
+            })
+        })
+}
+
+/// Body of a redrive.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RedriveBody {
+    ids: Vec<String>,
+    limit: Option<usize>,
+    dry_run: bool,
+    rate_per_second: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct RedriveAnswer {
+    moved: Vec<String>,
+    dry_run: bool,
+}
+
+async fn dlq_redrive(
+    State(shared): State<Arc<Shared>>,
+    Query(view): Query<View>,
+    Path(subscription): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<RedriveAnswer> {
+    let backend = view.backend(&shared)?;
+    // An empty body redrives everything.
+    let body: RedriveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RedriveBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the redrive body is not valid JSON: {e}"),
+            )
+        })?
+    };
+    let mut options = RedriveOptions::all().ids(body.ids).dry_run(body.dry_run);
+    if let Some(limit) = body.limit {
+        options = options.limit(limit);
+    }
+    if let Some(rate) = body.rate_per_second {
+        options = options.rate_per_second(rate);
+    }
+    let report = backend
+        .dlq_redrive(&subscription_name(&subscription)?, &options)
+        .await?;
+    Ok(Json(RedriveAnswer {
+        moved: report.moved,
+        dry_run: report.dry_run,
+    }))
+}
+
+#[derive(Serialize)]
+struct PurgeAnswer {
+    purged: u64,
+}
+
+async fn dlq_purge(
+    State(shared): State<Arc<Shared>>,
+    Query(view): Query<View>,
+    Path(subscription): Path<String>,
+) -> ApiResult<PurgeAnswer> {
+    let backend = view.backend(&shared)?;
+    let purged = backend
+        .dlq_purge(&subscription_name(&subscription)?)
+        .await?;
+    Ok(Json(PurgeAnswer { purged }))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let text = render::prometheus(&shared.backend, &shared.metrics).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

@@ -206,6 +206,7 @@ fn admit(hello: &Hello, shared: &Shared) -> Result<Session, WireError> {
     };
     Ok(Session::new(
         shared.backend.with_naming(Naming::new(namespace)),
+        shared.metrics.clone(),
     ))
 }
 

@@ -34,7 +34,7 @@ pub mod metrics;
 mod session;
 
 pub use config::{Auth, ServerConfig};
-pub use metrics::{MetricsSnapshot, ServerMetrics};
+pub use metrics::{ByName, MetricsSnapshot, ServerMetrics};
 
 /// Why a server did not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,9 @@
 //! The server's own counters (connections, requests, protocol errors), kept as atomics and
 //! rendered with the engine's per-subscription gauges at scrape time (`admin.rs`).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use sluice_protocol::Request;
 
@@ -15,6 +17,18 @@ pub struct ServerMetrics {
     receives: AtomicU64,
     settles: AtomicU64,
     other_requests: AtomicU64,
+    // std Mutex: held for a map update only, never across an .await.
+    by_name: Mutex<ByName>,
+}
+
+/// Counters per topic and per subscription (physical names: namespace included).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ByName {
+    /// Messages confirmed per topic (duplicates dropped by the dedup window excluded).
+    pub published: BTreeMap<String, u64>,
+    /// Verbs that succeeded per subscription, by verb (`ack`, `retry`, `release`,
+    /// `dead_letter`).
+    pub settled: BTreeMap<String, BTreeMap<&'static str, u64>>,
 }
 
 /// A point-in-time copy of the counters.
@@ -58,6 +72,28 @@ impl ServerMetrics {
             _ => (&self.other_requests, 1),
         };
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn published(&self, topic: &str, n: u64) {
+        if n > 0 {
+            let mut by_name = self.by_name.lock().expect("metrics lock");
+            *by_name.published.entry(topic.to_owned()).or_default() += n;
+        }
+    }
+
+    pub(crate) fn settled(&self, subscription: &str, verb: &'static str) {
+        let mut by_name = self.by_name.lock().expect("metrics lock");
+        *by_name
+            .settled
+            .entry(subscription.to_owned())
+            .or_default()
+            .entry(verb)
+            .or_default() += 1;
+    }
+
+    /// The per-topic and per-subscription counters now.
+    pub fn by_name(&self) -> ByName {
+        self.by_name.lock().expect("metrics lock").clone()
     }
 
     /// The counters now.

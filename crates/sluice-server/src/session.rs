@@ -21,6 +21,8 @@ use sluice_protocol::message::{Published, WireDelivery, WireError};
 use sluice_protocol::{Request, Response, Verb};
 use tokio::sync::OnceCell;
 
+use crate::metrics::ServerMetrics;
+
 /// Longest a single receive may wait on the server (a client asking more waits again).
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -40,6 +42,7 @@ fn unknown(what: &str, handle: u64) -> WireError {
 /// One connection's view of the engine.
 pub(crate) struct Session {
     backend: EmbeddedBackend,
+    metrics: Arc<ServerMetrics>,
     publisher: OnceCell<EmbeddedPublisher>,
     // std Mutexes: never held across an .await.
     subscribers: Mutex<HashMap<u64, Arc<EmbeddedSubscriber>>>,
@@ -49,10 +52,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(backend: EmbeddedBackend) -> Self {
+    pub(crate) fn new(backend: EmbeddedBackend, metrics: Arc<ServerMetrics>) -> Self {
         let max_batch = backend.capabilities().max_batch;
         Self {
             backend,
+            metrics,
             publisher: OnceCell::new(),
             subscribers: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(HashMap::new()),
@@ -167,6 +171,12 @@ impl Session {
         for (i, err) in invalid {
             results.insert(i, Err(err));
         }
+        let fresh = results
+            .iter()
+            .filter(|r| matches!(r, Ok(p) if p.fresh))
+            .count();
+        self.metrics
+            .published(&self.backend.naming().topic(&topic), fresh as u64);
         Ok(Response::Published(results))
     }
 
@@ -215,6 +225,13 @@ impl Session {
 
     async fn settle(&self, token: u64, verb: Verb) -> Answer {
         let delivery = self.take(token)?;
+        let subscription = self.backend.naming().subscription(delivery.subscription());
+        let name = match verb {
+            Verb::Ack => "ack",
+            Verb::Retry { .. } => "retry",
+            Verb::Release => "release",
+            Verb::DeadLetter { .. } => "dead_letter",
+        };
         let result = match verb {
             Verb::Ack => delivery.ack().await,
             Verb::Retry { after_ms } => delivery.retry(Duration::from_millis(after_ms)).await,
@@ -226,7 +243,10 @@ impl Session {
             }
         };
         match result {
-            Ok(()) => Ok(Response::Done),
+            Ok(()) => {
+                self.metrics.settled(&subscription, name);
+                Ok(Response::Done)
+            }
             Err(failed) => {
                 let error = wire(&failed.error);
                 // Handed back: the client may try again (unless the lease is gone anyway).

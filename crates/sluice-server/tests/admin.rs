@@ -1,0 +1,270 @@
+//! The HTTP admin API, `/metrics` and the OpenAPI document, against a real server with
+//! traffic from a real `sluice://` client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_core::{
+    Backend, DeadLetterReason, Delivery, Message, Publisher, Subscriber, SubscriptionConfig,
+    SubscriptionName, TopicConfig, TopicName,
+};
+use sluice_remote::{RemoteBackend, RemoteOptions};
+use sluice_server::{Auth, Server, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One HTTP/1.1 request; returns the status and the body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the admin API");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8(raw).expect("UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header and a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, body.to_owned())
+}
+
+async fn json(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, text) = http(addr, method, path, None, body).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")),
+    )
+}
+
+async fn start(auth: Auth) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        ServerConfig::new(dir.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .http(Some("127.0.0.1:0".parse().unwrap()))
+            .auth(auth),
+    )
+    .await
+    .expect("start the server");
+    (dir, server)
+}
+
+#[tokio::test]
+async fn the_admin_api_reports_topics_stats_and_the_dlq_and_redrives() {
+    let (_dir, server) = start(Auth::open()).await;
+    let http_addr = server.http_addr().expect("HTTP enabled");
+    let client = RemoteBackend::connect(&server.addr().to_string(), RemoteOptions::default())
+        .await
+        .unwrap();
+    let topic = TopicName::new("orders").unwrap();
+    let sub = SubscriptionName::new("billing").unwrap();
+    client
+        .ensure_topic(&topic, &TopicConfig::default())
+        .await
+        .unwrap();
+    client
+        .ensure_subscription(&sub, &SubscriptionConfig::new(topic.clone()))
+        .await
+        .unwrap();
+    let publisher = client.publisher().await.unwrap();
+    for i in 0..5 {
+        let m = Message::builder(format!("order {i}"))
+            .id(format!("o-{i}"))
+            .build()
+            .unwrap();
+        publisher.publish(&topic, m).await.unwrap();
+    }
+    let subscriber = client.subscribe(&sub).await.unwrap();
+    let mut dead = 0;
+    while dead < 2 {
+        for d in subscriber
+            .receive(2 - dead, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            d.dead_letter(DeadLetterReason::new("card declined"))
+                .await
+                .unwrap();
+            dead += 1;
+        }
+    }
+
+    let (status, health) = json(http_addr, "GET", "/api/v1/health", "").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (_, topics) = json(http_addr, "GET", "/api/v1/topics", "").await;
+    assert_eq!(topics[0]["name"], "orders");
+    assert_eq!(topics[0]["subscriptions"][0], "billing");
+    let (_, stats) = json(http_addr, "GET", "/api/v1/subscriptions/billing/stats", "").await;
+    assert_eq!(
+        (stats["ready"].as_u64(), stats["dead_lettered"].as_u64()),
+        (Some(3), Some(2)),
+        "{stats}"
+    );
+    let (_, described) = json(http_addr, "GET", "/api/v1/subscriptions/billing", "").await;
+    assert_eq!(described["topic"], "orders");
+
+    let (_, dlq) = json(http_addr, "GET", "/api/v1/subscriptions/billing/dlq", "").await;
+    let dlq = dlq.as_array().expect("a list");
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0]["reason"], "card declined");
+    let id = dlq[0]["id"].as_str().unwrap();
+    let (status, shown) = json(
+        http_addr,
+        "GET",
+        &format!("/api/v1/subscriptions/billing/dlq/messages/{id}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        shown["payload"].as_str().unwrap().starts_with("order "),
+        "{shown}"
+    );
+    let (status, missing) = json(
+        http_addr,
+        "GET",
+        "/api/v1/subscriptions/billing/dlq/messages/nope",
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "{missing}");
+    assert!(missing["error"].as_str().unwrap().contains("nope"));
+
+    let (_, overview) = json(http_addr, "GET", "/api/v1/overview", "").await;
+    assert_eq!(overview["topics"][0]["published"], 5, "{overview}");
+    assert_eq!(
+        overview["topics"][0]["subscriptions"][0]["settled"]["dead_letter"], 2,
+        "{overview}"
+    );
+
+    let (_, metrics) = http(http_addr, "GET", "/metrics", None, "").await;
+    for line in [
+        "sluice_subscription_ready{topic=\"orders\",subscription=\"billing\"} 3",
+        "sluice_subscription_dead_lettered{topic=\"orders\",subscription=\"billing\"} 2",
+        "sluice_server_published_total{topic=\"orders\"} 5",
+        "sluice_server_settled_total{subscription=\"billing\",verb=\"dead_letter\"} 2",
+        "sluice_server_connections_open 1",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "/metrics lacks `{line}`:\n{metrics}"
+        );
+    }
+
+    let (_, dry) = json(
+        http_addr,
+        "POST",
+        "/api/v1/subscriptions/billing/dlq/redrive",
+        r#"{"dry_run":true}"#,
+    )
+    .await;
+    assert_eq!(
+        (
+            dry["moved"].as_array().unwrap().len(),
+            dry["dry_run"].as_bool()
+        ),
+        (2, Some(true))
+    );
+    let (_, moved) = json(
+        http_addr,
+        "POST",
+        "/api/v1/subscriptions/billing/dlq/redrive",
+        "",
+    )
+    .await;
+    assert_eq!(moved["moved"].as_array().unwrap().len(), 2, "{moved}");
+    let (_, stats) = json(http_addr, "GET", "/api/v1/subscriptions/billing/stats", "").await;
+    assert_eq!(
+        (stats["ready"].as_u64(), stats["dead_lettered"].as_u64()),
+        (Some(5), Some(0)),
+        "{stats}"
+    );
+    let (_, purged) = json(
+        http_addr,
+        "POST",
+        "/api/v1/subscriptions/billing/dlq/purge",
+        "",
+    )
+    .await;
+    assert_eq!(purged["purged"], 0);
+
+    let (status, err) = json(http_addr, "GET", "/api/v1/subscriptions/nobody/stats", "").await;
+    assert_eq!(status, 404, "{err}");
+    let (status, err) = json(
+        http_addr,
+        "GET",
+        "/api/v1/subscriptions/Bad%20Name/stats",
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_tokens_the_api_needs_a_bearer_token_but_health_does_not() {
+    let (_dir, server) = start(Auth::tokens(["s3cret"])).await;
+    let addr = server.http_addr().unwrap();
+    assert_eq!(http(addr, "GET", "/api/v1/health", None, "").await.0, 200);
+    assert_eq!(http(addr, "GET", "/api/v1/topics", None, "").await.0, 401);
+    assert_eq!(
+        http(addr, "GET", "/metrics", Some("wrong"), "").await.0,
+        401
+    );
+    assert_eq!(
+        http(addr, "GET", "/api/v1/topics", Some("s3cret"), "")
+            .await
+            .0,
+        200
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_exactly_the_routes_the_server_has() {
+    let (_dir, server) = start(Auth::open()).await;
+    let (status, doc) = json(
+        server.http_addr().unwrap(),
+        "GET",
+        "/api/v1/openapi.json",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let documented: std::collections::BTreeSet<String> =
+        doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let source = include_str!("../src/admin.rs");
+    let routed: std::collections::BTreeSet<String> = source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+        .filter(|path| *path != "/")
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(documented, routed, "openapi.json and the router disagree");
+    // And the dashboard page is served.
+    let (status, page) = http(server.http_addr().unwrap(), "GET", "/", None, "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Sluice</title>"));
+    server.shutdown().await.unwrap();
+}
