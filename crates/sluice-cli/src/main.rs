@@ -6,10 +6,12 @@
 //! |---|---|
 //! | `bench/` | `sluice bench`: `workload.rs` the end-to-end run per backend, `disk.rs` the disk's own limit, `report.rs` the table and JSON |
 //! | `serve.rs` | `sluice serve`: starts `sluice-server`, waits for a shutdown signal, shuts down gracefully |
+//! | `ops/` | `topics`, `stats`, `publish`, `tail`, `consume`, `dlq`: one file each, `mod.rs` the shared `--url`/`--json` and message printing, `table.rs` the tables |
 //! | `demo/` | `sluice demo`: `mod.rs` runs the scenario, `services.rs` the four consumers, `chaos.rs` loses acks, `ledger.rs` reconciles and prints, `progress.rs` shows the run on stderr, `chart.rs` draws the backlog over time |
 
 mod bench;
 mod demo;
+mod ops;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -39,10 +41,23 @@ enum Command {
     /// Serves the embedded engine to other processes (`sluice://HOST:PORT`), with an HTTP
     /// admin API, Prometheus metrics and a dashboard.
     Serve(serve::ServeArgs),
+    /// Lists topics and their subscriptions (`topics create`, `topics subscribe`,
+    /// `topics delete` manage them).
+    Topics(ops::topics::TopicsArgs),
+    /// Shows ready, in-flight, delayed and dead-lettered counts per subscription.
+    Stats(ops::stats::StatsArgs),
+    /// Publishes a message, or one message per line of a file or standard input.
+    Publish(ops::publish::PublishArgs),
+    /// Follows a topic through a temporary subscription, printing every message.
+    Tail(ops::tail::TailArgs),
+    /// Prints and acks the messages of a subscription.
+    Consume(ops::consume::ConsumeArgs),
+    /// Lists, shows, redrives and purges a subscription's dead-letter queue.
+    Dlq(ops::dlq::DlqArgs),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             // lapin logs every lost connection at ERROR, the runtime's own shutdown at exit
@@ -52,9 +67,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Topics(args) => ops::topics::run(args).await,
+        Command::Stats(args) => ops::stats::run(args).await,
+        Command::Publish(args) => ops::publish::run(args).await,
+        Command::Tail(args) => ops::tail::run(args).await,
+        Command::Consume(args) => ops::consume::run(args).await,
+        Command::Dlq(args) => ops::dlq::run(args).await,
+    };
+    if let Err(err) = result {
+        // What failed, then why, one cause per line; no backtrace for an operator's mistake.
+        eprintln!("error: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
     }
 }

@@ -1,0 +1,276 @@
+//! The operations commands end to end, as an operator runs them: against an embedded data
+//! directory (the CLI opens and releases it on each run) and against `sluice serve`.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice::prelude::*;
+
+/// Runs `sluice ARGS` with `SLUICE_URL=url` (and `stdin` piped in); returns success,
+/// stdout and stderr.
+fn sluice(url: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env("SLUICE_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sluice");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    let out = child.wait_with_output().expect("wait for sluice");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(url: &str, args: &[&str]) -> String {
+    let (success, out, err) = sluice(url, args, None);
+    assert!(success, "sluice {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+fn json(url: &str, args: &[&str]) -> Value {
+    let out = ok(url, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("sluice {args:?}: not JSON ({e}):\n{out}"))
+}
+
+/// Dead-letters `n` messages of `billing` in-process, then releases the directory.
+async fn dead_letter(dir: &Path, n: usize) {
+    let backend = sluice::embedded::EmbeddedBackend::open(dir)
+        .await
+        .expect("open the directory");
+    let sub = backend
+        .subscribe(&SubscriptionName::new("billing").unwrap())
+        .await
+        .unwrap();
+    let mut done = 0;
+    while done < n {
+        for d in sub.receive(n - done, Duration::from_secs(5)).await.unwrap() {
+            d.dead_letter(DeadLetterReason::new("card declined").with_last_error("402"))
+                .await
+                .unwrap();
+            done += 1;
+        }
+    }
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_publish_stats_consume_and_the_dlq_tools_work_on_an_embedded_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("embedded:{}", dir.path().display());
+    ok(
+        &url,
+        &["topics", "create", "orders", "--dedup-window", "10m"],
+    );
+    ok(&url, &["topics", "subscribe", "orders", "billing"]);
+    let (success, out, err) = sluice(
+        &url,
+        &[
+            "publish",
+            "orders",
+            "--key",
+            "eu.paris",
+            "--header",
+            "tenant=acme",
+        ],
+        Some("one\ntwo\nthree\nfour\n"),
+    );
+    assert!(success, "{out}{err}");
+    assert!(out.contains("published 4 messages to orders"), "{out}");
+    let single = json(
+        &url,
+        &["publish", "orders", "five", "--id", "o-5", "--json"],
+    );
+    assert_eq!(single["published"], 1);
+    let again = json(
+        &url,
+        &["publish", "orders", "five", "--id", "o-5", "--json"],
+    );
+    assert_eq!(
+        (again["published"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(1)),
+        "the dedup window drops it"
+    );
+
+    let topics = json(&url, &["topics", "--json"]);
+    assert_eq!(topics[0]["name"], "orders");
+    assert_eq!(topics[0]["subscriptions"][0], "billing");
+    assert_eq!(topics[0]["dedup_window_ms"], 600_000);
+    let table = ok(&url, &["stats"]);
+    assert!(
+        table.lines().next().unwrap().starts_with("TOPIC"),
+        "{table}"
+    );
+    assert!(
+        table.contains("billing") && table.contains(" 5 "),
+        "five ready:\n{table}"
+    );
+
+    let consumed = ok(&url, &["consume", "billing", "--count", "2", "--json"]);
+    let lines: Vec<Value> = consumed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{consumed}");
+    assert_eq!(
+        (
+            lines[0]["payload"].as_str(),
+            lines[0]["routing_key"].as_str()
+        ),
+        (Some("one"), Some("eu.paris"))
+    );
+    assert_eq!(lines[0]["headers"]["tenant"], "acme");
+
+    dead_letter(dir.path(), 2).await;
+    let stats = json(&url, &["stats", "billing", "--json"]);
+    assert_eq!(
+        (
+            stats[0]["ready"].as_u64(),
+            stats[0]["dead_lettered"].as_u64()
+        ),
+        (Some(1), Some(2)),
+        "{stats}"
+    );
+    let dlq = json(&url, &["dlq", "list", "billing", "--json"]);
+    assert_eq!(dlq.as_array().unwrap().len(), 2);
+    assert_eq!(
+        (dlq[0]["reason"].as_str(), dlq[0]["last_error"].as_str()),
+        (Some("card declined"), Some("402"))
+    );
+    let id = dlq[0]["id"].as_str().unwrap().to_owned();
+    let shown = json(&url, &["dlq", "show", "billing", &id]);
+    assert_eq!(shown["id"], id.as_str());
+    let (success, _, err) = sluice(&url, &["dlq", "show", "billing", "nope"], None);
+    assert!(
+        !success && err.contains("no message `nope`") && err.contains(&url),
+        "{err}"
+    );
+
+    let dry = json(&url, &["dlq", "redrive", "billing", "--dry-run", "--json"]);
+    assert_eq!(
+        (
+            dry["moved"].as_array().unwrap().len(),
+            dry["dry_run"].as_bool()
+        ),
+        (2, Some(true))
+    );
+    let moved = json(
+        &url,
+        &["dlq", "redrive", "billing", "--rate", "100", "--json"],
+    );
+    assert_eq!(moved["moved"].as_array().unwrap().len(), 2, "{moved}");
+    let stats = json(&url, &["stats", "billing", "--json"]);
+    assert_eq!(
+        (
+            stats[0]["ready"].as_u64(),
+            stats[0]["dead_lettered"].as_u64()
+        ),
+        (Some(3), Some(0)),
+        "{stats}"
+    );
+
+    dead_letter(dir.path(), 1).await;
+    let (success, _, err) = sluice(&url, &["dlq", "purge", "billing"], None);
+    assert!(
+        !success && err.contains("pass --yes"),
+        "purge asks for confirmation: {err}"
+    );
+    assert_eq!(
+        json(&url, &["dlq", "purge", "billing", "--yes", "--json"])["purged"],
+        1
+    );
+
+    // Errors name the operation and the URL.
+    let (success, _, err) = sluice(&url, &["publish", "nowhere", "x"], None);
+    assert!(!success, "publishing to a missing topic fails");
+    assert!(
+        err.contains("publishing message 1 to `nowhere`")
+            && err.contains(&url)
+            && err.contains("does not exist"),
+        "{err}"
+    );
+    let (success, _, err) = sluice("sluice://127.0.0.1:1", &["topics"], None);
+    assert!(
+        !success && err.contains("connecting to sluice://127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tail_follows_a_topic_on_sluice_serve_through_a_temporary_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--http",
+            "off",
+            "--listen",
+            &addr.to_string(),
+            "--data",
+        ])
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sluice serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "sluice serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("sluice://{addr}");
+    ok(&url, &["topics", "create", "events"]);
+    let tail = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["tail", "events", "--count", "2", "--json"])
+        .env("SLUICE_URL", &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sluice tail");
+    // Publish once the temporary subscription exists (it starts at the latest message).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok(&url, &["topics"]).contains("tail-") {
+        assert!(Instant::now() < deadline, "tail never subscribed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(&url, &["publish", "events", "first"]);
+    ok(&url, &["publish", "events", "second"]);
+    let out = tail.wait_with_output().expect("tail exits after --count 2");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let payloads: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["payload"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(payloads, ["first", "second"]);
+    assert!(
+        !ok(&url, &["topics"]).contains("tail-"),
+        "the temporary subscription is deleted on exit"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
