@@ -178,6 +178,12 @@ pub enum Request {
         /// Subscription name.
         subscription: String,
     },
+    /// Several verbs at once (clients coalesce verbs issued together): answered with
+    /// [`Response::Settled`], one result per item, in order.
+    SettleBatch {
+        /// (delivery token, verb) pairs.
+        items: Vec<(u64, Verb)>,
+    },
 }
 
 /// A delivery verb.
@@ -243,6 +249,8 @@ pub enum Response {
     },
     /// Answer to `DlqPurge`: how many were removed.
     Purged(u64),
+    /// Answer to `SettleBatch`: one result per item, in order.
+    Settled(Vec<Result<(), WireError>>),
 }
 
 /// One confirmed publish.

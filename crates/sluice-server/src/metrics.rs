@@ -69,6 +69,7 @@ impl ServerMetrics {
             Request::Publish { messages, .. } => (&self.published, messages.len() as u64),
             Request::Receive { .. } => (&self.receives, 1),
             Request::Settle { .. } => (&self.settles, 1),
+            Request::SettleBatch { items } => (&self.settles, items.len() as u64),
             _ => (&self.other_requests, 1),
         };
         counter.fetch_add(n, Ordering::Relaxed);

@@ -126,6 +126,12 @@ impl Session {
                 Ok(Response::Done)
             }
             Request::Settle { token, verb } => self.settle(token, verb).await,
+            Request::SettleBatch { items } => {
+                let settles = items
+                    .into_iter()
+                    .map(|(token, verb)| async move { self.settle(token, verb).await.map(|_| ()) });
+                Ok(Response::Settled(futures::future::join_all(settles).await))
+            }
             Request::ExtendLease { token, lease_ms } => {
                 let mut delivery = self.take(token)?;
                 let result = delivery.extend_lease(Duration::from_millis(lease_ms)).await;

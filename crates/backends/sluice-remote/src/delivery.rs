@@ -71,14 +71,15 @@ impl RemoteDelivery {
     }
 
     async fn settle(self, verb: Verb) -> VerbResult<Self> {
-        match self
-            .call(Request::Settle {
-                token: self.token,
-                verb,
-            })
-            .await
-        {
+        if self.conn.is_dead() {
+            return Err(VerbError::new(self.lease_lost(), self));
+        }
+        match self.conn.settle(self.token, verb).await {
             Ok(()) => Ok(()),
+            // The connection broke meanwhile: the server dropped the lease with it.
+            Err(err) if self.conn.is_dead() && err.is_retryable() => {
+                Err(VerbError::new(self.lease_lost(), self))
+            }
             Err(error) => Err(VerbError::new(error, self)),
         }
     }

@@ -17,7 +17,7 @@ use futures::{SinkExt, StreamExt};
 use sluice_core::Error;
 use sluice_protocol::frame::check_preface;
 use sluice_protocol::message::{Hello, Welcome, WireError};
-use sluice_protocol::{convert, Body, Frame, FrameCodec, Request, Response, PREFACE};
+use sluice_protocol::{convert, Body, Frame, FrameCodec, Request, Response, Verb, PREFACE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +43,9 @@ pub(crate) struct Target {
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Response, Error>>>>;
 
+/// A verb waiting to go out in the next settle batch.
+type QueuedVerb = (u64, Verb, oneshot::Sender<Result<(), Error>>);
+
 /// One connection.
 pub(crate) struct Conn {
     tx: mpsc::UnboundedSender<Frame>,
@@ -50,9 +53,64 @@ pub(crate) struct Conn {
     next_id: AtomicU64,
     dead: Arc<AtomicBool>,
     addr: String,
+    /// Verbs issued together leave in one `SettleBatch` frame.
+    settles: Mutex<Vec<QueuedVerb>>,
 }
 
 impl Conn {
+    /// Settles a delivery, coalescing with the verbs issued at the same moment: the first
+    /// verb into an empty queue schedules a flush, which runs once the caller's task yields
+    /// (a `join_all` of acks queues all of them first) and sends them as one frame.
+    pub(crate) async fn settle(self: &Arc<Self>, token: u64, verb: Verb) -> Result<(), Error> {
+        let (done, result) = oneshot::channel();
+        let first = {
+            let mut queue = self.settles.lock().expect("settle lock");
+            queue.push((token, verb, done));
+            queue.len() == 1
+        };
+        if first {
+            let conn = self.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                conn.flush_settles().await;
+            });
+        }
+        result.await.unwrap_or_else(|_| Err(lost(&self.addr)))
+    }
+
+    async fn flush_settles(&self) {
+        let queued = std::mem::take(&mut *self.settles.lock().expect("settle lock"));
+        let (items, waiters): (Vec<_>, Vec<_>) =
+            queued.into_iter().map(|(t, v, d)| ((t, v), d)).unzip();
+        let n = items.len();
+        match self
+            .call(Request::SettleBatch { items }, REQUEST_TIMEOUT)
+            .await
+        {
+            Ok(Response::Settled(results)) if results.len() == n => {
+                for (done, result) in waiters.into_iter().zip(results) {
+                    let _ = done.send(result.map_err(convert::error_from_wire));
+                }
+            }
+            Ok(other) => {
+                let message = unexpected(other).to_string();
+                for done in waiters {
+                    let _ = done.send(Err(Error::backend(message.clone(), false)));
+                }
+            }
+            Err(err) => {
+                let (message, retryable) = (err.to_string(), err.is_retryable());
+                for done in waiters {
+                    let _ = done.send(Err(if retryable {
+                        Error::connection(message.clone(), None)
+                    } else {
+                        Error::backend(message.clone(), false)
+                    }));
+                }
+            }
+        }
+    }
+
     /// Whether this connection broke (its handles are void).
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
@@ -267,6 +325,7 @@ impl Link {
             next_id: AtomicU64::new(1),
             dead,
             addr: addr.clone(),
+            settles: Mutex::new(Vec::new()),
         }))
     }
 }
