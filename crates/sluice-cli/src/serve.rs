@@ -25,6 +25,13 @@ pub(crate) struct ServeArgs {
     /// Durability: `always` (fsync before confirming), `never`, or `interval:MS`.
     #[arg(long, default_value = "always")]
     sync: String,
+    /// Certificate chain (PEM): both listeners then speak TLS only (clients use
+    /// `sluice://HOST:PORT?tls=true`, or `&ca=PEM` for a private CA).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -51,11 +58,19 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let sync = args.sync.parse().map_err(anyhow::Error::msg)?;
     let token_count = tokens.len();
-    let config = ServerConfig::new(&args.data)
+    let mut config = ServerConfig::new(&args.data)
         .listen(args.listen)
         .http(http)
         .auth(Auth::tokens(tokens))
         .sync(sync);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config = config.tls(cert, key);
+    }
+    let (query, http_scheme) = if args.tls_cert.is_some() {
+        ("?tls=true", "https")
+    } else {
+        ("", "http")
+    };
     let server = Server::start(config)
         .await
         .with_context(|| format!("starting sluice serve on {}", args.data.display()))?;
@@ -65,9 +80,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.data.display(),
         args.sync
     );
-    eprintln!("  protocol   sluice://{}", server.addr());
+    eprintln!("  protocol   sluice://{}{query}", server.addr());
     if let Some(http) = server.http_addr() {
-        eprintln!("  dashboard  http://{http}/   (admin API /api/v1, metrics /metrics)");
+        eprintln!("  dashboard  {http_scheme}://{http}/   (admin API /api/v1, metrics /metrics)");
     }
     if token_count == 0 {
         eprintln!("  auth       none: no API tokens configured, so only this machine may connect (loopback addresses)");

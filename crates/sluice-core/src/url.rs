@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `memory:` | in-process reference backend |
 //! | `embedded:PATH[?sync=always\|never\|interval:MS]` (default `embedded:./sluice-data`) | embedded durable engine |
-//! | `sluice://HOST:PORT[?token=T]` | `sluice serve` over the network |
+//! | `sluice://HOST:PORT[?token=T][&tls=true][&ca=PEM]` | `sluice serve` over the network |
 //! | `amqp://USER:PASS@HOST:PORT/VHOST` (or `amqps://`) | RabbitMQ |
 //! | `sqs://REGION[?endpoint=URL]` | Amazon SQS + SNS |
 //! | `kafka://HOST:PORT[,HOST:PORT]` | Apache Kafka |
@@ -43,6 +43,10 @@ pub enum BackendKind {
         port: u16,
         /// API token (`?token=`), when the server requires one.
         token: Option<String>,
+        /// Speak TLS (`?tls=true`).
+        tls: bool,
+        /// CA certificates to trust, PEM (`?ca=PATH`; implies TLS). Default: the system's.
+        ca: Option<PathBuf>,
     },
     /// `amqp://…` or `amqps://…`, kept whole for the AMQP client.
     Amqp {
@@ -210,13 +214,28 @@ impl BackendUrl {
                 }
             }
             "sluice" => {
-                let mut token = None;
+                let (mut token, mut tls, mut ca) = (None, false, None);
                 let mut rest = Vec::new();
                 for (k, v) in params {
-                    if k == "token" {
-                        token = Some(v);
-                    } else {
-                        rest.push((k, v));
+                    match k.as_str() {
+                        "token" => token = Some(v),
+                        "tls" => {
+                            tls = match v.as_str() {
+                                "true" | "1" | "" => true,
+                                "false" | "0" => false,
+                                _ => {
+                                    return Err(invalid(
+                                        input,
+                                        format!("tls=`{v}`: expected true or false"),
+                                    ))
+                                }
+                            }
+                        }
+                        "ca" => {
+                            tls = true;
+                            ca = Some(PathBuf::from(v));
+                        }
+                        _ => rest.push((k, v)),
                     }
                 }
                 no_params(&rest)?;
@@ -225,7 +244,13 @@ impl BackendUrl {
                     .ok_or_else(|| invalid(input, "expected sluice://HOST:PORT"))?
                     .trim_end_matches('/');
                 let (host, port) = host_port(input, authority)?;
-                BackendKind::Remote { host, port, token }
+                BackendKind::Remote {
+                    host,
+                    port,
+                    token,
+                    tls,
+                    ca,
+                }
             }
             "amqp" | "amqps" => {
                 let mut uri = format!("{scheme}:{body}");
@@ -339,7 +364,9 @@ mod tests {
             BackendKind::Remote {
                 host: "127.0.0.1".into(),
                 port: 7575,
-                token: None
+                token: None,
+                tls: false,
+                ca: None
             }
         );
         assert_eq!(
@@ -347,9 +374,22 @@ mod tests {
             BackendKind::Remote {
                 host: "localhost".into(),
                 port: 7575,
-                token: Some("s3cret".into())
+                token: Some("s3cret".into()),
+                tls: false,
+                ca: None
             }
         );
+        assert_eq!(
+            kind("sluice://broker:7575?ca=/etc/sluice/ca.pem"),
+            BackendKind::Remote {
+                host: "broker".into(),
+                port: 7575,
+                token: None,
+                tls: true,
+                ca: Some("/etc/sluice/ca.pem".into())
+            }
+        );
+        assert!(BackendUrl::parse("sluice://broker:7575?tls=maybe").is_err());
         assert_eq!(
             kind("amqp://guest:guest@127.0.0.1:5672/%2f"),
             BackendKind::Amqp {

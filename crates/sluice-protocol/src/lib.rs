@@ -9,12 +9,15 @@
 //! - [`message`]: every frame body: requests, responses, the wire shapes of messages,
 //!   configurations and errors (serde structs encoded with postcard).
 //! - [`io`]: the write loop both ends use (coalesces frames that are ready into one write).
+//! - [`tls`]: certificates and keys from PEM files into rustls configurations (server and
+//!   client), for `sluice serve --tls-cert/--tls-key` and `sluice://…?tls=true`.
 //! - [`convert`]: the mapping between the wire shapes and `sluice-core`'s types, both ways.
 
 pub mod convert;
 pub mod frame;
 pub mod io;
 pub mod message;
+pub mod tls;
 
 pub use frame::{FrameCodec, ProtocolError, DEFAULT_MAX_FRAME, PREFACE, VERSION};
 pub use message::{Body, Frame, Request, Response, Verb, WireError};

@@ -21,6 +21,7 @@ use sluice_core::{
 };
 use sluice_embedded::EmbeddedBackend;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
@@ -31,13 +32,63 @@ mod render;
 pub(crate) const OPENAPI: &str = include_str!("admin/openapi.json");
 const DASHBOARD: &str = include_str!("admin/dashboard.html");
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
     let app = router(shared);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
+    let shutdown = async move { stop.cancelled().await };
+    let result = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            axum::serve(TlsListener { listener, tls }, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     if let Err(err) = result {
         tracing::error!(error = %err, "the HTTP admin listener failed");
+    }
+}
+
+/// HTTPS: TCP connections that completed a TLS handshake (failed handshakes are logged and
+/// skipped).
+struct TlsListener {
+    listener: TcpListener,
+    tls: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let handshake = self.tls.accept(stream);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                Ok(Ok(stream)) => return (stream, peer),
+                Ok(Err(err)) => tracing::warn!(%peer, error = %err, "HTTPS handshake failed"),
+                Err(_) => tracing::warn!(%peer, "no HTTPS handshake within 10 s"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
     }
 }
 

@@ -82,6 +82,17 @@ pub struct ServerConfig {
     pub sync: SyncMode,
     /// Largest frame a client may send.
     pub max_frame: usize,
+    /// Certificate chain and private key (PEM files): both listeners speak TLS only.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a server's TLS identity.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
 }
 
 impl ServerConfig {
@@ -94,7 +105,18 @@ impl ServerConfig {
             auth: Auth::open(),
             sync: SyncMode::Always,
             max_frame: DEFAULT_MAX_FRAME,
+            tls: None,
         }
+    }
+
+    /// Serves TLS only, with this certificate chain and key.
+    #[must_use]
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
     }
 
     /// Sets the protocol address.

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use sluice_embedded::{EmbeddedBackend, EmbeddedOptions};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,8 +34,11 @@ mod connection;
 pub mod metrics;
 mod session;
 
-pub use config::{Auth, ServerConfig};
+pub use config::{Auth, ServerConfig, TlsFiles};
 pub use metrics::{ByName, MetricsSnapshot, ServerMetrics};
+
+/// How long a client has to complete the TLS handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,9 @@ pub enum ServerError {
         /// The address.
         addr: SocketAddr,
     },
+    /// The TLS certificate or key could not be used.
+    #[error("{0}")]
+    Tls(#[from] sluice_protocol::tls::TlsError),
     /// Opening the engine failed (for example: the directory is in use).
     #[error("cannot open the data directory: {0}")]
     Open(#[from] sluice_core::Error),
@@ -97,6 +104,10 @@ impl Server {
     /// Opens the engine and starts listening. Port 0 picks a free port: see
     /// [`addr`](Self::addr).
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        let tls = match &config.tls {
+            Some(files) => Some(sluice_protocol::tls::acceptor(&files.cert, &files.key)?),
+            None => None,
+        };
         let listener = bind(config.listen, &config.auth).await?;
         let http = match config.http {
             Some(addr) => Some(bind(addr, &config.auth).await?),
@@ -119,12 +130,13 @@ impl Server {
         let tasks = TaskTracker::new();
         tasks.spawn(accept_loop(
             listener,
+            tls.clone(),
             shared.clone(),
             stop.clone(),
             tasks.clone(),
         ));
         if let Some(http) = http {
-            tasks.spawn(admin::serve(http, shared.clone(), stop.clone()));
+            tasks.spawn(admin::serve(http, tls, shared.clone(), stop.clone()));
         }
         Ok(Self {
             shared,
@@ -167,6 +179,7 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -177,7 +190,26 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tasks.spawn(connection::serve(stream, peer.to_string(), shared.clone(), stop.clone()));
+                    let (shared, stop) = (shared.clone(), stop.clone());
+                    match tls.clone() {
+                        None => {
+                            tasks.spawn(connection::serve(stream, peer.to_string(), shared, stop));
+                        }
+                        Some(tls) => {
+                            tasks.spawn(async move {
+                                match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(stream)).await {
+                                    Ok(Ok(stream)) => {
+                                        connection::serve(stream, peer.to_string(), shared, stop).await;
+                                    }
+                                    Ok(Err(err)) => {
+                                        shared.metrics.protocol_error();
+                                        tracing::warn!(%peer, error = %err, "TLS handshake failed");
+                                    }
+                                    Err(_) => tracing::warn!(%peer, "no TLS handshake within 10 s"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -41,10 +41,19 @@ pub async fn connect(url: &str) -> Result<DynBackend, Error> {
         #[cfg(not(feature = "embedded"))]
         BackendKind::Embedded { .. } => Err(not_available("embedded", "embedded")),
         #[cfg(feature = "remote")]
-        BackendKind::Remote { host, port, token } => {
-            let options = sluice_remote::RemoteOptions::default()
+        BackendKind::Remote {
+            host,
+            port,
+            token,
+            tls,
+            ca,
+        } => {
+            let mut options = sluice_remote::RemoteOptions::default()
                 .namespace(url.namespace)
                 .token(token);
+            if tls {
+                options = options.tls(ca);
+            }
             Ok(DynBackend::new(
                 sluice_remote::RemoteBackend::connect(&format!("{host}:{port}"), options).await?,
             ))

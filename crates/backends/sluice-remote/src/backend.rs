@@ -21,6 +21,9 @@ pub struct RemoteOptions {
     pub namespace: Option<Namespace>,
     /// API token, if the server requires one (default: the `SLUICE_TOKEN` variable).
     pub token: Option<String>,
+    /// Speak TLS; `Some(Some(ca))` trusts the CA certificates in that PEM file instead of
+    /// the system's roots.
+    pub tls: Option<Option<std::path::PathBuf>>,
 }
 
 impl RemoteOptions {
@@ -35,6 +38,13 @@ impl RemoteOptions {
     #[must_use]
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token;
+        self
+    }
+
+    /// Speaks TLS, trusting the CA certificates in `ca` (PEM), or the system's roots.
+    #[must_use]
+    pub fn tls(mut self, ca: Option<std::path::PathBuf>) -> Self {
+        self.tls = Some(ca);
         self
     }
 }
@@ -73,10 +83,23 @@ impl RemoteBackend {
         let token = options
             .token
             .or_else(|| std::env::var("SLUICE_TOKEN").ok().filter(|t| !t.is_empty()));
+        let tls = match &options.tls {
+            Some(ca) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let connector = sluice_protocol::tls::connector(ca.as_deref())
+                    .map_err(|e| Error::backend(e.to_string(), false))?;
+                let name = sluice_protocol::tls::server_name(host)
+                    .map_err(|e| Error::backend(e.to_string(), false))?;
+                Some((connector, name))
+            }
+            None => None,
+        };
         let link = Arc::new(Link::new(Target {
             addr: addr.to_owned(),
             namespace: options.namespace.as_ref().map(|n| n.as_str().to_owned()),
             token,
+            tls,
         }));
         link.conn().await?;
         let max_message_size = link

@@ -22,6 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 /// Shortest pause between two dials after a failed one.
@@ -34,12 +36,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_INBOUND_FRAME: usize = u32::MAX as usize;
 
 /// Where and how to connect.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Target {
     pub(crate) addr: String,
     pub(crate) namespace: Option<String>,
     pub(crate) token: Option<String>,
+    /// TLS connector and the name the server's certificate must carry.
+    pub(crate) tls: Option<(TlsConnector, ServerName<'static>)>,
 }
+
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+type Stream = Box<dyn Io>;
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Response, Error>>>>;
 
@@ -235,10 +244,19 @@ impl Link {
             )
         };
         let handshake = async {
-            let mut stream = TcpStream::connect(addr.as_str())
+            let tcp = TcpStream::connect(addr.as_str())
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
-            let _ = stream.set_nodelay(true);
+            let _ = tcp.set_nodelay(true);
+            let mut stream: Stream = match &self.target.tls {
+                None => Box::new(tcp),
+                Some((connector, name)) => Box::new(
+                    connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| unreachable(format!("TLS handshake failed ({e})")))?,
+                ),
+            };
             stream
                 .write_all(&PREFACE)
                 .await
@@ -254,7 +272,7 @@ impl Link {
                     false,
                 )
             })?;
-            let (read, write) = stream.into_split();
+            let (read, write) = tokio::io::split(stream);
             let mut reader = FramedRead::new(read, FrameCodec::new(MAX_INBOUND_FRAME));
             let mut writer = FramedWrite::new(write, FrameCodec::new(MAX_INBOUND_FRAME));
             let hello = Hello {
@@ -332,7 +350,7 @@ impl Link {
 
 /// Hands each answer to its caller; on the end of the connection, fails everything pending.
 async fn read_loop(
-    mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    mut reader: FramedRead<tokio::io::ReadHalf<Stream>, FrameCodec>,
     pending: Arc<Pending>,
     dead: Arc<AtomicBool>,
     addr: String,
