@@ -171,6 +171,15 @@ async fn the_admin_api_reports_topics_stats_and_the_dlq_and_redrives() {
         );
     }
 
+    let doc = include_str!("../../../docs/observability.md");
+    for family in metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split(' ').next().unwrap();
+        assert!(
+            doc.contains(&format!("| `{name}` |")),
+            "docs/observability.md does not list {name}"
+        );
+    }
+
     let (_, dry) = json(
         http_addr,
         "POST",
