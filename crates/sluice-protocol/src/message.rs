@@ -184,6 +184,24 @@ pub enum Request {
         /// (delivery token, verb) pairs.
         items: Vec<(u64, Verb)>,
     },
+    /// Start pushing deliveries of a subscriber: the server answers with a stream of
+    /// [`Response::Deliveries`] frames carrying this request's id, never holding more than
+    /// `prefetch` deliveries the client has not yet taken (see [`Request::Credit`]). The
+    /// stream ends with `Failed` (for example `Closed` after `CloseSubscriber`).
+    Consume {
+        /// Subscriber id.
+        subscriber: u64,
+        /// Most deliveries pushed and not yet taken.
+        prefetch: u32,
+    },
+    /// The client took `n` pushed deliveries (handed them to its caller): the server may push
+    /// `n` more. Never answered.
+    Credit {
+        /// Subscriber id.
+        subscriber: u64,
+        /// How many were taken.
+        n: u32,
+    },
 }
 
 /// A delivery verb.

@@ -249,7 +249,7 @@ async fn describe_subscription(
     let backend = view.backend(&shared)?;
     let name = subscription_name(&subscription)?;
     let info = backend.describe_subscription(&name).await?;
-    let stats = backend.stats(&name).await?;
+    let stats = shared.prefetched.stats(&backend, &name).await?;
     Ok(Json(render::subscription(&info, &stats)))
 }
 
@@ -259,7 +259,10 @@ async fn stats(
     Path(subscription): Path<String>,
 ) -> ApiResult<render::Stats> {
     let backend = view.backend(&shared)?;
-    let stats = backend.stats(&subscription_name(&subscription)?).await?;
+    let stats = shared
+        .prefetched
+        .stats(&backend, &subscription_name(&subscription)?)
+        .await?;
     Ok(Json(render::stats(&stats)))
 }
 
@@ -268,7 +271,7 @@ async fn overview(
     Query(view): Query<View>,
 ) -> ApiResult<render::Overview> {
     let backend = view.backend(&shared)?;
-    Ok(Json(render::overview(&backend, &shared.metrics).await?))
+    Ok(Json(render::overview(&backend, &shared).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,7 +387,7 @@ async fn dlq_purge(
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
-    let text = render::prometheus(&shared.backend, &shared.metrics).await?;
+    let text = render::prometheus(&shared.backend, &shared).await?;
     Ok((
         [(
             header::CONTENT_TYPE,

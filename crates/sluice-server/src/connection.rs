@@ -13,7 +13,7 @@ use futures::{SinkExt, StreamExt};
 use sluice_core::{Namespace, Naming};
 use sluice_protocol::frame::check_preface;
 use sluice_protocol::message::{Hello, Welcome, WireError};
-use sluice_protocol::{Body, Frame, FrameCodec, ProtocolError, PREFACE};
+use sluice_protocol::{Body, Frame, FrameCodec, ProtocolError, Request, PREFACE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -122,6 +122,17 @@ where
         };
         tokio::select! {
             frame = reader.next() => match frame {
+                Some(Ok(Frame { body: Body::Request(Request::Credit { subscriber, n }), .. })) => {
+                    session.credit(subscriber, n);
+                    drop(permit);
+                }
+                Some(Ok(Frame { id, body: Body::Request(Request::Consume { subscriber, prefetch }) })) => {
+                    shared.metrics.request(&Request::Consume { subscriber, prefetch });
+                    let (session, tx) = (session.clone(), tx.clone());
+                    // A stream, not a request: it holds no permit while it runs.
+                    drop(permit);
+                    tasks.spawn(async move { session.consume(id, subscriber, prefetch, tx).await });
+                }
                 Some(Ok(Frame { id, body: Body::Request(request) })) => {
                     let session = session.clone();
                     let tx = tx.clone();
@@ -207,6 +218,7 @@ fn admit(hello: &Hello, shared: &Shared) -> Result<Session, WireError> {
     Ok(Session::new(
         shared.backend.with_naming(Naming::new(namespace)),
         shared.metrics.clone(),
+        shared.prefetched.clone(),
     ))
 }
 

@@ -13,6 +13,7 @@
 //! - `session.rs`: a connection's subscribers and leased deliveries, and each request mapped
 //!   onto the embedded backend.
 //! - `admin.rs`: the HTTP admin API, `/metrics` and the dashboard page.
+//! - `prefetch.rs`: deliveries pushed to clients and not yet taken (counted as ready).
 //! - [`metrics`]: the server's own counters.
 //!
 //! Shutdown ([`Server::shutdown`]): stop accepting, let every connection finish the
@@ -32,6 +33,7 @@ mod admin;
 pub mod config;
 mod connection;
 pub mod metrics;
+mod prefetch;
 mod session;
 
 pub use config::{Auth, ServerConfig, TlsFiles};
@@ -71,6 +73,7 @@ pub(crate) struct Shared {
     pub(crate) backend: EmbeddedBackend,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<ServerMetrics>,
+    pub(crate) prefetched: Arc<prefetch::Prefetched>,
 }
 
 /// A running server.
@@ -125,6 +128,7 @@ impl Server {
             backend,
             config,
             metrics: Arc::new(ServerMetrics::default()),
+            prefetched: Arc::default(),
         });
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();

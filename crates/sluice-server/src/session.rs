@@ -18,10 +18,11 @@ use sluice_core::{
 use sluice_embedded::{EmbeddedBackend, EmbeddedDelivery, EmbeddedPublisher, EmbeddedSubscriber};
 use sluice_protocol::convert::{self, ms};
 use sluice_protocol::message::{Published, WireDelivery, WireError};
-use sluice_protocol::{Request, Response, Verb};
-use tokio::sync::OnceCell;
+use sluice_protocol::{Body, Frame, Request, Response, Verb};
+use tokio::sync::{mpsc, Notify, OnceCell};
 
 use crate::metrics::ServerMetrics;
+use crate::prefetch::Prefetched;
 
 /// Longest a single receive may wait on the server (a client asking more waits again).
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -39,26 +40,45 @@ fn unknown(what: &str, handle: u64) -> WireError {
     }
 }
 
+/// How many more deliveries may be pushed to a consuming subscriber.
+struct Flow {
+    /// Physical name of the subscription.
+    subscription: String,
+    credit: Mutex<u64>,
+    /// Pushed and not yet taken (returned as credit).
+    untaken: Mutex<u64>,
+    more: Notify,
+}
+
 /// One connection's view of the engine.
 pub(crate) struct Session {
     backend: EmbeddedBackend,
     metrics: Arc<ServerMetrics>,
+    prefetched: Arc<Prefetched>,
     publisher: OnceCell<EmbeddedPublisher>,
     // std Mutexes: never held across an .await.
     subscribers: Mutex<HashMap<u64, Arc<EmbeddedSubscriber>>>,
+    /// Push credit of subscribers being consumed (`Consume`).
+    flows: Mutex<HashMap<u64, Arc<Flow>>>,
     deliveries: Mutex<HashMap<u64, EmbeddedDelivery>>,
     next_handle: AtomicU64,
     max_batch: usize,
 }
 
 impl Session {
-    pub(crate) fn new(backend: EmbeddedBackend, metrics: Arc<ServerMetrics>) -> Self {
+    pub(crate) fn new(
+        backend: EmbeddedBackend,
+        metrics: Arc<ServerMetrics>,
+        prefetched: Arc<Prefetched>,
+    ) -> Self {
         let max_batch = backend.capabilities().max_batch;
         Self {
             backend,
             metrics,
+            prefetched,
             publisher: OnceCell::new(),
             subscribers: Mutex::new(HashMap::new()),
+            flows: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             max_batch,
@@ -139,6 +159,9 @@ impl Session {
                 result.map_err(|e| wire(&e))?;
                 Ok(Response::Done)
             }
+            Request::Consume { .. } | Request::Credit { .. } => Err(WireError::Invalid {
+                message: "Consume and Credit are handled by the connection".into(),
+            }),
             other => self.topology(other).await,
         }
     }
@@ -212,6 +235,117 @@ impl Session {
             held.insert(token, delivery);
         }
         Ok(Response::Deliveries(out))
+    }
+
+    /// Grants `n` more pushes to a consuming subscriber (unknown ids are ignored: its stream
+    /// may just have ended).
+    pub(crate) fn credit(&self, subscriber: u64, n: u32) {
+        let flow = self
+            .flows
+            .lock()
+            .expect("session lock")
+            .get(&subscriber)
+            .cloned();
+        if let Some(flow) = flow {
+            let n = {
+                let mut untaken = flow.untaken.lock().expect("flow lock");
+                let n = u64::from(n).min(*untaken);
+                *untaken -= n;
+                n
+            };
+            self.prefetched.remove(&flow.subscription, n);
+            *flow.credit.lock().expect("flow lock") += n;
+            flow.more.notify_one();
+        }
+    }
+
+    /// Pushes deliveries of `subscriber` as frames with id `id` while credit lasts, until
+    /// the subscriber is closed or the connection ends. The engine separately caps what one
+    /// subscriber holds unsettled at the subscription's prefetch.
+    pub(crate) async fn consume(
+        &self,
+        id: u64,
+        subscriber: u64,
+        prefetch: u32,
+        out: mpsc::UnboundedSender<Frame>,
+    ) {
+        let physical = {
+            let subs = self.subscribers.lock().expect("session lock");
+            subs.get(&subscriber)
+                .map(|s| self.backend.naming().subscription(s.subscription()))
+        };
+        let Some(physical) = physical else {
+            let _ = out.send(Frame::new(
+                id,
+                Body::Failed(unknown("subscriber", subscriber)),
+            ));
+            return;
+        };
+        let flow = Arc::new(Flow {
+            subscription: physical,
+            credit: Mutex::new(u64::from(prefetch.max(1))),
+            untaken: Mutex::new(0),
+            more: Notify::new(),
+        });
+        self.flows
+            .lock()
+            .expect("session lock")
+            .insert(subscriber, flow.clone());
+        let end = loop {
+            // Wait for credit (registering for the wake-up before looking).
+            let credit = loop {
+                let more = flow.more.notified();
+                tokio::pin!(more);
+                more.as_mut().enable();
+                let credit = *flow.credit.lock().expect("flow lock");
+                if credit > 0 {
+                    break credit;
+                }
+                if out.is_closed() {
+                    break 0;
+                }
+                more.await;
+            };
+            if credit == 0 {
+                break None;
+            }
+            let max = u32::try_from(credit).unwrap_or(u32::MAX);
+            // Closing the subscriber (CloseSubscriber, or the connection's end) makes this
+            // return `Closed` within its wait; it is never dropped half-way, so no lease is
+            // taken and forgotten.
+            match self.receive(subscriber, max, 1000).await {
+                Ok(Response::Deliveries(batch)) if batch.is_empty() => {
+                    if out.is_closed() {
+                        break None;
+                    }
+                }
+                Ok(Response::Deliveries(batch)) => {
+                    let n = batch.len() as u64;
+                    *flow.credit.lock().expect("flow lock") -= n;
+                    *flow.untaken.lock().expect("flow lock") += n;
+                    self.prefetched.add(&flow.subscription, n);
+                    if out
+                        .send(Frame::new(id, Body::Response(Response::Deliveries(batch))))
+                        .is_err()
+                    {
+                        break None;
+                    }
+                }
+                Ok(other) => {
+                    break Some(WireError::Backend {
+                        message: format!("unexpected receive result {other:?}"),
+                        retryable: false,
+                    })
+                }
+                Err(err) => break Some(err),
+            }
+        };
+        self.flows.lock().expect("session lock").remove(&subscriber);
+        let untaken = std::mem::take(&mut *flow.untaken.lock().expect("flow lock"));
+        self.prefetched.remove(&flow.subscription, untaken);
+        if let Some(err) = end {
+            let _ = out.send(Frame::new(id, Body::Failed(err)));
+        }
     }
 
     fn take(&self, token: u64) -> Result<EmbeddedDelivery, WireError> {
@@ -317,7 +451,8 @@ impl Session {
             }
             Request::Stats { subscription } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
-                Response::Stats(convert::stats_to_wire(&b.stats(&name).await.map_err(w)?))
+                let stats = self.prefetched.stats(b, &name).await.map_err(w)?;
+                Response::Stats(convert::stats_to_wire(&stats))
             }
             Request::DlqList {
                 subscription,

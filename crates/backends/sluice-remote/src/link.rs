@@ -51,6 +51,8 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 type Stream = Box<dyn Io>;
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Response, Error>>>>;
+/// Requests answered by a stream of frames (`Consume`), by request id.
+type Streams = Mutex<HashMap<u64, mpsc::UnboundedSender<Result<Response, Error>>>>;
 
 /// A verb waiting to go out in the next settle batch.
 type QueuedVerb = (u64, Verb, oneshot::Sender<Result<(), Error>>);
@@ -59,6 +61,7 @@ type QueuedVerb = (u64, Verb, oneshot::Sender<Result<(), Error>>);
 pub(crate) struct Conn {
     tx: mpsc::UnboundedSender<Frame>,
     pending: Arc<Pending>,
+    streams: Arc<Streams>,
     next_id: AtomicU64,
     dead: Arc<AtomicBool>,
     addr: String,
@@ -67,6 +70,38 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// Sends a request answered by a stream of frames; they arrive on the returned receiver
+    /// (a connection that breaks ends it with a retryable error).
+    pub(crate) fn open_stream(
+        &self,
+        request: Request,
+    ) -> Result<(u64, mpsc::UnboundedReceiver<Result<Response, Error>>), Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.streams.lock().expect("streams lock").insert(id, tx);
+        if self.is_dead()
+            || self
+                .tx
+                .send(Frame::new(id, Body::Request(request)))
+                .is_err()
+        {
+            self.streams.lock().expect("streams lock").remove(&id);
+            return Err(lost(&self.addr));
+        }
+        Ok((id, rx))
+    }
+
+    /// Forgets a stream (frames still arriving for it are dropped).
+    pub(crate) fn close_stream(&self, id: u64) {
+        self.streams.lock().expect("streams lock").remove(&id);
+    }
+
+    /// Sends a request the server never answers (`Credit`).
+    pub(crate) fn send_only(&self, request: Request) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(Frame::new(id, Body::Request(request)));
+    }
+
     /// Settles a delivery, coalescing with the verbs issued at the same moment: the first
     /// verb into an empty queue schedules a flush, which runs once the caller's task yields
     /// (a `join_all` of acks queues all of them first) and sends them as one frame.
@@ -327,11 +362,13 @@ impl Link {
         *self.welcome.lock().expect("welcome lock") = Some(welcome);
         let (tx, rx) = mpsc::unbounded_channel();
         let pending: Arc<Pending> = Arc::default();
+        let streams: Arc<Streams> = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
         tokio::spawn(sluice_protocol::io::write_loop(writer, rx));
         tokio::spawn(read_loop(
             reader,
             pending.clone(),
+            streams.clone(),
             dead.clone(),
             addr.clone(),
         ));
@@ -340,6 +377,7 @@ impl Link {
         Ok(Arc::new(Conn {
             tx,
             pending,
+            streams,
             next_id: AtomicU64::new(1),
             dead,
             addr: addr.clone(),
@@ -352,6 +390,7 @@ impl Link {
 async fn read_loop(
     mut reader: FramedRead<tokio::io::ReadHalf<Stream>, FrameCodec>,
     pending: Arc<Pending>,
+    streams: Arc<Streams>,
     dead: Arc<AtomicBool>,
     addr: String,
 ) {
@@ -381,11 +420,24 @@ async fn read_loop(
                 break;
             }
         };
-        if let Some(done) = pending.lock().expect("pending lock").remove(&id) {
-            let _ = done.send(result);
+        let waiter = pending.lock().expect("pending lock").remove(&id);
+        match waiter {
+            Some(done) => {
+                let _ = done.send(result);
+            }
+            None => {
+                let stream = streams.lock().expect("streams lock").get(&id).cloned();
+                if let Some(stream) = stream {
+                    let _ = stream.send(result);
+                }
+            }
         }
     }
     dead.store(true, Ordering::Release);
+    let ended: Vec<_> = streams.lock().expect("streams lock").drain().collect();
+    for (_, stream) in ended {
+        let _ = stream.send(Err(lost(&addr)));
+    }
     let failed: Vec<_> = pending.lock().expect("pending lock").drain().collect();
     for (_, done) in failed {
         let _ = done.send(Err(lost(&addr)));

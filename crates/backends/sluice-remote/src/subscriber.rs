@@ -1,17 +1,22 @@
-//! [`RemoteSubscriber`]: long-poll receives on a server-side subscriber, re-opened on the new
-//! connection after a reconnect.
+//! [`RemoteSubscriber`]: deliveries pushed by the server (`Consume`) into a local buffer of
+//! at most `prefetch`; `receive` takes from it and returns as much credit as it took.
 //!
-//! Flow control is pull-based: a receive asks for at most `max` deliveries and the server
-//! answers as soon as it has any (or the wait runs out), so a consumer never holds more than
-//! it asked for; `prefetch` is the most a worker asks for at once.
+//! Invariants: the server never has more than `prefetch` deliveries pushed and not yet
+//! taken, so a slow consumer holds at most that many leases it is not working on. The
+//! stream lives on one connection; after a reconnect the subscriber is opened again and the
+//! buffer of the dead connection is dropped (those leases died with it and run out on the
+//! server). `close` gives buffered deliveries back at once (release), so they do not wait for
+//! their leases to run out.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{Error, Subscriber, SubscriptionConfig, SubscriptionName};
-use sluice_protocol::{convert, Request, Response};
-use tokio::sync::Mutex;
+use sluice_protocol::message::WireDelivery;
+use sluice_protocol::{convert, Request, Response, Verb};
+use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 
 use crate::delivery::RemoteDelivery;
@@ -22,9 +27,19 @@ pub struct RemoteSubscriber {
     link: Arc<Link>,
     name: SubscriptionName,
     config: SubscriptionConfig,
-    /// The connection and the server-side subscriber id on it.
-    open: Mutex<Option<(Arc<Conn>, u64)>>,
+    // tokio Mutex: held while a receive waits for the stream.
+    stream: Mutex<Option<Stream>>,
     closed: AtomicBool,
+}
+
+/// The push stream of one connection.
+struct Stream {
+    conn: Arc<Conn>,
+    subscriber: u64,
+    id: u64,
+    frames: mpsc::UnboundedReceiver<Result<Response, Error>>,
+    /// Pushed, not yet taken: (delivery, when it arrived).
+    buffered: VecDeque<(WireDelivery, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for RemoteSubscriber {
@@ -50,26 +65,36 @@ async fn open_on(conn: &Conn, name: &SubscriptionName) -> Result<(u64, Subscript
 impl RemoteSubscriber {
     pub(crate) async fn open(link: Arc<Link>, name: SubscriptionName) -> Result<Self, Error> {
         let conn = link.conn().await?;
-        let (id, config) = open_on(&conn, &name).await?;
+        let (subscriber, config) = open_on(&conn, &name).await?;
+        let stream = Self::consume(conn, subscriber, config.prefetch)?;
         Ok(Self {
             link,
             name,
             config,
-            open: Mutex::new(Some((conn, id))),
+            stream: Mutex::new(Some(stream)),
             closed: AtomicBool::new(false),
         })
     }
 
-    /// The live connection and this subscriber's id on it, re-opening after a reconnect.
-    async fn current(&self) -> Result<(Arc<Conn>, u64), Error> {
-        let mut open = self.open.lock().await;
-        if let Some((conn, id)) = open.as_ref().filter(|(c, _)| !c.is_dead()) {
-            return Ok((conn.clone(), *id));
-        }
+    fn consume(conn: Arc<Conn>, subscriber: u64, prefetch: u32) -> Result<Stream, Error> {
+        let (id, frames) = conn.open_stream(Request::Consume {
+            subscriber,
+            prefetch: prefetch.max(1),
+        })?;
+        Ok(Stream {
+            conn,
+            subscriber,
+            id,
+            frames,
+            buffered: VecDeque::new(),
+        })
+    }
+
+    /// A stream on the live connection, opening the subscriber again after a reconnect.
+    async fn reopen(&self) -> Result<Stream, Error> {
         let conn = self.link.conn().await?;
-        let (id, _) = open_on(&conn, &self.name).await?;
-        *open = Some((conn.clone(), id));
-        Ok((conn, id))
+        let (subscriber, _) = open_on(&conn, &self.name).await?;
+        Self::consume(conn, subscriber, self.config.prefetch)
     }
 }
 
@@ -86,60 +111,102 @@ impl Subscriber for RemoteSubscriber {
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<RemoteDelivery>, Error> {
         let deadline = Instant::now() + wait;
+        let mut slot = self.stream.lock().await;
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed("subscriber"));
             }
-            // While the server is unreachable, keep trying for as long as the caller waits.
-            let (conn, id) = match self.current().await {
-                Ok(open) => open,
-                Err(err) if err.is_retryable() && Instant::now() + REDIAL_PAUSE < deadline => {
-                    tokio::time::sleep(REDIAL_PAUSE).await;
-                    continue;
-                }
-                Err(err) => return Err(err),
+            let stream = match slot.as_mut().filter(|s| !s.conn.is_dead()) {
+                Some(stream) => stream,
+                None => match self.reopen().await {
+                    Ok(stream) => slot.insert(stream),
+                    // While the server is unreachable, keep trying for as long as the caller waits.
+                    Err(err) if err.is_retryable() && Instant::now() + REDIAL_PAUSE < deadline => {
+                        *slot = None;
+                        tokio::time::sleep(REDIAL_PAUSE).await;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                },
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            let request = Request::Receive {
-                subscriber: id,
-                max: u32::try_from(max.max(1)).unwrap_or(u32::MAX),
-                wait_ms: convert::ms(left),
-            };
-            match Link::call_waiting(&conn, request, left).await {
-                Ok(Response::Deliveries(deliveries)) => {
-                    let now = std::time::Instant::now();
-                    return deliveries
-                        .into_iter()
-                        .map(|d| RemoteDelivery::new(conn.clone(), self.name.clone(), d, now))
-                        .collect();
+            // Everything already pushed, without waiting.
+            while let Ok(frame) = stream.frames.try_recv() {
+                accept(stream, frame)?;
+            }
+            if !stream.buffered.is_empty() {
+                let n = max.max(1).min(stream.buffered.len());
+                let taken: Vec<_> = stream.buffered.drain(..n).collect();
+                stream.conn.send_only(Request::Credit {
+                    subscriber: stream.subscriber,
+                    n: n as u32,
+                });
+                // A delivery whose lease ran out while buffered is already the server's
+                // again (it will come back): handing it out would only produce LeaseLost.
+                let now = std::time::Instant::now();
+                let live: Vec<_> = taken
+                    .into_iter()
+                    .filter(|(wire, at)| *at + Duration::from_millis(wire.lease_ms) > now)
+                    .map(|(wire, at)| {
+                        RemoteDelivery::new(stream.conn.clone(), self.name.clone(), wire, at)
+                    })
+                    .collect::<Result<_, _>>()?;
+                if !live.is_empty() {
+                    return Ok(live);
                 }
-                Ok(other) => return Err(unexpected(other)),
-                Err(err)
-                    if err.is_retryable()
-                        && conn.is_dead()
-                        && Instant::now() + REDIAL_PAUSE < deadline =>
-                {
-                    continue
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, stream.frames.recv()).await {
+                Err(_) => return Ok(Vec::new()),
+                Ok(Some(frame)) => {
+                    if let Err(err) = accept(stream, frame) {
+                        *slot = None;
+                        if !(err.is_retryable() && Instant::now() + REDIAL_PAUSE < deadline) {
+                            return Err(err);
+                        }
+                    }
                 }
-                Err(err) => return Err(err),
+                // The connection ended: reconnect on the next turn.
+                Ok(None) => *slot = None,
             }
         }
     }
 
     async fn close(&self) -> Result<(), Error> {
         self.closed.store(true, Ordering::Release);
-        let open = self.open.lock().await.take();
-        if let Some((conn, id)) = open {
-            if !conn.is_dead() {
-                // Best effort: a dead connection took the server-side subscriber with it.
-                let _ = Link::call_waiting(
-                    &conn,
-                    Request::CloseSubscriber { subscriber: id },
-                    Duration::ZERO,
-                )
-                .await;
-            }
+        let stream = self.stream.lock().await.take();
+        let Some(mut stream) = stream else {
+            return Ok(());
+        };
+        stream.conn.close_stream(stream.id);
+        if stream.conn.is_dead() {
+            return Ok(());
         }
+        while let Ok(frame) = stream.frames.try_recv() {
+            let _ = accept(&mut stream, frame);
+        }
+        // Best effort: the server closes its subscriber; what was pushed and never taken is
+        // given back now rather than when its lease runs out.
+        let close = Request::CloseSubscriber {
+            subscriber: stream.subscriber,
+        };
+        let _ = Link::call_waiting(&stream.conn, close, Duration::ZERO).await;
+        let releases = stream
+            .buffered
+            .drain(..)
+            .map(|(wire, _)| stream.conn.settle(wire.token, Verb::Release));
+        futures::future::join_all(releases).await;
         Ok(())
+    }
+}
+
+/// Takes one frame of the stream into the buffer.
+fn accept(stream: &mut Stream, frame: Result<Response, Error>) -> Result<(), Error> {
+    match frame? {
+        Response::Deliveries(batch) => {
+            let now = std::time::Instant::now();
+            stream.buffered.extend(batch.into_iter().map(|d| (d, now)));
+            Ok(())
+        }
+        other => Err(unexpected(other)),
     }
 }

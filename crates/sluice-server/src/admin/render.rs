@@ -11,7 +11,7 @@ use sluice_core::{
 };
 use sluice_embedded::EmbeddedBackend;
 
-use crate::metrics::ServerMetrics;
+use crate::Shared;
 
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -151,15 +151,16 @@ pub(crate) struct Overview {
 
 pub(crate) async fn overview(
     backend: &EmbeddedBackend,
-    metrics: &ServerMetrics,
+    shared: &Shared,
 ) -> Result<Overview, Error> {
+    let metrics = &shared.metrics;
     let by_name = metrics.by_name();
     let naming = backend.naming();
     let mut topics = Vec::new();
     for info in backend.list_topics().await? {
         let mut subscriptions = Vec::new();
         for sub in &info.subscriptions {
-            let counts = backend.stats(sub).await?;
+            let counts = shared.prefetched.stats(backend, sub).await?;
             subscriptions.push(SubscriptionLine {
                 name: sub.to_string(),
                 stats: stats(&counts),
@@ -210,8 +211,9 @@ type Series = Vec<(String, String, f64)>;
 /// the engine at scrape time (every object, physical names).
 pub(crate) async fn prometheus(
     backend: &EmbeddedBackend,
-    metrics: &ServerMetrics,
+    shared: &Shared,
 ) -> Result<String, Error> {
+    let metrics = &shared.metrics;
     let s = metrics.snapshot();
     let by_name = metrics.by_name();
     let mut out = String::new();
@@ -312,7 +314,7 @@ pub(crate) async fn prometheus(
     ];
     for info in backend.list_topics().await? {
         for sub in &info.subscriptions {
-            let st = backend.stats(sub).await?;
+            let st = shared.prefetched.stats(backend, sub).await?;
             let values = [
                 st.ready.map(|v| v as f64),
                 st.in_flight.map(|v| v as f64),
