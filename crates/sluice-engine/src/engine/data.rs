@@ -1,6 +1,8 @@
-//! Publishing, receiving and the verbs. Each operation changes the state under the lock,
+//! Publishing, receiving and the verbs. Each operation changes its state under a lock,
 //! submits its records to the committer under the same lock, and completes once they are
-//! committed.
+//! committed. Publishes use the topic's write lock (dedup window, submission order of the
+//! topic log); receives and verbs use the engine's state lock (subscription state, journal
+//! order). Lock order: state, then a topic's writes, then the committer.
 
 use std::ops::Range;
 
@@ -55,6 +57,12 @@ pub struct SubscriptionStats {
     pub oldest_published_ms: Option<u64>,
 }
 
+/// A std mutex's guard, through poisoning (the data stays consistent: every change under
+/// these locks is completed before anything that can panic).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn state_error(err: StateError) -> Error {
     match err {
         StateError::LeaseLost { message } => Error::LeaseLost {
@@ -87,32 +95,50 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         let now = self.now_ms();
-        let mut state = self.lock();
-        for (topic_name, id, at) in failed {
-            if let Some(t) = state.topics.get_mut(&topic_name) {
-                t.dedup.remove(&id, at);
+        // The state lock only to find the topic: the dedup window and the submission happen
+        // under the topic's write lock, and encoding under none, so a publish never waits
+        // for a dispatch or a verb holding the state lock.
+        let (log, writes, window) = {
+            let state = self.lock();
+            for (topic_name, id, at) in failed {
+                if let Some(t) = state.topics.get(&topic_name) {
+                    lock(&t.writes).dedup.remove(&id, at);
+                }
             }
-        }
-        let Some(t) = state.topics.get_mut(topic) else {
-            drop(state);
-            return done(Err(Error::topic_not_found(topic)));
+            let Some(t) = state.topics.get(topic) else {
+                drop(state);
+                return done(Err(Error::topic_not_found(topic)));
+            };
+            (t.log.clone(), t.writes.clone(), t.options.dedup_window_ms)
         };
-        let mut outcomes: Vec<Option<Result<Published>>> = Vec::with_capacity(records.len());
-        let mut bodies = Vec::with_capacity(records.len());
+        let encoded: Vec<(String, Result<Vec<u8>>)> = records
+            .into_iter()
+            .map(|mut record| {
+                record.published_at_ms = now;
+                let body = record.encode();
+                (record.id, body)
+            })
+            .collect();
+        let mut t = lock(&writes);
+        if t.deleted {
+            drop(t);
+            return done(Err(Error::topic_not_found(topic)));
+        }
+        let mut outcomes: Vec<Option<Result<Published>>> = Vec::with_capacity(encoded.len());
+        let mut bodies = Vec::with_capacity(encoded.len());
         let mut claims = Vec::new();
-        for mut record in records {
-            record.published_at_ms = now;
-            if let Some(window) = t.options.dedup_window_ms {
-                if t.dedup.contains(&record.id, now, window) {
+        for (id, body) in encoded {
+            if let Some(window) = window {
+                if t.dedup.contains(&id, now, window) {
                     outcomes.push(Some(Ok(Published::Duplicate)));
                     continue;
                 }
             }
-            match record.encode() {
+            match body {
                 Ok(body) => {
-                    if t.options.dedup_window_ms.is_some() {
-                        t.dedup.insert(&record.id, now);
-                        claims.push((topic.to_owned(), record.id, now));
+                    if window.is_some() {
+                        t.dedup.insert(&id, now);
+                        claims.push((topic.to_owned(), id, now));
                     }
                     bodies.push(body);
                     outcomes.push(None);
@@ -121,14 +147,14 @@ impl Engine {
             }
         }
         if bodies.is_empty() {
-            drop(state);
+            drop(t);
             return done(Ok(outcomes
                 .into_iter()
                 .map(|o| o.unwrap_or(Err(Error::Closed)))
                 .collect()));
         }
         let inner = std::sync::Arc::downgrade(&self.inner);
-        let batch = Batch::new().append(&t.log, bodies).on_complete(
+        let batch = Batch::new().append(&log, bodies).on_complete(
             move |result: Result<Vec<Range<u64>>>| match result {
                 Ok(ranges) => {
                     let mut offsets = ranges.into_iter().next().unwrap_or(0..0);

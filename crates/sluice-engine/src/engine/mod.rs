@@ -150,8 +150,18 @@ impl EngineOptions {
 pub(crate) struct Topic {
     pub(crate) options: TopicOptions,
     pub(crate) log: LogHandle,
-    pub(crate) dedup: DedupIndex,
+    /// The publish side, under its own lock so publishes never wait for the state lock
+    /// while a dispatch or a verb holds it (`data.rs`).
+    pub(crate) writes: Arc<Mutex<TopicWrites>>,
     pub(crate) subscriptions: BTreeSet<String>,
+}
+
+/// What publishing to a topic changes, under the topic's write lock: ids in the dedup
+/// window, and whether the topic was deleted meanwhile (a publish that looked it up before
+/// then must not write to its log).
+pub(crate) struct TopicWrites {
+    pub(crate) dedup: DedupIndex,
+    pub(crate) deleted: bool,
 }
 
 /// What an engine knows about one subscription.
@@ -551,7 +561,10 @@ pub(crate) fn open_topic(
     Ok(Topic {
         options: topic_options,
         log: LogHandle::new(log),
-        dedup,
+        writes: Arc::new(Mutex::new(TopicWrites {
+            dedup,
+            deleted: false,
+        })),
         subscriptions: BTreeSet::new(),
     })
 }

@@ -95,9 +95,15 @@ impl Engine {
             }
         }
         let mut state = self.lock();
-        if state.topics.remove(name).is_none() {
+        let Some(removed) = state.topics.remove(name) else {
             return Err(Error::topic_not_found(name));
-        }
+        };
+        // A publish that found the topic before now fails instead of writing to its log.
+        removed
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deleted = true;
         let mut catalog = state.catalog.clone();
         catalog.topics.remove(name);
         self.store_catalog(&catalog)?;
