@@ -218,3 +218,108 @@ fn the_demo_runs_across_processes_against_sluice_serve() {
     );
     assert!(!text.contains("FAIL"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_publishes_in_flight_and_exits_cleanly_keeping_every_confirmed_message() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let addr = free_addr();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--http",
+            "off",
+            "--listen",
+            &addr.to_string(),
+            "--data",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "sluice serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let backend = sluice::connect(&format!("sluice://{addr}"))
+        .await
+        .expect("connect");
+    let topic = TopicName::new("orders").unwrap();
+    let sub = SubscriptionName::new("billing").unwrap();
+    backend
+        .ensure_topic(&topic, &TopicConfig::default())
+        .await
+        .unwrap();
+    backend
+        .ensure_subscription(&sub, &SubscriptionConfig::new(topic.clone()))
+        .await
+        .unwrap();
+    let confirmed = Arc::new(Mutex::new(BTreeSet::new()));
+    let publisher = backend.publisher().await.unwrap();
+    let producing = {
+        let (topic, confirmed) = (topic.clone(), confirmed.clone());
+        tokio::spawn(async move {
+            for n in 0.. {
+                let batch: Vec<Message> = (0..32)
+                    .map(|i| {
+                        Message::builder(&b"x"[..])
+                            .id(format!("{n}-{i}"))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                let ids: Vec<String> = batch.iter().map(|m| m.id().to_string()).collect();
+                let results = publisher.publish_batch(&topic, batch).await;
+                let mut failed = false;
+                for (id, result) in ids.into_iter().zip(results) {
+                    match result {
+                        Ok(_) => {
+                            confirmed.lock().unwrap().insert(id);
+                        }
+                        // The server going away fails what it did not confirm, retryably.
+                        Err(err) => {
+                            assert!(err.is_retryable(), "{err}");
+                            failed = true;
+                        }
+                    }
+                }
+                if failed {
+                    return;
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while confirmed.lock().unwrap().len() < 500 {
+        assert!(Instant::now() < deadline, "publishing never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .expect("sluice serve exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit status {:?}:\n{stderr}",
+        out.status
+    );
+    assert!(stderr.contains("stopped cleanly"), "{stderr}");
+    producing.await.expect("producer");
+
+    // Everything confirmed before the shutdown is there after a restart.
+    let _server = Server(serve(dir.path(), addr));
+    let confirmed = confirmed.lock().unwrap().clone();
+    let stats = backend.stats(&sub).await.expect("stats after the restart");
+    assert_eq!(
+        stats.ready,
+        Some(confirmed.len() as u64),
+        "every confirmed message (and nothing else) is ready after a graceful shutdown"
+    );
+}
