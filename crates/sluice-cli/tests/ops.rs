@@ -2,13 +2,15 @@
 //! directory (the CLI opens and releases it on each run) and against `sluice serve`.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use serde_json::Value;
 use sluice::prelude::*;
+use support::{free_addr, Served};
 
 /// Runs `sluice ARGS` with `SLUICE_URL=url` (and `stdin` piped in); returns success,
 /// stdout and stderr.
@@ -211,28 +213,8 @@ async fn topics_publish_stats_consume_and_the_dlq_tools_work_on_an_embedded_dire
 #[test]
 fn tail_follows_a_topic_on_sluice_serve_through_a_temporary_subscription() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--http",
-            "off",
-            "--listen",
-            &addr.to_string(),
-            "--data",
-        ])
-        .arg(dir.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sluice serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "sluice serve did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let addr = free_addr();
+    let _server = Served::start(dir.path(), addr);
     let url = format!("sluice://{addr}");
     ok(&url, &["topics", "create", "events"]);
     let tail = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -271,6 +253,4 @@ fn tail_follows_a_topic_on_sluice_serve_through_a_temporary_subscription() {
         !ok(&url, &["topics"]).contains("tail-"),
         "the temporary subscription is deleted on exit"
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }

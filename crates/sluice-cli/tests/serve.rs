@@ -3,64 +3,23 @@
 //! demo runs across processes against it.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use sluice::prelude::*;
 
-/// A free loopback port (bound, then released for the server to take).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
+mod support;
 
-/// Starts `sluice serve` and waits (with a deadline) until it accepts connections.
-fn serve(data: &Path, addr: SocketAddr) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--http",
-            "off",
-            "--listen",
-            &addr.to_string(),
-            "--data",
-        ])
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sluice serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "sluice serve did not start listening on {addr} within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{free_addr, Served};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_publish_load_keeps_every_confirmed_message_and_clients_reconnect() {
     const ROUNDS: usize = 5;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let addr = free_addr();
-    let mut server = Server(serve(dir.path(), addr));
+    let mut server = Served::start(dir.path(), addr);
     let url = format!("sluice://{addr}");
     let backend = sluice::connect(&url).await.expect("connect");
     let topic = TopicName::new("orders").unwrap();
@@ -139,9 +98,9 @@ async fn sigkill_under_publish_load_keeps_every_confirmed_message_and_clients_re
         let before = confirmed.lock().unwrap().len();
         let pause = rand::thread_rng().gen_range(200..700);
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        server.0.kill().expect("SIGKILL sluice serve");
-        server.0.wait().expect("reap sluice serve");
-        server = Server(serve(dir.path(), addr));
+        server.child().kill().expect("SIGKILL sluice serve");
+        server.child().wait().expect("reap sluice serve");
+        server = Served::start(dir.path(), addr);
         // Publishing resumes by itself on the new process.
         let deadline = Instant::now() + Duration::from_secs(20);
         while confirmed.lock().unwrap().len() <= before {
@@ -192,7 +151,7 @@ async fn sigkill_under_publish_load_keeps_every_confirmed_message_and_clients_re
 fn the_demo_runs_across_processes_against_sluice_serve() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let addr = free_addr();
-    let _server = Server(serve(dir.path(), addr));
+    let _server = Served::start(dir.path(), addr);
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "demo",
@@ -223,25 +182,7 @@ fn the_demo_runs_across_processes_against_sluice_serve() {
 async fn sigterm_finishes_publishes_in_flight_and_exits_cleanly_keeping_every_confirmed_message() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let addr = free_addr();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--http",
-            "off",
-            "--listen",
-            &addr.to_string(),
-            "--data",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "sluice serve did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let served = Served::start_with(dir.path(), addr, Stdio::piped());
     let backend = sluice::connect(&format!("sluice://{addr}"))
         .await
         .expect("connect");
@@ -295,6 +236,7 @@ async fn sigterm_finishes_publishes_in_flight_and_exits_cleanly_keeping_every_co
         assert!(Instant::now() < deadline, "publishing never got going");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let child = served.into_child();
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -314,7 +256,7 @@ async fn sigterm_finishes_publishes_in_flight_and_exits_cleanly_keeping_every_co
     producing.await.expect("producer");
 
     // Everything confirmed before the shutdown is there after a restart.
-    let _server = Server(serve(dir.path(), addr));
+    let _server = Served::start(dir.path(), addr);
     let confirmed = confirmed.lock().unwrap().clone();
     let stats = backend.stats(&sub).await.expect("stats after the restart");
     assert_eq!(

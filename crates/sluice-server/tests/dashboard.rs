@@ -1,6 +1,8 @@
 //! The dashboard in a real headless browser (Debian's Chromium): the numbers the page shows
 //! after its scripts ran are the numbers the admin API reports.
 
+mod support;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use sluice_core::{
 };
 use sluice_remote::{RemoteBackend, RemoteOptions};
 use sluice_server::{Server, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::get_json;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -72,15 +74,6 @@ fn cell(dom: &str, subscription: &str, field: &str) -> String {
     text
 }
 
-async fn api(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    serde_json::from_str(raw.split_once("\r\n\r\n").unwrap().1).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_numbers_of_the_admin_api_and_the_dlq() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,6 +126,7 @@ async fn the_dashboard_shows_the_numbers_of_the_admin_api_and_the_dlq() {
             dead += 1;
         }
     }
+    billing.close().await.unwrap();
     let email = client
         .subscribe(&SubscriptionName::new("email").unwrap())
         .await
@@ -146,7 +140,7 @@ async fn the_dashboard_shows_the_numbers_of_the_admin_api_and_the_dlq() {
         "the page rendered the overview:\n{dom}"
     );
     for name in ["billing", "email"] {
-        let stats = api(http, &format!("/api/v1/subscriptions/{name}/stats")).await;
+        let stats = get_json(http, &format!("/api/v1/subscriptions/{name}/stats")).await;
         for field in ["ready", "in_flight", "delayed", "dead_lettered"] {
             assert_eq!(
                 cell(&dom, name, field),
@@ -158,7 +152,7 @@ async fn the_dashboard_shows_the_numbers_of_the_admin_api_and_the_dlq() {
     assert_eq!(cell(&dom, "billing", "ready"), "5");
     assert_eq!(cell(&dom, "email", "in_flight"), "1");
     // The DLQ view lists exactly what the API lists.
-    let dlq = api(http, "/api/v1/subscriptions/billing/dlq").await;
+    let dlq = get_json(http, "/api/v1/subscriptions/billing/dlq").await;
     for message in dlq.as_array().unwrap() {
         let id = message["id"].as_str().unwrap();
         assert!(
