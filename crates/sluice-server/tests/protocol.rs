@@ -216,3 +216,114 @@ async fn without_tokens_a_non_loopback_address_is_refused_at_startup() {
     .expect_err("an open server on every interface");
     assert!(err.to_string().contains("without API tokens"), "{err}");
 }
+
+/// A client in another language would speak the frames directly: the pull path (`Receive`)
+/// and single `Settle`s work as `docs/protocol.md` says, and a settled token is forgotten.
+#[tokio::test]
+async fn a_raw_client_pulls_with_receive_and_settles_with_single_verbs() {
+    use futures::{SinkExt, StreamExt};
+    use sluice_core::{SubscriptionConfig, SubscriptionName};
+    use sluice_protocol::{Response, Verb};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Auth::open()).await;
+    let setup = RemoteBackend::connect(&server.addr().to_string(), RemoteOptions::default())
+        .await
+        .unwrap();
+    let topic = TopicName::new("raw").unwrap();
+    setup
+        .ensure_topic(&topic, &TopicConfig::default())
+        .await
+        .unwrap();
+    setup
+        .ensure_subscription(
+            &SubscriptionName::new("puller").unwrap(),
+            &SubscriptionConfig::new(topic.clone()),
+        )
+        .await
+        .unwrap();
+    let publisher = setup.publisher().await.unwrap();
+    publisher
+        .publish(
+            &topic,
+            Message::builder(&b"pulled"[..]).id("m-1").build().unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    stream.write_all(&PREFACE).await.unwrap();
+    let mut preface = [0u8; 8];
+    stream.read_exact(&mut preface).await.unwrap();
+    assert_eq!(preface, PREFACE);
+    let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::default());
+    let hello = Body::Hello(Hello {
+        namespace: None,
+        token: None,
+        client: "raw".into(),
+    });
+    framed.send(Frame::new(0, hello)).await.unwrap();
+    assert!(matches!(
+        framed.next().await,
+        Some(Ok(Frame {
+            body: Body::Welcome(_),
+            ..
+        }))
+    ));
+    let mut ask = async |id: u64, request: Request| -> Body {
+        framed
+            .send(Frame::new(id, Body::Request(request)))
+            .await
+            .unwrap();
+        let answer = framed.next().await.expect("an answer").expect("a frame");
+        assert_eq!(answer.id, id, "answers carry their request's id");
+        answer.body
+    };
+    let Body::Response(Response::Subscriber { subscriber, .. }) = ask(
+        1,
+        Request::OpenSubscriber {
+            subscription: "puller".into(),
+        },
+    )
+    .await
+    else {
+        panic!("OpenSubscriber answers with a subscriber id")
+    };
+    let Body::Response(Response::Deliveries(got)) = ask(
+        2,
+        Request::Receive {
+            subscriber,
+            max: 10,
+            wait_ms: 2000,
+        },
+    )
+    .await
+    else {
+        panic!("Receive answers with deliveries")
+    };
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].message.id.as_str(), got[0].attempt), ("m-1", 1));
+    assert_eq!(got[0].message.payload, b"pulled");
+    let token = got[0].token;
+    let settle = || Request::Settle {
+        token,
+        verb: Verb::Ack,
+    };
+    assert!(matches!(
+        ask(3, settle()).await,
+        Body::Response(Response::Done)
+    ));
+    assert!(
+        matches!(
+            ask(4, settle()).await,
+            Body::Failed(WireError::UnknownHandle { .. })
+        ),
+        "a settled token is no longer held"
+    );
+    let stats = setup
+        .stats(&SubscriptionName::new("puller").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((stats.ready, stats.in_flight), (Some(0), Some(0)));
+    server.shutdown().await.unwrap();
+}
