@@ -2,7 +2,8 @@
 //! submits its records to the committer under the same lock, and completes once they are
 //! committed. Publishes use the topic's write lock (dedup window, submission order of the
 //! topic log); receives and verbs use the engine's state lock (subscription state, journal
-//! order). Lock order: state, then a topic's writes, then the committer.
+//! order). Lock order: state, then the publish index, then a topic's writes, then the
+//! committer.
 
 use std::ops::Range;
 
@@ -95,21 +96,25 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         let now = self.now_ms();
-        // The state lock only to find the topic: the dedup window and the submission happen
-        // under the topic's write lock, and encoding under none, so a publish never waits
-        // for a dispatch or a verb holding the state lock.
+        // The topic is found in the publish index, not under the state lock; the dedup window
+        // and the submission happen under the topic's write lock, encoding under none: a
+        // publish never waits for a dispatch or a verb holding the state lock.
         let (log, writes, window) = {
-            let state = self.lock();
+            let index = self
+                .inner
+                .publish_index
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
             for (topic_name, id, at) in failed {
-                if let Some(t) = state.topics.get(&topic_name) {
+                if let Some(t) = index.get(&topic_name) {
                     lock(&t.writes).dedup.remove(&id, at);
                 }
             }
-            let Some(t) = state.topics.get(topic) else {
-                drop(state);
+            let Some(t) = index.get(topic) else {
+                drop(index);
                 return done(Err(Error::topic_not_found(topic)));
             };
-            (t.log.clone(), t.writes.clone(), t.options.dedup_window_ms)
+            (t.log.clone(), t.writes.clone(), t.dedup_window_ms)
         };
         let encoded: Vec<(String, Result<Vec<u8>>)> = records
             .into_iter()

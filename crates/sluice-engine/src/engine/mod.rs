@@ -156,6 +156,24 @@ pub(crate) struct Topic {
     pub(crate) subscriptions: BTreeSet<String>,
 }
 
+/// What a publish needs of a topic, found without the state lock.
+#[derive(Clone)]
+pub(crate) struct PublishHandle {
+    pub(crate) log: LogHandle,
+    pub(crate) writes: Arc<Mutex<TopicWrites>>,
+    pub(crate) dedup_window_ms: Option<u64>,
+}
+
+impl Topic {
+    pub(crate) fn publish_handle(&self) -> PublishHandle {
+        PublishHandle {
+            log: self.log.clone(),
+            writes: self.writes.clone(),
+            dedup_window_ms: self.options.dedup_window_ms,
+        }
+    }
+}
+
 /// What publishing to a topic changes, under the topic's write lock: ids in the dedup
 /// window, and whether the topic was deleted meanwhile (a publish that looked it up before
 /// then must not write to its log).
@@ -195,6 +213,10 @@ pub(crate) struct Inner {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) committer: Mutex<Option<Committer>>,
     pub(crate) state: Mutex<State>,
+    /// Every topic's publish side by name, kept in step with `state.topics` by the topology
+    /// calls (under the state lock): publishes look topics up here, never waiting for the
+    /// state lock a dispatch may hold for a while.
+    pub(crate) publish_index: RwLock<HashMap<String, PublishHandle>>,
     listener: Arc<RwLock<Option<Listener>>>,
     /// Dedup claims of publishes that failed, dropped at the next publish to their topic.
     pub(crate) failed_claims: Mutex<Vec<(String, String, u64)>>,
@@ -254,6 +276,10 @@ impl Engine {
             }
             subs.insert(name.clone(), sub);
         }
+        let publish_index = topics
+            .iter()
+            .map(|(name, topic): (&String, &Topic)| (name.clone(), topic.publish_handle()))
+            .collect();
         let listener: Arc<RwLock<Option<Listener>>> = Arc::default();
         let hook_listener = listener.clone();
         let committer = Committer::start(options.sync, move |_committed| {
@@ -278,6 +304,7 @@ impl Engine {
                     topics,
                     subs,
                 }),
+                publish_index: RwLock::new(publish_index),
                 listener,
                 failed_claims: Mutex::new(Vec::new()),
                 checkpoints: Mutex::new(Vec::new()),

@@ -42,6 +42,11 @@ impl Engine {
         catalog.topics.insert(name.to_owned(), options);
         self.store_catalog(&catalog)?;
         state.catalog = catalog;
+        self.inner
+            .publish_index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), topic.publish_handle());
         state.topics.insert(name.to_owned(), topic);
         Ok(None)
     }
@@ -98,6 +103,11 @@ impl Engine {
         let Some(removed) = state.topics.remove(name) else {
             return Err(Error::topic_not_found(name));
         };
+        self.inner
+            .publish_index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         // A publish that found the topic before now fails instead of writing to its log.
         removed
             .writes
