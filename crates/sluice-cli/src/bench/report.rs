@@ -101,6 +101,18 @@ impl Report {
             );
         }
         println!("\nlatencies in ms; 'vs disk' = end-to-end messages/s ÷ the disk's records/s at the same batch size");
+        // `sluice serve` against the engine in-process, when both ran.
+        let in_process = self.results.iter().find(|r| r.backend == "embedded");
+        for served in self.results.iter().filter(|r| r.backend == "sluice") {
+            if let Some(local) = in_process {
+                println!(
+                    "{} reaches {:.0} % of the in-process engine's throughput ({}) in the same run",
+                    served.url,
+                    100.0 * served.messages_per_sec / local.messages_per_sec,
+                    local.url
+                );
+            }
+        }
         for pair in self.results.windows(2) {
             if pair[1].backend == "lapin" {
                 println!(
