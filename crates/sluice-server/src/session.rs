@@ -7,7 +7,7 @@
 //! delivers them again, as for any consumer that stops answering.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ use tokio::sync::{mpsc, Notify, OnceCell};
 
 use crate::metrics::ServerMetrics;
 use crate::prefetch::Prefetched;
+
+/// Held deliveries at which expired leases are first swept.
+const SWEEP_AT: usize = 4096;
 
 /// Longest a single receive may wait on the server (a client asking more waits again).
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -62,6 +65,8 @@ pub(crate) struct Session {
     flows: Mutex<HashMap<u64, Arc<Flow>>>,
     deliveries: Mutex<HashMap<u64, EmbeddedDelivery>>,
     next_handle: AtomicU64,
+    /// Held deliveries at which the next sweep of expired leases runs.
+    sweep_at: AtomicUsize,
     max_batch: usize,
 }
 
@@ -81,6 +86,7 @@ impl Session {
             flows: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            sweep_at: AtomicUsize::new(SWEEP_AT),
             max_batch,
         }
     }
@@ -233,6 +239,15 @@ impl Session {
                 topic: delivery.topic().as_str().to_owned(),
             });
             held.insert(token, delivery);
+        }
+        // A client may drop a delivery without settling it (it comes back when its lease runs
+        // out): forget such leases now and then, so a long-lived connection holds no more than
+        // its live ones.
+        // Amortised: the next sweep waits until the map has doubled since this one.
+        if held.len() >= self.sweep_at.load(Ordering::Relaxed) {
+            held.retain(|_, d| d.lease_deadline() > now);
+            self.sweep_at
+                .store((held.len() * 2).max(SWEEP_AT), Ordering::Relaxed);
         }
         Ok(Response::Deliveries(out))
     }
