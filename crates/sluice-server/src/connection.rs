@@ -112,7 +112,16 @@ where
     tracing::debug!(%peer, client = %hello.client, namespace = ?hello.namespace, "client connected");
 
     let (tx, rx) = mpsc::unbounded_channel::<Frame>();
-    let write_task = tokio::spawn(sluice_protocol::io::write_loop(writer, rx));
+    // The writer ending early (the socket failed) ends the connection: answers could never
+    // reach the client.
+    let write_failed = CancellationToken::new();
+    let write_task = {
+        let write_failed = write_failed.clone();
+        tokio::spawn(async move {
+            sluice_protocol::io::write_loop(writer, rx).await;
+            write_failed.cancel();
+        })
+    };
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = JoinSet::new();
     let result = loop {
@@ -155,6 +164,7 @@ where
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = stop.cancelled() => break Ok(()),
+            _ = write_failed.cancelled() => break Ok(()),
         }
         while tasks.try_join_next().is_some() {}
     };

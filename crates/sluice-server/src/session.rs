@@ -20,6 +20,7 @@ use sluice_protocol::convert::{self, ms};
 use sluice_protocol::message::{Published, WireDelivery, WireError};
 use sluice_protocol::{Body, Frame, Request, Response, Verb};
 use tokio::sync::{mpsc, Notify, OnceCell};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ServerMetrics;
 use crate::prefetch::Prefetched;
@@ -51,6 +52,8 @@ struct Flow {
     /// Pushed and not yet taken (returned as credit).
     untaken: Mutex<u64>,
     more: Notify,
+    /// Cancelled by `CloseSubscriber` and by the end of the connection.
+    stop: CancellationToken,
 }
 
 /// One connection's view of the engine.
@@ -97,6 +100,16 @@ impl Session {
 
     /// Closes every subscriber (pending receives return) and forgets every delivery.
     pub(crate) async fn end(&self) {
+        let flows: Vec<_> = self
+            .flows
+            .lock()
+            .expect("session lock")
+            .keys()
+            .copied()
+            .collect();
+        for subscriber in flows {
+            self.stop_flow(subscriber);
+        }
         let subscribers: Vec<_> = self
             .subscribers
             .lock()
@@ -146,6 +159,7 @@ impl Session {
                     .lock()
                     .expect("session lock")
                     .remove(&subscriber);
+                self.stop_flow(subscriber);
                 if let Some(s) = removed {
                     s.close().await.map_err(|e| wire(&e))?;
                 }
@@ -252,6 +266,19 @@ impl Session {
         Ok(Response::Deliveries(out))
     }
 
+    /// Ends the push stream of `subscriber`, if it has one.
+    fn stop_flow(&self, subscriber: u64) {
+        let flow = self
+            .flows
+            .lock()
+            .expect("session lock")
+            .get(&subscriber)
+            .cloned();
+        if let Some(flow) = flow {
+            flow.stop.cancel();
+        }
+    }
+
     /// Grants `n` more pushes to a consuming subscriber (unknown ids are ignored: its stream
     /// may just have ended).
     pub(crate) fn credit(&self, subscriber: u64, n: u32) {
@@ -301,6 +328,7 @@ impl Session {
             credit: Mutex::new(u64::from(prefetch.max(1))),
             untaken: Mutex::new(0),
             more: Notify::new(),
+            stop: CancellationToken::new(),
         });
         self.flows
             .lock()
@@ -316,13 +344,19 @@ impl Session {
                 if credit > 0 {
                     break credit;
                 }
-                if out.is_closed() {
+                if out.is_closed() || flow.stop.is_cancelled() {
                     break 0;
                 }
-                more.await;
+                tokio::select! {
+                    _ = more => {}
+                    _ = flow.stop.cancelled() => {}
+                }
             };
             if credit == 0 {
-                break None;
+                // Stopped while waiting for credit: end the stream as a closed subscriber's.
+                break flow.stop.is_cancelled().then(|| WireError::Closed {
+                    what: "subscriber".into(),
+                });
             }
             let max = u32::try_from(credit).unwrap_or(u32::MAX);
             // Closing the subscriber (CloseSubscriber, or the connection's end) makes this
@@ -363,12 +397,15 @@ impl Session {
         }
     }
 
+    /// The delivery of `token`. A token this connection does not hold (any more) is a lost
+    /// lease: settled already, or swept after its lease ran out. The id is left empty: the
+    /// client knows it.
     fn take(&self, token: u64) -> Result<EmbeddedDelivery, WireError> {
         self.deliveries
             .lock()
             .expect("session lock")
             .remove(&token)
-            .ok_or_else(|| unknown("delivery", token))
+            .ok_or(WireError::LeaseLost { id: String::new() })
     }
 
     fn put_back(&self, token: u64, delivery: EmbeddedDelivery) {

@@ -316,9 +316,9 @@ async fn a_raw_client_pulls_with_receive_and_settles_with_single_verbs() {
     assert!(
         matches!(
             ask(4, settle()).await,
-            Body::Failed(WireError::UnknownHandle { .. })
+            Body::Failed(WireError::LeaseLost { .. })
         ),
-        "a settled token is no longer held"
+        "a settled token is no longer held: its lease is lost"
     );
     let stats = setup
         .stats(&SubscriptionName::new("puller").unwrap())

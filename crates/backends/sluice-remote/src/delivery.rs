@@ -57,6 +57,14 @@ impl RemoteDelivery {
         }
     }
 
+    /// The server reports a lease it no longer holds without the message id: name it.
+    fn named(&self, error: Error) -> Error {
+        match error {
+            Error::LeaseLost { id } if id.is_empty() => self.lease_lost(),
+            other => other,
+        }
+    }
+
     async fn call(&self, request: Request) -> Result<(), Error> {
         if self.conn.is_dead() {
             return Err(self.lease_lost());
@@ -66,7 +74,7 @@ impl RemoteDelivery {
             Ok(other) => Err(unexpected(other)),
             // The connection broke meanwhile: the server dropped the lease with it.
             Err(err) if self.conn.is_dead() && err.is_retryable() => Err(self.lease_lost()),
-            Err(err) => Err(err),
+            Err(err) => Err(self.named(err)),
         }
     }
 
@@ -80,7 +88,10 @@ impl RemoteDelivery {
             Err(err) if self.conn.is_dead() && err.is_retryable() => {
                 Err(VerbError::new(self.lease_lost(), self))
             }
-            Err(error) => Err(VerbError::new(error, self)),
+            Err(error) => {
+                let error = self.named(error);
+                Err(VerbError::new(error, self))
+            }
         }
     }
 }

@@ -364,7 +364,16 @@ impl Link {
         let pending: Arc<Pending> = Arc::default();
         let streams: Arc<Streams> = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
-        tokio::spawn(sluice_protocol::io::write_loop(writer, rx));
+        {
+            // A socket that fails for writing ends the connection as one that fails for
+            // reading does: nothing waits for answers that can never come.
+            let (pending, streams, dead, addr) =
+                (pending.clone(), streams.clone(), dead.clone(), addr.clone());
+            tokio::spawn(async move {
+                sluice_protocol::io::write_loop(writer, rx).await;
+                end(&pending, &streams, &dead, &addr);
+            });
+        }
         tokio::spawn(read_loop(
             reader,
             pending.clone(),
@@ -433,14 +442,19 @@ async fn read_loop(
             }
         }
     }
+    end(&pending, &streams, &dead, &addr);
+}
+
+/// Marks a connection dead and fails every request and stream waiting on it.
+fn end(pending: &Pending, streams: &Streams, dead: &AtomicBool, addr: &str) {
     dead.store(true, Ordering::Release);
     let ended: Vec<_> = streams.lock().expect("streams lock").drain().collect();
     for (_, stream) in ended {
-        let _ = stream.send(Err(lost(&addr)));
+        let _ = stream.send(Err(lost(addr)));
     }
     let failed: Vec<_> = pending.lock().expect("pending lock").drain().collect();
     for (_, done) in failed {
-        let _ = done.send(Err(lost(&addr)));
+        let _ = done.send(Err(lost(addr)));
     }
 }
 

@@ -1,10 +1,9 @@
-//! [`RemotePublisher`]: publishes with confirms; a batch goes out as pipelined frames of at
-//! most `max_batch` messages and a quarter of the frame limit each.
+//! [`RemotePublisher`]: publishes with confirms; a batch goes out as frames of at most
+//! `max_batch` messages and 4 MiB each, one after the other (so order is kept).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use futures::future::join_all;
 use sluice_core::{
     Capabilities, Error, Message, MessageId, PublishOutcome, PublishReceipt, Publisher, TopicName,
 };
@@ -132,11 +131,10 @@ impl Publisher for RemotePublisher {
             batch.push(message);
             bytes += size;
         }
-        let sends = chunks
-            .into_iter()
-            .filter(|(idx, _)| !idx.is_empty())
-            .map(|(idx, batch)| async move { (idx, self.send(topic, batch).await) });
-        for (idx, results) in join_all(sends).await {
+        // One chunk after the other: the server stores a frame's messages in order, and
+        // chunks in flight together could be stored out of order (ordering keys).
+        for (idx, batch) in chunks.into_iter().filter(|(idx, _)| !idx.is_empty()) {
+            let results = self.send(topic, batch).await;
             for (i, result) in idx.into_iter().zip(results) {
                 slots[i] = Some(result);
             }

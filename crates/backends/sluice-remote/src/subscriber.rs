@@ -16,7 +16,7 @@ use std::time::Duration;
 use sluice_core::{Error, Subscriber, SubscriptionConfig, SubscriptionName};
 use sluice_protocol::message::WireDelivery;
 use sluice_protocol::{convert, Request, Response, Verb};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, Notify};
 use tokio::time::Instant;
 
 use crate::delivery::RemoteDelivery;
@@ -30,6 +30,8 @@ pub struct RemoteSubscriber {
     // tokio Mutex: held while a receive waits for the stream.
     stream: Mutex<Option<Stream>>,
     closed: AtomicBool,
+    /// Wakes a receive waiting for deliveries when the subscriber is closed.
+    closing: Notify,
 }
 
 /// The push stream of one connection.
@@ -40,6 +42,8 @@ struct Stream {
     frames: mpsc::UnboundedReceiver<Result<Response, Error>>,
     /// Pushed, not yet taken: (delivery, when it arrived).
     buffered: VecDeque<(WireDelivery, std::time::Instant)>,
+    /// Why the stream ended, once it has.
+    ended: Option<Error>,
 }
 
 impl std::fmt::Debug for RemoteSubscriber {
@@ -73,6 +77,7 @@ impl RemoteSubscriber {
             config,
             stream: Mutex::new(Some(stream)),
             closed: AtomicBool::new(false),
+            closing: Notify::new(),
         })
     }
 
@@ -87,6 +92,7 @@ impl RemoteSubscriber {
             id,
             frames,
             buffered: VecDeque::new(),
+            ended: None,
         })
     }
 
@@ -113,16 +119,31 @@ impl Subscriber for RemoteSubscriber {
         let deadline = Instant::now() + wait;
         let mut slot = self.stream.lock().await;
         loop {
+            // Registered before looking, so a `close` in between still wakes the wait below.
+            let closing = self.closing.notified();
+            tokio::pin!(closing);
+            closing.as_mut().enable();
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed("subscriber"));
             }
-            let stream = match slot.as_mut().filter(|s| !s.conn.is_dead()) {
+            // A stream that ended hands out what it buffered first (those leases are still
+            // held, unless its connection died); then a new one is opened.
+            let spent = slot
+                .as_ref()
+                .is_some_and(|s| s.conn.is_dead() || (s.ended.is_some() && s.buffered.is_empty()));
+            if spent {
+                if let Some(err) = slot.take().and_then(|s| s.ended) {
+                    if !reopens(&err) {
+                        return Err(err);
+                    }
+                }
+            }
+            let stream = match slot.as_mut() {
                 Some(stream) => stream,
                 None => match self.reopen().await {
                     Ok(stream) => slot.insert(stream),
                     // While the server is unreachable, keep trying for as long as the caller waits.
                     Err(err) if err.is_retryable() && Instant::now() + REDIAL_PAUSE < deadline => {
-                        *slot = None;
                         tokio::time::sleep(REDIAL_PAUSE).await;
                         continue;
                     }
@@ -131,15 +152,17 @@ impl Subscriber for RemoteSubscriber {
             };
             // Everything already pushed, without waiting.
             while let Ok(frame) = stream.frames.try_recv() {
-                accept(stream, frame)?;
+                stream.take(frame);
             }
             if !stream.buffered.is_empty() {
                 let n = max.max(1).min(stream.buffered.len());
                 let taken: Vec<_> = stream.buffered.drain(..n).collect();
-                stream.conn.send_only(Request::Credit {
-                    subscriber: stream.subscriber,
-                    n: n as u32,
-                });
+                if stream.ended.is_none() {
+                    stream.conn.send_only(Request::Credit {
+                        subscriber: stream.subscriber,
+                        n: n as u32,
+                    });
+                }
                 // A delivery whose lease ran out while buffered is already the server's
                 // again (it will come back): handing it out would only produce LeaseLost.
                 let now = std::time::Instant::now();
@@ -155,41 +178,50 @@ impl Subscriber for RemoteSubscriber {
                 }
                 continue;
             }
-            match tokio::time::timeout_at(deadline, stream.frames.recv()).await {
-                Err(_) => return Ok(Vec::new()),
-                Ok(Some(frame)) => {
-                    if let Err(err) = accept(stream, frame) {
-                        *slot = None;
-                        if !(err.is_retryable() && Instant::now() + REDIAL_PAUSE < deadline) {
-                            return Err(err);
-                        }
-                    }
+            if stream.ended.is_some() {
+                if Instant::now() + REDIAL_PAUSE >= deadline {
+                    return Ok(Vec::new());
                 }
-                // The connection ended: reconnect on the next turn.
-                Ok(None) => *slot = None,
+                continue;
+            }
+            tokio::select! {
+                frame = tokio::time::timeout_at(deadline, stream.frames.recv()) => match frame {
+                    Err(_) => return Ok(Vec::new()),
+                    Ok(Some(frame)) => stream.take(frame),
+                    Ok(None) => stream.ended = Some(Error::connection("the delivery stream ended", None)),
+                },
+                _ = &mut closing => {}
             }
         }
     }
 
     async fn close(&self) -> Result<(), Error> {
         self.closed.store(true, Ordering::Release);
+        self.closing.notify_waiters();
         let stream = self.stream.lock().await.take();
         let Some(mut stream) = stream else {
             return Ok(());
         };
-        stream.conn.close_stream(stream.id);
         if stream.conn.is_dead() {
+            stream.conn.close_stream(stream.id);
             return Ok(());
         }
-        while let Ok(frame) = stream.frames.try_recv() {
-            let _ = accept(&mut stream, frame);
-        }
-        // Best effort: the server closes its subscriber; what was pushed and never taken is
-        // given back now rather than when its lease runs out.
+        // The server closes its subscriber first, which ends the stream; what it pushed until
+        // then is taken in, and all of it given back now rather than when its leases run out.
         let close = Request::CloseSubscriber {
             subscriber: stream.subscriber,
         };
         let _ = Link::call_waiting(&stream.conn, close, Duration::ZERO).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while stream.ended.is_none() {
+                match stream.frames.recv().await {
+                    Some(frame) => stream.take(frame),
+                    None => break,
+                }
+            }
+        })
+        .await;
+        stream.conn.close_stream(stream.id);
         let releases = stream
             .buffered
             .drain(..)
@@ -199,14 +231,23 @@ impl Subscriber for RemoteSubscriber {
     }
 }
 
-/// Takes one frame of the stream into the buffer.
-fn accept(stream: &mut Stream, frame: Result<Response, Error>) -> Result<(), Error> {
-    match frame? {
-        Response::Deliveries(batch) => {
-            let now = std::time::Instant::now();
-            stream.buffered.extend(batch.into_iter().map(|d| (d, now)));
-            Ok(())
+/// Whether an error that ended a delivery stream means "open a new one" — the server closed
+/// our subscriber (a shutdown or restart does), or the connection broke — rather than a
+/// failure to report (the subscription was deleted, …).
+fn reopens(err: &Error) -> bool {
+    err.is_retryable() || matches!(err, Error::Closed(_))
+}
+
+impl Stream {
+    /// Takes one frame of the stream: deliveries into the buffer; anything else ends it.
+    fn take(&mut self, frame: Result<Response, Error>) {
+        match frame {
+            Ok(Response::Deliveries(batch)) => {
+                let now = std::time::Instant::now();
+                self.buffered.extend(batch.into_iter().map(|d| (d, now)));
+            }
+            Ok(other) => self.ended = Some(unexpected(other)),
+            Err(err) => self.ended = Some(err),
         }
-        other => Err(unexpected(other)),
     }
 }

@@ -98,3 +98,115 @@ async fn prefetch_bounds_what_a_slow_consumer_holds_and_close_gives_it_back_at_o
     assert_eq!((stats.ready, stats.in_flight), (Some(0), Some(0)));
     server.shutdown().await.unwrap();
 }
+
+/// A subscriber whose buffer is full (no credit left) still closes at once, and the server
+/// still shuts down: neither waits for credit that will never come.
+#[tokio::test]
+async fn a_subscriber_without_credit_closes_and_the_server_shuts_down_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        ServerConfig::new(dir.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .http(None),
+    )
+    .await
+    .unwrap();
+    let client = RemoteBackend::connect(&server.addr().to_string(), RemoteOptions::default())
+        .await
+        .unwrap();
+    let topic = TopicName::new("full").unwrap();
+    let name = SubscriptionName::new("idle").unwrap();
+    client
+        .ensure_topic(&topic, &TopicConfig::default())
+        .await
+        .unwrap();
+    let config = SubscriptionConfig::new(topic.clone()).prefetch(2);
+    client.ensure_subscription(&name, &config).await.unwrap();
+    let publisher = client.publisher().await.unwrap();
+    for i in 0..5 {
+        let m = Message::builder(format!("{i}")).build().unwrap();
+        publisher.publish(&topic, m).await.unwrap();
+    }
+    let idle = client.subscribe(&name).await.unwrap();
+    // The server pushes 2 and runs out of credit: the engine (unadjusted) shows them leased.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.backend().stats(&name).await.unwrap().in_flight != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the server never pushed the prefetch"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(5), idle.close())
+        .await
+        .expect("close does not wait for credit")
+        .unwrap();
+    let second = client.subscribe(&name).await.unwrap();
+    let _held = second.receive(1, Duration::from_secs(5)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("shutdown does not wait for a stream without credit")
+        .unwrap();
+}
+
+/// A server restart ends every delivery stream; a consumer that keeps calling `receive`
+/// never sees that as the end (no `Closed`), and gets messages from the new server.
+#[tokio::test]
+async fn a_consumer_keeps_receiving_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |addr: &str| {
+        ServerConfig::new(dir.path())
+            .listen(addr.parse().unwrap())
+            .http(None)
+    };
+    let server = Server::start(config("127.0.0.1:0")).await.unwrap();
+    let addr = server.addr().to_string();
+    let client = RemoteBackend::connect(&addr, RemoteOptions::default())
+        .await
+        .unwrap();
+    let topic = TopicName::new("restarts").unwrap();
+    let name = SubscriptionName::new("steady").unwrap();
+    client
+        .ensure_topic(&topic, &TopicConfig::default())
+        .await
+        .unwrap();
+    client
+        .ensure_subscription(&name, &SubscriptionConfig::new(topic.clone()))
+        .await
+        .unwrap();
+    let subscriber = client.subscribe(&name).await.unwrap();
+    server.shutdown().await.unwrap();
+    let server = Server::start(config(&addr)).await.unwrap();
+    let publisher = client.publisher().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match publisher
+            .publish(
+                &topic,
+                Message::builder(&b"after"[..]).id("after").build().unwrap(),
+            )
+            .await
+        {
+            Ok(_) => break,
+            Err(err) => assert!(err.is_retryable() && Instant::now() < deadline, "{err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        match subscriber.receive(1, Duration::from_millis(500)).await {
+            Ok(got) if !got.is_empty() => break got,
+            Ok(_) => {}
+            Err(err) => assert!(
+                err.is_retryable(),
+                "a restart must not end the consumer: {err}"
+            ),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing received after the restart"
+        );
+    };
+    assert_eq!(got[0].message().id().as_str(), "after");
+    server.shutdown().await.unwrap();
+}

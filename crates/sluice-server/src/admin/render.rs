@@ -160,7 +160,11 @@ pub(crate) async fn overview(
     for info in backend.list_topics().await? {
         let mut subscriptions = Vec::new();
         for sub in &info.subscriptions {
-            let counts = shared.prefetched.stats(backend, sub).await?;
+            // Deleted since the list was read: not an error of the whole page.
+            let counts = match shared.prefetched.stats(backend, sub).await {
+                Err(Error::NotFound { .. }) => continue,
+                other => other?,
+            };
             subscriptions.push(SubscriptionLine {
                 name: sub.to_string(),
                 stats: stats(&counts),
@@ -314,7 +318,10 @@ pub(crate) async fn prometheus(
     ];
     for info in backend.list_topics().await? {
         for sub in &info.subscriptions {
-            let st = shared.prefetched.stats(backend, sub).await?;
+            let st = match shared.prefetched.stats(backend, sub).await {
+                Err(Error::NotFound { .. }) => continue,
+                other => other?,
+            };
             let values = [
                 st.ready.map(|v| v as f64),
                 st.in_flight.map(|v| v as f64),
