@@ -39,56 +39,93 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let app = router(shared);
-    let shutdown = async move { stop.cancelled().await };
+    let stopped = stop.clone();
+    let shutdown = async move { stopped.cancelled().await };
     let result = match tls {
         None => {
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
-        Some(tls) => {
-            axum::serve(TlsListener { listener, tls }, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        Some(tls) => match TlsListener::new(listener, tls, stop) {
+            Ok(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Err(err) => Err(err),
+        },
     };
     if let Err(err) = result {
         tracing::error!(error = %err, "the HTTP admin listener failed");
     }
 }
 
-/// HTTPS: TCP connections that completed a TLS handshake (failed handshakes are logged and
-/// skipped).
+/// HTTPS: TCP connections that completed a TLS handshake. Handshakes run in their own
+/// tasks, so a peer that connects and stays silent holds up nobody else; failed ones are
+/// logged and skipped.
 struct TlsListener {
-    listener: TcpListener,
-    tls: TlsAcceptor,
+    local_addr: std::net::SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(TlsStream, std::net::SocketAddr)>,
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+impl TlsListener {
+    fn new(
+        listener: TcpListener,
+        tls: TlsAcceptor,
+        stop: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (done, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "accepting an HTTP connection failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = stop.cancelled() => return,
+                };
+                let (tls, done) = (tls.clone(), done.clone());
+                tokio::spawn(async move {
+                    let handshake = tls.accept(stream);
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
+                    {
+                        Ok(Ok(stream)) => {
+                            let _ = done.send((stream, peer)).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::warn!(%peer, error = %err, "HTTPS handshake failed")
+                        }
+                        Err(_) => tracing::warn!(%peer, "no HTTPS handshake within 10 s"),
+                    }
+                });
+            }
+        });
+        Ok(Self { local_addr, ready })
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Io = TlsStream;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accepting an HTTP connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let handshake = self.tls.accept(stream);
-            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
-                Ok(Ok(stream)) => return (stream, peer),
-                Ok(Err(err)) => tracing::warn!(%peer, error = %err, "HTTPS handshake failed"),
-                Err(_) => tracing::warn!(%peer, "no HTTPS handshake within 10 s"),
-            }
+        match self.ready.recv().await {
+            Some(ready) => ready,
+            // The acceptor stopped (shutdown): wait for axum's graceful shutdown to end us.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
+        Ok(self.local_addr)
     }
 }
 

@@ -1,8 +1,9 @@
 //! One client connection: preface, hello (authentication), then requests answered
 //! concurrently and responses written back in whatever order they complete.
 //!
-//! Backpressure: at most [`MAX_IN_FLIGHT`] requests of one connection run at once; past
-//! that the reader stops reading and TCP pushes back on the client. A protocol error (bad
+//! Backpressure: at most [`MAX_IN_FLIGHT`] requests of one connection run at once (verbs and
+//! credit excepted: they free work rather than add it); past that the reader stops reading
+//! and TCP pushes back on the client. A protocol error (bad
 //! preface, unknown version, oversized or malformed frame) is answered with one
 //! `ProtocolError` frame and closes this connection only.
 
@@ -125,46 +126,73 @@ where
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = JoinSet::new();
     let result = loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
-            _ = stop.cancelled() => break Ok(()),
-        };
-        tokio::select! {
-            frame = reader.next() => match frame {
-                Some(Ok(Frame { body: Body::Request(Request::Credit { subscriber, n }), .. })) => {
-                    session.credit(subscriber, n);
-                    drop(permit);
-                }
-                Some(Ok(Frame { id, body: Body::Request(Request::Consume { subscriber, prefetch }) })) => {
-                    shared.metrics.request(&Request::Consume { subscriber, prefetch });
-                    let (session, tx) = (session.clone(), tx.clone());
-                    // A stream, not a request: it holds no permit while it runs.
-                    drop(permit);
-                    tasks.spawn(async move { session.consume(id, subscriber, prefetch, tx).await });
-                }
-                Some(Ok(Frame { id, body: Body::Request(request) })) => {
-                    let session = session.clone();
-                    let tx = tx.clone();
-                    let metrics = shared.metrics.clone();
-                    tasks.spawn(async move {
-                        metrics.request(&request);
-                        let body = match session.answer(request).await {
-                            Ok(response) => Body::Response(response),
-                            Err(error) => Body::Failed(error),
-                        };
-                        let _ = tx.send(Frame::new(id, body));
-                        drop(permit);
-                    });
-                }
-                Some(Ok(other)) => {
-                    break Err(ProtocolError::Unexpected(format!("a client may only send requests after the hello, got {:?}", other.body)));
-                }
-                Some(Err(err)) => break Err(err),
-                None => break Ok(()),
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        let frame = tokio::select! {
+            frame = reader.next() => frame,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             _ = stop.cancelled() => break Ok(()),
             _ = write_failed.cancelled() => break Ok(()),
+        };
+        match frame {
+            // Credit and verbs never wait for a permit: they are what frees the work that
+            // holds the permits (consumers making room for blocked publishes, say).
+            Some(Ok(Frame {
+                body: Body::Request(Request::Credit { subscriber, n }),
+                ..
+            })) => {
+                session.credit(subscriber, n);
+            }
+            Some(Ok(Frame {
+                id,
+                body:
+                    Body::Request(Request::Consume {
+                        subscriber,
+                        prefetch,
+                    }),
+            })) => {
+                shared.metrics.request(&Request::Consume {
+                    subscriber,
+                    prefetch,
+                });
+                let (session, tx) = (session.clone(), tx.clone());
+                // A stream, not a request: it holds no permit while it runs.
+                tasks.spawn(async move { session.consume(id, subscriber, prefetch, tx).await });
+            }
+            Some(Ok(Frame {
+                id,
+                body: Body::Request(request),
+            })) => {
+                let permit = if matches!(
+                    request,
+                    Request::Settle { .. } | Request::SettleBatch { .. }
+                ) {
+                    None
+                } else {
+                    tokio::select! {
+                        permit = permits.clone().acquire_owned() => Some(permit.expect("never closed")),
+                        _ = stop.cancelled() => break Ok(()),
+                    }
+                };
+                let session = session.clone();
+                let tx = tx.clone();
+                let metrics = shared.metrics.clone();
+                tasks.spawn(async move {
+                    metrics.request(&request);
+                    let body = match session.answer(request).await {
+                        Ok(response) => Body::Response(response),
+                        Err(error) => Body::Failed(error),
+                    };
+                    let _ = tx.send(Frame::new(id, body));
+                    drop(permit);
+                });
+            }
+            Some(Ok(other)) => {
+                break Err(ProtocolError::Unexpected(format!(
+                    "a client may only send requests after the hello, got {:?}",
+                    other.body
+                )));
+            }
+            Some(Err(err)) => break Err(err),
+            None => break Ok(()),
         }
         while tasks.try_join_next().is_some() {}
     };
@@ -177,7 +205,9 @@ where
     while tasks.join_next().await.is_some() {}
     drop(tx);
     let _ = write_task.await;
-    if result.is_err() {
+    // After an error, and at shutdown, drain what the client still sends, so the answers
+    // and the error just written are not lost to a TCP reset.
+    if result.is_err() || stop.is_cancelled() {
         linger(reader.into_inner()).await;
     }
     result

@@ -77,15 +77,22 @@ async fn with_a_certificate_clients_trusting_it_round_trip_over_tls_and_others_f
         .expect_err("an untrusted certificate");
     assert!(err.to_string().contains("TLS handshake failed"), "{err}");
 
-    // The admin API answers over HTTPS.
+    // The admin API answers over HTTPS, even while another peer sits on a connection
+    // without ever starting its handshake.
+    let _silent = tokio::net::TcpStream::connect(server.http_addr().unwrap())
+        .await
+        .unwrap();
     let connector = sluice_protocol::tls::connector(Some(&cert)).unwrap();
     let tcp = tokio::net::TcpStream::connect(server.http_addr().unwrap())
         .await
         .unwrap();
-    let mut https = connector
-        .connect(sluice_protocol::tls::server_name("localhost").unwrap(), tcp)
-        .await
-        .expect("HTTPS handshake");
+    let mut https = tokio::time::timeout(
+        Duration::from_secs(3),
+        connector.connect(sluice_protocol::tls::server_name("localhost").unwrap(), tcp),
+    )
+    .await
+    .expect("a silent peer does not hold up the handshake")
+    .expect("HTTPS handshake");
     https
         .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
