@@ -96,7 +96,8 @@ impl Conn {
         self.streams.lock().expect("streams lock").remove(&id);
     }
 
-    /// Sends a request the server never answers (`Credit`).
+    /// Sends a request without waiting for its answer (`Credit` is never answered; an answer
+    /// to anything else is dropped on arrival).
     pub(crate) fn send_only(&self, request: Request) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(Frame::new(id, Body::Request(request)));

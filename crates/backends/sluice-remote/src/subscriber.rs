@@ -132,9 +132,19 @@ impl Subscriber for RemoteSubscriber {
                 .as_ref()
                 .is_some_and(|s| s.conn.is_dead() || (s.ended.is_some() && s.buffered.is_empty()));
             if spent {
-                if let Some(err) = slot.take().and_then(|s| s.ended) {
-                    if !reopens(&err) {
-                        return Err(err);
+                if let Some(old) = slot.take() {
+                    if !old.conn.is_dead() {
+                        // The server ended this stream; make sure its subscriber is gone too
+                        // (answered, and the answer ignored: nothing waits for it).
+                        old.conn.close_stream(old.id);
+                        old.conn.send_only(Request::CloseSubscriber {
+                            subscriber: old.subscriber,
+                        });
+                    }
+                    if let Some(err) = old.ended {
+                        if !reopens(&err) {
+                            return Err(err);
+                        }
                     }
                 }
             }
