@@ -92,6 +92,24 @@ impl ServerMetrics {
             .or_default() += 1;
     }
 
+    /// Drops the counters of a deleted topic (its series leave `/metrics`).
+    pub(crate) fn forget_topic(&self, topic: &str) {
+        self.by_name
+            .lock()
+            .expect("metrics lock")
+            .published
+            .remove(topic);
+    }
+
+    /// Drops the counters of a deleted subscription.
+    pub(crate) fn forget_subscription(&self, subscription: &str) {
+        self.by_name
+            .lock()
+            .expect("metrics lock")
+            .settled
+            .remove(subscription);
+    }
+
     /// The per-topic and per-subscription counters now.
     pub fn by_name(&self) -> ByName {
         self.by_name.lock().expect("metrics lock").clone()

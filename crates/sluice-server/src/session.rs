@@ -493,12 +493,20 @@ impl Session {
             ),
             Request::DeleteTopic { topic } => {
                 let topic = convert::topic(&topic).map_err(w)?;
+                let info = b.describe_topic(&topic).await.ok();
                 b.delete_topic(&topic).await.map_err(w)?;
+                self.metrics.forget_topic(&b.naming().topic(&topic));
+                for sub in info.map(|i| i.subscriptions).unwrap_or_default() {
+                    self.metrics
+                        .forget_subscription(&b.naming().subscription(&sub));
+                }
                 Response::Done
             }
             Request::DeleteSubscription { subscription } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
                 b.delete_subscription(&name).await.map_err(w)?;
+                self.metrics
+                    .forget_subscription(&b.naming().subscription(&name));
                 Response::Done
             }
             Request::Stats { subscription } => {

@@ -196,6 +196,14 @@ async fn the_admin_api_reports_topics_stats_and_the_dlq_and_redrives() {
     )
     .await;
     assert_eq!(status, 400, "{err}");
+
+    // A deleted topic's series leave /metrics (counters included).
+    client.delete_topic(&topic).await.unwrap();
+    let (_, metrics) = http(http_addr, "GET", "/metrics", None, "").await;
+    assert!(
+        !metrics.contains("orders") && !metrics.contains("billing"),
+        "deleted objects stay in /metrics:\n{metrics}"
+    );
     server.shutdown().await.unwrap();
 }
 

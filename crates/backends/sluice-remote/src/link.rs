@@ -32,6 +32,10 @@ pub(crate) const REDIAL_PAUSE: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long any request may go unanswered (a receive: this plus its wait).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most verbs in one `SettleBatch` frame.
+const SETTLE_BATCH_MAX: usize = 1000;
+/// Most bytes of dead-letter reasons and errors in one `SettleBatch` frame.
+const SETTLE_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Largest frame accepted from the server.
 const MAX_INBOUND_FRAME: usize = u32::MAX as usize;
 
@@ -124,7 +128,31 @@ impl Conn {
     }
 
     async fn flush_settles(&self) {
-        let queued = std::mem::take(&mut *self.settles.lock().expect("settle lock"));
+        let mut queued = std::mem::take(&mut *self.settles.lock().expect("settle lock"));
+        // One frame stays far below the server's frame limit: at most this many verbs and
+        // this many bytes of reasons each (dead-letter reasons and errors can be long).
+        while !queued.is_empty() {
+            let mut bytes = 0;
+            let cut = queued
+                .iter()
+                .position(|(_, verb, _)| {
+                    bytes += match verb {
+                        Verb::DeadLetter { reason, last_error } => {
+                            reason.len() + last_error.as_ref().map_or(0, String::len)
+                        }
+                        _ => 16,
+                    };
+                    bytes > SETTLE_BATCH_BYTES
+                })
+                .map_or(queued.len(), |i| i.max(1))
+                .min(SETTLE_BATCH_MAX);
+            let rest = queued.split_off(cut);
+            self.send_settles(queued).await;
+            queued = rest;
+        }
+    }
+
+    async fn send_settles(&self, queued: Vec<QueuedVerb>) {
         let (items, waiters): (Vec<_>, Vec<_>) =
             queued.into_iter().map(|(t, v, d)| ((t, v), d)).unzip();
         let n = items.len();
