@@ -42,7 +42,7 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     disk_dir: Option<PathBuf>,
     /// How long the disk baseline runs.
-    #[arg(long, default_value = "2s", value_parser = crate::demo::humantime_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::duration::parse)]
     disk_duration: Duration,
     /// Open loop: publish single messages at this many per second in total (latency at a
     /// given load, not at saturation). Without it, producers publish batches as fast as

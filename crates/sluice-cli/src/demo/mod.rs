@@ -55,7 +55,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Longest run; the demo stops and reports failure if the backlog is not drained by then.
-    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::duration::parse)]
     duration: Duration,
     /// Emails per second (the rate limit of `email`).
     #[arg(long, default_value_t = 100)]
@@ -67,22 +67,6 @@ pub(crate) struct DemoArgs {
     /// Serve the run's metrics in Prometheus' format at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
-}
-
-pub(crate) fn humantime_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => n
-            .checked_mul(60)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{s}` is too long")),
-        _ => Err(format!("`{s}`: use ms, s or m")),
-    }
 }
 
 /// A number in `[0, 1)` fixed by the seed, a message id and a salt: reproducible whatever

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice::{Backend, Delivery, DynSubscriber, Subscriber, SubscriptionName};
 
-use super::{duration, message_json, message_line, Target};
+use super::{message_json, message_line, Target};
 
 /// Arguments of `sluice consume`.
 #[derive(Debug, clap::Args)]
@@ -18,7 +18,7 @@ pub(crate) struct ConsumeArgs {
     #[arg(long)]
     count: Option<u64>,
     /// Stop once nothing arrived for this long (default: run until Ctrl-C).
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = crate::duration::parse)]
     idle: Option<Duration>,
 }
 

@@ -11,8 +11,6 @@ pub(crate) mod table;
 pub(crate) mod tail;
 pub(crate) mod topics;
 
-use std::time::Duration;
-
 use anyhow::Context;
 use sluice::{DynBackend, Message};
 
@@ -44,11 +42,6 @@ impl Target {
     pub(crate) fn failed(&self, operation: impl std::fmt::Display) -> String {
         format!("{operation} on {}", self.url)
     }
-}
-
-/// Parses `10s`, `250ms`, `1h`.
-pub(crate) fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration: {e}"))
 }
 
 /// A message as one JSON object (payload as text, invalid UTF-8 replaced).

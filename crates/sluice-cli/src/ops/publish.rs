@@ -8,7 +8,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use sluice::{Backend, Message, PublishOutcome, Publisher, TopicName};
 
-use super::{duration, Target};
+use super::Target;
 
 /// Messages per publish batch when reading lines.
 const BATCH: usize = 256;
@@ -41,7 +41,7 @@ pub(crate) struct PublishArgs {
     #[arg(long = "header", value_parser = header)]
     headers: Vec<(String, String)>,
     /// Deliver no earlier than this from now (e.g. `10s`).
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = crate::duration::parse)]
     delay: Option<Duration>,
 }
 

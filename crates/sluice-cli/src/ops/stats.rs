@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice::{Backend, DynBackend, SubscriptionStats};
 
-use super::{duration, table, Target};
+use super::{table, Target};
 
 /// Arguments of `sluice stats`.
 #[derive(Debug, clap::Args)]
@@ -18,7 +18,7 @@ pub(crate) struct StatsArgs {
     #[arg(long)]
     watch: bool,
     /// Refresh interval with `--watch`.
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::duration::parse)]
     interval: Duration,
 }
 

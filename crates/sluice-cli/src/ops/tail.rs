@@ -7,7 +7,7 @@ use anyhow::Context;
 use sluice::{Backend, StartPosition, Subscriber, SubscriptionConfig, SubscriptionName, TopicName};
 
 use super::consume::print_and_ack;
-use super::{duration, Target};
+use super::Target;
 
 /// Arguments of `sluice tail`.
 #[derive(Debug, clap::Args)]
@@ -23,7 +23,7 @@ pub(crate) struct TailArgs {
     #[arg(long)]
     count: Option<u64>,
     /// Stop once nothing arrived for this long.
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = crate::duration::parse)]
     idle: Option<Duration>,
 }
 

@@ -6,7 +6,7 @@ use sluice::{
     Backend, Filter, StartPosition, SubscriptionConfig, SubscriptionName, TopicConfig, TopicName,
 };
 
-use super::{duration, table, Target};
+use super::{table, Target};
 
 /// Arguments of `sluice topics`.
 #[derive(Debug, clap::Args)]
@@ -24,7 +24,7 @@ enum TopicsAction {
         /// Topic name.
         topic: String,
         /// Drop a publish whose id was seen within this window (e.g. `10m`).
-        #[arg(long, value_parser = duration)]
+        #[arg(long, value_parser = crate::duration::parse)]
         dedup_window: Option<std::time::Duration>,
     },
     /// Ensures a subscription of a topic exists.
