@@ -262,6 +262,12 @@ pub fn error_to_wire(error: &Error) -> WireError {
     }
 }
 
+/// Another error of the same kind, message and retryability (`Error` is not `Clone`): for
+/// one failure reported once per message of a batch.
+pub fn error_copy(error: &Error) -> Error {
+    error_from_wire(error_to_wire(error))
+}
+
 /// A wire error as the contract's error.
 pub fn error_from_wire(wire: WireError) -> Error {
     match wire {

@@ -52,35 +52,31 @@ impl RemotePublisher {
             topic: topic.as_str().to_owned(),
             messages: messages.into_iter().map(convert::message_to_wire).collect(),
         };
-        let failed = |e: &Error| {
-            (0..n)
-                .map(|_| Err(Error::connection(e.to_string(), None)))
-                .collect::<Vec<_>>()
-        };
-        match self.link.call(request).await {
-            Ok(Response::Published(results)) if results.len() == n => results
-                .into_iter()
-                .map(|r| match r {
-                    Ok(p) => Ok(PublishReceipt::new(
-                        MessageId::new(p.id)?,
-                        if p.fresh {
-                            PublishOutcome::Published
-                        } else {
-                            PublishOutcome::Duplicate
-                        },
-                    )),
-                    Err(e) => Err(convert::error_from_wire(e)),
-                })
-                .collect(),
-            Ok(other) => {
-                let e = unexpected(other);
-                (0..n)
-                    .map(|_| Err(Error::backend(e.to_string(), false)))
-                    .collect()
+        let whole = match self.link.call(request).await {
+            Ok(Response::Published(results)) if results.len() == n => {
+                return results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(p) => Ok(PublishReceipt::new(
+                            MessageId::new(p.id)?,
+                            if p.fresh {
+                                PublishOutcome::Published
+                            } else {
+                                PublishOutcome::Duplicate
+                            },
+                        )),
+                        Err(e) => Err(convert::error_from_wire(e)),
+                    })
+                    .collect();
             }
-            Err(e) if n == 1 => vec![Err(e)],
-            Err(e) => failed(&e),
-        }
+            Ok(other) => unexpected(other),
+            Err(e) => e,
+        };
+        // The request failed as a whole: every message gets that error, of the same kind
+        // (a missing topic stays NotFound, a lost connection stays retryable).
+        let mut results: Vec<_> = (1..n).map(|_| Err(convert::error_copy(&whole))).collect();
+        results.push(Err(whole));
+        results
     }
 }
 
