@@ -295,7 +295,9 @@ pub struct WireMessage {
     pub headers: Vec<(String, String)>,
     /// Content type.
     pub content_type: Option<String>,
-    /// Payload.
+    /// Payload. Encoded as postcard encodes any byte sequence (varint length, then the
+    /// bytes); `serde_bytes` only makes that one copy instead of a call per byte.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// Publish time, ns since the Unix epoch.
     pub published_at_ns: Option<u64>,
@@ -490,4 +492,30 @@ pub enum WireError {
         /// Which.
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    /// The payload's encoding is the plain byte sequence's: `serde_bytes` changed the speed,
+    /// not the wire format.
+    #[test]
+    fn a_payload_encodes_exactly_as_a_plain_byte_sequence() {
+        #[derive(serde::Serialize)]
+        struct Plain {
+            payload: Vec<u8>,
+        }
+        #[derive(serde::Serialize)]
+        struct Fast {
+            #[serde(with = "serde_bytes")]
+            payload: Vec<u8>,
+        }
+        let payload: Vec<u8> = (0..=255).chain(0..=255).collect();
+        assert_eq!(
+            postcard::to_allocvec(&Plain {
+                payload: payload.clone()
+            })
+            .unwrap(),
+            postcard::to_allocvec(&Fast { payload }).unwrap()
+        );
+    }
 }
