@@ -266,14 +266,18 @@ impl Session {
         Ok(Response::Deliveries(out))
     }
 
-    /// Ends the push stream of `subscriber`, if it has one.
-    fn stop_flow(&self, subscriber: u64) {
-        let flow = self
-            .flows
+    /// The push stream of `subscriber`, if it has one.
+    fn flow(&self, subscriber: u64) -> Option<Arc<Flow>> {
+        self.flows
             .lock()
             .expect("session lock")
             .get(&subscriber)
-            .cloned();
+            .cloned()
+    }
+
+    /// Ends the push stream of `subscriber`, if it has one.
+    fn stop_flow(&self, subscriber: u64) {
+        let flow = self.flow(subscriber);
         if let Some(flow) = flow {
             flow.stop.cancel();
         }
@@ -282,12 +286,7 @@ impl Session {
     /// Grants `n` more pushes to a consuming subscriber (unknown ids are ignored: its stream
     /// may just have ended).
     pub(crate) fn credit(&self, subscriber: u64, n: u32) {
-        let flow = self
-            .flows
-            .lock()
-            .expect("session lock")
-            .get(&subscriber)
-            .cloned();
+        let flow = self.flow(subscriber);
         if let Some(flow) = flow {
             let n = {
                 let mut untaken = flow.untaken.lock().expect("flow lock");
