@@ -76,7 +76,10 @@ const ROWS: &[Row] = &[
     ("max delay", |c| limit(c.max_delay)),
     ("ordering per key", |c| ordering(c.ordering).to_owned()),
     ("dedup window", |c| support(c.dedup_window).to_owned()),
-    ("max dedup window", |c| limit(c.max_dedup_window)),
+    ("max dedup window", |c| match c.fixed_dedup_window {
+        Some(fixed) => format!("{} (fixed)", duration(fixed)),
+        None => limit(c.max_dedup_window),
+    }),
     ("backlog bounds (block / reject)", |c| {
         support(c.backlog_bounds).to_owned()
     }),

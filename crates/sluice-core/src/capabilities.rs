@@ -48,6 +48,11 @@ pub struct Capabilities {
     pub dedup_window: Support,
     /// Longest dedup window; `None` means unbounded.
     pub max_dedup_window: Option<Duration>,
+    /// The only dedup window the backend offers, where it cannot be chosen (SQS FIFO: always
+    /// 5 minutes). Ensuring a topic with another window fails with
+    /// [`Error::Unsupported`](crate::Error::Unsupported). `None`: any window up to
+    /// [`max_dedup_window`](Self::max_dedup_window).
+    pub fixed_dedup_window: Option<Duration>,
     /// Topic backlog bounds ([`TopicConfig::backlog_bound`](crate::TopicConfig)) with both
     /// overflow policies, `block` and `reject`. Where unsupported, ensuring a topic with a
     /// bound fails with [`Error::Unsupported`](crate::Error::Unsupported).
@@ -82,6 +87,7 @@ impl Capabilities {
             ordering: OrderingLevel::Strict,
             dedup_window: Support::Native,
             max_dedup_window: None,
+            fixed_dedup_window: None,
             backlog_bounds: Support::Native,
             replay: true,
             filter: Support::Native,

@@ -20,6 +20,12 @@ pub struct TopicConfig {
     /// what a publish past the cap does. `None` (the default) leaves the backlog unbounded.
     /// Available where [`Capabilities::backlog_bounds`](crate::Capabilities) says so.
     pub backlog_bound: Option<BacklogBound>,
+    /// Whether messages sharing an ordering key must reach each subscription in publish order
+    /// (off by default). Backends that order every topic anyway (memory, embedded, Kafka's
+    /// partition key) keep order either way and only record it; on SQS + SNS it makes the
+    /// topic and its queues FIFO, which costs throughput, so it is asked for per topic. Read
+    /// [`Capabilities::ordering`](crate::Capabilities) for the level a backend gives.
+    pub ordered: bool,
 }
 
 impl TopicConfig {
@@ -37,16 +43,25 @@ impl TopicConfig {
         self
     }
 
+    /// Asks for per-key ordering (see [`ordered`](Self::ordered)).
+    #[must_use]
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
+    }
+
     /// The first difference between an existing configuration (`self`) and a requested one,
     /// as `field: existing X, requested Y`.
     pub fn difference(&self, requested: &TopicConfig) -> Option<String> {
-        diff("dedup_window", &self.dedup_window, &requested.dedup_window).or_else(|| {
-            diff(
-                "backlog_bound",
-                &self.backlog_bound,
-                &requested.backlog_bound,
-            )
-        })
+        diff("dedup_window", &self.dedup_window, &requested.dedup_window)
+            .or_else(|| {
+                diff(
+                    "backlog_bound",
+                    &self.backlog_bound,
+                    &requested.backlog_bound,
+                )
+            })
+            .or_else(|| diff("ordered", &self.ordered, &requested.ordered))
     }
 }
 
@@ -270,6 +285,11 @@ mod tests {
         let t1 = TopicConfig::default();
         let t2 = TopicConfig::default().dedup_window(Duration::from_secs(60));
         assert!(t1.difference(&t2).unwrap().starts_with("dedup_window"));
+        let t3 = TopicConfig::default().ordered(true);
+        assert_eq!(
+            t1.difference(&t3).unwrap(),
+            "ordered: existing false, requested true"
+        );
     }
 
     #[test]

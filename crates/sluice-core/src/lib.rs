@@ -14,6 +14,7 @@
 //! | [`backend`] | the [`Backend`] trait: factory, topology, stats and DLQ tools |
 //! | [`capabilities`] | what a backend does natively, emulates or cannot do |
 //! | [`envelope`] | the dead-letter envelope headers |
+//! | [`dedup`] | the in-memory claim store of emulated dedup windows |
 //! | [`ops`] | stats, topic and subscription descriptions, DLQ types |
 //! | [`idempotency`] | the [`IdempotencyStore`] contract |
 //! | [`url`] | the backend URL parser |
@@ -26,6 +27,7 @@
 pub mod backend;
 pub mod capabilities;
 pub mod config;
+pub mod dedup;
 pub mod delivery;
 pub mod dynamic;
 pub mod envelope;

@@ -45,6 +45,9 @@ pub struct TopicOptions {
     pub retention_bytes: Option<u64>,
     /// Backlog bound.
     pub backlog: Option<BacklogBound>,
+    /// Per-key ordering asked for (recorded only: the engine orders every topic's keys).
+    #[serde(default)]
+    pub ordered: bool,
 }
 
 impl TopicOptions {
@@ -52,6 +55,12 @@ impl TopicOptions {
     #[must_use]
     pub fn dedup_window_ms(mut self, window: Option<u64>) -> Self {
         self.dedup_window_ms = window;
+        self
+    }
+    /// Records that per-key ordering was asked for.
+    #[must_use]
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
         self
     }
     /// Sets the backlog bound.

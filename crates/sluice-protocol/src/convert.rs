@@ -87,12 +87,13 @@ pub fn topic_config_to_wire(config: &TopicConfig) -> WireTopicConfig {
                 _ => None,
             },
         }),
+        ordered: config.ordered,
     }
 }
 
 /// A topic configuration off the wire.
 pub fn topic_config_from_wire(wire: &WireTopicConfig) -> TopicConfig {
-    let mut config = TopicConfig::default();
+    let mut config = TopicConfig::default().ordered(wire.ordered);
     if let Some(window) = wire.dedup_window_ms {
         config = config.dedup_window(Duration::from_millis(window));
     }

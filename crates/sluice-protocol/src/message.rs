@@ -327,6 +327,8 @@ pub struct WireTopicConfig {
     pub dedup_window_ms: Option<u64>,
     /// Backlog bound.
     pub backlog_bound: Option<WireBacklogBound>,
+    /// Per-key ordering asked for.
+    pub ordered: bool,
 }
 
 /// `BacklogBound` on the wire.

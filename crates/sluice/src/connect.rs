@@ -10,6 +10,8 @@ use sluice_core::{BackendKind, BackendUrl, DynBackend, Error, UrlError};
 /// `embedded:` alone is `./sluice-data`); one process at a time may open a directory.
 /// `sluice://HOST:PORT` connects to `sluice serve` (the `remote` feature, on by default).
 /// `amqp://…` connects to RabbitMQ (the `rabbitmq` feature).
+/// `sqs://REGION[?endpoint=URL]` connects to SQS + SNS (the `sqs` feature), with the AWS
+/// credential chain (environment variables, profile, instance role).
 /// `memory:` creates a new, empty in-process backend on every call. Either way, share the
 /// returned handle (it is cheap to clone) between the producers and consumers that should
 /// meet.
@@ -69,6 +71,16 @@ pub async fn connect(url: &str) -> Result<DynBackend, Error> {
         }
         #[cfg(not(feature = "rabbitmq"))]
         BackendKind::Amqp { .. } => Err(not_available("amqp", "rabbitmq")),
+        #[cfg(feature = "sqs")]
+        BackendKind::Sqs { region, endpoint } => {
+            let options = sluice_sqs::SqsOptions::new(region)
+                .endpoint(endpoint)
+                .namespace(url.namespace);
+            Ok(DynBackend::new(
+                sluice_sqs::SqsBackend::connect(options).await?,
+            ))
+        }
+        #[cfg(not(feature = "sqs"))]
         BackendKind::Sqs { .. } => Err(not_available("sqs", "sqs")),
         BackendKind::Kafka { .. } => Err(not_available("kafka", "kafka")),
         _ => Err(not_available("unknown", "unknown")),

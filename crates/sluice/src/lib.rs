@@ -55,7 +55,7 @@
 //! | the contract ([`Message`], [`Publisher`], [`Subscriber`], [`Delivery`], [`Backend`], errors) | [`sluice_core`], re-exported at the root |
 //! | [`runtime`] (workers, handlers, backoff, idempotency, rate limits) | [`sluice_runtime`] |
 //! | [`connect`]: a backend from a URL | this crate, `connect.rs` |
-//! | backends | behind cargo features: `embedded` (the default backend), `memory`, `remote` (`sluice://`), `rabbitmq` |
+//! | backends | behind cargo features: `embedded` (the default backend), `memory`, `remote` (`sluice://`), `rabbitmq`, `sqs` |
 //! | [`prelude`] | what most programs import |
 
 mod connect;
@@ -79,6 +79,9 @@ pub use sluice_remote as remote;
 /// RabbitMQ (`amqp://USER:PASS@HOST:PORT/VHOST`).
 #[cfg(feature = "rabbitmq")]
 pub use sluice_rabbitmq as rabbitmq;
+/// Amazon SQS + SNS (`sqs://REGION[?endpoint=URL]`).
+#[cfg(feature = "sqs")]
+pub use sluice_sqs as sqs;
 
 /// What most programs import: `use sluice::prelude::*;`.
 pub mod prelude {

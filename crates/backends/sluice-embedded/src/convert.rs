@@ -68,7 +68,8 @@ pub(crate) fn topic_options(config: &TopicConfig) -> Result<TopicOptions, Error>
     let backlog = config.backlog_bound.map(backlog_bound).transpose()?;
     Ok(TopicOptions::default()
         .dedup_window_ms(config.dedup_window.map(duration_ms))
-        .backlog(backlog))
+        .backlog(backlog)
+        .ordered(config.ordered))
 }
 
 /// The engine's backlog bound for the contract's (timeouts in whole milliseconds).
@@ -94,7 +95,7 @@ fn backlog_bound(bound: BacklogBound) -> Result<catalog::BacklogBound, Error> {
 /// The topic configuration the engine's options describe (retention, an engine-only
 /// option, is not part of it).
 pub(crate) fn topic_config(options: &TopicOptions) -> TopicConfig {
-    let mut config = TopicConfig::default();
+    let mut config = TopicConfig::default().ordered(options.ordered);
     if let Some(ms) = options.dedup_window_ms {
         config = config.dedup_window(Duration::from_millis(ms));
     }

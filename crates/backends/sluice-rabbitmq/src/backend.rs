@@ -20,6 +20,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
+use sluice_core::dedup::Claims;
 use sluice_core::envelope::Envelope;
 use sluice_core::{
     Backend, Capabilities, DeadLetteredMessage, Error, Naming, ObjectKind, OrderingLevel,
@@ -28,7 +29,6 @@ use sluice_core::{
 };
 
 use crate::catalog::{Session, SubscriptionRecord, TopicRecord};
-use crate::dedup::Claims;
 use crate::link::{reply_code, reply_text, to_error, Link, NOT_FOUND, PRECONDITION_FAILED};
 use crate::names::{Names, MAX_DELAY, TIERS};
 use crate::publisher::RabbitPublisher;

@@ -42,6 +42,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(15);
 pub(crate) struct TopicRecord {
     /// Dedup window, in milliseconds.
     pub(crate) dedup_window_ms: Option<u64>,
+    /// Per-key ordering asked for (recorded; RabbitMQ's ordering level is `none`).
+    #[serde(default)]
+    pub(crate) ordered: bool,
     /// Its subscriptions, in creation order.
     pub(crate) subscriptions: Vec<String>,
 }
@@ -50,12 +53,13 @@ impl TopicRecord {
     pub(crate) fn new(config: &TopicConfig) -> Self {
         Self {
             dedup_window_ms: config.dedup_window.map(|w| w.as_millis() as u64),
+            ordered: config.ordered,
             subscriptions: Vec::new(),
         }
     }
 
     pub(crate) fn config(&self) -> TopicConfig {
-        let mut config = TopicConfig::default();
+        let mut config = TopicConfig::default().ordered(self.ordered);
         if let Some(ms) = self.dedup_window_ms {
             config = config.dedup_window(Duration::from_millis(ms));
         }

@@ -31,11 +31,9 @@
 //! | `link.rs` | the connection: reconnect with backoff, channels, confirms, error mapping |
 //! | `names.rs` | physical names and the delay tiers |
 //! | `wire.rs` | the AMQP wire mapping of a message |
-//! | `dedup.rs` | the emulated dedup window's claim store |
 
 mod backend;
 mod catalog;
-mod dedup;
 mod delivery;
 mod link;
 pub mod names;

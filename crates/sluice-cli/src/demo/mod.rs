@@ -105,11 +105,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Err(sluice::Error::NotFound { .. }) => {}
         Err(err) => return Err(err).context("removing the previous run's topic"),
     }
+    // Ten minutes where the backend lets us choose; SQS FIFO's window is fixed (5 minutes).
+    let caps = backend.capabilities();
+    let window = caps.fixed_dedup_window.unwrap_or_else(|| {
+        let wanted = Duration::from_secs(600);
+        caps.max_dedup_window.map_or(wanted, |max| max.min(wanted))
+    });
     backend
-        .ensure_topic(
-            &orders,
-            &TopicConfig::default().dedup_window(Duration::from_secs(600)),
-        )
+        .ensure_topic(&orders, &TopicConfig::default().dedup_window(window))
         .await?;
     for name in SUBSCRIPTIONS {
         let mut config = SubscriptionConfig::new(orders.clone()).max_attempts(5);

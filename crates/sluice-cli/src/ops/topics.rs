@@ -26,6 +26,9 @@ enum TopicsAction {
         /// Drop a publish whose id was seen within this window (e.g. `10m`).
         #[arg(long, value_parser = crate::duration::parse)]
         dedup_window: Option<std::time::Duration>,
+        /// Deliver messages sharing an ordering key in publish order (FIFO on SQS).
+        #[arg(long)]
+        ordered: bool,
     },
     /// Ensures a subscription of a topic exists.
     Subscribe {
@@ -58,9 +61,10 @@ pub(crate) async fn run(args: TopicsArgs) -> anyhow::Result<()> {
         Some(TopicsAction::Create {
             topic,
             dedup_window,
+            ordered,
         }) => {
             let name = TopicName::new(&topic)?;
-            let mut config = TopicConfig::default();
+            let mut config = TopicConfig::default().ordered(ordered);
             if let Some(window) = dedup_window {
                 config = config.dedup_window(window);
             }
@@ -119,6 +123,7 @@ async fn list(target: &Target, backend: &sluice::DynBackend) -> anyhow::Result<(
                     "name": t.name.as_str(),
                     "subscriptions": t.subscriptions.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
                     "dedup_window_ms": t.config.dedup_window.map(|d| d.as_millis() as u64),
+                    "ordered": t.config.ordered,
                 })
             })
             .collect();

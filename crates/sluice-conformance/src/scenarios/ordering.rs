@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use sluice_core::{Delivery, Message, OrderingLevel, Subscriber, TopicName};
+use sluice_core::{Delivery, Message, OrderingLevel, Subscriber, TopicConfig, TopicName};
 use tokio::time::Instant;
 
 use crate::fixture::{Fixture, Outcome, SubscriberOf};
@@ -45,7 +45,9 @@ pub async fn ordering_per_key_at_declared_level<H: Harness>(h: &H) -> Outcome {
     if let Some(skip) = f.gate() {
         return skip;
     }
-    let topic = f.topic("t").await;
+    let topic = f
+        .topic_with("t", TopicConfig::default().ordered(true))
+        .await;
     let in_order = f.subscribe(&topic, "order").await;
     let strict = f.subscribe(&topic, "strict").await;
     publish_interleaved(&f, &topic).await;

@@ -243,12 +243,13 @@ pub async fn dedup_window_drops_duplicate_publish<H: Harness>(h: &H) -> Outcome 
     if let Some(skip) = f.gate() {
         return skip;
     }
-    let window = f
-        .caps()
-        .max_dedup_window
-        .map_or(Duration::from_secs(60), |max| {
-            max.min(Duration::from_secs(60))
-        });
+    let caps = f.caps();
+    let window = caps.fixed_dedup_window.unwrap_or_else(|| {
+        caps.max_dedup_window
+            .map_or(Duration::from_secs(60), |max| {
+                max.min(Duration::from_secs(60))
+            })
+    });
     let topic = f
         .topic_with("t", TopicConfig::default().dedup_window(window))
         .await;

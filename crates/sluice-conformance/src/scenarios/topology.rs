@@ -1,8 +1,6 @@
 //! Topology: idempotent `ensure_*` with conflicts that name the field, unique subscription
 //! names, deletion, and where a new subscription starts.
 
-use std::time::Duration;
-
 use sluice_core::{
     Backend, Error, Filter, ObjectKind, Publisher, StartPosition, SubscriptionConfig, TopicConfig,
 };
@@ -67,18 +65,10 @@ pub async fn ensure_with_other_config_is_a_conflict_naming_the_field<H: Harness>
         .await
         .must("describe_topic");
     assert_eq!(info.config, TopicConfig::default(), "describe_topic config");
-    if f.caps().dedup_window.is_available() {
-        let window =
-            Duration::from_secs(60).min(f.caps().max_dedup_window.unwrap_or(Duration::MAX));
-        let other = TopicConfig::default().dedup_window(window);
-        let result = f.backend.ensure_topic(&topic, &other).await;
-        assert_conflict(result, ObjectKind::Topic, topic.as_str(), "dedup_window");
-    } else {
-        f.skip_part(
-            "topic",
-            "dedup windows are unsupported: no other topic configuration",
-        );
-    }
+    // Every backend records whether a topic is ordered, so it is the difference to try.
+    let other = TopicConfig::default().ordered(true);
+    let result = f.backend.ensure_topic(&topic, &other).await;
+    assert_conflict(result, ObjectKind::Topic, topic.as_str(), "ordered");
 
     let config = SubscriptionConfig::new(topic.clone());
     let (name, _sub) = f.subscribe_with("s", config.clone()).await;

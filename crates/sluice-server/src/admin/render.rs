@@ -22,6 +22,7 @@ fn ms(d: std::time::Duration) -> u64 {
 pub(crate) struct Topic {
     name: String,
     dedup_window_ms: Option<u64>,
+    ordered: bool,
     backlog_max_messages: Option<u64>,
     backlog_max_bytes: Option<u64>,
     subscriptions: Vec<String>,
@@ -31,6 +32,7 @@ pub(crate) fn topic(info: &TopicInfo) -> Topic {
     Topic {
         name: info.name.to_string(),
         dedup_window_ms: info.config.dedup_window.map(ms),
+        ordered: info.config.ordered,
         backlog_max_messages: info.config.backlog_bound.and_then(|b| b.max_messages),
         backlog_max_bytes: info.config.backlog_bound.and_then(|b| b.max_bytes),
         subscriptions: info.subscriptions.iter().map(ToString::to_string).collect(),

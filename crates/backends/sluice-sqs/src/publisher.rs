@@ -1,0 +1,399 @@
+//! [`SqsPublisher`]: SNS `Publish` and `PublishBatch` (ten per call), FIFO group and
+//! deduplication ids, the dedup window's duplicate reports.
+//!
+//! Invariants:
+//! - Every message is checked (size, encoding) before any call: a bad one fails alone.
+//! - On a FIFO topic the `MessageGroupId` is the ordering key (the message id when there is
+//!   none, so such messages are not ordered against each other), and the
+//!   `MessageDeduplicationId` is the message id when the topic has a dedup window, a fresh
+//!   UUID otherwise (so a FIFO topic without a window drops nothing).
+//! - The batches of a FIFO topic leave one after another, so messages sharing an ordering key
+//!   keep their batch order; a standard topic's batches leave concurrently.
+//! - `close` refuses new publishes at once and returns when none is in flight.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_sdk_sns::types::PublishBatchRequestEntry;
+use futures::future::join_all;
+use sluice_core::{Error, Message, PublishOutcome, PublishReceipt, Publisher, Result, TopicName};
+use tokio::sync::Notify;
+
+use crate::backend::{Shared, TopicState};
+use crate::batch::MAX_BATCH;
+use crate::error::{is_not_found, to_error};
+use crate::wire::{self, Attribute};
+
+/// Attributes for SNS.
+fn sns_attributes(
+    attributes: &[Attribute],
+) -> HashMap<String, aws_sdk_sns::types::MessageAttributeValue> {
+    attributes
+        .iter()
+        .map(|a| {
+            let value = aws_sdk_sns::types::MessageAttributeValue::builder()
+                .data_type(a.data_type)
+                .string_value(&a.value)
+                .build()
+                .expect("data type is set");
+            (a.name.to_owned(), value)
+        })
+        .collect()
+}
+
+/// Attributes for SQS.
+pub(crate) fn sqs_attributes(
+    attributes: &[Attribute],
+) -> HashMap<String, aws_sdk_sqs::types::MessageAttributeValue> {
+    attributes
+        .iter()
+        .map(|a| {
+            let value = aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type(a.data_type)
+                .string_value(&a.value)
+                .build()
+                .expect("data type is set");
+            (a.name.to_owned(), value)
+        })
+        .collect()
+}
+
+/// A message checked and encoded, ready for SNS.
+struct Prepared {
+    message: Message,
+    out: wire::Outgoing,
+    group_id: Option<String>,
+    dedup_id: Option<String>,
+}
+
+/// Publishes to SNS topics. Cheap to share; clones of the backend share its clients.
+pub struct SqsPublisher {
+    shared: Arc<Shared>,
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl std::fmt::Debug for SqsPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsPublisher")
+            .field("in_flight", &self.in_flight.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a publish in flight for as long as it lives.
+struct InFlight<'a>(&'a SqsPublisher);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl SqsPublisher {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            closed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    fn enter(&self) -> Result<InFlight<'_>> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self);
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed("publisher"));
+        }
+        Ok(guard)
+    }
+
+    /// Checks and encodes one message.
+    fn prepare(&self, topic: &TopicState, mut message: Message) -> Result<Prepared> {
+        message.check_size(self.shared.caps.max_message_size)?;
+        if let Some(at) = message.deliver_at() {
+            let delay = at.duration_since(SystemTime::now()).unwrap_or_default();
+            if delay > crate::backend::MAX_DELAY {
+                return Err(sluice_core::MessageError::DelayTooLong {
+                    requested: delay,
+                    max: crate::backend::MAX_DELAY,
+                }
+                .into());
+            }
+        }
+        message.set_published_at(SystemTime::now());
+        let out = wire::encode(&message, None)?;
+        wire::check_sns_size(&message, &out)?;
+        let (group_id, dedup_id) = if topic.fifo {
+            let group = message.ordering_key().unwrap_or(message.id().as_str());
+            let dedup = match topic.config.dedup_window {
+                Some(_) => wire::dedup_id(message.id().as_str()),
+                None => uuid::Uuid::now_v7().simple().to_string(),
+            };
+            (Some(wire::group_id(group)), Some(dedup))
+        } else {
+            (None, None)
+        };
+        Ok(Prepared {
+            message,
+            out,
+            group_id,
+            dedup_id,
+        })
+    }
+
+    /// Whether this handle already published the id within the topic's window (SNS drops
+    /// such a message silently; this makes the receipt say so).
+    fn is_duplicate(&self, topic: &TopicState, message: &Message) -> bool {
+        topic.config.dedup_window.is_some_and(|window| {
+            !self
+                .shared
+                .claims
+                .claim(topic.name.as_str(), message.id().as_str(), window)
+        })
+    }
+
+    fn release_claim(&self, topic: &TopicState, message: &Message) {
+        if topic.config.dedup_window.is_some() {
+            self.shared
+                .claims
+                .release(topic.name.as_str(), message.id().as_str());
+        }
+    }
+
+    /// A publish error: a missing topic is forgotten and reported as `NotFound`.
+    fn publish_error<E, R>(
+        &self,
+        topic: &TopicState,
+        err: aws_sdk_sns::error::SdkError<E, R>,
+    ) -> Error
+    where
+        E: aws_sdk_sns::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        if is_not_found(&err) {
+            self.shared.forget_topic(topic.name.as_str());
+            return Error::topic_not_found(topic.name.as_str());
+        }
+        to_error(err, &format!("publishing to SNS topic `{}`", topic.arn))
+    }
+
+    async fn send_one(&self, topic: &TopicState, prepared: Prepared) -> Result<PublishReceipt> {
+        let id = prepared.message.id().clone();
+        let result = self
+            .shared
+            .sns
+            .publish()
+            .topic_arn(&topic.arn)
+            .message(prepared.out.body)
+            .set_message_attributes(Some(sns_attributes(&prepared.out.attributes)))
+            .set_message_group_id(prepared.group_id)
+            .set_message_deduplication_id(prepared.dedup_id)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(PublishReceipt::new(id, PublishOutcome::Published)),
+            Err(err) => {
+                self.release_claim(topic, &prepared.message);
+                Err(self.publish_error(topic, err))
+            }
+        }
+    }
+
+    /// Sends up to ten prepared messages as one `PublishBatch`; one result per message.
+    async fn send_batch(
+        &self,
+        topic: &TopicState,
+        batch: Vec<Prepared>,
+    ) -> Vec<Result<PublishReceipt>> {
+        let entries = batch
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                PublishBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message(p.out.body.clone())
+                    .set_message_attributes(Some(sns_attributes(&p.out.attributes)))
+                    .set_message_group_id(p.group_id.clone())
+                    .set_message_deduplication_id(p.dedup_id.clone())
+                    .build()
+                    .expect("id and message are set")
+            })
+            .collect();
+        let result = self
+            .shared
+            .sns
+            .publish_batch()
+            .topic_arn(&topic.arn)
+            .set_publish_batch_request_entries(Some(entries))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let failed: HashMap<usize, String> = out
+                    .failed()
+                    .iter()
+                    .filter_map(|f| {
+                        let text = format!(
+                            "publishing to SNS topic `{}`: {}: {}",
+                            topic.arn,
+                            f.code(),
+                            f.message().unwrap_or("")
+                        );
+                        Some((f.id().parse().ok()?, text))
+                    })
+                    .collect();
+                batch
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| match failed.get(&i) {
+                        Some(text) => {
+                            self.release_claim(topic, &p.message);
+                            Err(Error::backend(text.clone(), true))
+                        }
+                        None => Ok(PublishReceipt::new(
+                            p.message.id().clone(),
+                            PublishOutcome::Published,
+                        )),
+                    })
+                    .collect()
+            }
+            Err(err) => {
+                let err = self.publish_error(topic, err);
+                let not_found = matches!(err, Error::NotFound { .. });
+                let (text, retryable) = (err.to_string(), err.is_retryable());
+                batch
+                    .into_iter()
+                    .map(|p| {
+                        self.release_claim(topic, &p.message);
+                        Err(if not_found {
+                            Error::topic_not_found(topic.name.as_str())
+                        } else {
+                            Error::backend(text.clone(), retryable)
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+impl Publisher for SqsPublisher {
+    /// Counts the publish as in flight when called (not when first polled), so `close`
+    /// waits for every publish started before it.
+    fn publish(
+        &self,
+        topic: &TopicName,
+        message: Message,
+    ) -> impl std::future::Future<Output = Result<PublishReceipt>> + Send {
+        let guard = self.enter();
+        async move {
+            let _guard = guard?;
+            let state = self.shared.topic(topic).await?;
+            let prepared = self.prepare(&state, message)?;
+            if self.is_duplicate(&state, &prepared.message) {
+                let id = prepared.message.id().clone();
+                return Ok(PublishReceipt::new(id, PublishOutcome::Duplicate));
+            }
+            self.send_one(&state, prepared).await
+        }
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<Message>,
+    ) -> Vec<Result<PublishReceipt>> {
+        let count = messages.len();
+        let guard = match self.enter() {
+            Ok(guard) => guard,
+            Err(_) => {
+                return (0..count)
+                    .map(|_| Err(Error::Closed("publisher")))
+                    .collect()
+            }
+        };
+        let state = match self.shared.topic(topic).await {
+            Ok(state) => state,
+            Err(err) => {
+                let text = err.to_string();
+                let not_found = matches!(err, Error::NotFound { .. });
+                return (0..count)
+                    .map(|_| {
+                        Err(if not_found {
+                            Error::topic_not_found(topic.as_str())
+                        } else {
+                            Error::backend(text.clone(), err.is_retryable())
+                        })
+                    })
+                    .collect();
+            }
+        };
+        let mut results: Vec<Option<Result<PublishReceipt>>> = (0..count).map(|_| None).collect();
+        let mut ready = Vec::new();
+        for (i, message) in messages.into_iter().enumerate() {
+            match self.prepare(&state, message) {
+                Ok(p) if self.is_duplicate(&state, &p.message) => {
+                    let receipt =
+                        PublishReceipt::new(p.message.id().clone(), PublishOutcome::Duplicate);
+                    results[i] = Some(Ok(receipt));
+                }
+                Ok(p) => ready.push((i, p)),
+                Err(err) => results[i] = Some(Err(err)),
+            }
+        }
+        let mut chunks = Vec::new();
+        while !ready.is_empty() {
+            let rest = ready.split_off(ready.len().min(MAX_BATCH));
+            chunks.push(std::mem::replace(&mut ready, rest));
+        }
+        let send = |chunk: Vec<(usize, Prepared)>| {
+            let state = Arc::clone(&state);
+            async move {
+                let (positions, prepared): (Vec<usize>, Vec<Prepared>) = chunk.into_iter().unzip();
+                positions
+                    .into_iter()
+                    .zip(self.send_batch(&state, prepared).await)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let sent = if state.fifo {
+            let mut sent = Vec::new();
+            for chunk in chunks {
+                sent.extend(send(chunk).await);
+            }
+            sent
+        } else {
+            join_all(chunks.into_iter().map(send))
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        for (i, result) in sent {
+            results[i] = Some(result);
+        }
+        drop(guard);
+        results
+            .into_iter()
+            .map(|r| r.expect("every message has a result"))
+            .collect()
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::SeqCst);
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            idle.await;
+        }
+    }
+}
