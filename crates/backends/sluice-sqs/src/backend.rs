@@ -518,35 +518,43 @@ pub(crate) fn system_number(
     raw.attributes()?.get(&name)?.parse().ok()
 }
 
+/// The AWS SDK configuration Sluice's clients use for `options`: region, endpoint,
+/// credentials, rustls on *ring*, the retry and timeout settings. Public so tools beside
+/// Sluice (the benchmark's raw baseline, tests reading queues directly) talk to AWS the
+/// same way.
+pub async fn sdk_config(options: &SqsOptions) -> aws_config::SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let retry = RetryConfig::standard()
+        .with_max_attempts(options.max_call_attempts.max(1))
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_secs(5));
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        // A long poll answers after up to 20 s.
+        .operation_attempt_timeout(Duration::from_secs(35))
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(options.region.clone()))
+        .http_client(http)
+        .retry_config(retry)
+        .timeout_config(timeouts);
+    if let Some(endpoint) = &options.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if let Some((key, secret)) = &options.credentials {
+        loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            key, secret, None, None, "sluice",
+        ));
+    }
+    loader.load().await
+}
+
 impl SqsBackend {
     /// Connects (builds the SNS and SQS clients; AWS is first called by the first operation).
     pub async fn connect(options: SqsOptions) -> Result<Self, Error> {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let retry = RetryConfig::standard()
-            .with_max_attempts(options.max_call_attempts.max(1))
-            .with_initial_backoff(Duration::from_millis(50))
-            .with_max_backoff(Duration::from_secs(5));
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(5))
-            // A long poll answers after up to 20 s.
-            .operation_attempt_timeout(Duration::from_secs(35))
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(options.region.clone()))
-            .http_client(http)
-            .retry_config(retry)
-            .timeout_config(timeouts);
-        if let Some(endpoint) = &options.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        if let Some((key, secret)) = &options.credentials {
-            loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                key, secret, None, None, "sluice",
-            ));
-        }
-        let config = loader.load().await;
+        let config = sdk_config(&options).await;
         Ok(Self {
             shared: Arc::new(Shared {
                 sqs: aws_sdk_sqs::Client::new(&config),

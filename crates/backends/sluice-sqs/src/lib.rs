@@ -46,7 +46,7 @@ mod subscriber;
 pub mod wire;
 
 pub use backend::{
-    capabilities, SqsBackend, SqsOptions, DEDUP_WINDOW, MAX_DELAY, MAX_MESSAGE_SIZE,
+    capabilities, sdk_config, SqsBackend, SqsOptions, DEDUP_WINDOW, MAX_DELAY, MAX_MESSAGE_SIZE,
     MAX_VISIBILITY, RECEIVE_LIMIT_MARGIN, RETENTION,
 };
 pub use delivery::SqsDelivery;

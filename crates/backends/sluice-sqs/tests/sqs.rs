@@ -270,21 +270,7 @@ async fn dead_lettered_messages_keep_their_envelope_and_redrive_starts_over() {
 
 /// A raw SQS client of the subscription's queue.
 async fn raw_queue(name: &SubscriptionName) -> (aws_sdk_sqs::Client, String) {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://{}", support::MOTO))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "x", "x", None, None, "test",
-        ))
-        .http_client(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https(),
-        )
-        .load()
-        .await;
+    let config = sluice_sqs::sdk_config(&support::options(support::MOTO)).await;
     let client = aws_sdk_sqs::Client::new(&config);
     let queue = format!("{}-{}", support::namespace(), name);
     let url = client

@@ -7,6 +7,7 @@ mod disk;
 mod lapin_baseline;
 mod recovery;
 mod report;
+mod sqs_baseline;
 mod workload;
 
 use std::path::PathBuf;
@@ -140,6 +141,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let baseline = lapin_baseline::run(url, &args)
                 .await
                 .with_context(|| format!("the raw lapin baseline on {url}"))?;
+            report.results.push(baseline);
+        }
+        if url.starts_with("sqs") && args.rate.is_none() && args.backlog.is_none() {
+            if !args.json {
+                eprintln!("{url}: the same workload on the raw AWS SDK (SNS PublishBatch, SQS receive + DeleteMessageBatch)");
+            }
+            let baseline = sqs_baseline::run(url, &args)
+                .await
+                .with_context(|| format!("the raw AWS SDK baseline on {url}"))?;
             report.results.push(baseline);
         }
     }
