@@ -20,11 +20,11 @@ use sluice_core::{
     DeadLetterReason, Delivery, Error, Message, Result, SubscriptionName, TopicName, VerbError,
     VerbResult,
 };
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::backend::{whole_seconds, Shared, SubscriptionState, MAX_VISIBILITY};
 use crate::batch::{Batcher, EntryError};
+use crate::subscriber::Hold;
 
 /// One message handed to one consumer.
 pub struct SqsDelivery {
@@ -35,7 +35,7 @@ pub struct SqsDelivery {
     receipt: String,
     deadline: Instant,
     first_receive_at: Option<SystemTime>,
-    _permit: OwnedSemaphorePermit,
+    _hold: Hold,
 }
 
 impl std::fmt::Debug for SqsDelivery {
@@ -57,7 +57,7 @@ impl SqsDelivery {
         receipt: String,
         deadline: Instant,
         first_receive_at: Option<SystemTime>,
-        permit: OwnedSemaphorePermit,
+        hold: Hold,
     ) -> Self {
         Self {
             shared,
@@ -67,7 +67,7 @@ impl SqsDelivery {
             receipt,
             deadline,
             first_receive_at,
-            _permit: permit,
+            _hold: hold,
         }
     }
 
@@ -79,6 +79,19 @@ impl SqsDelivery {
         Error::LeaseLost {
             id: self.message.id().to_string(),
         }
+    }
+
+    /// Before a buffered delivery is handed out: if less than half of its lease is left, the
+    /// lease starts again (a long-buffered message is not handed out about to expire).
+    /// `false` if the lease was already lost.
+    pub(crate) async fn refresh(&mut self) -> bool {
+        let lease =
+            Duration::from_secs(whole_seconds(self.state.config.lease, MAX_VISIBILITY) as u64);
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left >= lease / 2 {
+            return true;
+        }
+        self.extend_lease(lease).await.is_ok()
     }
 
     /// Makes the message visible again at once (buffered deliveries at close).

@@ -19,8 +19,9 @@
 //!   close, a poll in flight finishes and its messages are made visible again; buffered
 //!   deliveries are released at once.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
@@ -52,7 +53,23 @@ pub(crate) fn system_attributes() -> Vec<MessageSystemAttributeName> {
     ]
 }
 
+/// What a delivery holds while it lives: its credit permit and, on a FIFO queue, its group.
+pub(crate) struct Hold {
+    _permit: OwnedSemaphorePermit,
+    group: Option<(Arc<StdMutex<HashSet<String>>>, String)>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some((groups, group)) = &self.group {
+            groups.lock().expect("groups").remove(group);
+        }
+    }
+}
+
 struct Inner {
+    /// FIFO groups this subscriber holds a delivery of (a second one is never handed out).
+    groups: Arc<StdMutex<HashSet<String>>>,
     shared: Arc<Shared>,
     state: Arc<SubscriptionState>,
     credit: Arc<Semaphore>,
@@ -81,6 +98,7 @@ impl SqsSubscriber {
         let prefetch = state.config.prefetch.max(1) as usize;
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
+            groups: Arc::default(),
             buffered: shared.buffered(&state.name),
             shared,
             credit: Arc::new(Semaphore::new(prefetch)),
@@ -248,6 +266,25 @@ async fn handle(
     let attempt = (incoming.attempt_base as u64 + receives)
         .saturating_sub(u64::from(held))
         .clamp(1, u64::from(u32::MAX)) as u32;
+    let mut hold = Hold {
+        _permit: permit,
+        group: None,
+    };
+    if state.fifo {
+        // SQS hands out one message per group at a time; moto's concurrent long polls do not
+        // always. A second message of a group this subscriber still holds comes back a
+        // second later instead of being handed out beside the first.
+        let group = message
+            .ordering_key()
+            .unwrap_or(message.id().as_str())
+            .to_owned();
+        if !inner.groups.lock().expect("groups").insert(group.clone()) {
+            tracing::debug!(subscription = %state.name, %group, "a second message of a held group: made visible again");
+            let _ = state.visibility.submit(&receipt, 1).await;
+            return;
+        }
+        hold.group = Some((Arc::clone(&inner.groups), group));
+    }
     let lease = Duration::from_secs(whole_seconds(state.config.lease, MAX_VISIBILITY) as u64);
     let first_receive_at = first_receive.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
     let delivery = SqsDelivery::new(
@@ -258,7 +295,7 @@ async fn handle(
         receipt,
         received_at + lease,
         first_receive_at,
-        permit,
+        hold,
     );
     if inner.cancel.is_cancelled() {
         delivery.give_back().await;
@@ -337,7 +374,8 @@ impl Subscriber for SqsSubscriber {
             };
             self.inner.buffered.fetch_sub(1, Ordering::SeqCst);
             // A lease that ran out in the buffer: SQS delivers the message again.
-            if next.lease_expired() {
+            let mut next = next;
+            if next.lease_expired() || !next.refresh().await {
                 continue;
             }
             out.push(next);
