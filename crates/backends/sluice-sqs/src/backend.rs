@@ -35,10 +35,11 @@ use crate::publisher::SqsPublisher;
 use crate::subscriber::{system_attributes, SqsSubscriber};
 use crate::wire::{self, SNS_MAX_BYTES};
 
-/// Largest message Sluice accepts: SNS's 256 KiB less 1 KiB for Sluice's own attributes.
+/// Largest message Sluice accepts: SNS's 256 KiB less 8 KiB for Sluice's own attributes and
+/// a dead-letter envelope (its reason and last error hold up to 2 KiB each).
 /// A binary payload is base64-encoded on the wire and so can use about three quarters of it;
 /// the encoded size is checked against SNS's limit before anything is sent.
-pub const MAX_MESSAGE_SIZE: usize = SNS_MAX_BYTES - 1024;
+pub const MAX_MESSAGE_SIZE: usize = SNS_MAX_BYTES - 8 * 1024;
 
 /// The dedup window of SQS FIFO queues and SNS FIFO topics: fixed at 5 minutes.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(300);
@@ -55,9 +56,12 @@ pub const MAX_DELAY: Duration = Duration::from_secs(13 * 24 * 3600);
 
 /// How many receives above `max_attempts` the queue's native redrive policy
 /// (`maxReceiveCount`) allows before SQS moves a message to the DLQ by itself: a safety net
-/// behind the runtime's own dead-lettering, with room for the receives of held-back delayed
-/// messages and releases.
-pub const RECEIVE_LIMIT_MARGIN: u32 = 10;
+/// behind the runtime's own dead-lettering, with room for releases and for the receives of a
+/// delayed message held back in hops of 12 hours until it is due ([`MAX_DELAY`] needs 27).
+pub const RECEIVE_LIMIT_MARGIN: u32 = 10 + HOLD_BACK_HOPS;
+
+/// Hops of at most 12 hours a message delayed by [`MAX_DELAY`] takes, plus one.
+const HOLD_BACK_HOPS: u32 = (MAX_DELAY.as_secs() / MAX_VISIBILITY.as_secs()) as u32 + 1;
 
 /// What the SQS + SNS backend does natively, emulates or cannot do.
 pub fn capabilities() -> Capabilities {
@@ -244,10 +248,15 @@ impl Shared {
         Ok(state)
     }
 
-    /// Forgets a topic (deleted, or found missing by a publish).
+    /// Forgets a topic (deleted, or found missing by a publish), its dedup claims too.
     pub(crate) fn forget_topic(&self, topic: &str) {
-        self.topics.lock().expect("topics").remove(topic);
+        self.uncache_topic(topic);
         self.claims.forget_topic(topic);
+    }
+
+    /// Drops the cached state of a topic, so the next use reads it from SNS.
+    pub(crate) fn uncache_topic(&self, topic: &str) {
+        self.topics.lock().expect("topics").remove(topic);
     }
 
     /// Every Sluice topic of this namespace: `(logical name, ARN, FIFO)`.
@@ -852,7 +861,9 @@ impl Backend for SqsBackend {
         subscription: &SubscriptionName,
         config: &SubscriptionConfig,
     ) -> Result<(), Error> {
-        self.shared.forget_topic(config.topic.as_str());
+        // Read the topic afresh (another process may have deleted it), keeping the dedup
+        // claims of this handle.
+        self.shared.uncache_topic(config.topic.as_str());
         let topic = self.shared.topic(&config.topic).await?;
         self.shared.forget_subscription(subscription.as_str());
         if let Some(existing) = self.shared.find_subscription(subscription).await? {
@@ -1127,7 +1138,8 @@ impl Backend for SqsBackend {
                 if batch.is_empty() {
                     break;
                 }
-                for raw in batch {
+                let mut rest_of_batch = batch.into_iter();
+                while let Some(raw) = rest_of_batch.next() {
                     let receipt = raw.receipt_handle().unwrap_or_default().to_owned();
                     let limit_reached = options.limit.is_some_and(|l| report.moved.len() >= l);
                     let message = match decode_raw(&raw) {
@@ -1137,7 +1149,12 @@ impl Backend for SqsBackend {
                         _ => {
                             skipped.push(receipt);
                             if limit_reached {
-                                continue 'outer;
+                                skipped.extend(
+                                    rest_of_batch
+                                        .by_ref()
+                                        .filter_map(|m| m.receipt_handle().map(str::to_owned)),
+                                );
+                                break 'outer;
                             }
                             continue;
                         }

@@ -34,6 +34,8 @@ pub struct SqsDelivery {
     attempt: u32,
     receipt: String,
     deadline: Instant,
+    /// When SQS handed it out: it stays hidden at most 12 hours from then.
+    received_at: Instant,
     first_receive_at: Option<SystemTime>,
     _hold: Hold,
 }
@@ -55,7 +57,7 @@ impl SqsDelivery {
         message: Message,
         attempt: u32,
         receipt: String,
-        deadline: Instant,
+        (received_at, deadline): (Instant, Instant),
         first_receive_at: Option<SystemTime>,
         hold: Hold,
     ) -> Self {
@@ -66,9 +68,15 @@ impl SqsDelivery {
             attempt,
             receipt,
             deadline,
+            received_at,
             first_receive_at,
             _hold: hold,
         }
+    }
+
+    /// How much longer SQS lets this receive stay hidden (12 hours from the receive).
+    fn visibility_left(&self) -> Duration {
+        MAX_VISIBILITY.saturating_sub(self.received_at.elapsed())
     }
 
     pub(crate) fn lease_expired(&self) -> bool {
@@ -91,7 +99,8 @@ impl SqsDelivery {
         if left >= lease / 2 {
             return true;
         }
-        self.extend_lease(lease).await.is_ok()
+        let lease = lease.min(self.visibility_left());
+        lease.is_zero() || self.extend_lease(lease).await.is_ok()
     }
 
     /// Makes the message visible again at once (buffered deliveries at close).
@@ -168,7 +177,17 @@ impl Delivery for SqsDelivery {
     }
 
     async fn retry(self, after: Duration) -> VerbResult<Self> {
-        if after > MAX_VISIBILITY {
+        // SQS hides a received message at most 12 hours from its receive.
+        if after > self.visibility_left() {
+            if self.state.fifo {
+                // A re-sent copy would queue behind later messages of its key.
+                let err = Error::Unsupported(format!(
+                    "a retry after {after:?} on an ordered (FIFO) subscription: SQS keeps a \
+                     message hidden at most 12 hours from its receive, and a re-sent copy \
+                     would be overtaken by later messages of its key"
+                ));
+                return Err(VerbError::new(err, self));
+            }
             let mut copy = self.message.clone();
             copy.set_deliver_at(Some(SystemTime::now() + after));
             let queue = self.state.queue_url.clone();
@@ -222,6 +241,13 @@ impl Delivery for SqsDelivery {
     }
 
     async fn extend_lease(&mut self, lease: Duration) -> Result<()> {
+        if lease > self.visibility_left() {
+            return Err(Error::Unsupported(format!(
+                "a lease of {lease:?} now: SQS keeps a message hidden at most 12 hours from its \
+                 receive, {:?} are left",
+                self.visibility_left()
+            )));
+        }
         let seconds = whole_seconds(lease, MAX_VISIBILITY);
         self.call(&self.state.visibility, seconds).await?;
         self.deadline = Instant::now() + Duration::from_secs(seconds as u64);

@@ -45,7 +45,13 @@ pub(crate) fn plan(filter: Option<&Filter>) -> Plan {
         .take_while(|w| !matches!(**w, "*" | "#"))
         .count();
     let prefix = words[..literal].join(".");
-    let rest = &words[literal..];
+    // `#.#` matches what `#` matches.
+    let only_hashes = words[literal..].iter().all(|w| *w == "#") && literal < words.len();
+    let rest: &[&str] = if only_hashes {
+        &["#"]
+    } else {
+        &words[literal..]
+    };
     let policy = |values: Value| Some(json!({ ROUTING_KEY_ATTRIBUTE: values }).to_string());
     match (literal, rest) {
         (0, ["#"]) => Plan {
@@ -104,6 +110,13 @@ mod tests {
             (
                 Some(r#"{"routing_key":[{"prefix":"eu.orders."}]}"#.into()),
                 true
+            )
+        );
+        assert_eq!(
+            p("eu.#.#"),
+            (
+                Some(r#"{"routing_key":["eu",{"prefix":"eu."}]}"#.into()),
+                false
             )
         );
         assert_eq!(p("*.placed"), (None, true));

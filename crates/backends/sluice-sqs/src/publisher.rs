@@ -66,6 +66,20 @@ struct Prepared {
     out: wire::Outgoing,
     group_id: Option<String>,
     dedup_id: Option<String>,
+    /// This handle published the id within the window: still sent (SQS FIFO drops the copy
+    /// itself, so nothing is lost if the first publish fails), reported `Duplicate`.
+    duplicate: bool,
+}
+
+impl Prepared {
+    fn receipt(&self) -> PublishReceipt {
+        let outcome = if self.duplicate {
+            PublishOutcome::Duplicate
+        } else {
+            PublishOutcome::Published
+        };
+        PublishReceipt::new(self.message.id().clone(), outcome)
+    }
 }
 
 /// Publishes to SNS topics. Cheap to share; clones of the backend share its clients.
@@ -145,6 +159,7 @@ impl SqsPublisher {
             out,
             group_id,
             dedup_id,
+            duplicate: false,
         })
     }
 
@@ -159,11 +174,12 @@ impl SqsPublisher {
         })
     }
 
-    fn release_claim(&self, topic: &TopicState, message: &Message) {
-        if topic.config.dedup_window.is_some() {
+    /// Drops the claim a failed publish took (a duplicate's claim belongs to the first).
+    fn release_claim(&self, topic: &TopicState, prepared: &Prepared) {
+        if topic.config.dedup_window.is_some() && !prepared.duplicate {
             self.shared
                 .claims
-                .release(topic.name.as_str(), message.id().as_str());
+                .release(topic.name.as_str(), prepared.message.id().as_str());
         }
     }
 
@@ -185,22 +201,22 @@ impl SqsPublisher {
     }
 
     async fn send_one(&self, topic: &TopicState, prepared: Prepared) -> Result<PublishReceipt> {
-        let id = prepared.message.id().clone();
+        let receipt = prepared.receipt();
         let result = self
             .shared
             .sns
             .publish()
             .topic_arn(&topic.arn)
-            .message(prepared.out.body)
+            .message(prepared.out.body.clone())
             .set_message_attributes(Some(sns_attributes(&prepared.out.attributes)))
-            .set_message_group_id(prepared.group_id)
-            .set_message_deduplication_id(prepared.dedup_id)
+            .set_message_group_id(prepared.group_id.clone())
+            .set_message_deduplication_id(prepared.dedup_id.clone())
             .send()
             .await;
         match result {
-            Ok(_) => Ok(PublishReceipt::new(id, PublishOutcome::Published)),
+            Ok(_) => Ok(receipt),
             Err(err) => {
-                self.release_claim(topic, &prepared.message);
+                self.release_claim(topic, &prepared);
                 Err(self.publish_error(topic, err))
             }
         }
@@ -254,13 +270,10 @@ impl SqsPublisher {
                     .enumerate()
                     .map(|(i, p)| match failed.get(&i) {
                         Some(text) => {
-                            self.release_claim(topic, &p.message);
+                            self.release_claim(topic, &p);
                             Err(Error::backend(text.clone(), true))
                         }
-                        None => Ok(PublishReceipt::new(
-                            p.message.id().clone(),
-                            PublishOutcome::Published,
-                        )),
+                        None => Ok(p.receipt()),
                     })
                     .collect()
             }
@@ -271,7 +284,7 @@ impl SqsPublisher {
                 batch
                     .into_iter()
                     .map(|p| {
-                        self.release_claim(topic, &p.message);
+                        self.release_claim(topic, &p);
                         Err(if not_found {
                             Error::topic_not_found(topic.name.as_str())
                         } else {
@@ -296,11 +309,8 @@ impl Publisher for SqsPublisher {
         async move {
             let _guard = guard?;
             let state = self.shared.topic(topic).await?;
-            let prepared = self.prepare(&state, message)?;
-            if self.is_duplicate(&state, &prepared.message) {
-                let id = prepared.message.id().clone();
-                return Ok(PublishReceipt::new(id, PublishOutcome::Duplicate));
-            }
+            let mut prepared = self.prepare(&state, message)?;
+            prepared.duplicate = self.is_duplicate(&state, &prepared.message);
             self.send_one(&state, prepared).await
         }
     }
@@ -339,19 +349,28 @@ impl Publisher for SqsPublisher {
         let mut ready = Vec::new();
         for (i, message) in messages.into_iter().enumerate() {
             match self.prepare(&state, message) {
-                Ok(p) if self.is_duplicate(&state, &p.message) => {
-                    let receipt =
-                        PublishReceipt::new(p.message.id().clone(), PublishOutcome::Duplicate);
-                    results[i] = Some(Ok(receipt));
+                Ok(mut p) => {
+                    p.duplicate = self.is_duplicate(&state, &p.message);
+                    ready.push((i, p));
                 }
-                Ok(p) => ready.push((i, p)),
                 Err(err) => results[i] = Some(Err(err)),
             }
         }
-        let mut chunks = Vec::new();
-        while !ready.is_empty() {
-            let rest = ready.split_off(ready.len().min(MAX_BATCH));
-            chunks.push(std::mem::replace(&mut ready, rest));
+        // PublishBatch takes at most ten entries and 256 KiB in all.
+        let mut chunks: Vec<Vec<(usize, Prepared)>> = Vec::new();
+        let mut bytes = 0;
+        for entry in ready {
+            let size = entry.1.out.size();
+            match chunks.last_mut() {
+                Some(chunk) if chunk.len() < MAX_BATCH && bytes + size <= wire::SNS_MAX_BYTES => {
+                    bytes += size;
+                    chunk.push(entry);
+                }
+                _ => {
+                    bytes = size;
+                    chunks.push(vec![entry]);
+                }
+            }
         }
         let send = |chunk: Vec<(usize, Prepared)>| {
             let state = Arc::clone(&state);
@@ -364,9 +383,23 @@ impl Publisher for SqsPublisher {
             }
         };
         let sent = if state.fifo {
+            // After a failure the rest is not sent: a caller publishing it again must not
+            // find later messages of a key stored before earlier ones.
             let mut sent = Vec::new();
+            let mut failed = false;
             for chunk in chunks {
-                sent.extend(send(chunk).await);
+                if failed {
+                    sent.extend(chunk.into_iter().map(|(i, p)| {
+                        self.release_claim(&state, &p);
+                        let text = "not sent: an earlier message of this batch failed, and an \
+                                    ordered topic keeps publish order";
+                        (i, Err(Error::backend(text, true)))
+                    }));
+                    continue;
+                }
+                let results = send(chunk).await;
+                failed = results.iter().any(|(_, r)| r.is_err());
+                sent.extend(results);
             }
             sent
         } else {

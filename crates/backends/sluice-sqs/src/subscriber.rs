@@ -20,7 +20,7 @@
 //!   deliveries are released at once.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,6 +68,8 @@ impl Drop for Hold {
 }
 
 struct Inner {
+    /// The queue turned out to be deleted.
+    gone: AtomicBool,
     /// FIFO groups this subscriber holds a delivery of (a second one is never handed out).
     groups: Arc<StdMutex<HashSet<String>>>,
     shared: Arc<Shared>,
@@ -98,6 +100,7 @@ impl SqsSubscriber {
         let prefetch = state.config.prefetch.max(1) as usize;
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
+            gone: AtomicBool::new(false),
             groups: Arc::default(),
             buffered: shared.buffered(&state.name),
             shared,
@@ -149,12 +152,16 @@ async fn poll(inner: Arc<Inner>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let first = tokio::select! {
+            biased;
+            () = inner.cancel.cancelled() => return,
             permit = Arc::clone(&inner.credit).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
-            () = inner.cancel.cancelled() => return,
         };
+        if inner.cancel.is_cancelled() {
+            return;
+        }
         let mut permits = vec![first];
         while permits.len() < per_call {
             match Arc::clone(&inner.credit).try_acquire_owned() {
@@ -180,6 +187,13 @@ async fn poll(inner: Arc<Inner>) {
             Ok(out) => {
                 backoff = Duration::from_millis(100);
                 out.messages.unwrap_or_default()
+            }
+            Err(err) if crate::error::is_not_found(&err) => {
+                // The subscription was deleted: receive says so from now on.
+                tracing::warn!(subscription = %inner.state.name, "the subscription's queue is gone");
+                inner.gone.store(true, Ordering::SeqCst);
+                inner.cancel.cancel();
+                return;
             }
             Err(err) => {
                 let queue = &inner.state.queue_url;
@@ -293,7 +307,7 @@ async fn handle(
         message,
         attempt,
         receipt,
-        received_at + lease,
+        (received_at, received_at + lease),
         first_receive_at,
         hold,
     );
@@ -305,6 +319,11 @@ async fn handle(
     if let Err(unsent) = inner.tx.send(delivery) {
         inner.buffered.fetch_sub(1, Ordering::SeqCst);
         unsent.0.give_back().await;
+        return;
+    }
+    // Closed meanwhile: its drain may have run before this send; drain again.
+    if inner.cancel.is_cancelled() {
+        release_buffered(inner).await;
     }
 }
 
@@ -353,6 +372,11 @@ impl Subscriber for SqsSubscriber {
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<SqsDelivery>> {
+        if self.inner.gone.load(Ordering::SeqCst) {
+            return Err(Error::subscription_not_found(
+                self.inner.state.name.as_str(),
+            ));
+        }
         if self.inner.cancel.is_cancelled() {
             return Err(Error::Closed("subscriber"));
         }
