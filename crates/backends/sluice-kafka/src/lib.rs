@@ -7,7 +7,7 @@
 //! | `offsets.rs` | per-partition offset tracking: out-of-order completion, the committed position as the end of the contiguous completed prefix, a bounded in-flight window, revocation |
 //! | `wire.rs` | the message ↔ record mapping (value, key, headers) |
 //!
-//! Next (see `ARCHITECTURE.md`): the rdkafka producer and consumer (bundled librdkafka), the
+//! Next (the plan is `docs/kafka.md`): the rdkafka producer and consumer (bundled librdkafka), the
 //! topology and catalog, retry and DLQ topics, the conformance suite against Tansu
 //! (`scripts/services-up` already starts it on 127.0.0.1:9092).
 
