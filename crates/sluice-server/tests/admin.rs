@@ -2,14 +2,13 @@
 //! traffic from a real `sluice://` client.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 mod support;
 
 use serde_json::Value;
 use sluice_core::{
-    Backend, DeadLetterReason, Delivery, Message, Publisher, Subscriber, SubscriptionConfig,
-    SubscriptionName, TopicConfig, TopicName,
+    Backend, Message, Publisher, Subscriber, SubscriptionConfig, SubscriptionName, TopicConfig,
+    TopicName,
 };
 use sluice_remote::{RemoteBackend, RemoteOptions};
 use sluice_server::{Auth, Server, ServerConfig};
@@ -62,19 +61,7 @@ async fn the_admin_api_reports_topics_stats_and_the_dlq_and_redrives() {
         publisher.publish(&topic, m).await.unwrap();
     }
     let subscriber = client.subscribe(&sub).await.unwrap();
-    let mut dead = 0;
-    while dead < 2 {
-        for d in subscriber
-            .receive(2 - dead, Duration::from_secs(5))
-            .await
-            .unwrap()
-        {
-            d.dead_letter(DeadLetterReason::new("card declined"))
-                .await
-                .unwrap();
-            dead += 1;
-        }
-    }
+    support::dead_letter(&subscriber, 2).await;
     // Nobody consumes from here on: the counts below change only by what the API does.
     subscriber.close().await.unwrap();
 

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use sluice_core::{
-    Backend, DeadLetterReason, Delivery, Message, Publisher, Subscriber, SubscriptionConfig,
-    SubscriptionName, TopicConfig, TopicName,
+    Backend, Message, Publisher, Subscriber, SubscriptionConfig, SubscriptionName, TopicConfig,
+    TopicName,
 };
 use sluice_remote::{RemoteBackend, RemoteOptions};
 use sluice_server::{Server, ServerConfig};
@@ -113,19 +113,7 @@ async fn the_dashboard_shows_the_numbers_of_the_admin_api_and_the_dlq() {
         .subscribe(&SubscriptionName::new("billing").unwrap())
         .await
         .unwrap();
-    let mut dead = 0;
-    while dead < 2 {
-        for d in billing
-            .receive(2 - dead, Duration::from_secs(5))
-            .await
-            .unwrap()
-        {
-            d.dead_letter(DeadLetterReason::new("card declined"))
-                .await
-                .unwrap();
-            dead += 1;
-        }
-    }
+    support::dead_letter(&billing, 2).await;
     billing.close().await.unwrap();
     let email = client
         .subscribe(&SubscriptionName::new("email").unwrap())

@@ -35,6 +35,17 @@ fn consumer(group: &str) -> StreamConsumer {
         .expect("a consumer")
 }
 
+/// The next record of a consumer's stream, within 30 s.
+async fn next_record<'a>(
+    stream: &mut rdkafka::consumer::MessageStream<'a, rdkafka::consumer::DefaultConsumerContext>,
+) -> rdkafka::message::BorrowedMessage<'a> {
+    tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("a record within 30 s")
+        .expect("a record")
+        .expect("no error")
+}
+
 #[tokio::test]
 async fn tansu_keeps_keys_in_order_per_partition_and_resumes_a_group_from_its_commit() {
     let topic = unique("smoke");
@@ -80,11 +91,7 @@ async fn tansu_keeps_keys_in_order_per_partition_and_resumes_a_group_from_its_co
     let mut partitions: BTreeMap<String, i32> = BTreeMap::new();
     let mut stream = first.stream();
     for _ in 0..6 {
-        let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
-            .await
-            .expect("a record within 30 s")
-            .expect("a record")
-            .expect("no error");
+        let message = next_record(&mut stream).await;
         let key = String::from_utf8_lossy(message.key().unwrap()).into_owned();
         let id = message.headers().unwrap().get(0);
         assert_eq!(id.key, "sluice-id");
@@ -104,11 +111,7 @@ async fn tansu_keeps_keys_in_order_per_partition_and_resumes_a_group_from_its_co
     second.subscribe(&[&topic]).expect("subscribe");
     let mut stream = second.stream();
     for _ in 0..6 {
-        let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
-            .await
-            .expect("a record within 30 s")
-            .expect("a record")
-            .expect("no error");
+        let message = next_record(&mut stream).await;
         let key = String::from_utf8_lossy(message.key().unwrap()).into_owned();
         let payload = String::from_utf8_lossy(message.payload().unwrap()).into_owned();
         by_key.entry(key).or_default().push(payload);

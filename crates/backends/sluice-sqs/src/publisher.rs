@@ -200,17 +200,17 @@ impl SqsPublisher {
         to_error(err, &format!("publishing to SNS topic `{}`", topic.arn))
     }
 
-    async fn send_one(&self, topic: &TopicState, prepared: Prepared) -> Result<PublishReceipt> {
+    async fn send_one(&self, topic: &TopicState, mut prepared: Prepared) -> Result<PublishReceipt> {
         let receipt = prepared.receipt();
         let result = self
             .shared
             .sns
             .publish()
             .topic_arn(&topic.arn)
-            .message(prepared.out.body.clone())
+            .message(std::mem::take(&mut prepared.out.body))
             .set_message_attributes(Some(sns_attributes(&prepared.out.attributes)))
-            .set_message_group_id(prepared.group_id.clone())
-            .set_message_deduplication_id(prepared.dedup_id.clone())
+            .set_message_group_id(prepared.group_id.take())
+            .set_message_deduplication_id(prepared.dedup_id.take())
             .send()
             .await;
         match result {
@@ -226,18 +226,19 @@ impl SqsPublisher {
     async fn send_batch(
         &self,
         topic: &TopicState,
-        batch: Vec<Prepared>,
+        mut batch: Vec<Prepared>,
     ) -> Vec<Result<PublishReceipt>> {
+        // The bodies and ids move into the request; what stays is what the results need.
         let entries = batch
-            .iter()
+            .iter_mut()
             .enumerate()
             .map(|(i, p)| {
                 PublishBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .message(p.out.body.clone())
+                    .message(std::mem::take(&mut p.out.body))
                     .set_message_attributes(Some(sns_attributes(&p.out.attributes)))
-                    .set_message_group_id(p.group_id.clone())
-                    .set_message_deduplication_id(p.dedup_id.clone())
+                    .set_message_group_id(p.group_id.take())
+                    .set_message_deduplication_id(p.dedup_id.take())
                     .build()
                     .expect("id and message are set")
             })

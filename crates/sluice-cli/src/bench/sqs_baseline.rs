@@ -14,7 +14,7 @@ use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 use hdrhistogram::Histogram;
 
-use super::workload::{histogram, BackendResult};
+use super::workload::{histogram, merged, share, BackendResult};
 use super::BenchArgs;
 
 const HEADER: &str = "bench-t";
@@ -100,7 +100,7 @@ async fn round(
     let producer_count = args.producers.max(1) as u64;
     let mut producers = Vec::new();
     for p in 0..producer_count {
-        let share = total / producer_count + u64::from(p < total % producer_count);
+        let share = share(total, producer_count, p);
         let (sns, arn, payload, batch) = (
             sns.clone(),
             topic_arn.to_owned(),
@@ -150,14 +150,8 @@ async fn round(
             Ok::<_, anyhow::Error>(latency)
         }));
     }
-    let mut publish = histogram();
-    for producer in producers {
-        publish.add(producer.await??)?;
-    }
-    let mut end_to_end = histogram();
-    for consumer in consumers {
-        end_to_end.add(consumer.await??)?;
-    }
+    let publish = merged(producers).await?;
+    let end_to_end = merged(consumers).await?;
     Ok((publish, end_to_end, started.elapsed().as_secs_f64()))
 }
 

@@ -79,6 +79,22 @@ pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new(3).expect("valid histogram precision")
 }
 
+/// Producer `p`'s share of `total` messages split over `count` producers.
+pub(crate) fn share(total: u64, count: u64, p: u64) -> u64 {
+    total / count + u64::from(p < total % count)
+}
+
+/// Waits for latency-recording tasks and merges their histograms.
+pub(crate) async fn merged(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut all = histogram();
+    for task in tasks {
+        all.add(task.await??)?;
+    }
+    Ok(all)
+}
+
 fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
     [
         h.value_at_quantile(0.5),
@@ -168,7 +184,7 @@ async fn round(
     let mut producers = Vec::new();
     let producer_count = args.producers.max(1) as u64;
     for p in 0..producer_count {
-        let share = total / producer_count + u64::from(p < total % producer_count);
+        let share = share(total, producer_count, p);
         let publisher = backend.publisher().await?;
         let rate = args
             .rate
@@ -183,18 +199,12 @@ async fn round(
             rate,
         )));
     }
-    let mut publish = histogram();
-    for producer in producers {
-        publish.add(producer.await??)?;
-    }
+    let publish = merged(producers).await?;
     let drain_started = Instant::now();
     if fill_first {
         start_consumers(&mut consumers)?;
     }
-    let mut end_to_end = histogram();
-    for consumer in consumers {
-        end_to_end.add(consumer.await??)?;
-    }
+    let end_to_end = merged(consumers).await?;
     let seconds = if fill_first {
         drain_started.elapsed()
     } else {

@@ -1,4 +1,5 @@
-//! What the server's integration tests share: a plain HTTP/1.1 client for the admin API.
+//! What the server's integration tests share: a plain HTTP/1.1 client for the admin API, and
+//! a way to fill a dead-letter queue.
 #![allow(dead_code)] // each test binary uses a part of it
 
 use std::net::SocketAddr;
@@ -45,4 +46,22 @@ pub(crate) async fn http(
 pub(crate) async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     let (_, body) = http(addr, "GET", path, None, "").await;
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// Receives and dead-letters `count` deliveries of `subscriber` ("card declined").
+pub(crate) async fn dead_letter<S: sluice_core::Subscriber>(subscriber: &S, count: usize) {
+    use sluice_core::{DeadLetterReason, Delivery};
+    let mut dead = 0;
+    while dead < count {
+        for d in subscriber
+            .receive(count - dead, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            d.dead_letter(DeadLetterReason::new("card declined"))
+                .await
+                .unwrap();
+            dead += 1;
+        }
+    }
 }
