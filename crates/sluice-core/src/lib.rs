@@ -38,6 +38,7 @@ pub mod message;
 pub mod name;
 pub mod ops;
 pub mod publisher;
+pub mod tags;
 pub mod url;
 
 pub use backend::Backend;

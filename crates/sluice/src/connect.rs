@@ -12,6 +12,7 @@ use sluice_core::{BackendKind, BackendUrl, DynBackend, Error, UrlError};
 /// `amqp://…` connects to RabbitMQ (the `rabbitmq` feature).
 /// `sqs://REGION[?endpoint=URL]` connects to SQS + SNS (the `sqs` feature), with the AWS
 /// credential chain (environment variables, profile, instance role).
+/// `kafka://HOST:PORT[,HOST:PORT]` connects to Apache Kafka (the `kafka` feature).
 /// `memory:` creates a new, empty in-process backend on every call. Either way, share the
 /// returned handle (it is cheap to clone) between the producers and consumers that should
 /// meet.
@@ -82,6 +83,15 @@ pub async fn connect(url: &str) -> Result<DynBackend, Error> {
         }
         #[cfg(not(feature = "sqs"))]
         BackendKind::Sqs { .. } => Err(not_available("sqs", "sqs")),
+        #[cfg(feature = "kafka")]
+        BackendKind::Kafka { brokers } => {
+            let options =
+                sluice_kafka::KafkaOptions::new(brokers.join(",")).namespace(url.namespace);
+            Ok(DynBackend::new(
+                sluice_kafka::KafkaBackend::connect(options).await?,
+            ))
+        }
+        #[cfg(not(feature = "kafka"))]
         BackendKind::Kafka { .. } => Err(not_available("kafka", "kafka")),
         _ => Err(not_available("unknown", "unknown")),
     }
@@ -101,11 +111,14 @@ mod tests {
         let backend = connect("memory:?namespace=dev").await.unwrap();
         assert_eq!(backend.capabilities().backend, "memory");
         assert_eq!(backend.naming().namespace().unwrap().as_str(), "dev");
-        let err = connect("kafka://127.0.0.1:9092").await.unwrap_err();
-        assert!(
-            err.to_string().contains("not available in this build"),
-            "{err}"
-        );
+        #[cfg(not(feature = "kafka"))]
+        {
+            let err = connect("kafka://127.0.0.1:9092").await.unwrap_err();
+            assert!(
+                err.to_string().contains("not available in this build"),
+                "{err}"
+            );
+        }
         let dir = std::env::temp_dir().join(format!("sluice-connect-{}", std::process::id()));
         let backend = connect(&format!("embedded:{}", dir.display()))
             .await

@@ -55,7 +55,7 @@
 //! | the contract ([`Message`], [`Publisher`], [`Subscriber`], [`Delivery`], [`Backend`], errors) | [`sluice_core`], re-exported at the root |
 //! | [`runtime`] (workers, handlers, backoff, idempotency, rate limits) | [`sluice_runtime`] |
 //! | [`connect`]: a backend from a URL | this crate, `connect.rs` |
-//! | backends | behind cargo features: `embedded` (the default backend), `memory`, `remote` (`sluice://`), `rabbitmq`, `sqs` |
+//! | backends | behind cargo features: `embedded` (the default backend), `memory`, `remote` (`sluice://`), `rabbitmq`, `sqs`, `kafka` |
 //! | [`prelude`] | what most programs import |
 
 mod connect;
@@ -76,6 +76,9 @@ pub use sluice_memory as memory;
 #[cfg(feature = "remote")]
 pub use sluice_remote as remote;
 
+/// Apache Kafka (`kafka://HOST:PORT[,HOST:PORT]`).
+#[cfg(feature = "kafka")]
+pub use sluice_kafka as kafka;
 /// RabbitMQ (`amqp://USER:PASS@HOST:PORT/VHOST`).
 #[cfg(feature = "rabbitmq")]
 pub use sluice_rabbitmq as rabbitmq;

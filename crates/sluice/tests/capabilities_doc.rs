@@ -15,6 +15,7 @@ fn the_capability_table_in_docs_matches_the_backends() {
         sluice_remote::capabilities(sluice_embedded::MAX_MESSAGE_SIZE),
         sluice_rabbitmq::capabilities(),
         sluice_sqs::capabilities(),
+        sluice_kafka::capabilities(),
     ];
     let table = sluice_conformance::capability_table(&caps);
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/capabilities.md");

@@ -10,7 +10,8 @@
 //! - The committable position never passes a pending offset: a crash redelivers every record
 //!   not completed (at least once), and never skips one.
 //! - The position only moves forward; a commit is due only when it moved.
-//! - At most `window` records of a partition are pending at once (the bounded in-flight window).
+//! - A partition is tracked from the first record fetched after its assignment (the group's
+//!   committed position), so a partition that delivered nothing commits nothing.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -73,24 +74,15 @@ impl PartitionOffsets {
 #[derive(Debug, Default)]
 pub(crate) struct Offsets {
     partitions: HashMap<(String, i32), PartitionOffsets>,
-    window: usize,
 }
 
 impl Offsets {
-    /// Tracking with at most `window` pending records per partition.
-    pub(crate) fn new(window: usize) -> Self {
-        Self {
-            partitions: HashMap::new(),
-            window: window.max(1),
-        }
-    }
-
-    /// A partition was assigned at `position`.
-    pub(crate) fn assign(&mut self, topic: &str, partition: i32, position: i64) {
-        self.partitions.insert(
-            (topic.to_owned(), partition),
-            PartitionOffsets::new(position),
-        );
+    /// A record at `offset` was fetched: starts tracking its partition there if it is not
+    /// tracked yet (the first record after an assignment is the committed position).
+    pub(crate) fn track(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.partitions
+            .entry((topic.to_owned(), partition))
+            .or_insert_with(|| PartitionOffsets::new(offset));
     }
 
     /// A partition was revoked: its final position to commit (if it moved), and how many of
@@ -105,26 +97,14 @@ impl Offsets {
         }
     }
 
-    /// Whether the partition is assigned (a completion for a revoked one is dropped).
-    pub(crate) fn owns(&self, topic: &str, partition: i32) -> bool {
-        self.partitions.contains_key(&(topic.to_owned(), partition))
-    }
-
-    /// Whether the partition has room for another pending record.
-    pub(crate) fn has_room(&self, topic: &str, partition: i32) -> bool {
-        self.partitions
-            .get(&(topic.to_owned(), partition))
-            .is_some_and(|p| p.in_flight() < self.window)
-    }
-
-    /// A record was fetched (see [`PartitionOffsets::fetched`]); ignored if not assigned.
+    /// A record was fetched (see [`PartitionOffsets::fetched`]); ignored if not tracked.
     pub(crate) fn fetched(&mut self, topic: &str, partition: i32, offset: i64, deliver: bool) {
         if let Some(p) = self.partitions.get_mut(&(topic.to_owned(), partition)) {
             p.fetched(offset, deliver);
         }
     }
 
-    /// A record is done; `false` if its partition is no longer assigned here.
+    /// A record is done; `false` if its partition is no longer tracked here.
     pub(crate) fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
         match self.partitions.get_mut(&(topic.to_owned(), partition)) {
             Some(p) => {
@@ -144,6 +124,13 @@ impl Offsets {
             .collect();
         due.sort();
         due
+    }
+
+    /// A commit failed: the partition's position is due again.
+    pub(crate) fn uncommit(&mut self, topic: &str, partition: i32) {
+        if let Some(p) = self.partitions.get_mut(&(topic.to_owned(), partition)) {
+            p.committed = -1;
+        }
     }
 }
 
@@ -186,21 +173,27 @@ mod tests {
     }
 
     #[test]
-    fn the_window_bounds_pending_records_and_revocation_reports_them() {
-        let mut offsets = Offsets::new(2);
-        offsets.assign("t", 0, 5);
-        assert!(offsets.has_room("t", 0));
+    fn tracking_starts_at_the_first_record_and_revocation_reports_pending_ones() {
+        let mut offsets = Offsets::default();
+        offsets.fetched("t", 0, 4, true);
+        assert!(!offsets.complete("t", 0, 4), "not tracked before track()");
+        offsets.track("t", 0, 5);
         offsets.fetched("t", 0, 5, true);
+        offsets.track("t", 0, 6);
         offsets.fetched("t", 0, 6, true);
-        assert!(!offsets.has_room("t", 0), "two pending fill a window of 2");
         assert!(offsets.complete("t", 0, 5));
         assert_eq!(offsets.commits_due(), [("t".to_owned(), 0, 6)]);
+        offsets.uncommit("t", 0);
+        assert_eq!(
+            offsets.commits_due(),
+            [("t".to_owned(), 0, 6)],
+            "due again after a failed commit"
+        );
         assert_eq!(offsets.revoke("t", 0), (None, 1), "6 is still pending");
         assert!(
             !offsets.complete("t", 0, 6),
             "a revoked partition's completion is dropped"
         );
-        assert!(!offsets.has_room("t", 1), "unassigned");
     }
 
     proptest! {

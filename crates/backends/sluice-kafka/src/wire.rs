@@ -103,6 +103,49 @@ pub(crate) fn encode(message: &Message, attempt: Option<u32>) -> Outgoing {
     }
 }
 
+impl Outgoing {
+    /// A fetched record, as it would be produced again (to re-append it elsewhere unchanged).
+    pub(crate) fn from_record(record: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        use rdkafka::message::{Headers, Message as _};
+        let headers = record
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            key: record.key().map(<[u8]>::to_vec),
+            headers,
+            value: record.payload().unwrap_or_default().to_vec(),
+        }
+    }
+
+    /// The record's headers for the producer.
+    pub(crate) fn kafka_headers(&self) -> rdkafka::message::OwnedHeaders {
+        self.headers.iter().fold(
+            rdkafka::message::OwnedHeaders::new_with_capacity(self.headers.len()),
+            |headers, (key, value)| {
+                headers.insert(rdkafka::message::Header {
+                    key,
+                    value: Some(value),
+                })
+            },
+        )
+    }
+
+    /// Decodes the record as a consumer would.
+    pub(crate) fn decode(&self) -> Result<Incoming, String> {
+        decode(
+            self.headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
+            &self.value,
+        )
+    }
+}
+
 /// A received record as Sluice reads it.
 #[derive(Debug)]
 pub(crate) struct Incoming {

@@ -1,121 +1,12 @@
 //! Sluice's configuration of topics and subscriptions, kept on the AWS objects themselves as
-//! tags (SNS topic tags, SQS queue tags), so every process sees the same configuration and
-//! nothing else needs storing.
-//!
-//! | object | tag | value |
-//! |---|---|---|
-//! | SNS topic | `sluice:ordered` | `true` / `false` |
-//! | SNS topic | `sluice:dedup-window-ms` | the window, absent without one |
-//! | SQS queue | `sluice:topic` | the topic's logical name |
-//! | SQS queue | `sluice:filter` | the routing-key pattern, absent without one |
-//! | SQS queue | `sluice:lease-ms`, `sluice:max-attempts`, `sluice:prefetch` | numbers |
-//! | SQS queue | `sluice:dlq` | `true` / `false` |
-//!
-//! Objects without these tags (made by other tools) read as the defaults.
+//! tags (SNS topic tags, SQS queue tags; the mapping is `sluice_core::tags`), so every process
+//! sees the same configuration and nothing else needs storing.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use sluice_core::{Error, Filter, SubscriptionConfig, TopicConfig, TopicName};
-
-const ORDERED: &str = "sluice:ordered";
-const DEDUP_WINDOW_MS: &str = "sluice:dedup-window-ms";
-const TOPIC: &str = "sluice:topic";
-const FILTER: &str = "sluice:filter";
-const LEASE_MS: &str = "sluice:lease-ms";
-const MAX_ATTEMPTS: &str = "sluice:max-attempts";
-const PREFETCH: &str = "sluice:prefetch";
-const DLQ: &str = "sluice:dlq";
-
-/// The tags of a topic with this configuration.
-pub(crate) fn topic_tags(config: &TopicConfig) -> Vec<(String, String)> {
-    let mut tags = vec![(ORDERED.to_owned(), config.ordered.to_string())];
-    if let Some(window) = config.dedup_window {
-        tags.push((DEDUP_WINDOW_MS.to_owned(), window.as_millis().to_string()));
-    }
-    tags
-}
-
-/// The configuration a topic's tags describe.
-pub(crate) fn topic_config(tags: &HashMap<String, String>) -> TopicConfig {
-    let mut config = TopicConfig::default().ordered(tags.get(ORDERED).is_some_and(|v| v == "true"));
-    if let Some(ms) = tags.get(DEDUP_WINDOW_MS).and_then(|v| v.parse().ok()) {
-        config = config.dedup_window(Duration::from_millis(ms));
-    }
-    config
-}
-
-/// The tags of a subscription with this configuration.
-pub(crate) fn subscription_tags(config: &SubscriptionConfig) -> HashMap<String, String> {
-    let mut tags = HashMap::from([
-        (TOPIC.to_owned(), config.topic.to_string()),
-        (LEASE_MS.to_owned(), config.lease.as_millis().to_string()),
-        (MAX_ATTEMPTS.to_owned(), config.max_attempts.to_string()),
-        (PREFETCH.to_owned(), config.prefetch.to_string()),
-        (DLQ.to_owned(), config.dead_letter_queue.to_string()),
-    ]);
-    if let Some(filter) = &config.filter {
-        tags.insert(FILTER.to_owned(), filter.as_str().to_owned());
-    }
-    tags
-}
+pub(crate) use sluice_core::tags::{
+    subscription_config, subscription_tags, topic_config, topic_tags,
+};
 
 /// The prefetch tag alone (ensuring a subscription with another prefetch updates it).
 pub(crate) fn prefetch_tag(prefetch: u32) -> (String, String) {
-    (PREFETCH.to_owned(), prefetch.to_string())
-}
-
-/// The configuration a queue's tags describe; `None` if the queue is not a Sluice
-/// subscription (no topic tag).
-pub(crate) fn subscription_config(
-    tags: &HashMap<String, String>,
-) -> Result<Option<SubscriptionConfig>, Error> {
-    let Some(topic) = tags.get(TOPIC) else {
-        return Ok(None);
-    };
-    let mut config = SubscriptionConfig::new(TopicName::new(topic.clone())?);
-    if let Some(pattern) = tags.get(FILTER) {
-        config = config.filter(Filter::new(pattern.clone())?);
-    }
-    if let Some(ms) = tags.get(LEASE_MS).and_then(|v| v.parse().ok()) {
-        config = config.lease(Duration::from_millis(ms));
-    }
-    if let Some(n) = tags.get(MAX_ATTEMPTS).and_then(|v| v.parse().ok()) {
-        config = config.max_attempts(n);
-    }
-    if let Some(n) = tags.get(PREFETCH).and_then(|v| v.parse().ok()) {
-        config = config.prefetch(n);
-    }
-    if let Some(dlq) = tags.get(DLQ) {
-        config = config.dead_letter_queue(dlq == "true");
-    }
-    Ok(Some(config))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn configurations_survive_their_tags() {
-        let topic = TopicConfig::default()
-            .ordered(true)
-            .dedup_window(Duration::from_secs(300));
-        let tags: HashMap<_, _> = topic_tags(&topic).into_iter().collect();
-        assert_eq!(topic_config(&tags), topic);
-        assert_eq!(topic_config(&HashMap::new()), TopicConfig::default());
-
-        let sub = SubscriptionConfig::new(TopicName::new("orders").unwrap())
-            .filter(Filter::new("eu.#").unwrap())
-            .lease(Duration::from_secs(7))
-            .max_attempts(9)
-            .prefetch(20)
-            .dead_letter_queue(false);
-        let back = subscription_config(&subscription_tags(&sub))
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, sub);
-        assert_eq!(back.prefetch, 20);
-        assert!(subscription_config(&HashMap::new()).unwrap().is_none());
-    }
+    (sluice_core::tags::PREFETCH.to_owned(), prefetch.to_string())
 }

@@ -4,6 +4,7 @@
 //! ratio against a peer measured here, never as an absolute.
 
 mod disk;
+mod kafka_baseline;
 mod lapin_baseline;
 mod recovery;
 mod report;
@@ -150,6 +151,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let baseline = sqs_baseline::run(url, &args)
                 .await
                 .with_context(|| format!("the raw AWS SDK baseline on {url}"))?;
+            report.results.push(baseline);
+        }
+        if url.starts_with("kafka") && args.rate.is_none() && args.backlog.is_none() {
+            if !args.json {
+                eprintln!("{url}: the same workload on raw rdkafka (idempotent producer, acks=all, a consumer group)");
+            }
+            let baseline = kafka_baseline::run(url, &args)
+                .await
+                .with_context(|| format!("the raw rdkafka baseline on {url}"))?;
             report.results.push(baseline);
         }
     }

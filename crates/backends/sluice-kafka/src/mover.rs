@@ -1,0 +1,79 @@
+//! The delay mover of a topic: moves delayed publishes from the topic's delay tiers to the
+//! topic when they are due.
+//!
+//! It runs in every process with a subscriber of the topic, as a member of the consumer group
+//! `<topic>.delay`: Kafka gives each tier partition to one member, so each record is moved by
+//! one mover however many subscriptions and processes there are (one per topic, not per
+//! subscription, or each subscription would get copies). A record is completed only after the
+//! topic confirmed its copy: a mover that crashes in between moves it again (at least once;
+//! the subscriber's idempotency absorbs it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::{Result, TopicName};
+
+use crate::backend::Shared;
+use crate::consumer::{Core, Spec};
+use crate::publisher::produce;
+use crate::wire;
+
+/// A topic's delay mover; stops when dropped.
+pub(crate) struct Mover {
+    core: Arc<Core>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Mover {
+    pub(crate) fn start(shared: Arc<Shared>, topic: &TopicName) -> Result<Self> {
+        let tiers = shared.names.delay_tiers(topic);
+        let spec = Spec {
+            group: shared.names.mover_group(topic),
+            topics: tiers.clone(),
+            tiers: tiers.into_iter().collect(),
+            filter: None,
+            lease: Duration::from_secs(60),
+            prefetch: 256,
+            buffer: 1000,
+            leave_after: shared.leave_after(),
+        };
+        let core = Core::start(spec, shared.member_config(), None)?;
+        let target = shared.names.topic(topic);
+        let task = tokio::spawn(run(shared, Arc::clone(&core), target));
+        Ok(Self { core, task })
+    }
+}
+
+impl Drop for Mover {
+    fn drop(&mut self) {
+        self.core.close();
+        self.task.abort();
+    }
+}
+
+async fn run(shared: Arc<Shared>, core: Arc<Core>, target: String) {
+    loop {
+        let leases = match core.take(256, Duration::from_secs(1)).await {
+            Ok(leases) => leases,
+            Err(_) => return,
+        };
+        let moves = leases.into_iter().map(|lease| {
+            let (shared, core, target) = (&shared, &core, &target);
+            async move {
+                let id = lease.entry.message.id().to_string();
+                let record = wire::encode(&lease.entry.message, None);
+                match produce(shared, target, record).await {
+                    Ok(()) => {
+                        let _ = core.ack(lease.token, &id);
+                    }
+                    Err(err) => {
+                        tracing::warn!(topic = %target, error = %err, "moving a delayed message failed; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = core.release(lease.token, &id);
+                    }
+                }
+            }
+        });
+        futures::future::join_all(moves).await;
+    }
+}

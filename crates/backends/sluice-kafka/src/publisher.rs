@@ -1,0 +1,201 @@
+//! [`KafkaPublisher`]: publishes through the backend's one idempotent producer (`acks=all`,
+//! batched by librdkafka with a 5 ms linger), confirmed on each record's delivery report.
+//!
+//! - The ordering key is the record key (same key, same partition, in order: the idempotent
+//!   producer keeps order across its retries).
+//! - A delayed message goes to the topic's delay tier (`names::tier_for`), moved to the topic
+//!   when due by the topic's delay mover.
+//! - The topic's dedup window is emulated: the first publish of an id claims it for the
+//!   window in this process; a failed publish drops its claim so the caller's retry goes
+//!   through.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rdkafka::producer::{FutureRecord, Producer as _};
+use sluice_core::{
+    Error, Message, MessageError, PublishOutcome, PublishReceipt, Publisher, Result, TopicName,
+};
+
+use crate::backend::Shared;
+use crate::error::{is_unknown_topic, to_error};
+use crate::names::MAX_DELAY;
+use crate::wire::{self, Outgoing};
+
+/// How long a publish waits for room in the producer's local queue.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Produces one record to `topic` and waits for its delivery report.
+pub(crate) async fn produce(shared: &Shared, topic: &str, record: Outgoing) -> Result<()> {
+    let headers = record.kafka_headers();
+    let mut future = FutureRecord::to(topic)
+        .payload(&record.value)
+        .headers(headers);
+    if let Some(key) = &record.key {
+        future = future.key(key);
+    }
+    match shared.producer.send(future, QUEUE_TIMEOUT).await {
+        Ok(_) => Ok(()),
+        Err((err, _)) if is_unknown_topic(&err) => Err(Error::NotFound {
+            kind: sluice_core::ObjectKind::Topic,
+            name: topic.to_owned(),
+        }),
+        Err((err, _)) => Err(to_error(err, &format!("publishing to `{topic}`"))),
+    }
+}
+
+/// Publishes messages to Kafka topics.
+pub struct KafkaPublisher {
+    shared: Arc<Shared>,
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher").finish_non_exhaustive()
+    }
+}
+
+/// Counts a publish in flight for [`Publisher::close`].
+struct InFlight<'a>(&'a KafkaPublisher);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl KafkaPublisher {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            closed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The topic's configuration (checks that it exists), or why publishing cannot start.
+    async fn prepare(&self, topic: &TopicName) -> Result<sluice_core::TopicConfig> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("publisher"));
+        }
+        self.shared.cached_topic_config(topic).await
+    }
+
+    /// Publishes one message of a prepared topic. Nothing is awaited before the record is
+    /// queued, so concurrent calls polled in order queue their records in order.
+    async fn publish_to(
+        &self,
+        topic: &TopicName,
+        config: &sluice_core::TopicConfig,
+        mut message: Message,
+    ) -> Result<PublishReceipt> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _guard = InFlight(self);
+        let shared = &self.shared;
+        message.check_size(shared.caps.max_message_size)?;
+        let delay = message
+            .deliver_at()
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .filter(|d| !d.is_zero());
+        if let Some(delay) = delay.filter(|d| *d > MAX_DELAY) {
+            return Err(MessageError::DelayTooLong {
+                requested: delay,
+                max: MAX_DELAY,
+            }
+            .into());
+        }
+        let id = message.id().clone();
+        if let Some(window) = config.dedup_window {
+            if !shared.claims.claim(topic.as_str(), id.as_str(), window) {
+                return Ok(PublishReceipt::new(id, PublishOutcome::Duplicate));
+            }
+        }
+        if message.published_at().is_none() {
+            message.set_published_at(SystemTime::now());
+        }
+        let target = match delay {
+            Some(delay) => shared.names.delay_tier(topic, delay),
+            None => shared.names.topic(topic),
+        };
+        match produce(shared, &target, wire::encode(&message, None)).await {
+            Ok(()) => Ok(PublishReceipt::new(id, PublishOutcome::Published)),
+            Err(err) => {
+                if config.dedup_window.is_some() {
+                    shared.claims.release(topic.as_str(), id.as_str());
+                }
+                Err(match err {
+                    Error::NotFound { .. } => {
+                        shared.forget_topic(topic);
+                        Error::topic_not_found(topic.as_str())
+                    }
+                    other => other,
+                })
+            }
+        }
+    }
+}
+
+/// The same error again, for every message of a batch that could not start.
+fn same_error(err: &Error) -> Error {
+    match err {
+        Error::NotFound { kind, name } => Error::NotFound {
+            kind: *kind,
+            name: name.clone(),
+        },
+        Error::Closed(what) => Error::Closed(what),
+        Error::Timeout(after) => Error::Timeout(*after),
+        other => Error::backend(other.to_string(), other.is_retryable()),
+    }
+}
+
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, topic: &TopicName, message: Message) -> Result<PublishReceipt> {
+        let config = self.prepare(topic).await?;
+        self.publish_to(topic, &config, message).await
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<Message>,
+    ) -> Vec<Result<PublishReceipt>> {
+        let config = match self.prepare(topic).await {
+            Ok(config) => config,
+            Err(err) => return messages.iter().map(|_| Err(same_error(&err))).collect(),
+        };
+        // Every record is queued in order before any is awaited: librdkafka batches them, and
+        // records of one key keep their order on their partition.
+        let config = &config;
+        futures::future::join_all(
+            messages
+                .into_iter()
+                .map(|m| self.publish_to(topic, config, m)),
+        )
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
+        }
+        let producer = self.shared.producer.clone();
+        crate::backend::blocking(move || {
+            producer
+                .flush(Duration::from_secs(30))
+                .map_err(|e| to_error(e, "flushing the producer"))
+        })
+        .await
+    }
+}

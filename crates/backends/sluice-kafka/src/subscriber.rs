@@ -1,0 +1,307 @@
+//! [`KafkaSubscriber`] and [`KafkaDelivery`]: a subscription's consumer-group member and the
+//! per-message verbs on top of committed offsets.
+//!
+//! | verb | on Kafka |
+//! |---|---|
+//! | ack | completes the record; the committed position moves past the completed prefix |
+//! | retry(after) | copies the record to the subscription's retry tier (due time and attempt in headers), then completes it |
+//! | dead_letter | copies it to the subscription's DLQ topic with the envelope, then completes it |
+//! | release | hands it out again from memory, attempt unchanged |
+//! | extend_lease | moves the in-memory deadline |
+//!
+//! The subscriber's group consumes the topic and the subscription's retry tiers, so a retried
+//! record comes back to the same subscription only (ordering `until_retry`: later records of
+//! its key may overtake it).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::BoxFuture;
+use sluice_core::envelope::{format_time, FIRST_FAILURE_HEADER};
+use sluice_core::{
+    DeadLetterReason, Delivery, Envelope, Error, Message, Result, Subscriber, SubscriptionConfig,
+    SubscriptionName, TopicName, VerbError, VerbResult,
+};
+
+use crate::backend::Shared;
+use crate::consumer::{Core, Entry, Expiry, Spec, POISON_HEADER};
+use crate::mover::Mover;
+use crate::names::{tier_for, MAX_DELAY, TIERS};
+use crate::publisher::produce;
+use crate::wire;
+
+/// What a subscriber's deliveries share.
+struct Context {
+    shared: Arc<Shared>,
+    name: SubscriptionName,
+    config: SubscriptionConfig,
+    core: Arc<Core>,
+}
+
+/// Moves records whose lease ran out while closing to the retry tier, attempt counted.
+struct ToRetryTier {
+    shared: Arc<Shared>,
+    name: SubscriptionName,
+}
+
+impl Expiry for ToRetryTier {
+    fn move_expired(&self, entry: Entry) -> BoxFuture<'static, bool> {
+        let shared = Arc::clone(&self.shared);
+        let topic = shared.names.retry_tier(&self.name, TIERS[0]);
+        Box::pin(async move {
+            let mut message = entry.message;
+            message.set_deliver_at(None);
+            // `entry.attempt` already counts the expired delivery.
+            let record = wire::encode(&message, Some(entry.attempt.saturating_sub(1)));
+            match produce(&shared, &topic, record).await {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(%topic, error = %err, "moving an expired delivery failed; the next owner reads it again");
+                    false
+                }
+            }
+        })
+    }
+}
+
+/// A subscriber of one subscription: a member of its consumer group.
+pub struct KafkaSubscriber {
+    context: Arc<Context>,
+    /// The topic's delay mover, kept running while this subscriber is.
+    mover: Mutex<Option<Arc<Mover>>>,
+}
+
+impl std::fmt::Debug for KafkaSubscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSubscriber")
+            .field("subscription", &self.context.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSubscriber {
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        name: SubscriptionName,
+        config: SubscriptionConfig,
+    ) -> Result<Self> {
+        let names = &shared.names;
+        let tiers = names.retry_tiers(&name);
+        let mut topics = vec![names.topic(&config.topic)];
+        topics.extend(tiers.iter().cloned());
+        let prefetch = usize::try_from(config.prefetch.max(1)).unwrap_or(usize::MAX);
+        let spec = Spec {
+            group: names.group(&name),
+            topics,
+            tiers: tiers.into_iter().collect(),
+            filter: config.filter.clone(),
+            lease: config.lease,
+            prefetch,
+            buffer: (prefetch * 4).max(1000),
+            leave_after: shared.leave_after(),
+        };
+        let expiry = Arc::new(ToRetryTier {
+            shared: Arc::clone(&shared),
+            name: name.clone(),
+        });
+        let core = Core::start(spec, shared.member_config(), Some(expiry))?;
+        let mover = shared.mover(&config.topic)?;
+        Ok(Self {
+            context: Arc::new(Context {
+                shared,
+                name,
+                config,
+                core,
+            }),
+            mover: Mutex::new(Some(mover)),
+        })
+    }
+}
+
+impl Drop for KafkaSubscriber {
+    fn drop(&mut self) {
+        self.context.core.close();
+    }
+}
+
+impl Subscriber for KafkaSubscriber {
+    type Delivery = KafkaDelivery;
+
+    fn subscription(&self) -> &SubscriptionName {
+        &self.context.name
+    }
+
+    fn config(&self) -> &SubscriptionConfig {
+        &self.context.config
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<KafkaDelivery>> {
+        let leases = self.context.core.take(max.max(1), wait).await?;
+        let mut out = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let delivery = KafkaDelivery {
+                context: Arc::clone(&self.context),
+                token: lease.token,
+                message: lease.entry.message,
+                attempt: lease.entry.attempt,
+                deadline: lease.deadline,
+            };
+            if let Some(reason) = delivery.message.header(POISON_HEADER).map(str::to_owned) {
+                // Undecodable: to the DLQ with the reason, never to the handler.
+                tokio::spawn(async move {
+                    let reason = DeadLetterReason::new(format!("undecodable record: {reason}"));
+                    if let Err(err) = delivery.dead_letter(reason).await {
+                        tracing::warn!(error = %err.error, "dead-lettering an undecodable record failed");
+                    }
+                });
+                continue;
+            }
+            out.push(delivery);
+        }
+        Ok(out)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.context.core.close();
+        self.mover.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok(())
+    }
+}
+
+/// One record handed to one consumer.
+pub struct KafkaDelivery {
+    context: Arc<Context>,
+    token: u64,
+    message: Message,
+    attempt: u32,
+    deadline: Instant,
+}
+
+impl std::fmt::Debug for KafkaDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaDelivery")
+            .field("id", self.message.id())
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaDelivery {
+    fn id(&self) -> &str {
+        self.message.id().as_str()
+    }
+
+    /// Copies the record to `topic` (with `attempt` deliveries so far), then completes it.
+    async fn move_to(self, topic: String, message: Message, attempt: u32) -> VerbResult<Self> {
+        let core = &self.context.core;
+        if let Err(err) = core.begin_move(self.token, self.id()) {
+            return Err(VerbError::new(err, self));
+        }
+        let record = wire::encode(&message, Some(attempt));
+        match produce(&self.context.shared, &topic, record).await {
+            Ok(()) => {
+                core.finish_move(self.token, true);
+                Ok(())
+            }
+            Err(err) => {
+                core.finish_move(self.token, false);
+                Err(VerbError::new(err, self))
+            }
+        }
+    }
+}
+
+impl Delivery for KafkaDelivery {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn lease_deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn topic(&self) -> &TopicName {
+        &self.context.config.topic
+    }
+
+    fn subscription(&self) -> &SubscriptionName {
+        &self.context.name
+    }
+
+    async fn ack(self) -> VerbResult<Self> {
+        match self.context.core.ack(self.token, self.id()) {
+            Ok(()) => Ok(()),
+            Err(err) => Err(VerbError::new(err, self)),
+        }
+    }
+
+    async fn retry(self, after: Duration) -> VerbResult<Self> {
+        if after > MAX_DELAY {
+            let err = Error::Unsupported(format!(
+                "a retry after {after:?}: the longest delay on Kafka is {MAX_DELAY:?}"
+            ));
+            return Err(VerbError::new(err, self));
+        }
+        let mut message = self.message.clone();
+        message.set_deliver_at(Some(SystemTime::now() + after));
+        if message.header(FIRST_FAILURE_HEADER).is_none() {
+            message.set_reserved_header(FIRST_FAILURE_HEADER, format_time(SystemTime::now()));
+        }
+        let topic = self
+            .context
+            .shared
+            .names
+            .retry_tier(&self.context.name, tier_for(after));
+        let attempt = self.attempt;
+        self.move_to(topic, message, attempt).await
+    }
+
+    async fn release(self) -> VerbResult<Self> {
+        match self.context.core.release(self.token, self.id()) {
+            Ok(()) => Ok(()),
+            Err(err) => Err(VerbError::new(err, self)),
+        }
+    }
+
+    async fn dead_letter(self, reason: DeadLetterReason) -> VerbResult<Self> {
+        let context = Arc::clone(&self.context);
+        if !context.config.dead_letter_queue {
+            tracing::warn!(
+                subscription = %context.name,
+                id = %self.id(),
+                reason = %reason.reason,
+                "dead-lettered without a dead-letter queue: discarded"
+            );
+            return self.ack().await;
+        }
+        let mut message = self.message.clone();
+        let first_failure = message
+            .header(FIRST_FAILURE_HEADER)
+            .and_then(|v| humantime::parse_rfc3339(v).ok())
+            .unwrap_or_else(SystemTime::now);
+        message.remove_headers_with_prefix(POISON_HEADER);
+        Envelope::new(
+            context.config.topic.as_str(),
+            context.name.as_str(),
+            self.attempt,
+            reason,
+            Some(first_failure),
+            SystemTime::now(),
+        )
+        .write(&mut message);
+        message.set_deliver_at(None);
+        let topic = context.shared.names.dlq(&context.name);
+        let attempt = self.attempt;
+        self.move_to(topic, message, attempt).await
+    }
+
+    async fn extend_lease(&mut self, lease: Duration) -> Result<()> {
+        let id = self.message.id().as_str().to_owned();
+        self.deadline = self.context.core.extend(self.token, &id, lease)?;
+        Ok(())
+    }
+}
