@@ -179,23 +179,53 @@ impl Shared {
         }
     }
 
-    /// The configuration of a topic for publishing: from a cache refreshed every few seconds
-    /// (so deletions by other processes are seen), read from the catalog on a miss.
-    pub(crate) async fn cached_topic_config(&self, topic: &TopicName) -> Result<TopicConfig> {
-        {
-            let cache = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((config, at)) = cache.get(topic) {
-                if at.elapsed() < TOPIC_CACHE {
-                    return Ok(config.clone());
+    /// The configuration of a topic for publishing, from a cache: read from the catalog on a
+    /// miss; an entry older than a few seconds is still used while a background read
+    /// refreshes it (so a deletion by another process is seen, without stalling publishes).
+    pub(crate) async fn cached_topic_config(
+        self: &Arc<Self>,
+        topic: &TopicName,
+    ) -> Result<TopicConfig> {
+        let stale = {
+            let mut cache = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get_mut(topic) {
+                Some((config, at)) => {
+                    let stale = at.elapsed() >= TOPIC_CACHE;
+                    if stale {
+                        // One refresh at a time: the next one is due a period later.
+                        *at = std::time::Instant::now();
+                    }
+                    Some((config.clone(), stale))
                 }
+                None => None,
+            }
+        };
+        match stale {
+            Some((config, false)) => Ok(config),
+            Some((config, true)) => {
+                let (shared, topic) = (Arc::clone(self), topic.clone());
+                tokio::spawn(async move {
+                    match shared.topic_config(&topic).await {
+                        Ok(config) => shared.remember_topic(&topic, config),
+                        Err(Error::NotFound { .. }) => shared.forget_topic(&topic),
+                        Err(err) => tracing::debug!(%topic, error = %err, "refreshing a topic"),
+                    }
+                });
+                Ok(config)
+            }
+            None => {
+                let config = self.topic_config(topic).await?;
+                self.remember_topic(topic, config.clone());
+                Ok(config)
             }
         }
-        let config = self.topic_config(topic).await?;
+    }
+
+    fn remember_topic(&self, topic: &TopicName, config: TopicConfig) {
         self.topics
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(topic.clone(), (config.clone(), std::time::Instant::now()));
-        Ok(config)
+            .insert(topic.clone(), (config, std::time::Instant::now()));
     }
 
     /// Drops a topic from the publishing cache.
@@ -231,16 +261,21 @@ impl Shared {
         Ok(mover)
     }
 
-    /// Creates topics, leaving existing ones alone.
-    async fn create_topics(&self, topics: &[(String, i32)]) -> Result<()> {
+    /// Creates topics, leaving existing ones alone; `compact` makes them compacted.
+    async fn create_topics(&self, topics: &[(String, i32)], compact: bool) -> Result<()> {
         let news: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|(name, partitions)| {
-                NewTopic::new(
+                let new = NewTopic::new(
                     name,
                     *partitions,
                     TopicReplication::Fixed(self.options.replication),
-                )
+                );
+                if compact {
+                    new.set("cleanup.policy", "compact")
+                } else {
+                    new
+                }
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
@@ -249,18 +284,7 @@ impl Shared {
             .create_topics(news.iter(), &options)
             .await
             .map_err(|e| to_error(e, "creating topics"))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(Error::backend(
-                        format!("creating Kafka topic `{name}`: {code}"),
-                        false,
-                    ))
-                }
-            }
-        }
-        Ok(())
+        admin_results(results, "creating", RDKafkaErrorCode::TopicAlreadyExists)
     }
 
     /// Deletes topics, ignoring missing ones, after stopping this process's consumers of them.
@@ -273,18 +297,11 @@ impl Shared {
             .delete_topics(&names, &options)
             .await
             .map_err(|e| to_error(e, "deleting topics"))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((name, code)) => {
-                    return Err(Error::backend(
-                        format!("deleting Kafka topic `{name}`: {code}"),
-                        false,
-                    ))
-                }
-            }
-        }
-        Ok(())
+        admin_results(
+            results,
+            "deleting",
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        )
     }
 
     /// The partition count of a physical topic.
@@ -312,6 +329,28 @@ impl Shared {
         })
         .await
     }
+}
+
+/// Checks the per-topic results of an admin call, where `fine` (the topic already exists, or
+/// is already gone) is not an error.
+fn admin_results(
+    results: Vec<rdkafka::admin::TopicResult>,
+    doing: &str,
+    fine: RDKafkaErrorCode,
+) -> Result<()> {
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err((_, code)) if code == fine => {}
+            Err((name, code)) => {
+                return Err(Error::backend(
+                    format!("{doing} Kafka topic `{name}`: {code}"),
+                    false,
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs blocking client calls off the async runtime.
@@ -412,25 +451,7 @@ impl KafkaBackend {
             movers: Mutex::new(HashMap::new()),
             topics: Mutex::new(HashMap::new()),
         });
-        let mut catalog_topic = NewTopic::new(&catalog_topic, 1, TopicReplication::Fixed(1));
-        catalog_topic = catalog_topic.set("cleanup.policy", "compact");
-        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-        let created = shared
-            .admin
-            .create_topics([&catalog_topic], &options)
-            .await
-            .map_err(|e| to_error(e, "creating the catalog topic"))?;
-        for result in created {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(Error::backend(
-                        format!("creating the catalog topic `{name}`: {code}"),
-                        false,
-                    ))
-                }
-            }
-        }
+        shared.create_topics(&[(catalog_topic, 1)], true).await?;
         Ok(Self { shared })
     }
 
@@ -462,10 +483,13 @@ impl KafkaBackend {
         let topic = self.shared.names.topic(&config.topic);
         let partitions = self.shared.partitions(topic.clone()).await?;
         let mut client = self.shared.client_config();
-        client.set("group.id", self.shared.names.group(subscription));
+        client
+            .set("group.id", self.shared.names.group(subscription))
+            .set("enable.auto.commit", "false");
         let start = config.start;
         blocking(move || {
             let consumer: BaseConsumer = client
+                .clone()
                 .create()
                 .map_err(|e| to_error(e, "creating a client"))?;
             let mut list = TopicPartitionList::new();
@@ -475,7 +499,11 @@ impl KafkaBackend {
                         .map_err(|e| to_error(e, &format!("reading the offsets of `{topic}`")))?;
                 let offset = match start {
                     StartPosition::Earliest => low,
-                    StartPosition::Latest | StartPosition::At(_) => high,
+                    // The end as reported, then checked by reading (Tansu's can lag).
+                    StartPosition::Latest => {
+                        first_at_or_after(&client, &topic, partition, high, i64::MAX)?
+                    }
+                    StartPosition::At(_) => high,
                 };
                 list.add_partition_offset(&topic, partition, Offset::Offset(offset))
                     .map_err(|e| to_error(e, "pinning the start position"))?;
@@ -501,12 +529,11 @@ impl KafkaBackend {
                 for element in found.elements() {
                     // No record at or after the time: the end, already in `list`.
                     if let Offset::Offset(offset) = element.offset() {
-                        list.set_partition_offset(
-                            &topic,
-                            element.partition(),
-                            Offset::Offset(offset),
-                        )
-                        .map_err(|e| to_error(e, "pinning the start position"))?;
+                        let partition = element.partition();
+                        let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+                        let offset = first_at_or_after(&client, &topic, partition, offset, ms)?;
+                        list.set_partition_offset(&topic, partition, Offset::Offset(offset))
+                            .map_err(|e| to_error(e, "pinning the start position"))?;
                     }
                 }
             }
@@ -536,7 +563,9 @@ impl KafkaBackend {
     async fn dlq_commit(&self, subscription: &SubscriptionName, to: i64) -> Result<()> {
         let topic = self.shared.names.dlq(subscription);
         let mut client = self.shared.client_config();
-        client.set("group.id", self.shared.names.dlq(subscription));
+        client
+            .set("group.id", self.shared.names.dlq(subscription))
+            .set("enable.auto.commit", "false");
         blocking(move || {
             let consumer: BaseConsumer = client
                 .create()
@@ -550,6 +579,46 @@ impl KafkaBackend {
         })
         .await
     }
+}
+
+/// The first offset at or after `from` whose record's timestamp is at least `ms`, or the
+/// partition's end. `OffsetsForTimes` should answer exactly that; Tansu answers earlier
+/// offsets (and its watermarks can lag), so the answer is checked by reading from it up to
+/// the end the fetch itself reports (one record on a broker that answers right).
+fn first_at_or_after(
+    client: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    ms: i64,
+) -> Result<i64> {
+    let reader: BaseConsumer = client
+        .clone()
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| to_error(e, "creating a client"))?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(|e| to_error(e, "reading the start position"))?;
+    reader
+        .assign(&list)
+        .map_err(|e| to_error(e, "reading the start position"))?;
+    let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+    let mut next = from;
+    while std::time::Instant::now() < deadline {
+        match reader.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(next),
+            Some(Err(err)) => return Err(to_error(err, "reading the start position")),
+            Some(Ok(record)) => {
+                if record.timestamp().to_millis().is_none_or(|t| t >= ms) {
+                    return Ok(record.offset());
+                }
+                next = record.offset() + 1;
+            }
+        }
+    }
+    Err(Error::Timeout(ADMIN_TIMEOUT))
 }
 
 /// What a DLQ holds past its read position.
@@ -662,7 +731,7 @@ impl Backend for KafkaBackend {
                 .into_iter()
                 .map(|t| (t, partitions)),
         );
-        shared.create_topics(&topics).await?;
+        shared.create_topics(&topics, false).await?;
         let tags: Tags = tags::topic_tags(config).into_iter().collect();
         shared.catalog.put(&topic_key(topic), Some(&tags)).await
     }
@@ -706,7 +775,7 @@ impl Backend for KafkaBackend {
                 (t, if dlq { 1 } else { partitions.max(1) })
             })
             .collect();
-        shared.create_topics(&topics).await?;
+        shared.create_topics(&topics, false).await?;
         self.pin_start(subscription, config).await?;
         shared
             .catalog

@@ -53,6 +53,8 @@ impl Catalog {
             .clone()
             // librdkafka wants a group even for assigned partitions; it never joins or commits.
             .set("group.id", "sluice-catalog-reader")
+            // Reads wait for the end the broker reported: do not let a fetch idle long.
+            .set("fetch.wait.max.ms", "10")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .create()

@@ -101,11 +101,19 @@ pub(crate) struct Lease {
     pub(crate) deadline: Instant,
 }
 
-/// What happens to a record whose lease ran out while the engine is closing.
-pub(crate) trait Expiry: Send + Sync + 'static {
-    /// Moves the record elsewhere (the retry tier) with its attempt counted; `true` once it is
+/// Where records go that the engine cannot hand out: a subscriber's retry tier and DLQ.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// Moves a record whose lease ran out while closing, or that was still leased when its
+    /// partition was revoked, to the retry tier with its attempt counted; `true` once it is
     /// safely there and may be completed.
     fn move_expired(&self, entry: Entry) -> futures::future::BoxFuture<'static, bool>;
+
+    /// Dead-letters a record that cannot be decoded, with the reason; `true` once done.
+    fn dead_letter_poison(
+        &self,
+        entry: Entry,
+        reason: String,
+    ) -> futures::future::BoxFuture<'static, bool>;
 }
 
 #[derive(Debug, Default)]
@@ -184,7 +192,7 @@ pub(crate) struct Core {
     ready: tokio::sync::Notify,
     /// Wakes a revocation or a close waiting for leased records.
     settled: Condvar,
-    expiry: Option<Arc<dyn Expiry>>,
+    expiry: Option<Arc<dyn Sink>>,
     runtime: tokio::runtime::Handle,
     /// Set once the poll thread has left the group and destroyed its consumer.
     exited: std::sync::atomic::AtomicBool,
@@ -278,7 +286,7 @@ impl Core {
     pub(crate) fn start(
         spec: Spec,
         mut config: rdkafka::ClientConfig,
-        expiry: Option<Arc<dyn Expiry>>,
+        expiry: Option<Arc<dyn Sink>>,
     ) -> Result<Arc<Core>> {
         let core = Arc::new(Core {
             state: Mutex::new(State::default()),
@@ -365,7 +373,7 @@ impl Core {
     }
 
     /// Takes in a fetched record.
-    fn intake(&self, record: &BorrowedMessage<'_>) {
+    fn intake(self: &Arc<Self>, record: &BorrowedMessage<'_>) {
         let tp: Tp = (Arc::from(record.topic()), record.partition());
         let offset = record.offset();
         let decoded = {
@@ -384,18 +392,30 @@ impl Core {
         let incoming = match decoded {
             Ok(incoming) => incoming,
             Err(reason) => {
-                // A poison record: handed out like any other, so the subscriber moves it to
-                // the DLQ with its reason (never a crash loop).
+                // A poison record: straight to the DLQ with its reason, never to a handler
+                // (and never a crash loop); completed once the DLQ has it.
+                let Some(sink) = self.expiry.clone() else {
+                    tracing::warn!(group = %self.spec.group, topic = %tp.0, offset, %reason, "an undecodable record skipped");
+                    state.offsets.fetched(&tp.0, tp.1, offset, false);
+                    return;
+                };
                 state.offsets.fetched(&tp.0, tp.1, offset, true);
-                let message = poison(record, &reason);
-                state.route(Entry {
+                let entry = Entry {
                     tp,
                     offset,
-                    message,
+                    message: poison(record),
                     attempt: 1,
-                });
+                };
+                state.next_token += 1;
+                let token = state.next_token;
+                let deadline = Instant::now() + self.spec.lease;
+                state.moving.insert(token, (entry.clone(), deadline));
                 drop(state);
-                self.ready.notify_waiters();
+                let core = Arc::clone(self);
+                self.runtime.spawn(async move {
+                    let moved = sink.dead_letter_poison(entry, reason).await;
+                    core.finish_move(token, moved);
+                });
                 return;
             }
         };
@@ -780,15 +800,9 @@ fn tpl(tps: &[Tp], offset: Option<i64>) -> TopicPartitionList {
     list
 }
 
-/// The message handed out for an undecodable record: its value as the payload, marked with
-/// the reason, so the subscriber dead-letters it.
-fn poison(record: &BorrowedMessage<'_>, reason: &str) -> Message {
-    let mut message = Message::builder(record.payload().unwrap_or_default().to_vec())
+/// The message kept of an undecodable record: its value as the payload, a new id.
+fn poison(record: &BorrowedMessage<'_>) -> Message {
+    Message::builder(record.payload().unwrap_or_default().to_vec())
         .build()
-        .unwrap_or_else(|_| Message::builder(Vec::<u8>::new()).build().expect("empty"));
-    message.set_reserved_header(POISON_HEADER, reason);
-    message
+        .unwrap_or_else(|_| Message::builder(Vec::<u8>::new()).build().expect("empty"))
 }
-
-/// Marks a handed-out message as undecodable (the subscriber dead-letters it at once).
-pub(crate) const POISON_HEADER: &str = "sluice-poison";

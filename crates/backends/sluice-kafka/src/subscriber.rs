@@ -24,7 +24,7 @@ use sluice_core::{
 };
 
 use crate::backend::Shared;
-use crate::consumer::{Core, Entry, Expiry, Spec, POISON_HEADER};
+use crate::consumer::{Core, Entry, Sink, Spec};
 use crate::mover::Mover;
 use crate::names::{tier_for, MAX_DELAY, TIERS};
 use crate::publisher::produce;
@@ -38,13 +38,14 @@ struct Context {
     core: Arc<Core>,
 }
 
-/// Moves records whose lease ran out while closing to the retry tier, attempt counted.
-struct ToRetryTier {
+/// The subscription's retry tier and DLQ, for records the engine cannot hand out.
+struct ToSubscription {
     shared: Arc<Shared>,
     name: SubscriptionName,
+    config: SubscriptionConfig,
 }
 
-impl Expiry for ToRetryTier {
+impl Sink for ToSubscription {
     fn move_expired(&self, entry: Entry) -> BoxFuture<'static, bool> {
         let shared = Arc::clone(&self.shared);
         let topic = shared.names.retry_tier(&self.name, TIERS[0]);
@@ -62,6 +63,55 @@ impl Expiry for ToRetryTier {
             }
         })
     }
+
+    fn dead_letter_poison(&self, entry: Entry, reason: String) -> BoxFuture<'static, bool> {
+        let (shared, name, config) = (
+            Arc::clone(&self.shared),
+            self.name.clone(),
+            self.config.clone(),
+        );
+        Box::pin(async move {
+            let reason = DeadLetterReason::new(format!("undecodable record: {reason}"));
+            tracing::warn!(subscription = %name, reason = %reason.reason, "dead-lettering a poison record");
+            if !config.dead_letter_queue {
+                return true;
+            }
+            let message = with_envelope(entry.message, &name, &config, entry.attempt, reason);
+            let topic = shared.names.dlq(&name);
+            match produce(&shared, &topic, wire::encode(&message, Some(entry.attempt))).await {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(%topic, error = %err, "dead-lettering a poison record failed; tried again by the next owner");
+                    false
+                }
+            }
+        })
+    }
+}
+
+/// The message as it goes to the DLQ: the envelope written, due now.
+fn with_envelope(
+    mut message: Message,
+    name: &SubscriptionName,
+    config: &SubscriptionConfig,
+    attempt: u32,
+    reason: DeadLetterReason,
+) -> Message {
+    let first_failure = message
+        .header(FIRST_FAILURE_HEADER)
+        .and_then(|v| humantime::parse_rfc3339(v).ok())
+        .unwrap_or_else(SystemTime::now);
+    Envelope::new(
+        config.topic.as_str(),
+        name.as_str(),
+        attempt,
+        reason,
+        Some(first_failure),
+        SystemTime::now(),
+    )
+    .write(&mut message);
+    message.set_deliver_at(None);
+    message
 }
 
 /// A subscriber of one subscription: a member of its consumer group.
@@ -100,9 +150,10 @@ impl KafkaSubscriber {
             buffer: (prefetch * 4).max(1000),
             leave_after: shared.leave_after(),
         };
-        let expiry = Arc::new(ToRetryTier {
+        let expiry = Arc::new(ToSubscription {
             shared: Arc::clone(&shared),
             name: name.clone(),
+            config: config.clone(),
         });
         let core = Core::start(spec, shared.member_config(), Some(expiry))?;
         let mover = shared.mover(&config.topic)?;
@@ -137,28 +188,16 @@ impl Subscriber for KafkaSubscriber {
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<KafkaDelivery>> {
         let leases = self.context.core.take(max.max(1), wait).await?;
-        let mut out = Vec::with_capacity(leases.len());
-        for lease in leases {
-            let delivery = KafkaDelivery {
+        Ok(leases
+            .into_iter()
+            .map(|lease| KafkaDelivery {
                 context: Arc::clone(&self.context),
                 token: lease.token,
                 message: lease.entry.message,
                 attempt: lease.entry.attempt,
                 deadline: lease.deadline,
-            };
-            if let Some(reason) = delivery.message.header(POISON_HEADER).map(str::to_owned) {
-                // Undecodable: to the DLQ with the reason, never to the handler.
-                tokio::spawn(async move {
-                    let reason = DeadLetterReason::new(format!("undecodable record: {reason}"));
-                    if let Err(err) = delivery.dead_letter(reason).await {
-                        tracing::warn!(error = %err.error, "dead-lettering an undecodable record failed");
-                    }
-                });
-                continue;
-            }
-            out.push(delivery);
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     async fn close(&self) -> Result<()> {
@@ -278,22 +317,13 @@ impl Delivery for KafkaDelivery {
             );
             return self.ack().await;
         }
-        let mut message = self.message.clone();
-        let first_failure = message
-            .header(FIRST_FAILURE_HEADER)
-            .and_then(|v| humantime::parse_rfc3339(v).ok())
-            .unwrap_or_else(SystemTime::now);
-        message.remove_headers_with_prefix(POISON_HEADER);
-        Envelope::new(
-            context.config.topic.as_str(),
-            context.name.as_str(),
+        let message = with_envelope(
+            self.message.clone(),
+            &context.name,
+            &context.config,
             self.attempt,
             reason,
-            Some(first_failure),
-            SystemTime::now(),
-        )
-        .write(&mut message);
-        message.set_deliver_at(None);
+        );
         let topic = context.shared.names.dlq(&context.name);
         let attempt = self.attempt;
         self.move_to(topic, message, attempt).await

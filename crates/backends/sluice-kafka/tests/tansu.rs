@@ -208,3 +208,52 @@ async fn a_member_joining_a_stable_group_gets_partitions() {
     assert!(first_most > 0, "the first member had partitions");
     assert!(assigned > 0, "the second member gets partitions");
 }
+
+#[tokio::test]
+#[ignore = "a probe of Tansu's watermarks, run by hand"]
+async fn probe_watermarks_after_single_produces() {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BROKER)
+        .create()
+        .expect("an admin client");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKER)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("a producer");
+    let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKER)
+        .set("group.id", "probe")
+        .create()
+        .expect("a consumer");
+    let mut wrong = 0;
+    for round in 0..20 {
+        let topic = unique("probe");
+        let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
+        admin
+            .create_topics([&new], &AdminOptions::new())
+            .await
+            .unwrap();
+        let n = round % 3 + 1;
+        for i in 0..n {
+            let payload = format!("p{i}");
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(&topic).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+        let (low, high) = reader
+            .fetch_watermarks(&topic, 0, Duration::from_secs(5))
+            .unwrap();
+        if high != n as i64 {
+            wrong += 1;
+            eprintln!("round {round}: produced {n}, watermarks ({low}, {high})");
+        }
+    }
+    assert_eq!(wrong, 0);
+}

@@ -118,19 +118,21 @@ pub(crate) async fn run(url: &str, args: &BenchArgs) -> anyhow::Result<BackendRe
 
     let origin = Instant::now();
     let warmup = (args.messages / 10).max(args.batch as u64);
-    round(&backend, &topic, &subscription, args, warmup, origin, false).await?;
+    // The consumers live through both rounds, as in a long-running service (on Kafka a new
+    // group member costs a rebalance).
+    let mut subscribers = Vec::new();
+    for _ in 0..args.consumers.max(1) {
+        subscribers.push(Arc::new(backend.subscribe(&subscription).await?));
+    }
+    let clients = (&backend, &topic, subscribers.as_slice());
+    round(clients, args, warmup, origin, false).await?;
     let total = args.backlog.unwrap_or(args.messages);
     // With --backlog: fill first, with nobody consuming; then time the drain alone.
-    let (publish, end_to_end, seconds) = round(
-        &backend,
-        &topic,
-        &subscription,
-        args,
-        total,
-        origin,
-        args.backlog.is_some(),
-    )
-    .await?;
+    let (publish, end_to_end, seconds) =
+        round(clients, args, total, origin, args.backlog.is_some()).await?;
+    for subscriber in &subscribers {
+        subscriber.close().await?;
+    }
 
     let _ = backend.delete_topic(&topic).await;
     Ok(BackendResult::new(
@@ -153,9 +155,7 @@ fn uuid_suffix() -> String {
 /// end-to-end latency histograms and the measured seconds (the whole round, or with
 /// `fill_first` only the drain after every message was published).
 async fn round(
-    backend: &DynBackend,
-    topic: &TopicName,
-    subscription: &SubscriptionName,
+    (backend, topic, subscribers): (&DynBackend, &TopicName, &[Arc<DynSubscriber>]),
     args: &BenchArgs,
     total: u64,
     origin: Instant,
@@ -165,15 +165,12 @@ async fn round(
     let acked = Arc::new(AtomicU64::new(0));
     let mut consumers = Vec::new();
     let start_consumers = |consumers: &mut Vec<_>| -> anyhow::Result<()> {
-        for _ in 0..args.consumers.max(1) {
-            let backend = backend.clone();
-            let subscription = subscription.clone();
-            let acked = acked.clone();
+        for subscriber in subscribers {
+            let (subscriber, acked) = (Arc::clone(subscriber), acked.clone());
             let batch = args.batch;
-            consumers.push(tokio::spawn(async move {
-                let subscriber = backend.subscribe(&subscription).await?;
-                consume(subscriber, batch, total, acked, origin).await
-            }));
+            consumers.push(tokio::spawn(consume(
+                subscriber, batch, total, acked, origin,
+            )));
         }
         Ok(())
     };
@@ -286,7 +283,7 @@ async fn produce_at_rate(
 }
 
 async fn consume(
-    subscriber: DynSubscriber,
+    subscriber: Arc<DynSubscriber>,
     batch: usize,
     total: u64,
     acked: Arc<AtomicU64>,
@@ -314,6 +311,5 @@ async fn consume(
         }
         acked.fetch_add(n, Ordering::Relaxed);
     }
-    subscriber.close().await?;
     Ok(latency)
 }
