@@ -64,7 +64,12 @@ async fn drain(subscriber: &impl Subscriber, count: usize) -> Vec<(String, u32, 
     let mut got = Vec::new();
     while got.len() < count {
         let wait = deadline.saturating_duration_since(Instant::now());
-        assert!(!wait.is_zero(), "only {} of {count} arrived", got.len());
+        assert!(
+            !wait.is_zero(),
+            "only {} of {count} arrived: {:?}",
+            got.len(),
+            got.iter().map(|(l, _, _)| l).collect::<Vec<_>>()
+        );
         for delivery in subscriber.receive(10, wait).await.unwrap() {
             got.push((
                 label(delivery.message()),
