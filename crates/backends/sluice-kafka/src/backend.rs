@@ -621,6 +621,46 @@ fn first_at_or_after(
     Err(Error::Timeout(ADMIN_TIMEOUT))
 }
 
+/// Records of `topics` past the group's committed offsets (from the start where it committed
+/// none): what the subscription has not settled yet, ready, in flight and delayed together.
+fn unsettled(client: &ClientConfig, topics: &[String]) -> Result<u64> {
+    let consumer: BaseConsumer = client
+        .create()
+        .map_err(|e| to_error(e, "creating a client"))?;
+    let mut list = TopicPartitionList::new();
+    let mut marks = HashMap::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+            .map_err(|e| to_error(e, &format!("reading the metadata of `{topic}`")))?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                list.add_partition(topic, p.id());
+                let range = consumer
+                    .fetch_watermarks(topic, p.id(), ADMIN_TIMEOUT)
+                    .map_err(|e| to_error(e, &format!("reading the offsets of `{topic}`")))?;
+                marks.insert((topic.clone(), p.id()), range);
+            }
+        }
+    }
+    let committed = consumer
+        .committed_offsets(list, ADMIN_TIMEOUT)
+        .map_err(|e| to_error(e, "reading the group's positions"))?;
+    let mut total = 0u64;
+    for element in committed.elements() {
+        let Some((low, high)) = marks.get(&(element.topic().to_owned(), element.partition()))
+        else {
+            continue;
+        };
+        let start = match element.offset() {
+            Offset::Offset(o) => o.max(*low),
+            _ => *low,
+        };
+        total += u64::try_from(high - start).unwrap_or(0);
+    }
+    Ok(total)
+}
+
 /// What a DLQ holds past its read position.
 #[derive(Debug, Default)]
 struct DlqSnapshot {
@@ -865,8 +905,18 @@ impl Backend for KafkaBackend {
     }
 
     async fn stats(&self, subscription: &SubscriptionName) -> Result<SubscriptionStats> {
+        let config = self.shared.subscription_config(subscription).await?;
+        let names = &self.shared.names;
+        let mut topics = vec![names.topic(&config.topic)];
+        topics.extend(names.retry_tiers(subscription));
+        let mut client = self.shared.client_config();
+        client
+            .set("group.id", names.group(subscription))
+            .set("enable.auto.commit", "false");
+        let unsettled = blocking(move || unsettled(&client, &topics)).await?;
         let snapshot = self.dlq_read(subscription, 0).await?;
         let mut stats = SubscriptionStats::default();
+        stats.unsettled = Some(unsettled);
         stats.dead_lettered = Some(u64::try_from(snapshot.end - snapshot.start).unwrap_or(0));
         Ok(stats)
     }

@@ -63,6 +63,7 @@ fn print(lines: &[Line], json: bool) -> anyhow::Result<()> {
                     "ready": l.stats.ready,
                     "in_flight": l.stats.in_flight,
                     "delayed": l.stats.delayed,
+                    "unsettled": l.stats.unsettled,
                     "dead_lettered": l.stats.dead_lettered,
                     "oldest_age_ms": l.stats.oldest_age.map(|d| d.as_millis() as u64),
                 })
@@ -80,6 +81,7 @@ fn print(lines: &[Line], json: bool) -> anyhow::Result<()> {
                 table::count(l.stats.ready),
                 table::count(l.stats.in_flight),
                 table::count(l.stats.delayed),
+                table::count(l.stats.unsettled),
                 table::count(l.stats.dead_lettered),
                 age(l.stats.oldest_age),
             ]
@@ -92,6 +94,7 @@ fn print(lines: &[Line], json: bool) -> anyhow::Result<()> {
             "READY",
             "IN FLIGHT",
             "DELAYED",
+            "UNSETTLED",
             "DEAD-LETTERED",
             "OLDEST",
         ],

@@ -183,7 +183,8 @@ pub async fn redrive_returns_messages_with_attempt_one<H: Harness>(h: &H) -> Out
     f.finish().await
 }
 
-/// Compares the counters a backend reports (`Some`) with `ready`, `in_flight`, `dead`.
+/// Compares the counters a backend reports (`Some`) with `ready`, `in_flight`, `dead`
+/// (and `unsettled` with `ready + in_flight`).
 async fn stats_are<B: Backend>(
     backend: &B,
     subscription: &SubscriptionName,
@@ -196,6 +197,7 @@ async fn stats_are<B: Backend>(
     let matches = |field: Option<u64>, want| field.is_none_or(|got| got == want);
     if matches(stats.ready, ready)
         && matches(stats.in_flight, in_flight)
+        && matches(stats.unsettled, ready + in_flight)
         && matches(stats.dead_lettered, dead)
     {
         Ok(())
@@ -214,8 +216,12 @@ pub async fn stats_count_ready_in_flight_and_dead_lettered<H: Harness>(h: &H) ->
         .subscribe_with("s", sluice_core::SubscriptionConfig::new(topic.clone()))
         .await;
     let stats = f.backend.stats(&name).await.must("stats");
-    if stats.ready.is_none() && stats.in_flight.is_none() && stats.dead_lettered.is_none() {
-        return f.skip("the backend reports none of ready, in_flight, dead_lettered");
+    if stats.ready.is_none()
+        && stats.in_flight.is_none()
+        && stats.unsettled.is_none()
+        && stats.dead_lettered.is_none()
+    {
+        return f.skip("the backend reports none of ready, in_flight, unsettled, dead_lettered");
     }
     let (deadline, poll) = (f.timing.deadline, f.timing.poll_interval());
     let expect = |want| {
