@@ -254,7 +254,9 @@ impl Shared {
     pub(crate) fn mover(self: &Arc<Self>, topic: &TopicName) -> Result<Arc<Mover>> {
         let mut movers = self.movers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mover) = movers.get(topic.as_str()).and_then(Weak::upgrade) {
-            return Ok(mover);
+            if !mover.is_stopped() {
+                return Ok(mover);
+            }
         }
         let mover = Arc::new(Mover::start(Arc::clone(self), topic)?);
         movers.insert(topic.to_string(), Arc::downgrade(&mover));
@@ -289,7 +291,7 @@ impl Shared {
 
     /// Deletes topics, ignoring missing ones, after stopping this process's consumers of them.
     async fn delete_topics(&self, topics: &[String]) -> Result<()> {
-        crate::consumer::stop_consumers_of(topics).await;
+        crate::consumer::stop_consumers_of(&self.options.brokers, topics).await;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
         let results = self
@@ -877,6 +879,17 @@ impl Backend for KafkaBackend {
         topics.extend(shared.names.delay_tiers(topic));
         shared.delete_topics(&topics).await?;
         shared.claims.forget_topic(topic.as_str());
+        // The delay mover's offsets go too, or a topic made again under the name would start
+        // its delay tiers at the old positions.
+        let group = shared.names.mover_group(topic);
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        if let Err(err) = shared
+            .admin
+            .delete_groups(&[group.as_str()], &options)
+            .await
+        {
+            tracing::debug!(%topic, error = %err, "deleting the delay mover's group");
+        }
         Ok(())
     }
 

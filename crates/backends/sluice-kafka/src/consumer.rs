@@ -50,6 +50,8 @@ pub(crate) type Tp = (Arc<str>, i32);
 /// What the engine consumes and how.
 #[derive(Debug, Clone)]
 pub(crate) struct Spec {
+    /// The bootstrap servers (engines are told apart by cluster and topic).
+    pub(crate) brokers: String,
     /// Consumer group.
     pub(crate) group: String,
     /// Physical topics to subscribe to.
@@ -108,10 +110,12 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// safely there and may be completed.
     fn move_expired(&self, entry: Entry) -> futures::future::BoxFuture<'static, bool>;
 
-    /// Dead-letters a record that cannot be decoded, with the reason; `true` once done.
+    /// Dead-letters a record that cannot be decoded (`raw` as fetched), with the reason;
+    /// `true` once done.
     fn dead_letter_poison(
         &self,
         entry: Entry,
+        raw: wire::Outgoing,
         reason: String,
     ) -> futures::future::BoxFuture<'static, bool>;
 }
@@ -137,6 +141,12 @@ struct State {
     rebalancing: bool,
     /// Since when the closed member has had nothing in flight and no rebalance under way.
     quiet_since: Option<Instant>,
+    /// Whether a first assignment arrived (before it, the member is still joining).
+    assigned_once: bool,
+    /// When [`Core::close`] was called.
+    closed_at: Option<Instant>,
+    /// Moves of undecodable records to the DLQ: a failed one is not leased to a handler.
+    poison: HashSet<u64>,
 }
 
 impl State {
@@ -207,14 +217,16 @@ static ENGINES: Mutex<Vec<std::sync::Weak<Core>>> = Mutex::new(Vec::new());
 /// fetches with leader-change tags naming no topic, on which librdkafka 2.12 crashes; and a
 /// member of a deleted topic has nothing left to do anyway. Their leased deliveries are
 /// lost (verbs fail with `LeaseLost`) and receiving fails with `Closed`.
-pub(crate) async fn stop_consumers_of(topics: &[String]) {
+pub(crate) async fn stop_consumers_of(brokers: &str, topics: &[String]) {
     let cores: Vec<Arc<Core>> = {
         let mut engines = ENGINES.lock().unwrap_or_else(|e| e.into_inner());
         engines.retain(|weak| weak.strong_count() > 0);
         engines
             .iter()
             .filter_map(std::sync::Weak::upgrade)
-            .filter(|core| core.spec.topics.iter().any(|t| topics.contains(t)))
+            .filter(|core| {
+                core.spec.brokers == brokers && core.spec.topics.iter().any(|t| topics.contains(t))
+            })
             .collect()
     };
     for core in &cores {
@@ -266,14 +278,36 @@ impl ConsumerContext for Context {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(err) = result {
+            // The positions are due again, so the next commit (or the revocation's) sends them.
+            tracing::debug!(group = %self.core.spec.group, error = %err, "a commit failed");
+            let mut state = self.core.lock();
+            for element in offsets.elements() {
+                state.offsets.uncommit(element.topic(), element.partition());
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka keeps an application's pause across a rebalance: a partition paused
+            // before it would stay paused for good. Resume all; `tick` pauses again what
+            // must wait.
+            if tpl.count() > 0 {
+                let _ = consumer.resume(tpl);
+            }
             let mut state = self.core.lock();
             state.rebalancing = false;
+            state.assigned_once = true;
             for element in tpl.elements() {
-                state
-                    .owned
-                    .insert((Arc::from(element.topic()), element.partition()));
+                let tp = (Arc::from(element.topic()), element.partition());
+                state.paused.remove(&tp);
+                state.owned.insert(tp);
             }
             tracing::debug!(group = %self.core.spec.group, partitions = tpl.count(), "assigned");
         }
@@ -319,7 +353,17 @@ impl Core {
         let thread_core = Arc::clone(&core);
         std::thread::Builder::new()
             .name(format!("sluice-kafka {}", core.spec.group))
-            .spawn(move || thread_core.run(consumer))
+            .spawn(move || {
+                let core = Arc::clone(&thread_core);
+                let run = std::panic::AssertUnwindSafe(|| thread_core.run(consumer));
+                if std::panic::catch_unwind(run).is_err() {
+                    // Never a silent subscriber: receives now fail with `Closed`, and the
+                    // group member is gone (its partitions move on after the session timeout).
+                    tracing::error!(group = %core.spec.group, "the consumer thread panicked; the subscriber is closed");
+                    core.close();
+                    core.exited.store(true, std::sync::atomic::Ordering::Release);
+                }
+            })
             .map_err(|e| Error::backend(format!("starting a consumer thread: {e}"), false))?;
         Ok(core)
     }
@@ -364,7 +408,17 @@ impl Core {
     /// completes the rebalance for the members that stay.
     fn may_leave(&self) -> bool {
         let mut state = self.lock();
-        if !state.closed || state.in_flight() > 0 || state.rebalancing {
+        let Some(closed_at) = state.closed_at else {
+            return false;
+        };
+        // However things stand, a closed member does not linger past every lease plus the
+        // rebalance timeout (a revocation never followed by an assignment, a stuck move).
+        let cap = self.spec.lease + self.spec.leave_after * 8;
+        if closed_at.elapsed() >= cap {
+            return true;
+        }
+        let joining = state.rebalancing || !state.assigned_once;
+        if state.in_flight() > 0 || joining {
             state.quiet_since = None;
             return false;
         }
@@ -382,7 +436,13 @@ impl Core {
                 .iter()
                 .flat_map(|h| h.iter())
                 .map(|h| (h.key, h.value));
-            wire::decode(pairs, record.payload().unwrap_or_default())
+            let origin = wire::Origin {
+                topic: record.topic(),
+                partition: record.partition(),
+                offset: record.offset(),
+                key: record.key(),
+            };
+            wire::decode_fetched(pairs, record.payload().unwrap_or_default(), origin)
         };
         let mut state = self.lock();
         if !state.owned.contains(&tp) || state.closed {
@@ -395,8 +455,9 @@ impl Core {
                 // A poison record: straight to the DLQ with its reason, never to a handler
                 // (and never a crash loop); completed once the DLQ has it.
                 let Some(sink) = self.expiry.clone() else {
-                    tracing::warn!(group = %self.spec.group, topic = %tp.0, offset, %reason, "an undecodable record skipped");
-                    state.offsets.fetched(&tp.0, tp.1, offset, false);
+                    // Nowhere to put it: it stays pending, so the position stops before it.
+                    tracing::error!(group = %self.spec.group, topic = %tp.0, offset, %reason, "an undecodable record is held");
+                    state.offsets.fetched(&tp.0, tp.1, offset, true);
                     return;
                 };
                 state.offsets.fetched(&tp.0, tp.1, offset, true);
@@ -406,15 +467,18 @@ impl Core {
                     message: poison(record),
                     attempt: 1,
                 };
+                let raw = wire::Outgoing::from_record(record);
                 state.next_token += 1;
                 let token = state.next_token;
-                let deadline = Instant::now() + self.spec.lease;
-                state.moving.insert(token, (entry.clone(), deadline));
+                state
+                    .moving
+                    .insert(token, (entry.clone(), after(self.spec.lease)));
+                state.poison.insert(token);
                 drop(state);
-                let core = Arc::clone(self);
+                let guard = MoveGuard::new(Arc::clone(self), token);
                 self.runtime.spawn(async move {
-                    let moved = sink.dead_letter_poison(entry, reason).await;
-                    core.finish_move(token, moved);
+                    let moved = sink.dead_letter_poison(entry, raw, reason).await;
+                    guard.finish(moved);
                 });
                 return;
             }
@@ -463,10 +527,10 @@ impl Core {
                 continue;
             };
             entry.attempt = entry.attempt.saturating_add(1);
-            if !state.closed {
+            if !state.closed && state.owned.contains(&entry.tp) {
                 state.ready.push_front(entry);
                 woke = true;
-            } else if self.expiry.is_some() {
+            } else if state.closed && self.expiry.is_some() {
                 // Closing: the record goes to the retry tier with its attempt counted.
                 state.moving.insert(token, (entry.clone(), deadline));
                 moves.push((token, entry));
@@ -505,10 +569,10 @@ impl Core {
         drop(state);
         if let Some(expiry) = &self.expiry {
             for (token, entry) in moves {
-                let (core, expiry) = (Arc::clone(self), Arc::clone(expiry));
+                let (guard, expiry) = (MoveGuard::new(Arc::clone(self), token), Arc::clone(expiry));
                 self.runtime.spawn(async move {
                     let moved = expiry.move_expired(entry).await;
-                    core.finish_move(token, moved);
+                    guard.finish(moved);
                 });
             }
         }
@@ -597,13 +661,22 @@ impl Core {
         // the delivery counted (their holder's verbs now fail with `LeaseLost`).
         if let Some(expiry) = self.expiry.clone().filter(|_| !lost.is_empty()) {
             drop(state);
-            let mut moved = Vec::new();
-            for mut entry in lost.iter().cloned() {
+            // All copies at once, within the revocation's bound: what is not confirmed in
+            // time stays pending (the new owner reads it again).
+            let copies = lost.iter().cloned().map(|mut entry| {
                 entry.attempt = entry.attempt.saturating_add(1);
-                if self.runtime.block_on(expiry.move_expired(entry.clone())) {
-                    moved.push(entry);
-                }
-            }
+                let expiry = Arc::clone(&expiry);
+                async move { expiry.move_expired(entry.clone()).await.then_some(entry) }
+            });
+            // The timer is made inside the runtime (this is the poll thread, outside it).
+            let copies = futures::future::join_all(copies);
+            let moved: Vec<Entry> = self
+                .runtime
+                .block_on(async { tokio::time::timeout(REVOKE_WAIT, copies).await })
+                .unwrap_or_default()
+                .into_iter()
+                .flatten()
+                .collect();
             state = self.lock();
             for entry in &moved {
                 state
@@ -611,6 +684,9 @@ impl Core {
                     .complete(&entry.tp.0, entry.tp.1, entry.offset);
             }
         }
+        // Moves still under way for these partitions: their outcome no longer touches the
+        // offsets or keys (the partition may come back, tracked afresh).
+        state.moving.retain(|_, (e, _)| !revoked.contains(&e.tp));
         state.busy.retain(|(tp, _)| !revoked.contains(tp));
         let mut list = TopicPartitionList::new();
         let mut forgotten = 0;
@@ -638,7 +714,9 @@ impl Core {
 
     /// Takes up to `max` ready records, waiting up to `wait` for the first.
     pub(crate) async fn take(&self, max: usize, wait: Duration) -> Result<Vec<Lease>> {
-        let end = tokio::time::Instant::now() + wait;
+        let end = tokio::time::Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| tokio::time::Instant::now() + FAR);
         loop {
             let notified = self.ready.notified();
             tokio::pin!(notified);
@@ -651,7 +729,7 @@ impl Core {
                 let room = self.spec.prefetch.saturating_sub(state.in_flight());
                 let n = max.min(room).min(state.ready.len());
                 if n > 0 {
-                    let deadline = Instant::now() + self.spec.lease;
+                    let deadline = after(self.spec.lease);
                     let mut out = Vec::with_capacity(n);
                     for entry in state.ready.drain(..n).collect::<Vec<_>>() {
                         state.next_token += 1;
@@ -717,8 +795,9 @@ impl Core {
         let (_, deadline) = state
             .leased
             .get_mut(&token)
+            .filter(|(_, deadline)| *deadline > Instant::now())
             .ok_or_else(|| Self::lease_lost(id))?;
-        *deadline = Instant::now() + lease;
+        *deadline = after(lease);
         Ok(*deadline)
     }
 
@@ -736,10 +815,12 @@ impl Core {
     /// Ends a move: done (complete the record) or failed (leased again as before).
     pub(crate) fn finish_move(&self, token: u64, moved: bool) {
         let mut state = self.lock();
+        let poison = state.poison.remove(&token);
         if let Some((entry, deadline)) = state.moving.remove(&token) {
             if moved {
                 state.complete(&entry);
-            } else if state.closed {
+            } else if state.closed || poison || !state.owned.contains(&entry.tp) {
+                // Not leased again: it stays pending, and the next owner reads it again.
                 state.free_key(&entry);
             } else {
                 state.leased.insert(token, (entry, deadline));
@@ -748,6 +829,11 @@ impl Core {
         drop(state);
         self.settled.notify_all();
         self.ready.notify_waiters();
+    }
+
+    /// Whether [`close`](Self::close) (or a topic deletion) stopped it.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// Stops at once: nothing more is handed out and every lease is dropped (its verbs fail
@@ -769,6 +855,7 @@ impl Core {
             return;
         }
         state.closed = true;
+        state.closed_at = Some(Instant::now());
         let state = &mut *state;
         let unleased: Vec<Entry> = state
             .ready
@@ -781,6 +868,47 @@ impl Core {
         }
         self.ready.notify_waiters();
         self.settled.notify_all();
+    }
+}
+
+/// Far enough in the future to mean "never" (durations a caller passes may not fit).
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Now plus `d`, saturating at [`FAR`].
+pub(crate) fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or_else(|| now + FAR)
+}
+
+/// Ends a move when dropped unfinished (its future cancelled, or its runtime gone), so a record
+/// never stays in `moving` with its key held.
+pub(crate) struct MoveGuard {
+    core: Arc<Core>,
+    token: u64,
+    done: bool,
+}
+
+impl MoveGuard {
+    pub(crate) fn new(core: Arc<Core>, token: u64) -> Self {
+        Self {
+            core,
+            token,
+            done: false,
+        }
+    }
+
+    /// The move finished: `moved` says whether the copy is safely elsewhere.
+    pub(crate) fn finish(mut self, moved: bool) {
+        self.done = true;
+        self.core.finish_move(self.token, moved);
+    }
+}
+
+impl Drop for MoveGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.core.finish_move(self.token, false);
+        }
     }
 }
 

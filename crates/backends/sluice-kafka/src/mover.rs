@@ -14,7 +14,7 @@ use std::time::Duration;
 use sluice_core::{Result, TopicName};
 
 use crate::backend::Shared;
-use crate::consumer::{Core, Spec};
+use crate::consumer::{Core, Entry, Sink, Spec};
 use crate::publisher::produce;
 use crate::wire;
 
@@ -28,6 +28,7 @@ impl Mover {
     pub(crate) fn start(shared: Arc<Shared>, topic: &TopicName) -> Result<Self> {
         let tiers = shared.names.delay_tiers(topic);
         let spec = Spec {
+            brokers: shared.options.brokers.clone(),
             group: shared.names.mover_group(topic),
             topics: tiers.clone(),
             tiers: tiers.into_iter().collect(),
@@ -37,17 +38,57 @@ impl Mover {
             buffer: 1000,
             leave_after: shared.leave_after(),
         };
-        let core = Core::start(spec, shared.member_config(), None)?;
         let target = shared.names.topic(topic);
+        let sink = Arc::new(ToTopic {
+            shared: Arc::clone(&shared),
+            target: target.clone(),
+        });
+        let core = Core::start(spec, shared.member_config(), Some(sink))?;
         let task = tokio::spawn(run(shared, Arc::clone(&core), target));
         Ok(Self { core, task })
     }
 }
 
+impl Mover {
+    /// Whether it was stopped (a deletion of its topic): then a new one is needed.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.core.is_closed() || self.task.is_finished()
+    }
+}
+
 impl Drop for Mover {
     fn drop(&mut self) {
+        // The task ends by itself once the engine is closed (its receive fails), after
+        // finishing the copies under way.
         self.core.close();
-        self.task.abort();
+    }
+}
+
+/// What the mover does with records it cannot hand out.
+struct ToTopic {
+    shared: Arc<Shared>,
+    target: String,
+}
+
+impl Sink for ToTopic {
+    fn move_expired(&self, _entry: Entry) -> futures::future::BoxFuture<'static, bool> {
+        // Stays pending: the next mover copies it.
+        Box::pin(async { false })
+    }
+
+    fn dead_letter_poison(
+        &self,
+        _entry: Entry,
+        raw: wire::Outgoing,
+        reason: String,
+    ) -> futures::future::BoxFuture<'static, bool> {
+        // Not Sluice's record: passed on to the topic unchanged, where each subscription
+        // dead-letters it with the reason.
+        let (shared, target) = (Arc::clone(&self.shared), self.target.clone());
+        Box::pin(async move {
+            tracing::warn!(topic = %target, %reason, "an undecodable record in a delay tier goes to the topic as it is");
+            produce(&shared, &target, raw).await.is_ok()
+        })
     }
 }
 

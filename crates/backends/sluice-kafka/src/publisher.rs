@@ -81,10 +81,19 @@ impl KafkaPublisher {
     }
 
     /// The topic's configuration (checks that it exists), or why publishing cannot start.
-    async fn prepare(&self, topic: &TopicName) -> Result<sluice_core::TopicConfig> {
+    /// Counts a publish in flight, unless the publisher is closed. Counted before the
+    /// check, so `close` waits for every publish that got past it.
+    fn begin(&self) -> Result<InFlight<'_>> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(self);
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("publisher"));
         }
+        Ok(guard)
+    }
+
+    /// The topic's configuration (checks that it exists).
+    async fn prepare(&self, topic: &TopicName) -> Result<sluice_core::TopicConfig> {
         self.shared.cached_topic_config(topic).await
     }
 
@@ -96,8 +105,6 @@ impl KafkaPublisher {
         config: &sluice_core::TopicConfig,
         mut message: Message,
     ) -> Result<PublishReceipt> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _guard = InFlight(self);
         let shared = &self.shared;
         message.check_size(shared.caps.max_message_size)?;
         let delay = message
@@ -157,6 +164,7 @@ fn same_error(err: &Error) -> Error {
 
 impl Publisher for KafkaPublisher {
     async fn publish(&self, topic: &TopicName, message: Message) -> Result<PublishReceipt> {
+        let _in_flight = self.begin()?;
         let config = self.prepare(topic).await?;
         self.publish_to(topic, &config, message).await
     }
@@ -166,6 +174,10 @@ impl Publisher for KafkaPublisher {
         topic: &TopicName,
         messages: Vec<Message>,
     ) -> Vec<Result<PublishReceipt>> {
+        let _in_flight = match self.begin() {
+            Ok(guard) => guard,
+            Err(err) => return messages.iter().map(|_| Err(same_error(&err))).collect(),
+        };
         let config = match self.prepare(topic).await {
             Ok(config) => config,
             Err(err) => return messages.iter().map(|_| Err(same_error(&err))).collect(),

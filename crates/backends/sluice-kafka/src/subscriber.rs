@@ -24,7 +24,7 @@ use sluice_core::{
 };
 
 use crate::backend::Shared;
-use crate::consumer::{Core, Entry, Sink, Spec};
+use crate::consumer::{Core, Entry, MoveGuard, Sink, Spec};
 use crate::mover::Mover;
 use crate::names::{tier_for, MAX_DELAY, TIERS};
 use crate::publisher::produce;
@@ -64,7 +64,12 @@ impl Sink for ToSubscription {
         })
     }
 
-    fn dead_letter_poison(&self, entry: Entry, reason: String) -> BoxFuture<'static, bool> {
+    fn dead_letter_poison(
+        &self,
+        entry: Entry,
+        _raw: wire::Outgoing,
+        reason: String,
+    ) -> BoxFuture<'static, bool> {
         let (shared, name, config) = (
             Arc::clone(&self.shared),
             self.name.clone(),
@@ -78,13 +83,19 @@ impl Sink for ToSubscription {
             }
             let message = with_envelope(entry.message, &name, &config, entry.attempt, reason);
             let topic = shared.names.dlq(&name);
-            match produce(&shared, &topic, wire::encode(&message, Some(entry.attempt))).await {
-                Ok(()) => true,
-                Err(err) => {
-                    tracing::warn!(%topic, error = %err, "dead-lettering a poison record failed; tried again by the next owner");
-                    false
+            let record = wire::encode(&message, Some(entry.attempt));
+            for attempt in 1..=3u32 {
+                match produce(&shared, &topic, record.clone()).await {
+                    Ok(()) => return true,
+                    Err(err) => {
+                        tracing::warn!(%topic, attempt, error = %err, "dead-lettering a poison record failed");
+                        tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                    }
                 }
             }
+            // Left pending: the partition's position stops before it, and the next owner
+            // (or this one after a restart) tries again.
+            false
         })
     }
 }
@@ -141,6 +152,7 @@ impl KafkaSubscriber {
         topics.extend(tiers.iter().cloned());
         let prefetch = usize::try_from(config.prefetch.max(1)).unwrap_or(usize::MAX);
         let spec = Spec {
+            brokers: shared.options.brokers.clone(),
             group: names.group(&name),
             topics,
             tiers: tiers.into_iter().collect(),
@@ -155,8 +167,9 @@ impl KafkaSubscriber {
             name: name.clone(),
             config: config.clone(),
         });
-        let core = Core::start(spec, shared.member_config(), Some(expiry))?;
+        // The mover first: if it cannot start, no group member is left running.
         let mover = shared.mover(&config.topic)?;
+        let core = Core::start(spec, shared.member_config(), Some(expiry))?;
         Ok(Self {
             context: Arc::new(Context {
                 shared,
@@ -236,14 +249,16 @@ impl KafkaDelivery {
         if let Err(err) = core.begin_move(self.token, self.id()) {
             return Err(VerbError::new(err, self));
         }
+        // Ends the move even if this future is dropped midway (a timeout around the verb).
+        let guard = MoveGuard::new(Arc::clone(core), self.token);
         let record = wire::encode(&message, Some(attempt));
         match produce(&self.context.shared, &topic, record).await {
             Ok(()) => {
-                core.finish_move(self.token, true);
+                guard.finish(true);
                 Ok(())
             }
             Err(err) => {
-                core.finish_move(self.token, false);
+                guard.finish(false);
                 Err(VerbError::new(err, self))
             }
         }

@@ -152,6 +152,42 @@ pub(crate) struct Incoming {
     pub(crate) message: Message,
     /// Deliveries before this copy (`sluice-attempt`), 0 on a first publish.
     pub(crate) attempt_base: u32,
+    /// Whether the record carried a `sluice-id`.
+    pub(crate) has_id: bool,
+}
+
+/// Where a fetched record sits, for records another client produced: their id is
+/// `<topic>/<partition>/<offset>` (the same on every read, so consumer idempotency works) and
+/// their UTF-8 record key is their ordering key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<&'a [u8]>,
+}
+
+/// Decodes a fetched record (see [`Origin`] for records without Sluice's headers).
+pub(crate) fn decode_fetched<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    value: &[u8],
+    origin: Origin<'_>,
+) -> Result<Incoming, String> {
+    let mut incoming = decode(headers, value)?;
+    let foreign = !incoming.has_id;
+    if foreign {
+        let mut parts = incoming.message.into_parts();
+        let id = format!("{}/{}/{}", origin.topic, origin.partition, origin.offset);
+        parts.id = MessageId::new(id).ok();
+        if parts.ordering_key.is_none() {
+            parts.ordering_key = origin
+                .key
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .map(str::to_owned);
+        }
+        incoming.message = Message::from_parts(parts);
+    }
+    Ok(incoming)
 }
 
 /// Decodes a record's headers and value. A record without Sluice's headers (produced by
@@ -186,9 +222,11 @@ pub(crate) fn decode<'a>(
         }
     }
     parts.payload = value.to_vec().into();
+    let has_id = parts.id.is_some();
     Ok(Incoming {
         message: Message::from_parts(parts),
         attempt_base,
+        has_id,
     })
 }
 
@@ -247,6 +285,26 @@ mod tests {
                 .as_millis()
         };
         assert_eq!(due(&back), due(&message));
+    }
+
+    #[test]
+    fn foreign_records_get_a_stable_id_and_their_key_as_ordering_key() {
+        let origin = Origin {
+            topic: "dev.orders",
+            partition: 2,
+            offset: 41,
+            key: Some(b"customer-7"),
+        };
+        let first = decode_fetched([], b"x", origin).unwrap().message;
+        let again = decode_fetched([], b"x", origin).unwrap().message;
+        assert_eq!(first.id().as_str(), "dev.orders/2/41");
+        assert_eq!(first.id(), again.id(), "the same id on every read");
+        assert_eq!(first.ordering_key(), Some("customer-7"));
+        let ours = decode_fetched([(ID, Some(&b"m-1"[..]))], b"x", origin)
+            .unwrap()
+            .message;
+        assert_eq!(ours.id().as_str(), "m-1", "Sluice's own id is kept");
+        assert_eq!(ours.ordering_key(), None, "and its headers are the truth");
     }
 
     #[test]
