@@ -41,6 +41,8 @@ const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// How long one poll waits when nothing arrives (the granularity of lease expiry and of tier
 /// due times).
 const POLL: Duration = Duration::from_millis(20);
+/// How often the poll thread does its housekeeping while records stream in.
+const TICK_EVERY: Duration = Duration::from_millis(5);
 /// The longest a revocation waits for leased records of the revoked partitions.
 const REVOKE_WAIT: Duration = Duration::from_secs(5);
 
@@ -376,18 +378,28 @@ impl Core {
     /// then commits and leaves the group.
     fn run(self: Arc<Self>, consumer: BaseConsumer<Context>) {
         let mut last_commit = Instant::now();
+        let mut last_tick = Instant::now();
         loop {
             if self.may_leave() {
                 break;
             }
-            match consumer.poll(POLL) {
-                Some(Ok(record)) => self.intake(&record),
-                Some(Err(err)) => {
-                    tracing::debug!(group = %self.spec.group, error = %err, "consumer error")
+            let idle = match consumer.poll(POLL) {
+                Some(Ok(record)) => {
+                    self.intake(&record);
+                    false
                 }
-                None => {}
+                Some(Err(err)) => {
+                    tracing::debug!(group = %self.spec.group, error = %err, "consumer error");
+                    false
+                }
+                None => true,
+            };
+            // Housekeeping scans every lease and partition: not after every record while
+            // records stream in, only when idle or every few milliseconds.
+            if idle || last_tick.elapsed() >= TICK_EVERY {
+                self.tick(&consumer);
+                last_tick = Instant::now();
             }
-            self.tick(&consumer);
             if last_commit.elapsed() >= COMMIT_EVERY {
                 self.commit(&consumer, CommitMode::Async);
                 last_commit = Instant::now();

@@ -18,7 +18,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 
-use super::workload::{histogram, merged, share, BackendResult};
+use super::workload::{histogram, merged, share, timed_batches, BackendResult};
 use super::BenchArgs;
 
 const HEADER: &str = "bench-t";
@@ -93,7 +93,7 @@ async fn round(
         let (consumer, acked) = (Arc::clone(consumer), Arc::clone(&acked));
         tasks.push(tokio::spawn(consume(consumer, total, acked, origin)));
     }
-    let payload = vec![b'x'; args.size];
+    let payload = bytes::Bytes::from(vec![b'x'; args.size]);
     let producer_count = args.producers.max(1) as u64;
     let mut producers = Vec::new();
     for p in 0..producer_count {
@@ -105,29 +105,26 @@ async fn round(
             args.batch,
         );
         producers.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            let mut sent = 0u64;
-            while sent < share {
-                let n = (share - sent).min(batch as u64);
-                let began = Instant::now();
-                let t = origin.elapsed().as_micros().to_string();
-                let sends = (0..n).map(|_| {
-                    let headers = OwnedHeaders::new().insert(Header {
-                        key: HEADER,
-                        value: Some(t.as_bytes()),
+            timed_batches(share, batch, origin, |n, t: String| {
+                let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
+                async move {
+                    let sends = (0..n).map(|_| {
+                        let headers = OwnedHeaders::new().insert(Header {
+                            key: HEADER,
+                            value: Some(t.as_bytes()),
+                        });
+                        let record = FutureRecord::<(), _>::to(&topic)
+                            .payload(payload.as_ref())
+                            .headers(headers);
+                        producer.send(record, Duration::from_secs(10))
                     });
-                    let record = FutureRecord::<(), _>::to(&topic)
-                        .payload(&payload)
-                        .headers(headers);
-                    producer.send(record, Duration::from_secs(10))
-                });
-                for out in futures::future::join_all(sends).await {
-                    out.map_err(|(e, _)| e)?;
+                    for out in futures::future::join_all(sends).await {
+                        out.map_err(|(e, _)| e)?;
+                    }
+                    Ok(())
                 }
-                latency.record(began.elapsed().as_micros() as u64)?;
-                sent += n;
-            }
-            Ok::<_, anyhow::Error>(latency)
+            })
+            .await
         }));
     }
     let publish = merged(producers).await?;

@@ -20,7 +20,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
-use super::workload::{histogram, merged, share, BackendResult};
+use super::workload::{histogram, merged, share, timed_batches, BackendResult};
 use super::BenchArgs;
 
 const HEADER: &str = "bench-t";
@@ -119,7 +119,7 @@ async fn round(
             channel, consumer, total, acked, origin,
         )));
     }
-    let payload = vec![b'x'; args.size];
+    let payload = bytes::Bytes::from(vec![b'x'; args.size]);
     let producer_count = args.producers.max(1) as u64;
     let mut producers = Vec::new();
     for p in 0..producer_count {
@@ -130,33 +130,30 @@ async fn round(
             .await?;
         let (name, payload, batch) = (name.to_owned(), payload.clone(), args.batch);
         producers.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            let mut sent = 0u64;
-            while sent < share {
-                let n = (share - sent).min(batch as u64);
-                let mut headers = FieldTable::default();
-                let t = origin.elapsed().as_micros().to_string();
-                headers.insert(HEADER.into(), AMQPValue::LongString(t.into()));
-                let began = Instant::now();
-                let mut confirms = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    let properties = BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_headers(headers.clone());
-                    let options = BasicPublishOptions::default();
-                    confirms.push(
-                        channel
-                            .basic_publish(&name, "", options, &payload, properties)
-                            .await?,
-                    );
+            timed_batches(share, batch, origin, |n, t: String| {
+                let (channel, name, payload) = (channel.clone(), name.clone(), payload.clone());
+                async move {
+                    let mut headers = FieldTable::default();
+                    headers.insert(HEADER.into(), AMQPValue::LongString(t.into()));
+                    let mut confirms = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        let properties = BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_headers(headers.clone());
+                        let options = BasicPublishOptions::default();
+                        confirms.push(
+                            channel
+                                .basic_publish(&name, "", options, &payload, properties)
+                                .await?,
+                        );
+                    }
+                    for confirm in join_all(confirms).await {
+                        anyhow::ensure!(confirm?.is_ack(), "the broker nacked a publish");
+                    }
+                    Ok(())
                 }
-                for confirm in join_all(confirms).await {
-                    anyhow::ensure!(confirm?.is_ack(), "the broker nacked a publish");
-                }
-                latency.record(began.elapsed().as_micros() as u64)?;
-                sent += n;
-            }
-            Ok::<_, anyhow::Error>(latency)
+            })
+            .await
         }));
     }
     let publish = merged(producers).await?;

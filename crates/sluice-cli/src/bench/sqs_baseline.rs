@@ -14,7 +14,7 @@ use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 use hdrhistogram::Histogram;
 
-use super::workload::{histogram, merged, share, BackendResult};
+use super::workload::{histogram, merged, share, timed_batches, BackendResult};
 use super::BenchArgs;
 
 const HEADER: &str = "bench-t";
@@ -108,46 +108,43 @@ async fn round(
             args.batch,
         );
         producers.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            let mut sent = 0u64;
-            while sent < share {
-                let n = (share - sent).min(batch as u64);
-                let began = Instant::now();
-                let t = origin.elapsed().as_micros().to_string();
-                let mut calls = Vec::new();
-                let mut left = n;
-                while left > 0 {
-                    let chunk = left.min(10);
-                    let entries = (0..chunk)
-                        .map(|i| {
-                            let stamp = MessageAttributeValue::builder()
-                                .data_type("Number")
-                                .string_value(&t)
-                                .build()
-                                .expect("data type is set");
-                            PublishBatchRequestEntry::builder()
-                                .id(i.to_string())
-                                .message(&payload)
-                                .message_attributes(HEADER, stamp)
-                                .build()
-                                .expect("id and message are set")
-                        })
-                        .collect();
-                    calls.push(
-                        sns.publish_batch()
-                            .topic_arn(&arn)
-                            .set_publish_batch_request_entries(Some(entries))
-                            .send(),
-                    );
-                    left -= chunk;
+            timed_batches(share, batch, origin, |n, t: String| {
+                let (sns, arn, payload) = (sns.clone(), arn.clone(), payload.clone());
+                async move {
+                    let mut calls = Vec::new();
+                    let mut left = n;
+                    while left > 0 {
+                        let chunk = left.min(10);
+                        let entries = (0..chunk)
+                            .map(|i| {
+                                let stamp = MessageAttributeValue::builder()
+                                    .data_type("Number")
+                                    .string_value(&t)
+                                    .build()
+                                    .expect("data type is set");
+                                PublishBatchRequestEntry::builder()
+                                    .id(i.to_string())
+                                    .message(&payload)
+                                    .message_attributes(HEADER, stamp)
+                                    .build()
+                                    .expect("id and message are set")
+                            })
+                            .collect();
+                        calls.push(
+                            sns.publish_batch()
+                                .topic_arn(&arn)
+                                .set_publish_batch_request_entries(Some(entries))
+                                .send(),
+                        );
+                        left -= chunk;
+                    }
+                    for out in futures::future::join_all(calls).await {
+                        anyhow::ensure!(out?.failed().is_empty(), "SNS refused a publish");
+                    }
+                    Ok(())
                 }
-                for out in futures::future::join_all(calls).await {
-                    anyhow::ensure!(out?.failed().is_empty(), "SNS refused a publish");
-                }
-                latency.record(began.elapsed().as_micros() as u64)?;
-                sent += n;
-            }
-            Ok::<_, anyhow::Error>(latency)
+            })
+            .await
         }));
     }
     let publish = merged(producers).await?;

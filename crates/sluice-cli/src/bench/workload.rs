@@ -84,6 +84,31 @@ pub(crate) fn share(total: u64, count: u64, p: u64) -> u64 {
     total / count + u64::from(p < total % count)
 }
 
+/// One producer of a raw baseline: `count` messages in batches of up to `batch`, each batch
+/// sent by `send(n, stamp)` (`stamp`: microseconds since `origin`, for the end-to-end latency)
+/// and timed until confirmed. Returns the batches' confirm latencies.
+pub(crate) async fn timed_batches<F, Fut>(
+    count: u64,
+    batch: usize,
+    origin: Instant,
+    mut send: F,
+) -> anyhow::Result<Histogram<u64>>
+where
+    F: FnMut(u64, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut latency = histogram();
+    let mut sent = 0u64;
+    while sent < count {
+        let n = (count - sent).min(batch as u64);
+        let began = Instant::now();
+        send(n, origin.elapsed().as_micros().to_string()).await?;
+        latency.record(began.elapsed().as_micros() as u64)?;
+        sent += n;
+    }
+    Ok(latency)
+}
+
 /// Waits for latency-recording tasks and merges their histograms.
 pub(crate) async fn merged(
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>>,
