@@ -1,14 +1,42 @@
-//! The emulated dedup window's claim store: in memory, per backend handle, for backends whose
-//! broker has no dedup window (RabbitMQ) or cannot say that it dropped a duplicate (SQS FIFO).
+//! The emulated dedup window: the [`DedupStore`] contract and [`Claims`], its in-memory
+//! store, for backends whose broker has no dedup window (RabbitMQ, Kafka) or cannot say that
+//! it dropped a duplicate (SQS FIFO).
 //!
 //! DESIGN §2: claim the id before publishing; a claim still alive means a duplicate; a
-//! failed publish drops its claim so the caller can try again. The store is in this
-//! process only: two processes publishing the same id are not deduplicated by it (each
-//! backend's capabilities and docs say how far its dedup window reaches).
+//! failed publish drops its claim so the caller can try again. [`Claims`] lives in this
+//! process only: two processes publishing the same id are not deduplicated by it. A durable
+//! store shared by every publisher (Redis, PostgreSQL, SQLite: `sluice-redis`, `sluice-sql`)
+//! makes the window reach across processes and restarts; each backend's options take one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::idempotency::{boxed, BoxFuture};
+
+/// Where an emulated dedup window keeps its claims: `(topic, message id)` until the window
+/// ends. Shared by every publisher that must see the same window.
+///
+/// The publish path is: [`claim`](Self::claim) (a `false` means a live claim exists, so the
+/// publish is a duplicate and is dropped), publish, and on a failed publish
+/// [`release`](Self::release) so the caller can try again.
+pub trait DedupStore: Send + Sync + 'static {
+    /// Claims `id` on `topic` for `window`; `Ok(false)` if a live claim exists (a duplicate).
+    fn claim<'a>(
+        &'a self,
+        topic: &'a str,
+        id: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
+
+    /// Drops the claim of a publish that failed.
+    fn release<'a>(&'a self, topic: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Drops every claim of a deleted topic, so a topic created again under its name starts
+    /// with an empty window.
+    fn forget_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<()>>;
+}
 
 /// Claims of `(topic, id)` until their window ends.
 #[derive(Debug, Default)]
@@ -51,6 +79,28 @@ impl Claims {
             .lock()
             .expect("claims lock")
             .retain(|(t, _), _| t != topic);
+    }
+}
+
+impl DedupStore for Claims {
+    fn claim<'a>(
+        &'a self,
+        topic: &'a str,
+        id: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let fresh = Claims::claim(self, topic, id, window);
+        boxed(async move { Ok(fresh) })
+    }
+
+    fn release<'a>(&'a self, topic: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Claims::release(self, topic, id);
+        boxed(async { Ok(()) })
+    }
+
+    fn forget_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<()>> {
+        Claims::forget_topic(self, topic);
+        boxed(async { Ok(()) })
     }
 }
 

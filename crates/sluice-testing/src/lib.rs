@@ -1,0 +1,1 @@
+//! Test tools for Sluice users. (Being written.)

@@ -1,0 +1,1 @@
+//! Durable Sluice stores on Redis. (Being written.)

@@ -1,0 +1,1 @@
+//! Sluice on SQL databases. (Being written.)
