@@ -1,0 +1,60 @@
+-- Sluice's tables on SQLite, version 1. Times are milliseconds since the Unix epoch
+-- (BIGINT), read from SQLite's clock (the one machine's).
+-- Applied by `sluice_sql::migrate` (its own version table, `sluice_schema_migrations`);
+-- copy it into your own migration tool if you prefer, keeping the table names.
+
+-- Idempotency store: a live claim (token set) or a done marker (token NULL) per
+-- (subscription, message id), until expires_at.
+CREATE TABLE IF NOT EXISTS sluice_idempotency (
+    subscription TEXT   NOT NULL,
+    message_id   TEXT   NOT NULL,
+    token        TEXT,
+    expires_at   BIGINT NOT NULL,
+    PRIMARY KEY (subscription, message_id)
+);
+CREATE INDEX IF NOT EXISTS sluice_idempotency_expires ON sluice_idempotency (expires_at);
+
+-- Claims of emulated dedup windows, per (topic, message id), until the window ends.
+CREATE TABLE IF NOT EXISTS sluice_dedup (
+    topic      TEXT   NOT NULL,
+    message_id TEXT   NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (topic, message_id)
+);
+CREATE INDEX IF NOT EXISTS sluice_dedup_expires ON sluice_dedup (expires_at);
+
+-- Transactional inbox: one row per handled (subscription, message id), written in the
+-- handler's own transaction; removed after the idempotency TTL by the cleanup task.
+CREATE TABLE IF NOT EXISTS sluice_inbox (
+    subscription TEXT   NOT NULL,
+    message_id   TEXT   NOT NULL,
+    handled_at   BIGINT NOT NULL,
+    PRIMARY KEY (subscription, message_id)
+);
+CREATE INDEX IF NOT EXISTS sluice_inbox_handled ON sluice_inbox (handled_at);
+
+-- Transactional outbox: messages written in the producer's transaction, published in seq
+-- order by the relay, which sets sent_at.
+CREATE TABLE IF NOT EXISTS sluice_outbox (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic        TEXT   NOT NULL,
+    message_id   TEXT   NOT NULL,
+    message_type TEXT,
+    routing_key  TEXT,
+    ordering_key TEXT,
+    content_type TEXT,
+    headers      TEXT   NOT NULL,
+    payload      BLOB   NOT NULL,
+    deliver_at   BIGINT,
+    created_at   BIGINT NOT NULL,
+    sent_at      BIGINT
+);
+CREATE INDEX IF NOT EXISTS sluice_outbox_unsent ON sluice_outbox (seq) WHERE sent_at IS NULL;
+CREATE INDEX IF NOT EXISTS sluice_outbox_sent ON sluice_outbox (sent_at) WHERE sent_at IS NOT NULL;
+
+-- The relay's lock row: a relay writes it first, which takes SQLite's write lock, so two
+-- relays on one database never publish the same batch at once.
+CREATE TABLE IF NOT EXISTS sluice_outbox_relay (
+    id      INTEGER PRIMARY KEY,
+    beat_at BIGINT NOT NULL
+);

@@ -1,0 +1,237 @@
+//! [`SqlStore`]: the durable idempotency store and dedup-window store on PostgreSQL or
+//! SQLite, with the semantics of DESIGN §2 (the same as `InMemoryStore` and `Claims`).
+//!
+//! A claim is a row with a token and an expiry; a done marker is the same row with no token.
+//! Every comparison uses the database's clock, so consumers on several hosts agree on when
+//! a claim expired. Expired rows are treated as absent and removed by
+//! [`purge_expired`](SqlStore::purge_expired) (run it from [`SqlStore::spawn_cleanup`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::idempotency::{boxed, BoxFuture};
+use sluice_core::{Claim, ClaimToken, DedupStore, IdempotencyKey, IdempotencyStore, Result};
+use sqlx::Pool;
+use tokio_util::sync::CancellationToken;
+
+use crate::dialect::SqlDatabase;
+use crate::error::db_error;
+
+/// Durable idempotency and dedup claims in a SQL database, shared by every consumer and
+/// publisher pointed at it. Cheap to clone (a pool handle).
+///
+/// Needs Sluice's tables: call [`migrate`](crate::migrate) once at start-up.
+pub struct SqlStore<DB: SqlDatabase> {
+    pool: Pool<DB>,
+}
+
+impl<DB: SqlDatabase> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<DB: SqlDatabase> std::fmt::Debug for SqlStore<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("database", &<DB as sqlx::Database>::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds of a duration, saturating (a TTL of `Duration::MAX` is "for ever").
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+impl<DB: SqlDatabase> SqlStore<DB> {
+    /// A store on `pool`.
+    pub fn new(pool: Pool<DB>) -> Self {
+        Self { pool }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    /// Removes expired claims, done markers and dedup claims; returns how many.
+    pub async fn purge_expired(&self) -> Result<u64> {
+        DB::purge_expired(&self.pool).await.map_err(|e| {
+            db_error(
+                <DB as sqlx::Database>::NAME,
+                "removing expired idempotency rows",
+                e,
+            )
+        })
+    }
+
+    /// Runs [`purge_expired`](Self::purge_expired) every `every` until `shutdown`.
+    pub fn spawn_cleanup(
+        &self,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match store.purge_expired().await {
+                    Ok(n) if n > 0 => tracing::debug!(removed = n, "idempotency cleanup"),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "idempotency cleanup failed"),
+                }
+            }
+        })
+    }
+
+    /// The store as a shared [`DedupStore`], for a backend's options.
+    pub fn into_dedup_store(self) -> Arc<dyn DedupStore> {
+        Arc::new(self)
+    }
+}
+
+impl<DB: SqlDatabase> IdempotencyStore for SqlStore<DB> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim>> {
+        boxed(async move {
+            let token = uuid::Uuid::now_v7().to_string();
+            DB::idem_claim(
+                &self.pool,
+                key.subscription.as_str(),
+                key.id.as_str(),
+                &token,
+                millis(lease).max(1),
+            )
+            .await
+            .map_err(|e| db_error(<DB as sqlx::Database>::NAME, &format!("claiming {key}"), e))
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+        token: &'a ClaimToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        boxed(async move {
+            DB::idem_renew(
+                &self.pool,
+                key.subscription.as_str(),
+                key.id.as_str(),
+                token,
+                millis(lease).max(1),
+            )
+            .await
+            .map_err(|e| {
+                db_error(
+                    <DB as sqlx::Database>::NAME,
+                    &format!("renewing the claim of {key}"),
+                    e,
+                )
+            })
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+        _token: &'a ClaimToken,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<()>> {
+        boxed(async move {
+            DB::idem_complete(
+                &self.pool,
+                key.subscription.as_str(),
+                key.id.as_str(),
+                millis(ttl),
+            )
+            .await
+            .map_err(|e| {
+                db_error(
+                    <DB as sqlx::Database>::NAME,
+                    &format!("marking {key} done"),
+                    e,
+                )
+            })
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+        token: &'a ClaimToken,
+    ) -> BoxFuture<'a, Result<()>> {
+        boxed(async move {
+            DB::idem_release(
+                &self.pool,
+                key.subscription.as_str(),
+                key.id.as_str(),
+                token,
+            )
+            .await
+            .map_err(|e| {
+                db_error(
+                    <DB as sqlx::Database>::NAME,
+                    &format!("releasing the claim of {key}"),
+                    e,
+                )
+            })
+        })
+    }
+}
+
+impl<DB: SqlDatabase> DedupStore for SqlStore<DB> {
+    fn claim<'a>(
+        &'a self,
+        topic: &'a str,
+        id: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        boxed(async move {
+            DB::dedup_claim(&self.pool, topic, id, millis(window).max(1))
+                .await
+                .map_err(|e| {
+                    db_error(
+                        <DB as sqlx::Database>::NAME,
+                        &format!("claiming {topic}/{id} (dedup)"),
+                        e,
+                    )
+                })
+        })
+    }
+
+    fn release<'a>(&'a self, topic: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        boxed(async move {
+            DB::dedup_release(&self.pool, topic, id).await.map_err(|e| {
+                db_error(
+                    <DB as sqlx::Database>::NAME,
+                    &format!("releasing {topic}/{id} (dedup)"),
+                    e,
+                )
+            })
+        })
+    }
+
+    fn forget_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<()>> {
+        boxed(async move {
+            DB::dedup_forget(&self.pool, topic).await.map_err(|e| {
+                db_error(
+                    <DB as sqlx::Database>::NAME,
+                    &format!("forgetting topic {topic} (dedup)"),
+                    e,
+                )
+            })
+        })
+    }
+}

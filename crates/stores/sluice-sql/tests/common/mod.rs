@@ -1,0 +1,116 @@
+//! Shared test setup: the real PostgreSQL of this machine (or `SLUICE_TEST_POSTGRES_URL`),
+//! SQLite files in temporary directories, and an embedded Sluice backend.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use sluice_core::{Backend, SubscriptionConfig, SubscriptionName, TopicConfig, TopicName};
+use sluice_embedded::EmbeddedBackend;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+/// The PostgreSQL the tests use: `scripts/services-up` makes sure it runs.
+pub fn postgres_url() -> String {
+    std::env::var("SLUICE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A pool on the test database with Sluice's tables.
+pub async fn postgres() -> PgPool {
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&postgres_url())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {} is needed (scripts/services-up starts it): {e}",
+                postgres_url()
+            )
+        });
+    sluice_sql::migrate(&pool).await.unwrap();
+    // The tests' own business tables; the lock keeps parallel tests from racing on DDL.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(42)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS sluice_test_effects (\
+             test TEXT NOT NULL, message_id TEXT NOT NULL, amount BIGINT NOT NULL);\
+         CREATE INDEX IF NOT EXISTS sluice_test_effects_test ON sluice_test_effects (test);",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    pool
+}
+
+/// Effects written for `test`: `(message id, times)` for every id with more than `0`.
+pub async fn effects(pool: &PgPool, test: &str) -> std::collections::BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>(
+        "SELECT message_id, count(*) FROM sluice_test_effects WHERE test = $1 GROUP BY message_id",
+    )
+    .bind(test)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+/// A name unique to this test run, so tests sharing the database never see each other.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Waits until `check` holds, polling every 20 ms, failing after `within`.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An embedded backend in a temporary directory, with one topic (no dedup window: every
+/// copy published is delivered) and one subscription whose lease is `lease`.
+pub async fn embedded(
+    lease: Duration,
+) -> (
+    tempfile::TempDir,
+    EmbeddedBackend,
+    TopicName,
+    SubscriptionName,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EmbeddedBackend::open(dir.path().join("engine"))
+        .await
+        .unwrap();
+    let topic = TopicName::new("payments").unwrap();
+    let subscription = SubscriptionName::new(unique("ledger")).unwrap();
+    backend
+        .ensure_topic(&topic, &TopicConfig::default())
+        .await
+        .unwrap();
+    backend
+        .ensure_subscription(
+            &subscription,
+            &SubscriptionConfig::new(topic.clone())
+                .lease(lease)
+                .max_attempts(50),
+        )
+        .await
+        .unwrap();
+    (dir, backend, topic, subscription)
+}
