@@ -616,8 +616,9 @@ dialect!(
     sqlx::Postgres,
     "PostgreSQL",
     "(extract(epoch from clock_timestamp()) * 1000)::bigint",
-    // One relay at a time per database; the others find it taken and wait for their turn.
-    "SELECT pg_try_advisory_xact_lock(7306010563952132163)",
+    // One relay at a time per outbox table (schema); the others find it taken and wait
+    // for their turn.
+    "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.sluice_outbox'))",
     &[(1, include_str!("../migrations/postgres/0001_sluice.sql"))]
 );
 

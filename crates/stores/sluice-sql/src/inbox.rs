@@ -232,23 +232,21 @@ where
         (self.decode)(message)
     }
 
-    fn handle(&self, input: T, ctx: Context) -> impl Future<Output = HandlerResult> + Send {
-        async move {
-            let subscription = ctx.subscription().as_str().to_owned();
-            let id = ctx.id().to_owned();
-            let Some(tx) = self.inbox.begin(&subscription, &id).await? else {
-                tracing::debug!(%subscription, %id, "inbox: already handled, skipped");
-                return Ok(());
-            };
-            let tx = (self.f)(input, tx, ctx).await?;
-            tx.commit().await.map_err(|e| {
-                db_error(
-                    <DB as sqlx::Database>::NAME,
-                    "committing an inbox transaction",
-                    e,
-                )
-            })?;
-            Ok(())
-        }
+    async fn handle(&self, input: T, ctx: Context) -> HandlerResult {
+        let subscription = ctx.subscription().as_str().to_owned();
+        let id = ctx.id().to_owned();
+        let Some(tx) = self.inbox.begin(&subscription, &id).await? else {
+            tracing::debug!(%subscription, %id, "inbox: already handled, skipped");
+            return Ok(());
+        };
+        let tx = (self.f)(input, tx, ctx).await?;
+        tx.commit().await.map_err(|e| {
+            db_error(
+                <DB as sqlx::Database>::NAME,
+                "committing an inbox transaction",
+                e,
+            )
+        })?;
+        Ok(())
     }
 }

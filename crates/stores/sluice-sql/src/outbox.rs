@@ -20,9 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use sluice_core::{
-    Error, Message, MessageError, MessageId, MessageParts, Publisher, Result, TopicName,
-};
+use sluice_core::{Error, Message, MessageId, MessageParts, Publisher, Result, TopicName};
 use sqlx::{Pool, Transaction};
 use tokio_util::sync::CancellationToken;
 
@@ -142,7 +140,7 @@ fn row_message(row: OutboxRow) -> Result<(TopicName, Message)> {
         .deliver_at
         .map(|ms| UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or_default()));
     let mut parts = MessageParts::default();
-    parts.id = Some(MessageId::new(row.message_id).map_err(MessageError::from)?);
+    parts.id = Some(MessageId::new(row.message_id)?);
     parts.message_type = row.message_type;
     parts.routing_key = row.routing_key;
     parts.ordering_key = row.ordering_key;

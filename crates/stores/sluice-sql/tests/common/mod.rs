@@ -62,6 +62,33 @@ pub async fn effects(pool: &PgPool, test: &str) -> std::collections::BTreeMap<St
     .collect()
 }
 
+/// A pool on a schema of its own (its own outbox, inbox and store tables), for tests
+/// whose relay must see only its own rows.
+pub async fn postgres_isolated() -> PgPool {
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let admin = postgres().await;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let options: sqlx::postgres::PgConnectOptions = postgres_url().parse().unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options.options([("search_path", schema.as_str())]))
+        .await
+        .unwrap();
+    sluice_sql::migrate(&pool).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE sluice_test_effects (\
+             test TEXT NOT NULL, message_id TEXT NOT NULL, amount BIGINT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool
+}
+
 /// A name unique to this test run, so tests sharing the database never see each other.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
