@@ -56,6 +56,7 @@
 //! | [`runtime`] (workers, handlers, backoff, idempotency, rate limits) | [`sluice_runtime`] |
 //! | [`connect`]: a backend from a URL | this crate, `connect.rs` |
 //! | backends | behind cargo features: `embedded` (the default backend), `memory`, `remote` (`sluice://`), `rabbitmq`, `sqs`, `kafka` |
+//! | durable idempotency, inbox, outbox | features `postgres`, `sqlite` (`sluice::sql`) and `redis` (`sluice::redis`) |
 //! | [`prelude`] | what most programs import |
 
 mod connect;
@@ -85,6 +86,15 @@ pub use sluice_rabbitmq as rabbitmq;
 /// Amazon SQS + SNS (`sqs://REGION[?endpoint=URL]`).
 #[cfg(feature = "sqs")]
 pub use sluice_sqs as sqs;
+
+/// Durable idempotency and dedup stores, the transactional inbox and outbox on PostgreSQL
+/// and SQLite (features `postgres`, `sqlite`).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use sluice_sql as sql;
+
+/// Durable idempotency and dedup-window stores on Redis (feature `redis`).
+#[cfg(feature = "redis")]
+pub use sluice_redis as redis;
 
 /// What most programs import: `use sluice::prelude::*;`.
 pub mod prelude {
