@@ -56,6 +56,9 @@ enum Command {
     Consume(ops::consume::ConsumeArgs),
     /// Lists, shows, redrives and purges a subscription's dead-letter queue.
     Dlq(ops::dlq::DlqArgs),
+    /// Relays the transactional outbox of a PostgreSQL or SQLite database to the backend,
+    /// shows its lag, or creates Sluice's tables.
+    Outbox(ops::outbox::OutboxArgs),
 }
 
 #[tokio::main]
@@ -79,6 +82,7 @@ async fn main() {
         Command::Tail(args) => ops::tail::run(args).await,
         Command::Consume(args) => ops::consume::run(args).await,
         Command::Dlq(args) => ops::dlq::run(args).await,
+        Command::Outbox(args) => ops::outbox::run(args).await,
     };
     if let Err(err) = result {
         // What failed, then why, one cause per line; no backtrace for an operator's mistake.

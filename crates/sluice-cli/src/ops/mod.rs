@@ -5,6 +5,7 @@
 
 pub(crate) mod consume;
 pub(crate) mod dlq;
+pub(crate) mod outbox;
 pub(crate) mod publish;
 pub(crate) mod stats;
 pub(crate) mod table;

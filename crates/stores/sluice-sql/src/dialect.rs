@@ -61,7 +61,7 @@ mod sealed {
 ///
 /// The methods are the building blocks of [`SqlStore`](crate::SqlStore),
 /// [`Inbox`](crate::Inbox) and [`Outbox`](crate::Outbox); call those instead.
-pub trait SqlDatabase: Database + sealed::Sealed {
+pub trait SqlDatabase: Database + Sync + sealed::Sealed {
     /// Sluice's migrations: `(version, SQL)`, in order.
     const MIGRATIONS: &'static [(i64, &'static str)];
 

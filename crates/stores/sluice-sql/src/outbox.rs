@@ -14,7 +14,6 @@
 //! `seq` can be published in commit order, which no consumer could tell apart anyway.
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -184,7 +183,6 @@ pub struct Relay<DB: SqlDatabase, P: Publisher> {
     max_backoff: Duration,
     keep_sent: Duration,
     stats: Arc<RelayStats>,
-    _db: PhantomData<DB>,
 }
 
 impl<DB: SqlDatabase, P: Publisher> std::fmt::Debug for Relay<DB, P> {
@@ -209,7 +207,6 @@ impl<DB: SqlDatabase, P: Publisher> Relay<DB, P> {
             max_backoff: Duration::from_secs(30),
             keep_sent: Duration::from_secs(3600),
             stats: Arc::default(),
-            _db: PhantomData,
         }
     }
 
