@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
-use sluice_core::dedup::Claims;
+use sluice_core::dedup::{Claims, DedupStore};
 use sluice_core::{
     tags, Backend, Capabilities, DeadLetteredMessage, Envelope, Error, Namespace, Naming,
     ObjectKind, OrderingLevel, RedriveOptions, RedriveReport, Result, StartPosition,
@@ -58,7 +58,7 @@ pub fn capabilities() -> Capabilities {
 }
 
 /// Options of a [`KafkaBackend`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct KafkaOptions {
     /// Bootstrap servers, `host:port[,host:port]`.
@@ -75,6 +75,25 @@ pub struct KafkaOptions {
     pub session_timeout: Duration,
     /// Further librdkafka settings for every client (`security.protocol`, `sasl.*`, …).
     pub client: Vec<(String, String)>,
+    /// Where the emulated dedup windows keep their claims. By default an in-memory
+    /// [`Claims`], so a window covers the publishers of the backends connected with these
+    /// options (and their clones) in this process only; a store shared by every publisher
+    /// (`sluice-redis`, `sluice-sql`) makes it cover every process, and survive restarts.
+    pub dedup_store: Arc<dyn DedupStore>,
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaOptions")
+            .field("brokers", &self.brokers)
+            .field("namespace", &self.namespace)
+            .field("partitions", &self.partitions)
+            .field("replication", &self.replication)
+            .field("session_timeout", &self.session_timeout)
+            .field("client", &self.client)
+            .field("dedup_store", &format_args!("Arc<dyn DedupStore>"))
+            .finish()
+    }
 }
 
 impl KafkaOptions {
@@ -87,6 +106,7 @@ impl KafkaOptions {
             replication: 1,
             session_timeout: Duration::from_secs(10),
             client: Vec::new(),
+            dedup_store: Arc::new(Claims::default()),
         }
     }
 
@@ -124,6 +144,13 @@ impl KafkaOptions {
         self.client.push((key.into(), value.into()));
         self
     }
+
+    /// Sets [`dedup_store`](Self::dedup_store).
+    #[must_use]
+    pub fn dedup_store(mut self, store: Arc<dyn DedupStore>) -> Self {
+        self.dedup_store = store;
+        self
+    }
 }
 
 /// What every handle of one backend shares.
@@ -134,7 +161,6 @@ pub(crate) struct Shared {
     pub(crate) admin: AdminClient<DefaultClientContext>,
     pub(crate) producer: FutureProducer,
     pub(crate) catalog: Catalog,
-    pub(crate) claims: Claims,
     /// The delay mover of each topic this process runs (one per topic, shared by its
     /// subscribers here; the mover's consumer group makes it one per topic across processes).
     movers: Mutex<HashMap<String, Weak<Mover>>>,
@@ -234,6 +260,34 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(topic);
+    }
+
+    /// The name a topic's dedup claims are kept under: its physical name, so namespaces
+    /// sharing one dedup store never see each other's claims.
+    pub(crate) fn dedup_topic(&self, topic: &TopicName) -> String {
+        self.names.topic(topic)
+    }
+
+    /// Claims `id` on `topic` for `window`; `false` for a duplicate. The store's error
+    /// fails the publish (nothing is sent).
+    pub(crate) async fn claim(
+        &self,
+        topic: &TopicName,
+        id: &str,
+        window: Duration,
+    ) -> Result<bool> {
+        let store = &self.options.dedup_store;
+        store.claim(&self.dedup_topic(topic), id, window).await
+    }
+
+    /// Drops the dedup claim of a publish that failed; a failure to do so is logged (the
+    /// claim then ends with its window, and a retry of the publish within it is dropped as
+    /// a duplicate).
+    pub(crate) async fn release_claim(&self, topic: &TopicName, id: &str) {
+        let store = &self.options.dedup_store;
+        if let Err(err) = store.release(&self.dedup_topic(topic), id).await {
+            tracing::warn!(%topic, id, %err, "could not drop the dedup claim of a failed publish; a retry within the window is dropped as a duplicate");
+        }
     }
 
     /// The configuration of a subscription, from the catalog.
@@ -449,7 +503,6 @@ impl KafkaBackend {
             admin,
             producer,
             catalog,
-            claims: Claims::default(),
             movers: Mutex::new(HashMap::new()),
             topics: Mutex::new(HashMap::new()),
         });
@@ -878,7 +931,13 @@ impl Backend for KafkaBackend {
         let mut topics = vec![shared.names.topic(topic)];
         topics.extend(shared.names.delay_tiers(topic));
         shared.delete_topics(&topics).await?;
-        shared.claims.forget_topic(topic.as_str());
+        if info.config.dedup_window.is_some() {
+            let store = &shared.options.dedup_store;
+            if let Err(err) = store.forget_topic(&shared.dedup_topic(topic)).await {
+                // The topic is gone; failing its deletion now would leave the mover's group.
+                tracing::warn!(%topic, %err, "could not drop the dedup claims of the topic; they end with their window");
+            }
+        }
         // The delay mover's offsets go too, or a topic made again under the name would start
         // its delay tiers at the old positions.
         let group = shared.names.mover_group(topic);

@@ -6,8 +6,14 @@
 //! - A delayed message goes to the topic's delay tier (`names::tier_for`), moved to the topic
 //!   when due by the topic's delay mover.
 //! - The topic's dedup window is emulated: the first publish of an id claims it for the
-//!   window in this process; a failed publish drops its claim so the caller's retry goes
-//!   through.
+//!   window in the options' dedup store (per process by default; across processes and
+//!   restarts with a shared durable store, e.g. `sluice-redis` or `sluice-sql`); a failed
+//!   publish drops its claim so the caller's retry goes through. A claim the store cannot
+//!   take fails the publish; a claim it cannot drop is logged and ends with its window.
+//! - A publish is admitted (checked, and claimed on a topic with a window) before its record
+//!   is queued; a batch admits all its messages first, then queues their records in order.
+//!   With a store that answers over the network, separate concurrent `publish` calls to a
+//!   topic with a window are queued in the order their claims come back.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,7 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use rdkafka::producer::{FutureRecord, Producer as _};
 use sluice_core::{
-    Error, Message, MessageError, PublishOutcome, PublishReceipt, Publisher, Result, TopicName,
+    Error, Message, MessageError, MessageId, PublishOutcome, PublishReceipt, Publisher, Result,
+    TopicName,
 };
 
 use crate::backend::Shared;
@@ -97,14 +104,14 @@ impl KafkaPublisher {
         self.shared.cached_topic_config(topic).await
     }
 
-    /// Publishes one message of a prepared topic. Nothing is awaited before the record is
-    /// queued, so concurrent calls polled in order queue their records in order.
-    async fn publish_to(
+    /// Checks a message of a prepared topic and, if the topic has a dedup window, claims its
+    /// id (which may wait on the dedup store).
+    async fn admit(
         &self,
         topic: &TopicName,
         config: &sluice_core::TopicConfig,
         mut message: Message,
-    ) -> Result<PublishReceipt> {
+    ) -> Result<Admitted> {
         let shared = &self.shared;
         message.check_size(shared.caps.max_message_size)?;
         let delay = message
@@ -118,12 +125,15 @@ impl KafkaPublisher {
             }
             .into());
         }
-        let id = message.id().clone();
-        if let Some(window) = config.dedup_window {
-            if !shared.claims.claim(topic.as_str(), id.as_str(), window) {
-                return Ok(PublishReceipt::new(id, PublishOutcome::Duplicate));
+        let claimed = match config.dedup_window {
+            Some(window) => {
+                if !shared.claim(topic, message.id().as_str(), window).await? {
+                    return Ok(Admitted::Duplicate(message.id().clone()));
+                }
+                true
             }
-        }
+            None => false,
+        };
         if message.published_at().is_none() {
             message.set_published_at(SystemTime::now());
         }
@@ -131,11 +141,34 @@ impl KafkaPublisher {
             Some(delay) => shared.names.delay_tier(topic, delay),
             None => shared.names.topic(topic),
         };
+        Ok(Admitted::Ready {
+            message: Box::new(message),
+            target,
+            claimed,
+        })
+    }
+
+    /// Queues an admitted message and waits for its delivery report. Nothing is awaited
+    /// before the record is queued, so concurrent calls polled in order queue their records
+    /// in order.
+    async fn queue(&self, topic: &TopicName, admitted: Admitted) -> Result<PublishReceipt> {
+        let (message, target, claimed) = match admitted {
+            Admitted::Duplicate(id) => {
+                return Ok(PublishReceipt::new(id, PublishOutcome::Duplicate))
+            }
+            Admitted::Ready {
+                message,
+                target,
+                claimed,
+            } => (message, target, claimed),
+        };
+        let shared = &self.shared;
+        let id = message.id().clone();
         match produce(shared, &target, wire::encode(&message, None)).await {
             Ok(()) => Ok(PublishReceipt::new(id, PublishOutcome::Published)),
             Err(err) => {
-                if config.dedup_window.is_some() {
-                    shared.claims.release(topic.as_str(), id.as_str());
+                if claimed {
+                    shared.release_claim(topic, id.as_str()).await;
                 }
                 Err(match err {
                     Error::NotFound { .. } => {
@@ -147,6 +180,20 @@ impl KafkaPublisher {
             }
         }
     }
+}
+
+/// A message checked (and claimed) for publishing.
+enum Admitted {
+    /// To be queued to `target` (the topic or one of its delay tiers).
+    Ready {
+        // Boxed: a message is large, a duplicate's id small.
+        message: Box<Message>,
+        target: String,
+        /// Whether it holds a dedup claim, dropped if the publish fails.
+        claimed: bool,
+    },
+    /// Its id has a live dedup claim: dropped, reported as a duplicate.
+    Duplicate(MessageId),
 }
 
 /// The same error again, for every message of a batch that could not start.
@@ -166,7 +213,8 @@ impl Publisher for KafkaPublisher {
     async fn publish(&self, topic: &TopicName, message: Message) -> Result<PublishReceipt> {
         let _in_flight = self.begin()?;
         let config = self.prepare(topic).await?;
-        self.publish_to(topic, &config, message).await
+        let admitted = self.admit(topic, &config, message).await?;
+        self.queue(topic, admitted).await
     }
 
     async fn publish_batch(
@@ -182,14 +230,19 @@ impl Publisher for KafkaPublisher {
             Ok(config) => config,
             Err(err) => return messages.iter().map(|_| Err(same_error(&err))).collect(),
         };
-        // Every record is queued in order before any is awaited: librdkafka batches them, and
-        // records of one key keep their order on their partition.
+        // Every message is admitted (its claim taken) first; then every record is queued in
+        // order before any is awaited: librdkafka batches them, and records of one key keep
+        // their order on their partition.
         let config = &config;
-        futures::future::join_all(
-            messages
-                .into_iter()
-                .map(|m| self.publish_to(topic, config, m)),
-        )
+        let admitted =
+            futures::future::join_all(messages.into_iter().map(|m| self.admit(topic, config, m)))
+                .await;
+        futures::future::join_all(admitted.into_iter().map(|admitted| async move {
+            match admitted {
+                Ok(admitted) => self.queue(topic, admitted).await,
+                Err(err) => Err(err),
+            }
+        }))
         .await
     }
 

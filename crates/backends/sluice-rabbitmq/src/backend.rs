@@ -20,7 +20,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
-use sluice_core::dedup::Claims;
+use sluice_core::dedup::{Claims, DedupStore};
 use sluice_core::envelope::Envelope;
 use sluice_core::{
     Backend, Capabilities, DeadLetteredMessage, Error, Naming, ObjectKind, OrderingLevel,
@@ -63,7 +63,7 @@ pub fn capabilities() -> Capabilities {
 }
 
 /// Options of a [`RabbitBackend`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct RabbitOptions {
     /// Prefix of every physical name.
@@ -71,6 +71,31 @@ pub struct RabbitOptions {
     /// Publish with the `mandatory` flag: a message that no subscription's binding matches
     /// fails with an "unroutable" error instead of being dropped by the broker.
     pub unroutable_is_error: bool,
+    /// Where the emulated dedup windows keep their claims. By default an in-memory
+    /// [`Claims`], so a window covers the publishers of the backends connected with these
+    /// options (and their clones) in this process only; a store shared by every publisher
+    /// (`sluice-redis`, `sluice-sql`) makes it cover every process, and survive restarts.
+    pub dedup_store: Arc<dyn DedupStore>,
+}
+
+impl Default for RabbitOptions {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            unroutable_is_error: false,
+            dedup_store: Arc::new(Claims::default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for RabbitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitOptions")
+            .field("namespace", &self.namespace)
+            .field("unroutable_is_error", &self.unroutable_is_error)
+            .field("dedup_store", &format_args!("Arc<dyn DedupStore>"))
+            .finish()
+    }
 }
 
 impl RabbitOptions {
@@ -87,6 +112,13 @@ impl RabbitOptions {
         self.unroutable_is_error = enabled;
         self
     }
+
+    /// Sets [`dedup_store`](Self::dedup_store).
+    #[must_use]
+    pub fn dedup_store(mut self, store: Arc<dyn DedupStore>) -> Self {
+        self.dedup_store = store;
+        self
+    }
 }
 
 /// What every handle of one backend shares.
@@ -99,7 +131,6 @@ pub(crate) struct Shared {
     // std Mutexes below: held for a map operation, never across an .await.
     topics: Mutex<HashMap<String, Option<Duration>>>,
     tiers: Mutex<HashSet<String>>,
-    pub(crate) claims: Claims,
     buffered: Mutex<HashMap<String, Arc<AtomicI64>>>,
 }
 
@@ -174,10 +205,48 @@ impl Shared {
         Ok(window)
     }
 
-    /// Forgets a topic the broker says is gone.
-    pub(crate) fn forget_topic(&self, topic: &str) {
-        self.uncache_topic(topic);
-        self.claims.forget_topic(topic);
+    /// Forgets a topic the broker says is gone: its cached configuration and its dedup
+    /// claims.
+    pub(crate) async fn forget_topic(&self, topic: &TopicName) {
+        self.uncache_topic(topic.as_str());
+        self.forget_claims(topic).await;
+    }
+
+    /// The name a topic's dedup claims are kept under: its physical name, so namespaces
+    /// sharing one dedup store never see each other's claims.
+    pub(crate) fn dedup_topic(&self, topic: &TopicName) -> String {
+        self.names.exchange(topic)
+    }
+
+    /// Claims `id` on `topic` for `window`; `false` for a duplicate. The store's error
+    /// fails the publish (nothing is sent).
+    pub(crate) async fn claim(
+        &self,
+        topic: &TopicName,
+        id: &str,
+        window: Duration,
+    ) -> Result<bool, Error> {
+        let store = &self.options.dedup_store;
+        store.claim(&self.dedup_topic(topic), id, window).await
+    }
+
+    /// Drops the dedup claim of a publish that failed; a failure to do so is logged (the
+    /// claim then ends with its window, and a retry of the publish within it is dropped as
+    /// a duplicate).
+    pub(crate) async fn release_claim(&self, topic: &TopicName, id: &str) {
+        let store = &self.options.dedup_store;
+        if let Err(err) = store.release(&self.dedup_topic(topic), id).await {
+            tracing::warn!(%topic, id, %err, "could not drop the dedup claim of a failed publish; a retry within the window is dropped as a duplicate");
+        }
+    }
+
+    /// Drops every dedup claim of a topic deleted or created again; a failure is logged
+    /// (the claims then end with their window).
+    pub(crate) async fn forget_claims(&self, topic: &TopicName) {
+        let store = &self.options.dedup_store;
+        if let Err(err) = store.forget_topic(&self.dedup_topic(topic)).await {
+            tracing::warn!(%topic, %err, "could not drop the dedup claims of the topic; they end with their window");
+        }
     }
 
     /// Drops the cached configuration of a topic (after a failed publish: the next one
@@ -305,7 +374,6 @@ impl RabbitBackend {
                 catalog_lock: tokio::sync::Mutex::new(()),
                 topics: Mutex::default(),
                 tiers: Mutex::default(),
-                claims: Claims::default(),
                 buffered: Mutex::default(),
             }),
         })
@@ -446,7 +514,13 @@ impl Backend for RabbitBackend {
                 .insert(topic.as_str().to_owned(), TopicRecord::new(config));
         }
         session.commit(existing.is_none()).await?;
-        self.shared.forget_topic(topic.as_str());
+        self.shared.uncache_topic(topic.as_str());
+        if existing.is_none() && config.dedup_window.is_some() {
+            // A topic created again under an old name starts with an empty window. An
+            // existing topic keeps its claims: other publishers (other processes, with a
+            // shared dedup store) rely on them.
+            self.shared.forget_claims(topic).await;
+        }
         Ok(())
     }
 
@@ -572,9 +646,14 @@ impl Backend for RabbitBackend {
                 .await
                 .map_err(|err| to_error(err, &format!("deleting `{exchange}`")))?;
         }
-        self.shared.forget_topic(topic.as_str());
+        self.shared.uncache_topic(topic.as_str());
         self.shared.forget_tiers(&names.exchange(topic));
-        session.commit(true).await
+        let committed = session.commit(true).await;
+        if record.config().dedup_window.is_some() {
+            // After the commit: the topology lock is not held while the store is walked.
+            self.shared.forget_claims(topic).await;
+        }
+        committed
     }
 
     async fn delete_subscription(&self, subscription: &SubscriptionName) -> Result<(), Error> {

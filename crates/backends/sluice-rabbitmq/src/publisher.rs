@@ -5,7 +5,11 @@
 //! Invariants:
 //! - `publish` returns `Ok(Published)` only after the broker's confirm.
 //! - A dedup claim is taken before sending and dropped if the publish fails, so a failed
-//!   publish can be retried with the same id.
+//!   publish can be retried with the same id. A claim the store cannot take fails the
+//!   publish (nothing is sent); a claim it cannot drop is logged and ends with its window.
+//! - The claims live in the options' `dedup_store`, keyed by the topic's physical name: per
+//!   process by default; across processes and restarts with a shared durable store, e.g.
+//!   `sluice-redis` or `sluice-sql`.
 //! - `close` refuses new publishes at once and returns when none is in flight.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,7 +59,7 @@ impl Drop for InFlight {
 /// A publish that was sent and waits for its confirm.
 struct Sent {
     id: sluice_core::MessageId,
-    topic: String,
+    topic: TopicName,
     exchange: String,
     routing_key: String,
     claimed: bool,
@@ -106,53 +110,55 @@ impl RabbitPublisher {
         message.set_published_at(now);
         let claimed = match window {
             Some(window) => {
-                if !shared
-                    .claims
-                    .claim(topic.as_str(), message.id().as_str(), window)
-                {
+                if !shared.claim(topic, message.id().as_str(), window).await? {
                     return Ok(None);
                 }
                 true
             }
             None => false,
         };
-        let release = |err: Error| {
-            shared.uncache_topic(topic.as_str());
-            if claimed {
-                shared.claims.release(topic.as_str(), message.id().as_str());
+        let sent = async {
+            let (exchange, extra) = match tier {
+                Some(tier) => {
+                    let label = shared.delay_tier(topic, tier).await?;
+                    let exchange = shared.names.delay_exchange(topic);
+                    (exchange, vec![(wire::DELAY_TIER, label)])
+                }
+                None => (shared.names.exchange(topic), Vec::new()),
+            };
+            let out = wire::encode(&message, &extra)?;
+            let mandatory = shared.options.unroutable_is_error && tier.is_none();
+            let confirm = self
+                .channel
+                .send(
+                    &shared.link,
+                    &exchange,
+                    &out.routing_key,
+                    mandatory,
+                    &out.body,
+                    out.properties,
+                )
+                .await?;
+            Ok::<_, Error>((exchange, out.routing_key, confirm))
+        }
+        .await;
+        match sent {
+            Ok((exchange, routing_key, confirm)) => Ok(Some(Sent {
+                id: message.id().clone(),
+                topic: topic.clone(),
+                exchange,
+                routing_key,
+                claimed,
+                confirm,
+            })),
+            Err(err) => {
+                shared.uncache_topic(topic.as_str());
+                if claimed {
+                    shared.release_claim(topic, message.id().as_str()).await;
+                }
+                Err(err)
             }
-            err
-        };
-        let (exchange, extra) = match tier {
-            Some(tier) => {
-                let label = shared.delay_tier(topic, tier).await.map_err(release)?;
-                let exchange = shared.names.delay_exchange(topic);
-                (exchange, vec![(wire::DELAY_TIER, label)])
-            }
-            None => (shared.names.exchange(topic), Vec::new()),
-        };
-        let out = wire::encode(&message, &extra).map_err(release)?;
-        let mandatory = shared.options.unroutable_is_error && tier.is_none();
-        let confirm = self
-            .channel
-            .send(
-                &shared.link,
-                &exchange,
-                &out.routing_key,
-                mandatory,
-                &out.body,
-                out.properties,
-            )
-            .await
-            .map_err(release)?;
-        Ok(Some(Sent {
-            id: message.id().clone(),
-            topic: topic.as_str().to_owned(),
-            exchange,
-            routing_key: out.routing_key,
-            claimed,
-            confirm,
-        }))
+        }
     }
 
     /// Waits for a sent publish's confirm.
@@ -161,17 +167,19 @@ impl RabbitPublisher {
         match result {
             Ok(()) => Ok(PublishReceipt::new(sent.id, PublishOutcome::Published)),
             Err(err) => {
-                self.shared.uncache_topic(&sent.topic);
+                self.shared.uncache_topic(sent.topic.as_str());
                 if sent.claimed {
-                    self.shared.claims.release(&sent.topic, sent.id.as_str());
+                    self.shared
+                        .release_claim(&sent.topic, sent.id.as_str())
+                        .await;
                 }
-                Err(self.not_found(err, &sent.topic))
+                Err(self.not_found(err, &sent.topic).await)
             }
         }
     }
 
     /// A publish that failed because the exchange is gone means the topic is.
-    fn not_found(&self, err: Error, topic: &str) -> Error {
+    async fn not_found(&self, err: Error, topic: &TopicName) -> Error {
         let gone = match &err {
             Error::Backend {
                 source: Some(source),
@@ -182,8 +190,8 @@ impl RabbitPublisher {
             _ => false,
         };
         if gone {
-            self.shared.forget_topic(topic);
-            return Error::topic_not_found(topic);
+            self.shared.forget_topic(topic).await;
+            return Error::topic_not_found(topic.as_str());
         }
         err
     }

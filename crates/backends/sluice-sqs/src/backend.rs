@@ -18,7 +18,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sns::types::Tag;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use sluice_core::dedup::Claims;
+use sluice_core::dedup::{Claims, DedupStore};
 use sluice_core::envelope::Envelope;
 use sluice_core::{
     Backend, Capabilities, DeadLetteredMessage, Error, Naming, ObjectKind, OrderingLevel,
@@ -85,7 +85,7 @@ pub fn capabilities() -> Capabilities {
 }
 
 /// Options of an [`SqsBackend`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct SqsOptions {
     /// AWS region (`us-east-1`).
@@ -108,6 +108,32 @@ pub struct SqsOptions {
     /// different keys in parallel on AWS; keep 1 on moto, whose concurrent long polls can
     /// hand out two messages of one group at once.
     pub fifo_pollers: usize,
+    /// Where this handle records the ids published within a topic's dedup window, to report
+    /// a copy SQS FIFO drops as `Duplicate`. By default an in-memory [`Claims`], covering
+    /// the publishers of the backends connected with these options (and their clones) in
+    /// this process only; a store shared by every publisher (`sluice-redis`, `sluice-sql`)
+    /// makes the reports hold across processes and restarts. (SQS drops the copies either
+    /// way: the store only decides what the receipt says.)
+    pub dedup_store: Arc<dyn DedupStore>,
+}
+
+impl std::fmt::Debug for SqsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsOptions")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            // The secret access key stays out of logs.
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(id, _)| (id, "<redacted>")),
+            )
+            .field("namespace", &self.namespace)
+            .field("poll_wait", &self.poll_wait)
+            .field("max_call_attempts", &self.max_call_attempts)
+            .field("fifo_pollers", &self.fifo_pollers)
+            .field("dedup_store", &format_args!("Arc<dyn DedupStore>"))
+            .finish()
+    }
 }
 
 impl SqsOptions {
@@ -122,6 +148,7 @@ impl SqsOptions {
             poll_wait: Duration::from_secs(20),
             max_call_attempts: 8,
             fifo_pollers: 1,
+            dedup_store: Arc::new(Claims::default()),
         }
     }
 
@@ -159,6 +186,13 @@ impl SqsOptions {
         self.poll_wait = wait;
         self
     }
+
+    /// Sets [`dedup_store`](Self::dedup_store).
+    #[must_use]
+    pub fn dedup_store(mut self, store: Arc<dyn DedupStore>) -> Self {
+        self.dedup_store = store;
+        self
+    }
 }
 
 /// A topic as this handle knows it.
@@ -190,7 +224,6 @@ pub(crate) struct Shared {
     pub(crate) names: Names,
     pub(crate) caps: Capabilities,
     pub(crate) options: SqsOptions,
-    pub(crate) claims: Claims,
     // std Mutexes: held for a map operation, never across an .await.
     topics: Mutex<HashMap<String, Arc<TopicState>>>,
     subscriptions: Mutex<HashMap<String, Arc<SubscriptionState>>>,
@@ -248,10 +281,20 @@ impl Shared {
         Ok(state)
     }
 
-    /// Forgets a topic (deleted, or found missing by a publish), its dedup claims too.
-    pub(crate) fn forget_topic(&self, topic: &str) {
-        self.uncache_topic(topic);
-        self.claims.forget_topic(topic);
+    /// Forgets a topic (deleted, or found missing by a publish), its dedup claims too; a
+    /// failure to drop those is logged (they then end with their window).
+    pub(crate) async fn forget_topic(&self, topic: &TopicName) {
+        self.uncache_topic(topic.as_str());
+        let store = &self.options.dedup_store;
+        if let Err(err) = store.forget_topic(&self.dedup_topic(topic)).await {
+            tracing::warn!(%topic, %err, "could not drop the dedup claims of the topic; they end with their window");
+        }
+    }
+
+    /// The name a topic's dedup claims are kept under: its physical name (without `.fifo`),
+    /// so namespaces sharing one dedup store never see each other's claims.
+    pub(crate) fn dedup_topic(&self, topic: &TopicName) -> String {
+        self.names.naming().topic(topic)
     }
 
     /// Drops the cached state of a topic, so the next use reads it from SNS.
@@ -571,7 +614,6 @@ impl SqsBackend {
                 names: Names::new(Naming::new(options.namespace.clone())),
                 caps: capabilities(),
                 options,
-                claims: Claims::default(),
                 topics: Mutex::default(),
                 subscriptions: Mutex::default(),
                 buffered: Mutex::default(),
@@ -1002,7 +1044,7 @@ impl Backend for SqsBackend {
             .send()
             .await
             .map_err(|err| to_error(err, &format!("deleting SNS topic `{}`", state.arn)))?;
-        self.shared.forget_topic(topic.as_str());
+        self.shared.forget_topic(topic).await;
         Ok(())
     }
 

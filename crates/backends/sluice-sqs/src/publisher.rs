@@ -2,7 +2,11 @@
 //! deduplication ids, the dedup window's duplicate reports.
 //!
 //! Invariants:
-//! - Every message is checked (size, encoding) before any call: a bad one fails alone.
+//! - Every message is checked (size, encoding) and, on a topic with a dedup window, claimed
+//!   before any call: a bad one (or one whose claim the dedup store cannot take) fails alone.
+//! - The claims only make receipts say `Duplicate` (SQS FIFO drops the copies itself); they
+//!   live in the options' dedup store: per process by default; across processes and
+//!   restarts with a shared durable store, e.g. `sluice-redis` or `sluice-sql`.
 //! - On a FIFO topic the `MessageGroupId` is the ordering key (the message id when there is
 //!   none, so such messages are not ordered against each other), and the
 //!   `MessageDeduplicationId` is the message id when the topic has a dedup window, a fresh
@@ -66,8 +70,9 @@ struct Prepared {
     out: wire::Outgoing,
     group_id: Option<String>,
     dedup_id: Option<String>,
-    /// This handle published the id within the window: still sent (SQS FIFO drops the copy
-    /// itself, so nothing is lost if the first publish fails), reported `Duplicate`.
+    /// The id was published within the window (the dedup store says so): still sent (SQS
+    /// FIFO drops the copy itself, so nothing is lost if the first publish fails), reported
+    /// `Duplicate`.
     duplicate: bool,
 }
 
@@ -163,28 +168,47 @@ impl SqsPublisher {
         })
     }
 
-    /// Whether this handle already published the id within the topic's window (SNS drops
-    /// such a message silently; this makes the receipt say so).
-    fn is_duplicate(&self, topic: &TopicState, message: &Message) -> bool {
-        topic.config.dedup_window.is_some_and(|window| {
-            !self
-                .shared
-                .claims
-                .claim(topic.name.as_str(), message.id().as_str(), window)
-        })
+    /// Whether the id was already published within the topic's window (SNS drops such a
+    /// message silently; this makes the receipt say so). The dedup store's error fails the
+    /// message's publish.
+    async fn is_duplicate(&self, topic: &TopicState, message: &Message) -> Result<bool> {
+        let Some(window) = topic.config.dedup_window else {
+            return Ok(false);
+        };
+        let store = &self.shared.options.dedup_store;
+        let dedup_topic = self.shared.dedup_topic(&topic.name);
+        let fresh = store
+            .claim(&dedup_topic, message.id().as_str(), window)
+            .await?;
+        Ok(!fresh)
     }
 
-    /// Drops the claim a failed publish took (a duplicate's claim belongs to the first).
-    fn release_claim(&self, topic: &TopicState, prepared: &Prepared) {
-        if topic.config.dedup_window.is_some() && !prepared.duplicate {
-            self.shared
-                .claims
-                .release(topic.name.as_str(), prepared.message.id().as_str());
+    /// Checks, encodes and claims one message.
+    async fn admit(&self, topic: &TopicState, message: Message) -> Result<Prepared> {
+        let mut prepared = self.prepare(topic, message)?;
+        prepared.duplicate = self.is_duplicate(topic, &prepared.message).await?;
+        Ok(prepared)
+    }
+
+    /// Drops the claim a failed publish took (a duplicate's claim belongs to the first); a
+    /// failure to do so is logged (the claim then ends with its window, and a retry within it
+    /// is reported as a duplicate, though SQS takes it).
+    async fn release_claim(&self, topic: &TopicState, prepared: &Prepared) {
+        if topic.config.dedup_window.is_none() || prepared.duplicate {
+            return;
+        }
+        let store = &self.shared.options.dedup_store;
+        let id = prepared.message.id().as_str();
+        if let Err(err) = store
+            .release(&self.shared.dedup_topic(&topic.name), id)
+            .await
+        {
+            tracing::warn!(topic = %topic.name, id, %err, "could not drop the dedup claim of a failed publish");
         }
     }
 
     /// A publish error: a missing topic is forgotten and reported as `NotFound`.
-    fn publish_error<E, R>(
+    async fn publish_error<E, R>(
         &self,
         topic: &TopicState,
         err: aws_sdk_sns::error::SdkError<E, R>,
@@ -194,7 +218,7 @@ impl SqsPublisher {
         R: std::fmt::Debug + Send + Sync + 'static,
     {
         if is_not_found(&err) {
-            self.shared.forget_topic(topic.name.as_str());
+            self.shared.forget_topic(&topic.name).await;
             return Error::topic_not_found(topic.name.as_str());
         }
         to_error(err, &format!("publishing to SNS topic `{}`", topic.arn))
@@ -216,8 +240,8 @@ impl SqsPublisher {
         match result {
             Ok(_) => Ok(receipt),
             Err(err) => {
-                self.release_claim(topic, &prepared);
-                Err(self.publish_error(topic, err))
+                self.release_claim(topic, &prepared).await;
+                Err(self.publish_error(topic, err).await)
             }
         }
     }
@@ -266,33 +290,32 @@ impl SqsPublisher {
                         Some((f.id().parse().ok()?, text))
                     })
                     .collect();
-                batch
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, p)| match failed.get(&i) {
+                let mut results = Vec::with_capacity(batch.len());
+                for (i, p) in batch.into_iter().enumerate() {
+                    results.push(match failed.get(&i) {
                         Some(text) => {
-                            self.release_claim(topic, &p);
+                            self.release_claim(topic, &p).await;
                             Err(Error::backend(text.clone(), true))
                         }
                         None => Ok(p.receipt()),
-                    })
-                    .collect()
+                    });
+                }
+                results
             }
             Err(err) => {
-                let err = self.publish_error(topic, err);
+                let err = self.publish_error(topic, err).await;
                 let not_found = matches!(err, Error::NotFound { .. });
                 let (text, retryable) = (err.to_string(), err.is_retryable());
-                batch
-                    .into_iter()
-                    .map(|p| {
-                        self.release_claim(topic, &p);
-                        Err(if not_found {
-                            Error::topic_not_found(topic.name.as_str())
-                        } else {
-                            Error::backend(text.clone(), retryable)
-                        })
-                    })
-                    .collect()
+                let mut results = Vec::with_capacity(batch.len());
+                for p in batch {
+                    self.release_claim(topic, &p).await;
+                    results.push(Err(if not_found {
+                        Error::topic_not_found(topic.name.as_str())
+                    } else {
+                        Error::backend(text.clone(), retryable)
+                    }));
+                }
+                results
             }
         }
     }
@@ -310,8 +333,7 @@ impl Publisher for SqsPublisher {
         async move {
             let _guard = guard?;
             let state = self.shared.topic(topic).await?;
-            let mut prepared = self.prepare(&state, message)?;
-            prepared.duplicate = self.is_duplicate(&state, &prepared.message);
+            let prepared = self.admit(&state, message).await?;
             self.send_one(&state, prepared).await
         }
     }
@@ -348,12 +370,11 @@ impl Publisher for SqsPublisher {
         };
         let mut results: Vec<Option<Result<PublishReceipt>>> = (0..count).map(|_| None).collect();
         let mut ready = Vec::new();
-        for (i, message) in messages.into_iter().enumerate() {
-            match self.prepare(&state, message) {
-                Ok(mut p) => {
-                    p.duplicate = self.is_duplicate(&state, &p.message);
-                    ready.push((i, p));
-                }
+        // The claims are taken together (in order), before anything is sent.
+        let admitted = join_all(messages.into_iter().map(|m| self.admit(&state, m))).await;
+        for (i, admitted) in admitted.into_iter().enumerate() {
+            match admitted {
+                Ok(p) => ready.push((i, p)),
                 Err(err) => results[i] = Some(Err(err)),
             }
         }
@@ -390,12 +411,12 @@ impl Publisher for SqsPublisher {
             let mut failed = false;
             for chunk in chunks {
                 if failed {
-                    sent.extend(chunk.into_iter().map(|(i, p)| {
-                        self.release_claim(&state, &p);
+                    for (i, p) in chunk {
+                        self.release_claim(&state, &p).await;
                         let text = "not sent: an earlier message of this batch failed, and an \
                                     ordered topic keeps publish order";
-                        (i, Err(Error::backend(text, true)))
-                    }));
+                        sent.push((i, Err(Error::backend(text, true))));
+                    }
                     continue;
                 }
                 let results = send(chunk).await;

@@ -113,14 +113,17 @@ fn print_lag(lag: &OutboxLag, json: bool) {
     if json {
         println!(
             "{}",
-            serde_json::json!({ "unsent": lag.unsent, "oldest_ms": oldest_ms })
+            serde_json::json!({ "unsent": lag.unsent, "parked": lag.parked, "oldest_ms": oldest_ms })
         );
     } else {
         let oldest = lag.oldest.map_or_else(
             || "–".to_owned(),
             |d| humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string(),
         );
-        println!("unsent {}, oldest {oldest}", lag.unsent);
+        println!(
+            "unsent {}, oldest {oldest}, parked {}",
+            lag.unsent, lag.parked
+        );
     }
 }
 

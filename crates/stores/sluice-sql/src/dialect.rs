@@ -48,6 +48,7 @@ pub struct OutboxRow {
 #[doc(hidden)]
 pub struct LagRow {
     pub unsent: i64,
+    pub parked: i64,
     pub oldest_created_at: Option<i64>,
     pub now: i64,
 }
@@ -153,6 +154,12 @@ pub trait SqlDatabase: Database + Sync + sealed::Sealed {
         tx: &'a mut Transaction<'static, Self>,
         seqs: &'a [i64],
     ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+    #[doc(hidden)]
+    fn outbox_park<'a>(
+        tx: &'a mut Transaction<'static, Self>,
+        seq: i64,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     #[doc(hidden)]
     fn outbox_lag(pool: &Pool<Self>) -> BoxFuture<'_, Result<LagRow, sqlx::Error>>;
     #[doc(hidden)]
@@ -521,7 +528,8 @@ macro_rules! dialect {
                     let rows = sqlx::query(
                         "SELECT seq, topic, message_id, message_type, routing_key, \
                          ordering_key, content_type, headers, payload, deliver_at, created_at \
-                         FROM sluice_outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
+                         FROM sluice_outbox WHERE sent_at IS NULL AND parked_at IS NULL \
+                         ORDER BY seq LIMIT $1",
                     )
                     .bind(limit)
                     .fetch_all(&mut **tx)
@@ -571,11 +579,33 @@ macro_rules! dialect {
                 })
             }
 
+            fn outbox_park<'a>(
+                tx: &'a mut Transaction<'static, Self>,
+                seq: i64,
+                error: &'a str,
+            ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+                Box::pin(async move {
+                    sqlx::query(concat!(
+                        "UPDATE sluice_outbox SET parked_at = ",
+                        $now,
+                        ", error = $2 WHERE seq = $1"
+                    ))
+                    .bind(seq)
+                    .bind(error)
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(())
+                })
+            }
+
             fn outbox_lag(pool: &Pool<Self>) -> BoxFuture<'_, Result<LagRow, sqlx::Error>> {
                 Box::pin(async move {
-                    let (unsent, oldest_created_at, now): (i64, Option<i64>, i64) =
+                    let (unsent, parked, oldest_created_at, now): (i64, i64, Option<i64>, i64) =
                         sqlx::query_as(concat!(
-                            "SELECT count(*), min(created_at), ",
+                            "SELECT \
+                             coalesce(sum(CASE WHEN parked_at IS NULL THEN 1 ELSE 0 END), 0), \
+                             coalesce(sum(CASE WHEN parked_at IS NULL THEN 0 ELSE 1 END), 0), \
+                             min(CASE WHEN parked_at IS NULL THEN created_at END), ",
                             $now,
                             " FROM sluice_outbox WHERE sent_at IS NULL"
                         ))
@@ -583,6 +613,7 @@ macro_rules! dialect {
                         .await?;
                     Ok(LagRow {
                         unsent,
+                        parked,
                         oldest_created_at,
                         now,
                     })

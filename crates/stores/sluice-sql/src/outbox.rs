@@ -53,6 +53,10 @@ impl<DB: SqlDatabase> std::fmt::Debug for Outbox<DB> {
 pub struct OutboxLag {
     /// Rows not yet published.
     pub unsent: u64,
+    /// Rows set aside because they can never be published (undecodable, too large, an
+    /// invalid name): `sluice_outbox.error` says why; `UPDATE sluice_outbox SET parked_at =
+    /// NULL, error = NULL WHERE seq = …` sends one again after a fix.
+    pub parked: u64,
     /// Age of the oldest unsent row (database clock); `None` when nothing waits.
     pub oldest: Option<Duration>,
 }
@@ -112,6 +116,7 @@ impl<DB: SqlDatabase> Outbox<DB> {
             .map_err(|e| db_error(<DB as sqlx::Database>::NAME, "reading the outbox lag", e))?;
         Ok(OutboxLag {
             unsent: u64::try_from(row.unsent).unwrap_or_default(),
+            parked: u64::try_from(row.parked).unwrap_or_default(),
             oldest: row
                 .oldest_created_at
                 .map(|at| Duration::from_millis(u64::try_from(row.now - at).unwrap_or_default())),
@@ -243,9 +248,11 @@ impl<DB: SqlDatabase, P: Publisher> Relay<DB, P> {
         self.stats.clone()
     }
 
-    /// Publishes one batch and marks it sent; returns how many rows were published (0 when
-    /// nothing waits or another relay holds the lock). On a publish error the rows published
-    /// before it are marked, the rest stay for the next round, and the error is returned.
+    /// Publishes one batch and marks it sent; returns how many rows it settled, published or
+    /// parked (0 when nothing waits or another relay holds the lock). A row that can never
+    /// be published (undecodable, refused as invalid or too large) is parked with the reason
+    /// and the batch goes on. On any other publish error the rows published before it are
+    /// marked, the rest stay for the next round, and the error is returned.
     pub async fn relay_once(&self) -> Result<usize> {
         let name = <DB as sqlx::Database>::NAME;
         let mut tx = self
@@ -267,39 +274,43 @@ impl<DB: SqlDatabase, P: Publisher> Relay<DB, P> {
             return Ok(0);
         }
         let mut sent = Vec::with_capacity(rows.len());
+        let mut parked = 0;
         let mut failure = None;
-        // Runs of one topic go out as one batch; runs are published one after another.
-        let mut rows = rows.into_iter().peekable();
-        while let Some(first) = rows.next() {
-            let topic_name = first.topic.clone();
-            let mut run = vec![first];
-            while rows.peek().is_some_and(|r| r.topic == topic_name) {
-                run.extend(rows.next());
-            }
-            let seqs: Vec<i64> = run.iter().map(|r| r.seq).collect();
-            let mut messages = Vec::with_capacity(run.len());
-            let mut topic = None;
-            for row in run {
-                let seq = row.seq;
-                let (t, message) = row_message(row).map_err(|e| {
-                    Error::backend(format!("outbox row {seq} cannot be published: {e}"), false)
-                })?;
-                topic = Some(t);
-                messages.push(message);
-            }
-            let topic = topic.expect("a run has a row");
-            let receipts = self.publisher.publish_batch(&topic, messages).await;
-            for (seq, receipt) in seqs.iter().zip(receipts) {
-                match receipt {
-                    Ok(_) => sent.push(*seq),
-                    Err(err) => {
-                        failure = Some(err);
-                        break;
-                    }
+        // Decode every row; one that cannot be a message is parked with the reason.
+        let mut ready = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq = row.seq;
+            match row_message(row) {
+                Ok((topic, message)) => ready.push((seq, topic, message)),
+                Err(err) => {
+                    self.park(&mut tx, seq, &err).await?;
+                    parked += 1;
                 }
             }
-            if failure.is_some() {
-                break;
+        }
+        // Runs of one topic go out as one batch; runs are published one after another.
+        let mut ready = ready.into_iter().peekable();
+        'runs: while let Some((seq, topic, message)) = ready.next() {
+            let mut seqs = vec![seq];
+            let mut messages = vec![message];
+            while let Some((seq, _, message)) = ready.next_if(|(_, t, _)| *t == topic) {
+                seqs.push(seq);
+                messages.push(message);
+            }
+            let receipts = self.publisher.publish_batch(&topic, messages).await;
+            for (seq, receipt) in seqs.into_iter().zip(receipts) {
+                match receipt {
+                    Ok(_) => sent.push(seq),
+                    // Invalid or too large for this backend: it never will be published.
+                    Err(err @ (Error::Message(_) | Error::Name(_))) => {
+                        self.park(&mut tx, seq, &err).await?;
+                        parked += 1;
+                    }
+                    Err(err) => {
+                        failure = Some(err);
+                        break 'runs;
+                    }
+                }
             }
         }
         DB::outbox_mark_sent(&mut tx, &sent)
@@ -314,8 +325,16 @@ impl<DB: SqlDatabase, P: Publisher> Relay<DB, P> {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         match failure {
             Some(err) => Err(err),
-            None => Ok(sent.len()),
+            None => Ok(sent.len() + parked),
         }
+    }
+
+    /// Sets a row aside that can never be published, with the reason (logged too).
+    async fn park(&self, tx: &mut Transaction<'static, DB>, seq: i64, err: &Error) -> Result<()> {
+        tracing::error!(seq, error = %err, "outbox row parked: it cannot be published");
+        DB::outbox_park(tx, seq, &err.to_string())
+            .await
+            .map_err(|e| db_error(<DB as sqlx::Database>::NAME, "parking an outbox row", e))
     }
 
     /// Relays until `shutdown`: full batches back to back, then a poll every interval;

@@ -222,11 +222,36 @@ async fn the_outbox_works_on_sqlite_too() {
         Outbox::enqueue(&mut tx, &topic, &message).await.unwrap();
         tx.commit().await.unwrap();
     }
-    assert_eq!(outbox.lag().await.unwrap().unsent, 5);
+    // Two rows written by hand that can never be published: an invalid topic name, headers
+    // that are not JSON. They are parked with the reason; the others go out.
+    for (topic, headers) in [("no spaces allowed", "{}"), ("payments", "not json")] {
+        sqlx::query(
+            "INSERT INTO sluice_outbox (topic, message_id, headers, payload, created_at) \
+             VALUES ($1, 'poison', $2, x'00', 0)",
+        )
+        .bind(topic)
+        .bind(headers)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(outbox.lag().await.unwrap().unsent, 7);
     let relay = Relay::new(outbox.clone(), backend.publisher().await.unwrap());
-    assert_eq!(relay.relay_once().await.unwrap(), 5);
-    assert_eq!(outbox.lag().await.unwrap().unsent, 0);
-    assert_eq!(outbox.lag().await.unwrap().oldest, None);
+    assert_eq!(
+        relay.relay_once().await.unwrap(),
+        7,
+        "5 published, 2 parked"
+    );
+    let lag = outbox.lag().await.unwrap();
+    assert_eq!((lag.unsent, lag.parked, lag.oldest), (0, 2, None));
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT error FROM sluice_outbox WHERE parked_at IS NOT NULL ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(reasons[0].contains("no spaces allowed"), "{reasons:?}");
+    assert!(reasons[1].contains("undecodable headers"), "{reasons:?}");
     let subscriber = backend.subscribe(&subscription).await.unwrap();
     let got = subscriber
         .receive(10, Duration::from_secs(5))

@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS sluice_inbox (
 CREATE INDEX IF NOT EXISTS sluice_inbox_handled ON sluice_inbox (handled_at);
 
 -- Transactional outbox: messages written in the producer's transaction, published in seq
--- order by the relay, which sets sent_at.
+-- order by the relay, which sets sent_at. A row that can never be published (undecodable,
+-- too large for the backend, an invalid name) is parked: parked_at and error are set, the
+-- relay goes on, and the row stays until someone fixes it (`SET parked_at = NULL`).
 CREATE TABLE IF NOT EXISTS sluice_outbox (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     topic        TEXT   NOT NULL,
@@ -47,9 +49,12 @@ CREATE TABLE IF NOT EXISTS sluice_outbox (
     payload      BLOB   NOT NULL,
     deliver_at   BIGINT,
     created_at   BIGINT NOT NULL,
-    sent_at      BIGINT
+    sent_at      BIGINT,
+    parked_at    BIGINT,
+    error        TEXT
 );
-CREATE INDEX IF NOT EXISTS sluice_outbox_unsent ON sluice_outbox (seq) WHERE sent_at IS NULL;
+CREATE INDEX IF NOT EXISTS sluice_outbox_unsent ON sluice_outbox (seq)
+    WHERE sent_at IS NULL AND parked_at IS NULL;
 CREATE INDEX IF NOT EXISTS sluice_outbox_sent ON sluice_outbox (sent_at) WHERE sent_at IS NOT NULL;
 
 -- The relay's lock row: a relay writes it first, which takes SQLite's write lock, so two

@@ -67,6 +67,27 @@ pub async fn effects(pool: &PgPool, test: &str) -> std::collections::BTreeMap<St
 pub async fn postgres_isolated() -> PgPool {
     let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
     let admin = postgres().await;
+    // Schemas of earlier runs (their names start with a UUIDv7: its first 48 bits are the
+    // creation time in ms) are dropped after an hour.
+    let old: Vec<String> =
+        sqlx::query_scalar(r"SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 't\_%'")
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for name in old {
+        let made = name
+            .get(2..14)
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+        if made.is_some_and(|ms| ms + 3_600_000 < now_ms) {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .execute(&admin)
+                .await;
+        }
+    }
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&admin)
         .await
