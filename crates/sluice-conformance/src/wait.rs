@@ -73,6 +73,47 @@ pub fn receive_exactly<'a, S: Subscriber>(
     }
 }
 
+/// Receives and acks at once until `n` deliveries arrived within `within`, or fails naming
+/// `what`; returns their labels, sorted. For scenarios that collect many messages on a
+/// backend with short leases: a delivery held unacked while the others arrive would come
+/// back when its lease ends, a legitimate redelivery this scenario is not about. A label
+/// seen twice is then a real duplicate.
+#[track_caller]
+pub fn receive_and_ack<'a, S: Subscriber>(
+    subscriber: &'a S,
+    n: usize,
+    within: Duration,
+    what: &'a str,
+) -> impl Future<Output = Vec<String>> + 'a {
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let max = (n - got.len()).min(RECEIVE_BATCH);
+            let batch = subscriber
+                .receive(max, deadline - now)
+                .await
+                .must("receive");
+            for delivery in batch {
+                got.push(label(&delivery));
+                delivery.ack().await.must("ack");
+            }
+        }
+        got.sort();
+        assert!(
+            got.len() == n,
+            "{what}: expected {n} deliveries within {within:?}, got {} {got:?} (at {caller})",
+            got.len(),
+        );
+        got
+    }
+}
+
 /// Watches the subscription for `settle` and fails naming `what` if anything arrives.
 #[track_caller]
 pub fn expect_nothing<'a, S: Subscriber>(

@@ -14,7 +14,7 @@
 //! | [`backend`] | the [`Backend`] trait: factory, topology, stats and DLQ tools |
 //! | [`capabilities`] | what a backend does natively, emulates or cannot do |
 //! | [`envelope`] | the dead-letter envelope headers |
-//! | [`dedup`] | the [`DedupStore`] contract of emulated dedup windows, and its in-memory store |
+//! | [`dedup`] | the [`DedupStore`] contract of emulated dedup windows, its in-memory store, the pending claim a publish holds |
 //! | [`ops`] | stats, topic and subscription descriptions, DLQ types |
 //! | [`idempotency`] | the [`IdempotencyStore`] contract |
 //! | [`url`] | the backend URL parser |
@@ -44,7 +44,7 @@ pub mod url;
 pub use backend::Backend;
 pub use capabilities::{Capabilities, OrderingLevel, Support};
 pub use config::{BacklogBound, Overflow, StartPosition, SubscriptionConfig, TopicConfig};
-pub use dedup::DedupStore;
+pub use dedup::{DedupClaim, DedupStore};
 pub use delivery::{Delivery, Subscriber, VerbError, VerbResult};
 pub use dynamic::{DynBackend, DynDelivery, DynPublisher, DynSubscriber};
 pub use envelope::{DeadLetterReason, Envelope};

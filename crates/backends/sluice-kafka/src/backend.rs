@@ -262,34 +262,6 @@ impl Shared {
             .remove(topic);
     }
 
-    /// The name a topic's dedup claims are kept under: its physical name, so namespaces
-    /// sharing one dedup store never see each other's claims.
-    pub(crate) fn dedup_topic(&self, topic: &TopicName) -> String {
-        self.names.topic(topic)
-    }
-
-    /// Claims `id` on `topic` for `window`; `false` for a duplicate. The store's error
-    /// fails the publish (nothing is sent).
-    pub(crate) async fn claim(
-        &self,
-        topic: &TopicName,
-        id: &str,
-        window: Duration,
-    ) -> Result<bool> {
-        let store = &self.options.dedup_store;
-        store.claim(&self.dedup_topic(topic), id, window).await
-    }
-
-    /// Drops the dedup claim of a publish that failed; a failure to do so is logged (the
-    /// claim then ends with its window, and a retry of the publish within it is dropped as
-    /// a duplicate).
-    pub(crate) async fn release_claim(&self, topic: &TopicName, id: &str) {
-        let store = &self.options.dedup_store;
-        if let Err(err) = store.release(&self.dedup_topic(topic), id).await {
-            tracing::warn!(%topic, id, %err, "could not drop the dedup claim of a failed publish; a retry within the window is dropped as a duplicate");
-        }
-    }
-
     /// The configuration of a subscription, from the catalog.
     pub(crate) async fn subscription_config(
         &self,

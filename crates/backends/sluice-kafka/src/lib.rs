@@ -17,6 +17,7 @@
 //! | `consumer.rs` | the engine under subscribers and movers: poll thread, leases, keys, tiers, rebalances |
 //! | `offsets.rs` | per-partition offset tracking (property-tested) |
 //! | `publisher.rs` | [`KafkaPublisher`]: the idempotent producer, delay tiers, dedup claims |
+//! | `dedup.rs` | the dedup window's claims: pending, confirmed, released (also when a publish is dropped) |
 //! | `subscriber.rs` | [`KafkaSubscriber`], [`KafkaDelivery`]: the verbs |
 //! | `mover.rs` | the delay mover of a topic |
 //! | `names.rs` | physical names and tiers |
@@ -24,6 +25,7 @@
 mod backend;
 mod catalog;
 mod consumer;
+mod dedup;
 mod error;
 mod mover;
 mod names;

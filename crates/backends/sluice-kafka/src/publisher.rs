@@ -5,27 +5,38 @@
 //!   producer keeps order across its retries).
 //! - A delayed message goes to the topic's delay tier (`names::tier_for`), moved to the topic
 //!   when due by the topic's delay mover.
-//! - The topic's dedup window is emulated: the first publish of an id claims it for the
-//!   window in the options' dedup store (per process by default; across processes and
-//!   restarts with a shared durable store, e.g. `sluice-redis` or `sluice-sql`); a failed
-//!   publish drops its claim so the caller's retry goes through. A claim the store cannot
-//!   take fails the publish; a claim it cannot drop is logged and ends with its window.
+//! - The topic's dedup window is emulated (`dedup.rs`): a publish takes a *pending* claim of
+//!   its id in the options' dedup store (per process by default; across processes and
+//!   restarts with a shared durable store, e.g. `sluice-redis` or `sluice-sql`), queues its
+//!   record, and *confirms* the claim for the window after the delivery report; a failed
+//!   publish releases it so the caller's retry goes through. Only a confirmed claim makes a
+//!   later publish `Duplicate`; another publish's pending claim, or a claim the store cannot
+//!   take, fails the publish (retryably when the store's error is). A claim that cannot be
+//!   confirmed or released is logged and ends after `PENDING_CLAIM`.
 //! - A publish is admitted (checked, and claimed on a topic with a window) before its record
 //!   is queued; a batch admits all its messages first, then queues their records in order.
-//!   With a store that answers over the network, separate concurrent `publish` calls to a
-//!   topic with a window are queued in the order their claims come back.
+//!   A copy of an id met earlier in the batch is a `Duplicate` of that copy, decided before
+//!   claiming. A message whose admission fails retryably fails every later message of the
+//!   batch too (their claims released, their records never queued): a caller retrying it
+//!   must not find later messages of its key ahead of it. With a store that answers over the
+//!   network, separate concurrent `publish` calls to a topic with a window are queued in the
+//!   order their claims come back.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures::future::join_all;
 use rdkafka::producer::{FutureRecord, Producer as _};
+use sluice_core::dedup::PendingClaim;
 use sluice_core::{
     Error, Message, MessageError, MessageId, PublishOutcome, PublishReceipt, Publisher, Result,
     TopicName,
 };
 
 use crate::backend::Shared;
+use crate::dedup;
 use crate::error::{is_unknown_topic, to_error};
 use crate::names::MAX_DELAY;
 use crate::wire::{self, Outgoing};
@@ -125,14 +136,12 @@ impl KafkaPublisher {
             }
             .into());
         }
-        let claimed = match config.dedup_window {
-            Some(window) => {
-                if !shared.claim(topic, message.id().as_str(), window).await? {
-                    return Ok(Admitted::Duplicate(message.id().clone()));
-                }
-                true
-            }
-            None => false,
+        let claim = match config.dedup_window {
+            Some(window) => match shared.claim(topic, message.id().as_str()).await? {
+                Some(claim) => Some((claim, window)),
+                None => return Ok(Admitted::Duplicate(message.id().clone())),
+            },
+            None => None,
         };
         if message.published_at().is_none() {
             message.set_published_at(SystemTime::now());
@@ -144,31 +153,37 @@ impl KafkaPublisher {
         Ok(Admitted::Ready {
             message: Box::new(message),
             target,
-            claimed,
+            claim,
         })
     }
 
-    /// Queues an admitted message and waits for its delivery report. Nothing is awaited
+    /// Queues an admitted message and waits for its delivery report, then confirms its
+    /// dedup claim (or releases it if the record was not delivered). Nothing is awaited
     /// before the record is queued, so concurrent calls polled in order queue their records
     /// in order.
     async fn queue(&self, topic: &TopicName, admitted: Admitted) -> Result<PublishReceipt> {
-        let (message, target, claimed) = match admitted {
+        let (message, target, claim) = match admitted {
             Admitted::Duplicate(id) => {
                 return Ok(PublishReceipt::new(id, PublishOutcome::Duplicate))
             }
             Admitted::Ready {
                 message,
                 target,
-                claimed,
-            } => (message, target, claimed),
+                claim,
+            } => (message, target, claim),
         };
         let shared = &self.shared;
         let id = message.id().clone();
         match produce(shared, &target, wire::encode(&message, None)).await {
-            Ok(()) => Ok(PublishReceipt::new(id, PublishOutcome::Published)),
+            Ok(()) => {
+                if let Some((claim, window)) = claim {
+                    dedup::confirm(topic, claim, window).await;
+                }
+                Ok(PublishReceipt::new(id, PublishOutcome::Published))
+            }
             Err(err) => {
-                if claimed {
-                    shared.release_claim(topic, id.as_str()).await;
+                if let Some((claim, _)) = claim {
+                    dedup::release(topic, claim).await;
                 }
                 Err(match err {
                     Error::NotFound { .. } => {
@@ -189,11 +204,23 @@ enum Admitted {
         // Boxed: a message is large, a duplicate's id small.
         message: Box<Message>,
         target: String,
-        /// Whether it holds a dedup claim, dropped if the publish fails.
-        claimed: bool,
+        /// Its pending dedup claim and the window to confirm it for.
+        claim: Option<(PendingClaim, Duration)>,
     },
-    /// Its id has a live dedup claim: dropped, reported as a duplicate.
+    /// Its id was published within the window (or earlier in the batch): dropped,
+    /// reported as a duplicate.
     Duplicate(MessageId),
+}
+
+/// The error of a batch's message left unsent after an earlier one failed retryably.
+fn not_sent(id: &MessageId, earlier: &str) -> Error {
+    Error::backend(
+        format!(
+            "message `{id}` not sent: an earlier message of this batch failed before it was \
+             sent ({earlier}); sending this one ahead of its retry would break publish order"
+        ),
+        true,
+    )
 }
 
 /// The same error again, for every message of a batch that could not start.
@@ -234,10 +261,43 @@ impl Publisher for KafkaPublisher {
         // order before any is awaited: librdkafka batches them, and records of one key keep
         // their order on their partition.
         let config = &config;
-        let admitted =
-            futures::future::join_all(messages.into_iter().map(|m| self.admit(topic, config, m)))
-                .await;
-        futures::future::join_all(admitted.into_iter().map(|admitted| async move {
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.id().clone()).collect();
+        let mut seen = HashSet::new();
+        let mut admitted = join_all(messages.into_iter().map(|message| {
+            // A later copy of an id of this batch is a duplicate of the earlier copy, never
+            // claimed (the batch would find its own claim in progress).
+            let copy = config.dedup_window.is_some() && !seen.insert(message.id().clone());
+            async move {
+                if copy {
+                    return Ok(Admitted::Duplicate(message.id().clone()));
+                }
+                self.admit(topic, config, message).await
+            }
+        }))
+        .await;
+        let failed = admitted.iter().enumerate().find_map(|(i, a)| match a {
+            Err(err) if err.is_retryable() => Some((i, err.to_string())),
+            _ => None,
+        });
+        if let Some((first, earlier)) = failed {
+            let mut claims = Vec::new();
+            // A later message failed on its own keeps its own error.
+            for (admitted, id) in admitted.iter_mut().zip(&ids).skip(first + 1) {
+                if admitted.is_err() {
+                    continue;
+                }
+                let unsent = std::mem::replace(admitted, Err(not_sent(id, &earlier)));
+                if let Ok(Admitted::Ready {
+                    claim: Some((claim, _)),
+                    ..
+                }) = unsent
+                {
+                    claims.push(dedup::release(topic, claim));
+                }
+            }
+            join_all(claims).await;
+        }
+        join_all(admitted.into_iter().map(|admitted| async move {
             match admitted {
                 Ok(admitted) => self.queue(topic, admitted).await,
                 Err(err) => Err(err),

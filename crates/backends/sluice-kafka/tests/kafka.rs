@@ -1,7 +1,7 @@
 //! Kafka behaviour beyond the shared suite, against Tansu at 127.0.0.1:9092: two members of
 //! one group sharing partitions through a rebalance with one of them stopping, retries that
 //! do not block their partition, replay from a time, one delay mover per topic, and a poison
-//! record produced by a plain Kafka client.
+//! record produced by a plain Kafka client, and a batch meeting a dedup claim in progress.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use sluice_core::dedup::{Claims, DedupStore, PENDING_CLAIM};
 use sluice_core::{
-    Backend, Delivery, Message, Publisher, StartPosition, Subscriber, SubscriptionConfig,
-    SubscriptionName, TopicConfig, TopicName,
+    Backend, DedupClaim, Delivery, Message, Naming, PublishOutcome, Publisher, StartPosition,
+    Subscriber, SubscriptionConfig, SubscriptionName, TopicConfig, TopicName,
 };
 use sluice_kafka::KafkaBackend;
 use tokio::time::Instant;
@@ -366,4 +367,62 @@ async fn a_poison_record_from_another_client_goes_to_the_dlq_with_its_reason() {
         "the reason names the bad header: {}",
         envelope.reason
     );
+}
+
+#[tokio::test]
+async fn a_batch_meeting_a_claim_in_progress_sends_what_came_before_and_nothing_after() {
+    let claims = Arc::new(Claims::default());
+    let store: Arc<dyn DedupStore> = Arc::clone(&claims) as Arc<dyn DedupStore>;
+    let backend = KafkaBackend::connect(support::options(support::TANSU).dedup_store(store))
+        .await
+        .unwrap();
+    let topic = TopicName::new(unique("t")).unwrap();
+    let window = TopicConfig::default().dedup_window(Duration::from_secs(60));
+    backend.ensure_topic(&topic, &window).await.unwrap();
+    let with_id = |id: &str| {
+        Message::builder(id.as_bytes().to_vec())
+            .id(id)
+            .build()
+            .unwrap()
+    };
+
+    // A publish of `b` claimed its id and never settled (its answer was lost).
+    let physical = Naming::new(Some(support::namespace())).topic(&topic);
+    let DedupClaim::Claimed(token) =
+        claims.claim_at(&physical, "b", PENDING_CLAIM, std::time::Instant::now())
+    else {
+        panic!("`b` is free")
+    };
+    let publisher = backend.publisher().await.unwrap();
+    let results = publisher
+        .publish_batch(&topic, vec![with_id("a"), with_id("b"), with_id("c")])
+        .await;
+    assert_eq!(
+        results[0].as_ref().map(|r| r.outcome).ok(),
+        Some(PublishOutcome::Published),
+        "{results:?}"
+    );
+    for (result, why) in results[1..].iter().zip(["in progress", "earlier message"]) {
+        let err = result.as_ref().expect_err("not sent");
+        assert!(err.is_retryable() && err.to_string().contains(why), "{err}");
+    }
+
+    // `c`'s claim was released with it: after `b`'s claim goes, both go through.
+    claims.release(&physical, "b", &token);
+    let outcomes: Vec<_> = publisher
+        .publish_batch(&topic, vec![with_id("b"), with_id("c"), with_id("a")])
+        .await
+        .into_iter()
+        .map(|r| r.expect("published").outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            PublishOutcome::Published,
+            PublishOutcome::Published,
+            PublishOutcome::Duplicate
+        ]
+    );
+    publisher.close().await.unwrap();
+    backend.delete_topic(&topic).await.unwrap();
 }

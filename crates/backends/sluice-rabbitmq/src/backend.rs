@@ -212,43 +212,6 @@ impl Shared {
         self.forget_claims(topic).await;
     }
 
-    /// The name a topic's dedup claims are kept under: its physical name, so namespaces
-    /// sharing one dedup store never see each other's claims.
-    pub(crate) fn dedup_topic(&self, topic: &TopicName) -> String {
-        self.names.exchange(topic)
-    }
-
-    /// Claims `id` on `topic` for `window`; `false` for a duplicate. The store's error
-    /// fails the publish (nothing is sent).
-    pub(crate) async fn claim(
-        &self,
-        topic: &TopicName,
-        id: &str,
-        window: Duration,
-    ) -> Result<bool, Error> {
-        let store = &self.options.dedup_store;
-        store.claim(&self.dedup_topic(topic), id, window).await
-    }
-
-    /// Drops the dedup claim of a publish that failed; a failure to do so is logged (the
-    /// claim then ends with its window, and a retry of the publish within it is dropped as
-    /// a duplicate).
-    pub(crate) async fn release_claim(&self, topic: &TopicName, id: &str) {
-        let store = &self.options.dedup_store;
-        if let Err(err) = store.release(&self.dedup_topic(topic), id).await {
-            tracing::warn!(%topic, id, %err, "could not drop the dedup claim of a failed publish; a retry within the window is dropped as a duplicate");
-        }
-    }
-
-    /// Drops every dedup claim of a topic deleted or created again; a failure is logged
-    /// (the claims then end with their window).
-    pub(crate) async fn forget_claims(&self, topic: &TopicName) {
-        let store = &self.options.dedup_store;
-        if let Err(err) = store.forget_topic(&self.dedup_topic(topic)).await {
-            tracing::warn!(%topic, %err, "could not drop the dedup claims of the topic; they end with their window");
-        }
-    }
-
     /// Drops the cached configuration of a topic (after a failed publish: the next one
     /// reads the catalog again, and finds out whether the topic still exists).
     pub(crate) fn uncache_topic(&self, topic: &str) {

@@ -25,6 +25,7 @@
 //! |---|---|
 //! | `backend.rs` | [`RabbitBackend`]: connect, capabilities, topology, stats, DLQ tools |
 //! | `publisher.rs` | [`RabbitPublisher`]: confirmed publishes, delays, the dedup window |
+//! | `dedup.rs` | the dedup window's claims: pending, confirmed, released (also when a publish is dropped) |
 //! | `subscriber.rs` | [`RabbitSubscriber`]: the consumer task, prefetch, reconsuming after a loss |
 //! | `delivery.rs` | [`RabbitDelivery`]: the client-side lease and the verbs |
 //! | `catalog.rs` | the topology catalog kept in the broker (configurations, listings) |
@@ -34,6 +35,7 @@
 
 mod backend;
 mod catalog;
+mod dedup;
 mod delivery;
 mod link;
 pub mod names;

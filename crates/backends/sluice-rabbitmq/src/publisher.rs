@@ -4,25 +4,34 @@
 //!
 //! Invariants:
 //! - `publish` returns `Ok(Published)` only after the broker's confirm.
-//! - A dedup claim is taken before sending and dropped if the publish fails, so a failed
-//!   publish can be retried with the same id. A claim the store cannot take fails the
-//!   publish (nothing is sent); a claim it cannot drop is logged and ends with its window.
-//! - The claims live in the options' `dedup_store`, keyed by the topic's physical name: per
-//!   process by default; across processes and restarts with a shared durable store, e.g.
-//!   `sluice-redis` or `sluice-sql`.
+//! - On a topic with a dedup window a publish first takes a *pending* claim of its id
+//!   (`dedup.rs`), sends, and after the broker's confirm *confirms* the claim for the
+//!   window; a failed publish releases it, so it can be retried with the same id. Only a
+//!   confirmed claim makes a later publish `Duplicate`; another publish's pending claim, or
+//!   a claim the store cannot take, fails the publish (nothing is sent), retryably when the
+//!   store's error is. A claim that cannot be confirmed or released is logged and ends after
+//!   `PENDING_CLAIM`: it delays a retry, never drops it.
+//! - A batch sends in order and admits (checks and claims) each message just before sending
+//!   it. A copy of an id met earlier in the batch is a `Duplicate` of that copy, decided
+//!   before claiming (a batch never finds itself in progress). A message whose admission
+//!   fails retryably fails every later message of the batch too, unsent: a caller retrying
+//!   it must not find later messages of its key ahead of it.
 //! - `close` refuses new publishes at once and returns when none is in flight.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::future::join_all;
+use sluice_core::dedup::PendingClaim;
 use sluice_core::{
-    Error, Message, MessageError, PublishOutcome, PublishReceipt, Publisher, TopicName,
+    Error, Message, MessageError, MessageId, PublishOutcome, PublishReceipt, Publisher, TopicName,
 };
 use tokio::sync::Notify;
 
 use crate::backend::Shared;
+use crate::dedup;
 use crate::link::{confirmed, reply_code, ConfirmChannel, NOT_FOUND};
 use crate::names::{tier_for, MAX_DELAY};
 use crate::wire;
@@ -56,13 +65,22 @@ impl Drop for InFlight {
     }
 }
 
+/// A message checked and, on a topic with a dedup window, claimed: ready to send.
+struct Admitted {
+    message: Message,
+    /// The delay tier it goes through, if it is delayed.
+    tier: Option<Duration>,
+    /// Its pending dedup claim, and the window to confirm it for.
+    claim: Option<(PendingClaim, Duration)>,
+}
+
 /// A publish that was sent and waits for its confirm.
 struct Sent {
-    id: sluice_core::MessageId,
+    id: MessageId,
     topic: TopicName,
     exchange: String,
     routing_key: String,
-    claimed: bool,
+    claim: Option<(PendingClaim, Duration)>,
     confirm: lapin::publisher_confirm::PublisherConfirm,
 }
 
@@ -89,8 +107,13 @@ impl RabbitPublisher {
         Ok(guard)
     }
 
-    /// Validates, claims the id (dedup) and sends; `Ok(None)` for a duplicate.
-    async fn send(&self, topic: &TopicName, mut message: Message) -> Result<Option<Sent>, Error> {
+    /// Validates a message and, on a topic with a dedup window, claims its id; `Ok(None)`
+    /// for a duplicate.
+    async fn admit(
+        &self,
+        topic: &TopicName,
+        mut message: Message,
+    ) -> Result<Option<Admitted>, Error> {
         let shared = &self.shared;
         message.check_size(shared.caps.max_message_size)?;
         let window = shared.topic_window(topic).await?;
@@ -108,15 +131,28 @@ impl RabbitPublisher {
         };
         message.set_deliver_at(None);
         message.set_published_at(now);
-        let claimed = match window {
-            Some(window) => {
-                if !shared.claim(topic, message.id().as_str(), window).await? {
-                    return Ok(None);
-                }
-                true
-            }
-            None => false,
+        let claim = match window {
+            Some(window) => match shared.claim(topic, message.id().as_str()).await? {
+                Some(claim) => Some((claim, window)),
+                None => return Ok(None),
+            },
+            None => None,
         };
+        Ok(Some(Admitted {
+            message,
+            tier,
+            claim,
+        }))
+    }
+
+    /// Sends an admitted message; a failure releases its claim.
+    async fn send(&self, topic: &TopicName, admitted: Admitted) -> Result<Sent, Error> {
+        let shared = &self.shared;
+        let Admitted {
+            message,
+            tier,
+            claim,
+        } = admitted;
         let sent = async {
             let (exchange, extra) = match tier {
                 Some(tier) => {
@@ -143,35 +179,39 @@ impl RabbitPublisher {
         }
         .await;
         match sent {
-            Ok((exchange, routing_key, confirm)) => Ok(Some(Sent {
+            Ok((exchange, routing_key, confirm)) => Ok(Sent {
                 id: message.id().clone(),
                 topic: topic.clone(),
                 exchange,
                 routing_key,
-                claimed,
+                claim,
                 confirm,
-            })),
+            }),
             Err(err) => {
                 shared.uncache_topic(topic.as_str());
-                if claimed {
-                    shared.release_claim(topic, message.id().as_str()).await;
+                if let Some((claim, _)) = claim {
+                    dedup::release(topic, claim).await;
                 }
                 Err(err)
             }
         }
     }
 
-    /// Waits for a sent publish's confirm.
+    /// Waits for a sent publish's confirm, then confirms its dedup claim (or releases it if
+    /// the broker refused the message).
     async fn confirm(&self, sent: Sent) -> Result<PublishReceipt, Error> {
         let result = confirmed(sent.confirm, &sent.exchange, &sent.routing_key).await;
         match result {
-            Ok(()) => Ok(PublishReceipt::new(sent.id, PublishOutcome::Published)),
+            Ok(()) => {
+                if let Some((claim, window)) = sent.claim {
+                    dedup::confirm(&sent.topic, claim, window).await;
+                }
+                Ok(PublishReceipt::new(sent.id, PublishOutcome::Published))
+            }
             Err(err) => {
                 self.shared.uncache_topic(sent.topic.as_str());
-                if sent.claimed {
-                    self.shared
-                        .release_claim(&sent.topic, sent.id.as_str())
-                        .await;
+                if let Some((claim, _)) = sent.claim {
+                    dedup::release(&sent.topic, claim).await;
                 }
                 Err(self.not_found(err, &sent.topic).await)
             }
@@ -202,11 +242,25 @@ impl RabbitPublisher {
         message: Message,
     ) -> Result<PublishReceipt, Error> {
         let id = message.id().clone();
-        match self.send(topic, message).await? {
-            Some(sent) => self.confirm(sent).await,
+        match self.admit(topic, message).await? {
+            Some(admitted) => {
+                let sent = self.send(topic, admitted).await?;
+                self.confirm(sent).await
+            }
             None => Ok(PublishReceipt::new(id, PublishOutcome::Duplicate)),
         }
     }
+}
+
+/// The error of a batch's message left unsent after an earlier one failed retryably.
+fn not_sent(id: &MessageId, earlier: &str) -> Error {
+    Error::backend(
+        format!(
+            "message `{id}` not sent: an earlier message of this batch failed before it was \
+             sent ({earlier}); sending this one ahead of its retry would break publish order"
+        ),
+        true,
+    )
 }
 
 impl Publisher for RabbitPublisher {
@@ -229,11 +283,33 @@ impl Publisher for RabbitPublisher {
                     .collect()
             }
         };
+        // Without the window here, no copy is taken for a duplicate of another: each message's
+        // admission then meets the same failure.
+        let windowed = matches!(self.shared.topic_window(topic).await, Ok(Some(_)));
+        let mut seen = HashSet::new();
+        let mut failed: Option<String> = None;
         // Send in order (the wire keeps it), then wait for the confirms together.
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let id = message.id().clone();
-            pending.push((id, self.send(topic, message).await));
+            let sent = if let Some(earlier) = &failed {
+                Err(not_sent(&id, earlier))
+            } else if windowed && !seen.insert(id.clone()) {
+                // A later copy of an id of this batch: a duplicate of the earlier copy.
+                Ok(None)
+            } else {
+                match self.admit(topic, message).await {
+                    Ok(Some(admitted)) => self.send(topic, admitted).await.map(Some),
+                    Ok(None) => Ok(None),
+                    Err(err) => {
+                        if err.is_retryable() {
+                            failed = Some(err.to_string());
+                        }
+                        Err(err)
+                    }
+                }
+            };
+            pending.push((id, sent));
         }
         join_all(pending.into_iter().map(|(id, sent)| async move {
             match sent? {

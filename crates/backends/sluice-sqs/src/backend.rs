@@ -291,12 +291,6 @@ impl Shared {
         }
     }
 
-    /// The name a topic's dedup claims are kept under: its physical name (without `.fifo`),
-    /// so namespaces sharing one dedup store never see each other's claims.
-    pub(crate) fn dedup_topic(&self, topic: &TopicName) -> String {
-        self.names.naming().topic(topic)
-    }
-
     /// Drops the cached state of a topic, so the next use reads it from SNS.
     pub(crate) fn uncache_topic(&self, topic: &str) {
         self.topics.lock().expect("topics").remove(topic);

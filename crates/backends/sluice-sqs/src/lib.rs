@@ -25,6 +25,7 @@
 //! |---|---|
 //! | `backend.rs` | [`SqsBackend`]: clients, capabilities, topology, stats, DLQ tools |
 //! | `publisher.rs` | [`SqsPublisher`]: SNS publishes in batches of ten, FIFO ids, dedup receipts |
+//! | `dedup.rs` | the dedup window's claims, which decide the receipts: pending, confirmed, released |
 //! | `subscriber.rs` | [`SqsSubscriber`]: long-polling receivers, credit, held-back delays, poison messages |
 //! | `delivery.rs` | [`SqsDelivery`]: the verbs as SQS calls |
 //! | `batch.rs` | coalescing of deletes and visibility changes into batch calls |
@@ -37,6 +38,7 @@
 mod backend;
 mod batch;
 mod catalog;
+mod dedup;
 mod delivery;
 mod error;
 mod filter;

@@ -3,10 +3,16 @@
 //!
 //! Invariants:
 //! - Every message is checked (size, encoding) and, on a topic with a dedup window, claimed
-//!   before any call: a bad one (or one whose claim the dedup store cannot take) fails alone.
-//! - The claims only make receipts say `Duplicate` (SQS FIFO drops the copies itself); they
-//!   live in the options' dedup store: per process by default; across processes and
+//!   before any call: a bad one fails alone. One whose id another publish holds pending
+//!   fails retryably, and so does every later message of its batch, unsent (a caller
+//!   retrying it must not find later messages of its key ahead of it).
+//! - The claims only decide whether a receipt says `Duplicate` (SQS FIFO drops the copies
+//!   itself; `dedup.rs`): a claim is pending while the message is sent, confirmed once SNS
+//!   took it, released if SNS did not. The dedup store's failure never stops a publish. The
+//!   claims live in the options' dedup store: per process by default; across processes and
 //!   restarts with a shared durable store, e.g. `sluice-redis` or `sluice-sql`.
+//! - A copy of an id met earlier in a batch is a `Duplicate` of that copy, decided before
+//!   claiming, and sent like any duplicate.
 //! - On a FIFO topic the `MessageGroupId` is the ordering key (the message id when there is
 //!   none, so such messages are not ordered against each other), and the
 //!   `MessageDeduplicationId` is the message id when the topic has a dedup window, a fresh
@@ -15,18 +21,22 @@
 //!   keep their batch order; a standard topic's batches leave concurrently.
 //! - `close` refuses new publishes at once and returns when none is in flight.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_sns::types::PublishBatchRequestEntry;
 use futures::future::join_all;
-use sluice_core::{Error, Message, PublishOutcome, PublishReceipt, Publisher, Result, TopicName};
+use sluice_core::dedup::PendingClaim;
+use sluice_core::{
+    Error, Message, MessageId, PublishOutcome, PublishReceipt, Publisher, Result, TopicName,
+};
 use tokio::sync::Notify;
 
 use crate::backend::{Shared, TopicState};
 use crate::batch::MAX_BATCH;
+use crate::dedup::{self, Admission};
 use crate::error::{is_not_found, to_error};
 use crate::wire::{self, Attribute};
 
@@ -70,10 +80,11 @@ struct Prepared {
     out: wire::Outgoing,
     group_id: Option<String>,
     dedup_id: Option<String>,
-    /// The id was published within the window (the dedup store says so): still sent (SQS
-    /// FIFO drops the copy itself, so nothing is lost if the first publish fails), reported
-    /// `Duplicate`.
+    /// The id was published within the window (the dedup store says so, or the batch holds
+    /// an earlier copy): still sent (SQS FIFO drops the copy itself), reported `Duplicate`.
     duplicate: bool,
+    /// Its pending dedup claim and the window to confirm it for.
+    claim: Option<(PendingClaim, Duration)>,
 }
 
 impl Prepared {
@@ -85,6 +96,26 @@ impl Prepared {
         };
         PublishReceipt::new(self.message.id().clone(), outcome)
     }
+
+    /// Confirms its dedup claim if SNS took the message, releases it if not.
+    async fn settle(self, topic: &TopicName, published: bool) {
+        match self.claim {
+            Some((claim, window)) if published => dedup::confirm(topic, claim, window).await,
+            Some((claim, _)) => dedup::release(topic, claim).await,
+            None => {}
+        }
+    }
+}
+
+/// The error of a batch's message left unsent after an earlier one failed retryably.
+fn not_sent(id: &MessageId, earlier: &str) -> Error {
+    Error::backend(
+        format!(
+            "message `{id}` not sent: an earlier message of this batch failed before it was \
+             sent ({earlier}); sending this one ahead of its retry would break publish order"
+        ),
+        true,
+    )
 }
 
 /// Publishes to SNS topics. Cheap to share; clones of the backend share its clients.
@@ -165,46 +196,24 @@ impl SqsPublisher {
             group_id,
             dedup_id,
             duplicate: false,
+            claim: None,
         })
     }
 
-    /// Whether the id was already published within the topic's window (SNS drops such a
-    /// message silently; this makes the receipt say so). The dedup store's error fails the
-    /// message's publish.
-    async fn is_duplicate(&self, topic: &TopicState, message: &Message) -> Result<bool> {
-        let Some(window) = topic.config.dedup_window else {
-            return Ok(false);
-        };
-        let store = &self.shared.options.dedup_store;
-        let dedup_topic = self.shared.dedup_topic(&topic.name);
-        let fresh = store
-            .claim(&dedup_topic, message.id().as_str(), window)
-            .await?;
-        Ok(!fresh)
-    }
-
-    /// Checks, encodes and claims one message.
+    /// Checks, encodes and, on a topic with a dedup window, claims one message (see
+    /// `dedup.rs`: only another publish in progress fails it).
     async fn admit(&self, topic: &TopicState, message: Message) -> Result<Prepared> {
         let mut prepared = self.prepare(topic, message)?;
-        prepared.duplicate = self.is_duplicate(topic, &prepared.message).await?;
-        Ok(prepared)
-    }
-
-    /// Drops the claim a failed publish took (a duplicate's claim belongs to the first); a
-    /// failure to do so is logged (the claim then ends with its window, and a retry within it
-    /// is reported as a duplicate, though SQS takes it).
-    async fn release_claim(&self, topic: &TopicState, prepared: &Prepared) {
-        if topic.config.dedup_window.is_none() || prepared.duplicate {
-            return;
-        }
-        let store = &self.shared.options.dedup_store;
+        let Some(window) = topic.config.dedup_window else {
+            return Ok(prepared);
+        };
         let id = prepared.message.id().as_str();
-        if let Err(err) = store
-            .release(&self.shared.dedup_topic(&topic.name), id)
-            .await
-        {
-            tracing::warn!(topic = %topic.name, id, %err, "could not drop the dedup claim of a failed publish");
+        match self.shared.claim(&topic.name, id).await? {
+            Admission::Claimed(claim) => prepared.claim = Some((claim, window)),
+            Admission::Duplicate => prepared.duplicate = true,
+            Admission::Unknown => {}
         }
+        Ok(prepared)
     }
 
     /// A publish error: a missing topic is forgotten and reported as `NotFound`.
@@ -237,12 +246,10 @@ impl SqsPublisher {
             .set_message_deduplication_id(prepared.dedup_id.take())
             .send()
             .await;
+        prepared.settle(&topic.name, result.is_ok()).await;
         match result {
             Ok(_) => Ok(receipt),
-            Err(err) => {
-                self.release_claim(topic, &prepared).await;
-                Err(self.publish_error(topic, err).await)
-            }
+            Err(err) => Err(self.publish_error(topic, err).await),
         }
     }
 
@@ -252,6 +259,7 @@ impl SqsPublisher {
         topic: &TopicState,
         mut batch: Vec<Prepared>,
     ) -> Vec<Result<PublishReceipt>> {
+        let batch_len = batch.len();
         // The bodies and ids move into the request; what stays is what the results need.
         let entries = batch
             .iter_mut()
@@ -291,31 +299,32 @@ impl SqsPublisher {
                     })
                     .collect();
                 let mut results = Vec::with_capacity(batch.len());
+                let mut settled = Vec::with_capacity(batch.len());
                 for (i, p) in batch.into_iter().enumerate() {
-                    results.push(match failed.get(&i) {
-                        Some(text) => {
-                            self.release_claim(topic, &p).await;
-                            Err(Error::backend(text.clone(), true))
-                        }
+                    let result = match failed.get(&i) {
+                        Some(text) => Err(Error::backend(text.clone(), true)),
                         None => Ok(p.receipt()),
-                    });
+                    };
+                    settled.push(p.settle(&topic.name, result.is_ok()));
+                    results.push(result);
                 }
+                join_all(settled).await;
                 results
             }
             Err(err) => {
+                join_all(batch.into_iter().map(|p| p.settle(&topic.name, false))).await;
                 let err = self.publish_error(topic, err).await;
                 let not_found = matches!(err, Error::NotFound { .. });
                 let (text, retryable) = (err.to_string(), err.is_retryable());
-                let mut results = Vec::with_capacity(batch.len());
-                for p in batch {
-                    self.release_claim(topic, &p).await;
-                    results.push(Err(if not_found {
-                        Error::topic_not_found(topic.name.as_str())
-                    } else {
-                        Error::backend(text.clone(), retryable)
-                    }));
-                }
-                results
+                (0..batch_len)
+                    .map(|_| {
+                        Err(if not_found {
+                            Error::topic_not_found(topic.name.as_str())
+                        } else {
+                            Error::backend(text.clone(), retryable)
+                        })
+                    })
+                    .collect()
             }
         }
     }
@@ -370,14 +379,45 @@ impl Publisher for SqsPublisher {
         };
         let mut results: Vec<Option<Result<PublishReceipt>>> = (0..count).map(|_| None).collect();
         let mut ready = Vec::new();
-        // The claims are taken together (in order), before anything is sent.
-        let admitted = join_all(messages.into_iter().map(|m| self.admit(&state, m))).await;
+        // The claims are taken together, before anything is sent. A later copy of an id of
+        // this batch is a duplicate of the earlier copy, never claimed (the batch would find
+        // its own claim in progress).
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.id().clone()).collect();
+        let windowed = state.config.dedup_window.is_some();
+        let mut seen = HashSet::new();
+        let admitted = join_all(messages.into_iter().map(|message| {
+            let copy = windowed && !seen.insert(message.id().clone());
+            let state = &state;
+            async move {
+                if copy {
+                    let mut prepared = self.prepare(state, message)?;
+                    prepared.duplicate = true;
+                    return Ok(prepared);
+                }
+                self.admit(state, message).await
+            }
+        }))
+        .await;
+        let mut failed: Option<String> = None;
+        let mut unsent = Vec::new();
         for (i, admitted) in admitted.into_iter().enumerate() {
-            match admitted {
-                Ok(p) => ready.push((i, p)),
-                Err(err) => results[i] = Some(Err(err)),
+            match (admitted, &failed) {
+                (Ok(p), Some(earlier)) => {
+                    results[i] = Some(Err(not_sent(&ids[i], earlier)));
+                    unsent.push(p.settle(&state.name, false));
+                }
+                (Ok(p), None) => ready.push((i, p)),
+                // A later message failed on its own keeps its own error.
+                (Err(err), Some(_)) => results[i] = Some(Err(err)),
+                (Err(err), None) => {
+                    if err.is_retryable() {
+                        failed = Some(err.to_string());
+                    }
+                    results[i] = Some(Err(err));
+                }
             }
         }
+        join_all(unsent).await;
         // PublishBatch takes at most ten entries and 256 KiB in all.
         let mut chunks: Vec<Vec<(usize, Prepared)>> = Vec::new();
         let mut bytes = 0;
@@ -411,12 +451,14 @@ impl Publisher for SqsPublisher {
             let mut failed = false;
             for chunk in chunks {
                 if failed {
+                    let mut settled = Vec::with_capacity(chunk.len());
                     for (i, p) in chunk {
-                        self.release_claim(&state, &p).await;
+                        settled.push(p.settle(&state.name, false));
                         let text = "not sent: an earlier message of this batch failed, and an \
                                     ordered topic keeps publish order";
                         sent.push((i, Err(Error::backend(text, true))));
                     }
+                    join_all(settled).await;
                     continue;
                 }
                 let results = send(chunk).await;

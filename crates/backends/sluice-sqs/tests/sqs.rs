@@ -1,14 +1,19 @@
 //! SQS + SNS behaviour beyond the shared suite, against moto at 127.0.0.1:4566: fan-out with a
 //! filtered subscription, FIFO order per key with several keys in flight, DLQ and redrive, a
-//! poison message, and the wire format as a plain SQS client sees it.
+//! poison message, the wire format as a plain SQS client sees it, and the dedup store deciding
+//! only the receipts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use sluice_core::dedup::{Claims, DedupStore, PENDING_CLAIM};
+use sluice_core::idempotency::{boxed, BoxFuture};
 use sluice_core::{
-    Backend, DeadLetterReason, Delivery, Filter, Message, Publisher, RedriveOptions, Subscriber,
-    SubscriptionConfig, SubscriptionName, TopicConfig, TopicName,
+    Backend, ClaimToken, DeadLetterReason, DedupClaim, Delivery, Filter, Message, Naming,
+    PublishOutcome, Publisher, RedriveOptions, Subscriber, SubscriptionConfig, SubscriptionName,
+    TopicConfig, TopicName,
 };
 use sluice_sqs::SqsBackend;
 use tokio::time::Instant;
@@ -409,4 +414,154 @@ async fn configuration_conflicts_and_unsupported_windows_are_named() {
     backend.delete_topic(&other).await.unwrap();
     let err = fresh.describe_subscription(&name).await.unwrap_err();
     assert!(matches!(err, sluice_core::Error::NotFound { .. }), "{err}");
+}
+
+/// A dedup store that is down: every call fails, retryably.
+struct Unreachable;
+
+impl DedupStore for Unreachable {
+    fn claim<'a>(
+        &'a self,
+        _topic: &'a str,
+        _id: &'a str,
+        _pending: Duration,
+    ) -> BoxFuture<'a, sluice_core::Result<DedupClaim>> {
+        boxed(async { Err(sluice_core::Error::connection("the store is down", None)) })
+    }
+
+    fn confirm<'a>(
+        &'a self,
+        _topic: &'a str,
+        _id: &'a str,
+        _token: &'a ClaimToken,
+        _window: Duration,
+    ) -> BoxFuture<'a, sluice_core::Result<()>> {
+        boxed(async { Err(sluice_core::Error::connection("the store is down", None)) })
+    }
+
+    fn release<'a>(
+        &'a self,
+        _topic: &'a str,
+        _id: &'a str,
+        _token: &'a ClaimToken,
+    ) -> BoxFuture<'a, sluice_core::Result<()>> {
+        boxed(async { Err(sluice_core::Error::connection("the store is down", None)) })
+    }
+
+    fn forget_topic<'a>(&'a self, _topic: &'a str) -> BoxFuture<'a, sluice_core::Result<()>> {
+        boxed(async { Err(sluice_core::Error::connection("the store is down", None)) })
+    }
+}
+
+fn with_id(id: &str) -> Message {
+    Message::builder(id.as_bytes().to_vec())
+        .id(id)
+        .build()
+        .unwrap()
+}
+
+/// SQS FIFO's only window: 5 minutes.
+fn five_minute_window() -> TopicConfig {
+    TopicConfig::default().dedup_window(Duration::from_secs(300))
+}
+
+#[tokio::test]
+async fn a_dedup_store_that_is_down_never_stops_a_publish_sqs_still_drops_the_copy() {
+    let backend =
+        SqsBackend::connect(support::options(support::MOTO).dedup_store(Arc::new(Unreachable)))
+            .await
+            .unwrap();
+    let topic = topic(&backend, five_minute_window()).await;
+    let name = subscription(&backend, SubscriptionConfig::new(topic.clone())).await;
+    let publisher = backend.publisher().await.unwrap();
+
+    let receipt = publisher.publish(&topic, with_id("a")).await;
+    assert_eq!(
+        receipt.expect("published without the store").outcome,
+        PublishOutcome::Published
+    );
+    let again = publisher.publish(&topic, with_id("a")).await.unwrap();
+    assert_eq!(
+        again.outcome,
+        PublishOutcome::Published,
+        "without the store the receipt cannot say duplicate"
+    );
+    let batch = publisher
+        .publish_batch(&topic, vec![with_id("b"), with_id("c")])
+        .await;
+    assert!(batch.iter().all(Result::is_ok), "{batch:?}");
+
+    let subscriber = backend.subscribe(&name).await.unwrap();
+    let got = drain(&subscriber, 3).await;
+    assert_eq!(payloads(&got), ["a", "b", "c"]);
+    let extra = subscriber
+        .receive(10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(extra.is_empty(), "SQS FIFO dropped the copy of `a`");
+    backend.delete_topic(&topic).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pending_claim_fails_a_publish_retryably_and_its_batch_after_it_until_released() {
+    let claims = Arc::new(Claims::default());
+    let store: Arc<dyn DedupStore> = Arc::clone(&claims) as Arc<dyn DedupStore>;
+    let backend = SqsBackend::connect(support::options(support::MOTO).dedup_store(store))
+        .await
+        .unwrap();
+    let topic = topic(&backend, five_minute_window()).await;
+    let name = subscription(&backend, SubscriptionConfig::new(topic.clone())).await;
+    let publisher = backend.publisher().await.unwrap();
+
+    // A publish of `a` claimed its id and never settled (its answer was lost). Claims are
+    // keyed by the topic's physical name (without `.fifo`).
+    let physical = Naming::new(Some(support::namespace()))
+        .with_separator('-')
+        .topic(&topic);
+    let DedupClaim::Claimed(token) =
+        claims.claim_at(&physical, "a", PENDING_CLAIM, std::time::Instant::now())
+    else {
+        panic!("`a` is free")
+    };
+    let err = publisher
+        .publish(&topic, with_id("a"))
+        .await
+        .expect_err("a pending claim is never a duplicate");
+    assert!(
+        err.is_retryable() && err.to_string().contains("in progress"),
+        "{err}"
+    );
+    let batch = publisher
+        .publish_batch(&topic, vec![with_id("a"), with_id("b")])
+        .await;
+    assert!(
+        batch
+            .iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.is_retryable())),
+        "nothing after the message in progress is sent: {batch:?}"
+    );
+
+    claims.release(&physical, "a", &token);
+    let outcomes: Vec<_> = publisher
+        .publish_batch(&topic, vec![with_id("a"), with_id("b"), with_id("a")])
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            PublishOutcome::Published,
+            PublishOutcome::Published,
+            PublishOutcome::Duplicate
+        ],
+        "the later copy in a batch is a duplicate of the earlier"
+    );
+    let again = publisher.publish(&topic, with_id("b")).await.unwrap();
+    assert_eq!(again.outcome, PublishOutcome::Duplicate, "b was confirmed");
+
+    let subscriber = backend.subscribe(&name).await.unwrap();
+    let got = drain(&subscriber, 2).await;
+    assert_eq!(payloads(&got), ["a", "b"]);
+    backend.delete_topic(&topic).await.unwrap();
 }

@@ -145,12 +145,20 @@ async fn relay<DB: SqlDatabase>(pool: Pool<DB>, args: RelayArgs) -> anyhow::Resu
     if args.once {
         let mut total = 0;
         loop {
-            let n = relay
+            let round = relay
                 .relay_once()
                 .await
                 .with_context(|| target.failed("relaying the outbox"))?;
-            total += n;
-            if n == 0 && outbox.lag().await?.unsent == 0 {
+            if round.held_elsewhere {
+                anyhow::bail!(
+                    "another relay holds the outbox of {} (it gives its lease back when it \
+                     stops, or the lease runs out if it died); relayed {total}",
+                    args.db.database
+                );
+            }
+            total += round.published;
+            if round.settled() == 0 {
+                // Nothing waits (parked rows are not waiting: `status` shows them).
                 break;
             }
         }

@@ -11,7 +11,9 @@ use tokio::time::Instant;
 
 use crate::fixture::{Fixture, Outcome};
 use crate::harness::Harness;
-use crate::wait::{ack_all, expect_nothing, label, receive_exactly, sorted_labels, Must};
+use crate::wait::{
+    ack_all, expect_nothing, label, receive_and_ack, receive_exactly, sorted_labels, Must,
+};
 
 fn names_missing_topic<T>(result: &Result<T, Error>, topic: &TopicName) -> bool {
     matches!(result, Err(Error::NotFound { kind: ObjectKind::Topic, name })
@@ -171,9 +173,8 @@ pub async fn publisher_close_flushes<H: Harness>(h: &H) -> Outcome {
         "publish after close: {after:?}"
     );
 
-    let got = receive_exactly(&sub, TOTAL, f.timing.deadline, "every flushed message").await;
-    assert_eq!(sorted_labels(&got), labels);
-    ack_all(got).await;
+    let got = receive_and_ack(&sub, TOTAL, f.timing.deadline, "every flushed message").await;
+    assert_eq!(got, labels);
     f.finish().await
 }
 

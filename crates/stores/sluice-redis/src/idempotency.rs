@@ -60,8 +60,9 @@ return 0
     )
 });
 
-/// `KEYS[1]`: the key; `ARGV[1]`: `claim:<token>`. Deletes the key if it holds that claim.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+/// `KEYS[1]`: the key; `ARGV[1]`: the value the caller's claim wrote (`claim:<token>`, or
+/// `pending:<token>` for a dedup claim). Deletes the key if it still holds that claim.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then

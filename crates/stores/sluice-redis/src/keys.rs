@@ -3,7 +3,7 @@
 //! | key | value | expires |
 //! |---|---|---|
 //! | `<prefix>:idem:<subscription>:<message id>` | `claim:<token>` or `done` | with the claim's lease, or the done marker's TTL |
-//! | `<prefix>:dedup:<topic>:<message id>` | `1` | at the end of the dedup window |
+//! | `<prefix>:dedup:<topic>:<message id>` | `pending:<token>` or `done` | with the pending time, or at the end of the dedup window |
 //!
 //! Invariant: the segment between two `:` never holds a `:` itself, so the keys of one topic
 //! never match another topic's pattern. Subscription names (`[a-z0-9_-]`) and the topic names

@@ -61,7 +61,7 @@
 //! |---|---|
 //! | `store.rs` | [`RedisStore`]: connecting, the prefix, Redis errors as Sluice errors |
 //! | `idempotency.rs` | the idempotency store: claims, renewals, done markers (Lua scripts) |
-//! | `dedup.rs` | the dedup store: `SET NX PX` claims, forgetting a topic with `SCAN` |
+//! | `dedup.rs` | the dedup store: pending and confirmed claims (Lua scripts), forgetting a topic with `SCAN` |
 //! | `keys.rs` | the key layout: every key and `SCAN` pattern is built there |
 
 mod dedup;

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_core::{
-    Backend, Claim, ClaimToken, DedupStore, IdempotencyKey, IdempotencyStore, Message, MessageId,
-    PublishOutcome, Publisher, SubscriptionConfig, SubscriptionName, TopicConfig, TopicName,
+    Backend, Claim, ClaimToken, DedupClaim, DedupStore, IdempotencyKey, IdempotencyStore, Message,
+    MessageId, PublishOutcome, Publisher, SubscriptionConfig, SubscriptionName, TopicConfig,
+    TopicName,
 };
 use sluice_redis::RedisStore;
 use sluice_runtime::{raw_handler, CancellationToken, Idempotency, StatsSnapshot, Worker};
@@ -236,73 +237,206 @@ async fn of_fifty_concurrent_claims_of_one_key_exactly_one_is_acquired() {
     assert_eq!(in_progress, 49, "every other claim is in progress");
 }
 
-#[tokio::test]
-async fn a_dedup_claim_is_a_duplicate_within_the_window_and_free_after_it_or_a_failed_publish() {
-    let store = store().await;
-    let window = Duration::from_secs(30);
-    assert!(DedupStore::claim(&store, "t", "a", window).await.unwrap());
-    assert!(
-        !DedupStore::claim(&store, "t", "a", window).await.unwrap(),
-        "within the window"
-    );
-    assert!(
-        DedupStore::claim(&store, "other", "a", window)
-            .await
-            .unwrap(),
-        "per topic"
-    );
-    DedupStore::release(&store, "t", "a").await.unwrap();
-    assert!(
-        DedupStore::claim(&store, "t", "a", window).await.unwrap(),
-        "after a failed publish"
-    );
+/// Claims `id` on `topic` for `pending`, expecting it to be free.
+async fn dedup_claimed(store: &RedisStore, topic: &str, id: &str, pending: Duration) -> ClaimToken {
+    match DedupStore::claim(store, topic, id, pending).await.unwrap() {
+        DedupClaim::Claimed(token) => token,
+        other => panic!("expected {topic}/{id} to be claimed, got {other:?}"),
+    }
+}
 
-    let short = Duration::from_millis(300);
-    let claimed = Instant::now();
-    assert!(DedupStore::claim(&store, "t", "b", short).await.unwrap());
-    let until = claimed + Duration::from_secs(5);
-    while !DedupStore::claim(&store, "t", "b", short).await.unwrap() {
-        assert!(Instant::now() < until, "the window did not end");
+/// Polls a dedup claim of `id` until it is claimed, failing after `deadline`.
+async fn dedup_claimed_within(
+    store: &RedisStore,
+    topic: &str,
+    id: &str,
+    deadline: Duration,
+) -> (ClaimToken, Instant) {
+    let until = Instant::now() + deadline;
+    loop {
+        let claim = DedupStore::claim(store, topic, id, Duration::from_secs(10))
+            .await
+            .unwrap();
+        if let DedupClaim::Claimed(token) = claim {
+            return (token, Instant::now());
+        }
+        assert!(
+            Instant::now() < until,
+            "{topic}/{id} was not free again within {deadline:?}: {claim:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_confirmed_dedup_claim_is_a_duplicate_within_its_window_per_topic_and_free_after_it() {
+    let store = store().await;
+    let pending = Duration::from_secs(30);
+    let token = dedup_claimed(&store, "t", "a", pending).await;
+    DedupStore::confirm(&store, "t", "a", &token, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        DedupStore::claim(&store, "t", "a", pending).await.unwrap(),
+        DedupClaim::Duplicate,
+        "within the window"
+    );
+    dedup_claimed(&store, "other", "a", pending).await;
+
+    let window = Duration::from_millis(300);
+    let token = dedup_claimed(&store, "t", "b", pending).await;
+    let confirmed = Instant::now();
+    DedupStore::confirm(&store, "t", "b", &token, window)
+        .await
+        .unwrap();
+    let (_, free) = dedup_claimed_within(&store, "t", "b", Duration::from_secs(5)).await;
     assert!(
-        claimed.elapsed() >= short - Duration::from_millis(5),
-        "the claim must last its window"
+        free - confirmed >= window - Duration::from_millis(5),
+        "the confirmed claim must last its window: free after {:?}",
+        free - confirmed
+    );
+}
+
+#[tokio::test]
+async fn a_pending_dedup_claim_is_in_progress_never_a_duplicate_and_free_after_its_pending_time() {
+    let store = store().await;
+    let pending = Duration::from_secs(5);
+    let started = Instant::now();
+    dedup_claimed(&store, "t", "a", pending).await;
+    let DedupClaim::InProgress { remaining } =
+        DedupStore::claim(&store, "t", "a", pending).await.unwrap()
+    else {
+        panic!("a pending claim must make a second claim in progress")
+    };
+    let elapsed = started.elapsed();
+    assert!(
+        remaining <= pending && remaining + Duration::from_millis(2) >= pending - elapsed,
+        "remaining {remaining:?} must be the pending time {pending:?} less the {elapsed:?} since"
+    );
+
+    // A claim nobody confirms or releases (its answer lost, its publisher dead) ends.
+    let short = Duration::from_millis(300);
+    let claimed = Instant::now();
+    dedup_claimed(&store, "t", "b", short).await;
+    let (_, free) = dedup_claimed_within(&store, "t", "b", Duration::from_secs(5)).await;
+    assert!(
+        free - claimed >= short - Duration::from_millis(5),
+        "the pending claim must last its pending time: free after {:?}",
+        free - claimed
+    );
+}
+
+#[tokio::test]
+async fn of_fifty_concurrent_dedup_claims_of_a_free_id_exactly_one_is_claimed() {
+    let store = store().await;
+    let claims = futures::future::join_all(
+        (0..50).map(|_| DedupStore::claim(&store, "t", "a", Duration::from_secs(30))),
+    )
+    .await;
+    let claimed = claims
+        .iter()
+        .filter(|c| matches!(c, Ok(DedupClaim::Claimed(_))))
+        .count();
+    let in_progress = claims
+        .iter()
+        .filter(|c| matches!(c, Ok(DedupClaim::InProgress { .. })))
+        .count();
+    assert_eq!(claimed, 1, "exactly one claim wins: {claims:?}");
+    assert_eq!(in_progress, 49, "every other claim is in progress");
+}
+
+#[tokio::test]
+async fn a_dedup_release_drops_its_own_pending_claim_but_never_a_newer_or_a_confirmed_one() {
+    let store = store().await;
+    let stale = dedup_claimed(&store, "t", "a", Duration::from_millis(200)).await;
+    let (newer, _) = dedup_claimed_within(&store, "t", "a", Duration::from_secs(5)).await;
+    DedupStore::release(&store, "t", "a", &stale).await.unwrap();
+    assert!(
+        matches!(
+            DedupStore::claim(&store, "t", "a", Duration::from_secs(30))
+                .await
+                .unwrap(),
+            DedupClaim::InProgress { .. }
+        ),
+        "a stale token does not drop the newer claim"
+    );
+    DedupStore::release(&store, "t", "a", &newer).await.unwrap();
+    let token = dedup_claimed(&store, "t", "a", Duration::from_secs(30)).await;
+    DedupStore::confirm(&store, "t", "a", &token, Duration::from_secs(30))
+        .await
+        .unwrap();
+    DedupStore::release(&store, "t", "a", &token).await.unwrap();
+    assert_eq!(
+        DedupStore::claim(&store, "t", "a", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        DedupClaim::Duplicate,
+        "a release after the confirm does not drop it"
+    );
+}
+
+#[tokio::test]
+async fn a_dedup_confirm_after_the_pending_claim_expired_still_confirms() {
+    let store = store().await;
+    let late = dedup_claimed(&store, "t", "a", Duration::from_millis(200)).await;
+    // The pending claim ended, and another publish claimed the id meanwhile.
+    dedup_claimed_within(&store, "t", "a", Duration::from_secs(5)).await;
+    DedupStore::confirm(&store, "t", "a", &late, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        DedupStore::claim(&store, "t", "a", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        DedupClaim::Duplicate,
+        "the message was published: its id is a duplicate"
     );
 }
 
 #[tokio::test]
 async fn forgetting_a_topic_drops_all_its_claims_and_no_other_topics() {
     let store = store().await;
-    let window = Duration::from_secs(60);
+    let pending = Duration::from_secs(60);
     // More than one SCAN page of claims, and topics whose names start like this one's.
     let ids: Vec<String> = (0..2500).map(|i| format!("id-{i}")).collect();
-    let fresh = futures::future::join_all(
+    let claims = futures::future::join_all(
         ids.iter()
-            .map(|id| DedupStore::claim(&store, "dev.orders", id, window)),
+            .map(|id| DedupStore::claim(&store, "dev.orders", id, pending)),
     )
     .await;
-    assert!(fresh.into_iter().all(|f| f.unwrap()));
+    assert!(claims
+        .iter()
+        .all(|c| matches!(c, Ok(DedupClaim::Claimed(_)))));
+    let confirmed = dedup_claimed(&store, "dev.orders", "confirmed", pending).await;
+    DedupStore::confirm(&store, "dev.orders", "confirmed", &confirmed, pending)
+        .await
+        .unwrap();
     for topic in ["dev.orders2", "dev.orders-eu"] {
-        assert!(DedupStore::claim(&store, topic, "id-1", window)
+        let token = dedup_claimed(&store, topic, "id-1", pending).await;
+        DedupStore::confirm(&store, topic, "id-1", &token, pending)
             .await
-            .unwrap());
+            .unwrap();
     }
 
     store.forget_topic("dev.orders").await.unwrap();
 
-    let fresh = futures::future::join_all(
+    let claims = futures::future::join_all(
         ids.iter()
-            .map(|id| DedupStore::claim(&store, "dev.orders", id, window)),
+            .chain([&"confirmed".to_owned()])
+            .map(|id| DedupStore::claim(&store, "dev.orders", id, pending)),
     )
     .await;
-    let still_claimed = fresh.into_iter().filter(|f| !*f.as_ref().unwrap()).count();
+    let still_claimed = claims
+        .iter()
+        .filter(|c| !matches!(c, Ok(DedupClaim::Claimed(_))))
+        .count();
     assert_eq!(still_claimed, 0, "every claim of the topic is forgotten");
     for topic in ["dev.orders2", "dev.orders-eu"] {
-        assert!(
-            !DedupStore::claim(&store, topic, "id-1", window)
+        assert_eq!(
+            DedupStore::claim(&store, topic, "id-1", pending)
                 .await
                 .unwrap(),
+            DedupClaim::Duplicate,
             "{topic}'s claims are kept"
         );
     }
@@ -328,13 +462,14 @@ async fn a_store_whose_connection_was_lost_fails_retryably_then_reconnects_by_it
         .await
         .unwrap()
         .with_prefix(unique_prefix());
-    let window = Duration::from_secs(30);
-    assert!(DedupStore::claim(&store, "t", "before", window)
+    let pending = Duration::from_secs(30);
+    let token = dedup_claimed(&store, "t", "before", pending).await;
+    DedupStore::confirm(&store, "t", "before", &token, pending)
         .await
-        .unwrap());
+        .unwrap();
 
     proxy.pause().await;
-    let err = DedupStore::claim(&store, "t", "during", window)
+    let err = DedupStore::claim(&store, "t", "during", pending)
         .await
         .expect_err("Redis is unreachable");
     assert!(
@@ -346,9 +481,9 @@ async fn a_store_whose_connection_was_lost_fails_retryably_then_reconnects_by_it
     proxy.resume();
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        match DedupStore::claim(&store, "t", "after", window).await {
-            Ok(fresh) => {
-                assert!(fresh);
+        match DedupStore::claim(&store, "t", "after", pending).await {
+            Ok(claim) => {
+                assert!(matches!(claim, DedupClaim::Claimed(_)), "{claim:?}");
                 break;
             }
             Err(err) => assert!(
@@ -358,10 +493,11 @@ async fn a_store_whose_connection_was_lost_fails_retryably_then_reconnects_by_it
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        !DedupStore::claim(&store, "t", "before", window)
+    assert_eq!(
+        DedupStore::claim(&store, "t", "before", pending)
             .await
             .unwrap(),
+        DedupClaim::Duplicate,
         "the same Redis, the same claims"
     );
 }

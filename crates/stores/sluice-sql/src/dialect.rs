@@ -1,15 +1,17 @@
 //! The SQL each database runs, behind one sealed trait: [`SqlDatabase`].
 //!
-//! Both dialects share their statements but for the clock expression and the relay's lock
-//! (an advisory lock on PostgreSQL, a write to a lock row on SQLite); the `dialect!` macro
+//! Both dialects share their statements but for the clock expression; the `dialect!` macro
 //! writes one implementation per database from the same text, so the two cannot drift.
 //! Every time is milliseconds since the Unix epoch, read from the database's own clock.
+//!
+//! The idempotency store and the dedup window keep the same kind of row — a claim with a
+//! token, or a done/confirmed marker without one, until `expires_at` — in two tables
+//! ([`Table`]); one set of statements serves both.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
-use sluice_core::Claim;
-use sluice_core::ClaimToken;
 use sqlx::{Database, Pool, Transaction};
 
 /// A boxed, `Send` future (the trait's methods return them so it stays object-free and
@@ -53,6 +55,28 @@ pub struct LagRow {
     pub now: i64,
 }
 
+/// Which claim table a statement works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[doc(hidden)]
+pub enum Table {
+    /// `sluice_idempotency`, keyed by subscription and message id.
+    Idempotency,
+    /// `sluice_dedup`, keyed by topic and message id.
+    Dedup,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[doc(hidden)]
+pub enum ClaimState {
+    /// Taken, with this token.
+    Won(String),
+    /// A done (confirmed) marker is live.
+    Done,
+    /// Someone else's claim is live for this long.
+    Held(Duration),
+}
+
 mod sealed {
     pub trait Sealed {}
 }
@@ -69,55 +93,47 @@ pub trait SqlDatabase: Database + Sync + sealed::Sealed {
     #[doc(hidden)]
     fn apply_migrations(pool: &Pool<Self>) -> BoxFuture<'_, Result<Vec<i64>, sqlx::Error>>;
     #[doc(hidden)]
-    fn idem_claim<'a>(
+    fn claim<'a>(
         pool: &'a Pool<Self>,
-        subscription: &'a str,
+        table: Table,
+        scope: &'a str,
         id: &'a str,
         token: &'a str,
-        lease_ms: i64,
-    ) -> BoxFuture<'a, Result<Claim, sqlx::Error>>;
+        ms: i64,
+    ) -> BoxFuture<'a, Result<ClaimState, sqlx::Error>>;
     #[doc(hidden)]
-    fn idem_renew<'a>(
+    fn renew<'a>(
         pool: &'a Pool<Self>,
-        subscription: &'a str,
+        table: Table,
+        scope: &'a str,
         id: &'a str,
-        token: &'a ClaimToken,
-        lease_ms: i64,
+        token: &'a str,
+        ms: i64,
     ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
     #[doc(hidden)]
-    fn idem_complete<'a>(
+    fn complete<'a>(
         pool: &'a Pool<Self>,
-        subscription: &'a str,
+        table: Table,
+        scope: &'a str,
         id: &'a str,
-        ttl_ms: i64,
+        ms: i64,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     #[doc(hidden)]
-    fn idem_release<'a>(
+    fn release<'a>(
         pool: &'a Pool<Self>,
-        subscription: &'a str,
+        table: Table,
+        scope: &'a str,
         id: &'a str,
-        token: &'a ClaimToken,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+    #[doc(hidden)]
+    fn forget_scope<'a>(
+        pool: &'a Pool<Self>,
+        table: Table,
+        scope: &'a str,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     #[doc(hidden)]
     fn purge_expired(pool: &Pool<Self>) -> BoxFuture<'_, Result<u64, sqlx::Error>>;
-    #[doc(hidden)]
-    fn dedup_claim<'a>(
-        pool: &'a Pool<Self>,
-        topic: &'a str,
-        id: &'a str,
-        window_ms: i64,
-    ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
-    #[doc(hidden)]
-    fn dedup_release<'a>(
-        pool: &'a Pool<Self>,
-        topic: &'a str,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
-    #[doc(hidden)]
-    fn dedup_forget<'a>(
-        pool: &'a Pool<Self>,
-        topic: &'a str,
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     #[doc(hidden)]
     fn inbox_insert<'a>(
         tx: &'a mut Transaction<'static, Self>,
@@ -141,24 +157,26 @@ pub trait SqlDatabase: Database + Sync + sealed::Sealed {
         row: &'a OutboxRow,
     ) -> BoxFuture<'a, Result<i64, sqlx::Error>>;
     #[doc(hidden)]
-    fn outbox_lock<'a>(
-        tx: &'a mut Transaction<'static, Self>,
+    fn relay_lease<'a>(
+        pool: &'a Pool<Self>,
+        owner: &'a str,
+        lease_ms: i64,
     ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
     #[doc(hidden)]
-    fn outbox_fetch<'a>(
-        tx: &'a mut Transaction<'static, Self>,
+    fn relay_unlease<'a>(
+        pool: &'a Pool<Self>,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+    #[doc(hidden)]
+    fn outbox_fetch(
+        pool: &Pool<Self>,
         limit: i64,
-    ) -> BoxFuture<'a, Result<Vec<OutboxRow>, sqlx::Error>>;
+    ) -> BoxFuture<'_, Result<Vec<OutboxRow>, sqlx::Error>>;
     #[doc(hidden)]
-    fn outbox_mark_sent<'a>(
-        tx: &'a mut Transaction<'static, Self>,
-        seqs: &'a [i64],
-    ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
-    #[doc(hidden)]
-    fn outbox_park<'a>(
-        tx: &'a mut Transaction<'static, Self>,
-        seq: i64,
-        error: &'a str,
+    fn outbox_settle<'a>(
+        pool: &'a Pool<Self>,
+        sent: &'a [i64],
+        parked: &'a [(i64, String)],
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     #[doc(hidden)]
     fn outbox_lag(pool: &Pool<Self>) -> BoxFuture<'_, Result<LagRow, sqlx::Error>>;
@@ -169,10 +187,91 @@ pub trait SqlDatabase: Database + Sync + sealed::Sealed {
     ) -> BoxFuture<'_, Result<u64, sqlx::Error>>;
 }
 
-/// Writes `SqlDatabase` for one database. `$now` is its clock in ms since the epoch;
-/// `$lock` the relay's lock statement, answering one boolean column.
+/// The statements of one claim table (`$t`, keyed by `$k` and `message_id`), with the
+/// database's clock `$now`.
+macro_rules! claim_sql {
+    (claim, $t:literal, $k:literal, $now:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $t,
+            " (",
+            $k,
+            ", message_id, token, expires_at) VALUES ($1, $2, $3, ",
+            $now,
+            " + $4) ON CONFLICT (",
+            $k,
+            ", message_id) DO UPDATE \
+             SET token = excluded.token, expires_at = excluded.expires_at WHERE ",
+            $t,
+            ".expires_at <= ",
+            $now,
+            " RETURNING token"
+        )
+    };
+    (held, $t:literal, $k:literal, $now:literal) => {
+        concat!(
+            "SELECT token, expires_at - ",
+            $now,
+            " FROM ",
+            $t,
+            " WHERE ",
+            $k,
+            " = $1 AND message_id = $2"
+        )
+    };
+    (renew, $t:literal, $k:literal, $now:literal) => {
+        concat!(
+            "UPDATE ",
+            $t,
+            " SET expires_at = ",
+            $now,
+            " + $4 WHERE ",
+            $k,
+            " = $1 AND message_id = $2 AND token = $3 AND expires_at > ",
+            $now
+        )
+    };
+    (complete, $t:literal, $k:literal, $now:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $t,
+            " (",
+            $k,
+            ", message_id, token, expires_at) VALUES ($1, $2, NULL, ",
+            $now,
+            " + $3) ON CONFLICT (",
+            $k,
+            ", message_id) DO UPDATE \
+             SET token = NULL, expires_at = excluded.expires_at"
+        )
+    };
+    (release, $t:literal, $k:literal, $now:literal) => {
+        concat!(
+            "DELETE FROM ",
+            $t,
+            " WHERE ",
+            $k,
+            " = $1 AND message_id = $2 AND token = $3"
+        )
+    };
+    (forget, $t:literal, $k:literal, $now:literal) => {
+        concat!("DELETE FROM ", $t, " WHERE ", $k, " = $1")
+    };
+}
+
+/// Picks the statement `$which` for `$table`.
+macro_rules! for_table {
+    ($which:ident, $table:expr, $now:literal) => {
+        match $table {
+            Table::Idempotency => claim_sql!($which, "sluice_idempotency", "subscription", $now),
+            Table::Dedup => claim_sql!($which, "sluice_dedup", "topic", $now),
+        }
+    };
+}
+
+/// Writes `SqlDatabase` for one database. `$now` is its clock in ms since the epoch.
 macro_rules! dialect {
-    ($module:ident, $db:ty, $name:literal, $now:literal, $lock:literal, $migrations:expr) => {
+    ($module:ident, $db:ty, $name:literal, $now:literal, $migrations:expr) => {
         mod $module {
         use super::*;
 
@@ -215,6 +314,41 @@ macro_rules! dialect {
             Ok(applied)
         }
 
+        /// Marks exactly the rows published (a range would also mark a row whose
+        /// transaction took a `seq` inside it and committed late) and parks the others, in
+        /// chunks that stay under both databases' limits on bound values.
+        async fn settle_in(
+            tx: &mut Transaction<'static, $db>,
+            sent: &[i64],
+            parked: &[(i64, String)],
+        ) -> Result<(), sqlx::Error> {
+            for chunk in sent.chunks(1000) {
+                let mut query = sqlx::QueryBuilder::<$db>::new(concat!(
+                    "UPDATE sluice_outbox SET sent_at = ",
+                    $now,
+                    " WHERE seq IN ("
+                ));
+                let mut list = query.separated(", ");
+                for seq in chunk {
+                    list.push_bind(*seq);
+                }
+                query.push(")");
+                query.build().execute(&mut **tx).await?;
+            }
+            for (seq, error) in parked {
+                sqlx::query(concat!(
+                    "UPDATE sluice_outbox SET parked_at = ",
+                    $now,
+                    ", error = $2 WHERE seq = $1"
+                ))
+                .bind(seq)
+                .bind(error)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(())
+        }
+
         impl SqlDatabase for $db {
             const MIGRATIONS: &'static [(i64, &'static str)] = $migrations;
 
@@ -222,62 +356,54 @@ macro_rules! dialect {
                 pool: &Pool<Self>,
             ) -> BoxFuture<'_, Result<Vec<i64>, sqlx::Error>> {
                 Box::pin(async move {
-                    let mut tx = pool.begin().await?;
+                    // SQLite: take the write lock at once (a deferred transaction that reads
+                    // first would fail, not wait, when a writer got in between).
+                    let mut tx = if $name == "SQLite" {
+                        pool.begin_with("BEGIN IMMEDIATE").await?
+                    } else {
+                        pool.begin().await?
+                    };
                     let applied = migrate_in(&mut tx).await?;
                     tx.commit().await?;
                     Ok(applied)
                 })
             }
 
-            fn idem_claim<'a>(
+            fn claim<'a>(
                 pool: &'a Pool<Self>,
-                subscription: &'a str,
+                table: Table,
+                scope: &'a str,
                 id: &'a str,
                 token: &'a str,
-                lease_ms: i64,
-            ) -> BoxFuture<'a, Result<Claim, sqlx::Error>> {
+                ms: i64,
+            ) -> BoxFuture<'a, Result<ClaimState, sqlx::Error>> {
                 Box::pin(async move {
                     // The upsert takes an absent or expired key; otherwise the row tells
-                    // done from in progress. A row that expires between the two statements
-                    // is taken on the next round.
+                    // done from held. A row that expires between the two statements is taken
+                    // on the next round.
                     loop {
-                        let won: Option<String> = sqlx::query_scalar(concat!(
-                            "INSERT INTO sluice_idempotency \
-                             (subscription, message_id, token, expires_at) \
-                             VALUES ($1, $2, $3, ",
-                            $now,
-                            " + $4) ON CONFLICT (subscription, message_id) DO UPDATE \
-                             SET token = excluded.token, expires_at = excluded.expires_at \
-                             WHERE sluice_idempotency.expires_at <= ",
-                            $now,
-                            " RETURNING token"
-                        ))
-                        .bind(subscription)
-                        .bind(id)
-                        .bind(token)
-                        .bind(lease_ms)
-                        .fetch_optional(pool)
-                        .await?
-                        .flatten();
+                        let won: Option<String> =
+                            sqlx::query_scalar(for_table!(claim, table, $now))
+                                .bind(scope)
+                                .bind(id)
+                                .bind(token)
+                                .bind(ms)
+                                .fetch_optional(pool)
+                                .await?
+                                .flatten();
                         if let Some(token) = won {
-                            return Ok(Claim::Acquired(ClaimToken(token)));
+                            return Ok(ClaimState::Won(token));
                         }
-                        let held: Option<(Option<String>, i64)> = sqlx::query_as(concat!(
-                            "SELECT token, expires_at - ",
-                            $now,
-                            " FROM sluice_idempotency \
-                             WHERE subscription = $1 AND message_id = $2"
-                        ))
-                        .bind(subscription)
-                        .bind(id)
-                        .fetch_optional(pool)
-                        .await?;
+                        let held: Option<(Option<String>, i64)> =
+                            sqlx::query_as(for_table!(held, table, $now))
+                                .bind(scope)
+                                .bind(id)
+                                .fetch_optional(pool)
+                                .await?;
                         match held {
-                            Some((None, left)) if left > 0 => return Ok(Claim::Done),
+                            Some((None, left)) if left > 0 => return Ok(ClaimState::Done),
                             Some((Some(_), left)) if left > 0 => {
-                                return Ok(Claim::InProgress {
-                                    remaining: std::time::Duration::from_millis(left as u64),
-                                })
+                                return Ok(ClaimState::Held(Duration::from_millis(left as u64)))
                             }
                             _ => continue,
                         }
@@ -285,71 +411,74 @@ macro_rules! dialect {
                 })
             }
 
-            fn idem_renew<'a>(
+            fn renew<'a>(
                 pool: &'a Pool<Self>,
-                subscription: &'a str,
+                table: Table,
+                scope: &'a str,
                 id: &'a str,
-                token: &'a ClaimToken,
-                lease_ms: i64,
+                token: &'a str,
+                ms: i64,
             ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
                 Box::pin(async move {
-                    let done = sqlx::query(concat!(
-                        "UPDATE sluice_idempotency SET expires_at = ",
-                        $now,
-                        " + $4 WHERE subscription = $1 AND message_id = $2 AND token = $3 \
-                         AND expires_at > ",
-                        $now
-                    ))
-                    .bind(subscription)
-                    .bind(id)
-                    .bind(&token.0)
-                    .bind(lease_ms)
-                    .execute(pool)
-                    .await?;
+                    let done = sqlx::query(for_table!(renew, table, $now))
+                        .bind(scope)
+                        .bind(id)
+                        .bind(token)
+                        .bind(ms)
+                        .execute(pool)
+                        .await?;
                     Ok(done.rows_affected() == 1)
                 })
             }
 
-            fn idem_complete<'a>(
+            fn complete<'a>(
                 pool: &'a Pool<Self>,
-                subscription: &'a str,
+                table: Table,
+                scope: &'a str,
                 id: &'a str,
-                ttl_ms: i64,
+                ms: i64,
             ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
                 Box::pin(async move {
-                    // Unconditional: the effect happened, even if the claim expired meanwhile.
-                    sqlx::query(concat!(
-                        "INSERT INTO sluice_idempotency \
-                         (subscription, message_id, token, expires_at) VALUES ($1, $2, NULL, ",
-                        $now,
-                        " + $3) ON CONFLICT (subscription, message_id) DO UPDATE \
-                         SET token = NULL, expires_at = excluded.expires_at"
-                    ))
-                    .bind(subscription)
-                    .bind(id)
-                    .bind(ttl_ms)
-                    .execute(pool)
-                    .await?;
+                    // Unconditional: the effect happened (the message was published), even
+                    // if the claim expired meanwhile.
+                    sqlx::query(for_table!(complete, table, $now))
+                        .bind(scope)
+                        .bind(id)
+                        .bind(ms)
+                        .execute(pool)
+                        .await?;
                     Ok(())
                 })
             }
 
-            fn idem_release<'a>(
+            fn release<'a>(
                 pool: &'a Pool<Self>,
-                subscription: &'a str,
+                table: Table,
+                scope: &'a str,
                 id: &'a str,
-                token: &'a ClaimToken,
+                token: &'a str,
             ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
                 Box::pin(async move {
-                    sqlx::query(
-                        "DELETE FROM sluice_idempotency \
-                         WHERE subscription = $1 AND message_id = $2 AND token = $3",
-                    )
-                    .bind(subscription)
-                    .bind(id)
-                    .bind(&token.0)
-                    .execute(pool)
-                    .await?;
+                    sqlx::query(for_table!(release, table, $now))
+                        .bind(scope)
+                        .bind(id)
+                        .bind(token)
+                        .execute(pool)
+                        .await?;
+                    Ok(())
+                })
+            }
+
+            fn forget_scope<'a>(
+                pool: &'a Pool<Self>,
+                table: Table,
+                scope: &'a str,
+            ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+                Box::pin(async move {
+                    sqlx::query(for_table!(forget, table, $now))
+                        .bind(scope)
+                        .execute(pool)
+                        .await?;
                     Ok(())
                 })
             }
@@ -371,61 +500,6 @@ macro_rules! dialect {
                     Ok(a.rows_affected() + b.rows_affected())
                 })
             }
-
-            fn dedup_claim<'a>(
-                pool: &'a Pool<Self>,
-                topic: &'a str,
-                id: &'a str,
-                window_ms: i64,
-            ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-                Box::pin(async move {
-                    let won: Option<String> = sqlx::query_scalar(concat!(
-                        "INSERT INTO sluice_dedup (topic, message_id, expires_at) \
-                         VALUES ($1, $2, ",
-                        $now,
-                        " + $3) ON CONFLICT (topic, message_id) DO UPDATE \
-                         SET expires_at = excluded.expires_at \
-                         WHERE sluice_dedup.expires_at <= ",
-                        $now,
-                        " RETURNING message_id"
-                    ))
-                    .bind(topic)
-                    .bind(id)
-                    .bind(window_ms)
-                    .fetch_optional(pool)
-                    .await?;
-                    Ok(won.is_some())
-                })
-            }
-
-            fn dedup_release<'a>(
-                pool: &'a Pool<Self>,
-                topic: &'a str,
-                id: &'a str,
-            ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-                Box::pin(async move {
-                    sqlx::query("DELETE FROM sluice_dedup WHERE topic = $1 AND message_id = $2")
-                        .bind(topic)
-                        .bind(id)
-                        .execute(pool)
-                        .await?;
-                    Ok(())
-                })
-            }
-
-            fn dedup_forget<'a>(
-                pool: &'a Pool<Self>,
-                topic: &'a str,
-            ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-                Box::pin(async move {
-                    sqlx::query("DELETE FROM sluice_dedup WHERE topic = $1")
-                        .bind(topic)
-                        .execute(pool)
-                        .await?;
-                    Ok(())
-                })
-            }
-
             fn inbox_insert<'a>(
                 tx: &'a mut Transaction<'static, Self>,
                 subscription: &'a str,
@@ -510,19 +584,48 @@ macro_rules! dialect {
                 })
             }
 
-            fn outbox_lock<'a>(
-                tx: &'a mut Transaction<'static, Self>,
+            fn relay_lease<'a>(
+                pool: &'a Pool<Self>,
+                owner: &'a str,
+                lease_ms: i64,
             ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
                 Box::pin(async move {
-                    let held: bool = sqlx::query_scalar($lock).fetch_one(&mut **tx).await?;
-                    Ok(held)
+                    // Taken when free, expired, or already ours (then renewed).
+                    let held: Option<String> = sqlx::query_scalar(concat!(
+                        "INSERT INTO sluice_outbox_relay (id, owner, expires_at) VALUES (1, $1, ",
+                        $now,
+                        " + $2) ON CONFLICT (id) DO UPDATE \
+                         SET owner = excluded.owner, expires_at = excluded.expires_at \
+                         WHERE sluice_outbox_relay.owner = excluded.owner \
+                         OR sluice_outbox_relay.expires_at <= ",
+                        $now,
+                        " RETURNING owner"
+                    ))
+                    .bind(owner)
+                    .bind(lease_ms)
+                    .fetch_optional(pool)
+                    .await?;
+                    Ok(held.is_some())
                 })
             }
 
-            fn outbox_fetch<'a>(
-                tx: &'a mut Transaction<'static, Self>,
+            fn relay_unlease<'a>(
+                pool: &'a Pool<Self>,
+                owner: &'a str,
+            ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM sluice_outbox_relay WHERE id = 1 AND owner = $1")
+                        .bind(owner)
+                        .execute(pool)
+                        .await?;
+                    Ok(())
+                })
+            }
+
+            fn outbox_fetch(
+                pool: &Pool<Self>,
                 limit: i64,
-            ) -> BoxFuture<'a, Result<Vec<OutboxRow>, sqlx::Error>> {
+            ) -> BoxFuture<'_, Result<Vec<OutboxRow>, sqlx::Error>> {
                 Box::pin(async move {
                     use sqlx::Row;
                     let rows = sqlx::query(
@@ -532,7 +635,7 @@ macro_rules! dialect {
                          ORDER BY seq LIMIT $1",
                     )
                     .bind(limit)
-                    .fetch_all(&mut **tx)
+                    .fetch_all(pool)
                     .await?;
                     rows.into_iter()
                         .map(|r| {
@@ -554,50 +657,17 @@ macro_rules! dialect {
                 })
             }
 
-            fn outbox_mark_sent<'a>(
-                tx: &'a mut Transaction<'static, Self>,
-                seqs: &'a [i64],
-            ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-                Box::pin(async move {
-                    if seqs.is_empty() {
-                        return Ok(0);
-                    }
-                    // Exactly the rows published: a row with a seq inside the batch's range
-                    // may commit later (sequences are handed out before commit).
-                    let mut query = sqlx::QueryBuilder::<$db>::new(concat!(
-                        "UPDATE sluice_outbox SET sent_at = ",
-                        $now,
-                        " WHERE seq IN ("
-                    ));
-                    let mut list = query.separated(", ");
-                    for seq in seqs {
-                        list.push_bind(*seq);
-                    }
-                    query.push(")");
-                    let done = query.build().execute(&mut **tx).await?;
-                    Ok(done.rows_affected())
-                })
-            }
-
-            fn outbox_park<'a>(
-                tx: &'a mut Transaction<'static, Self>,
-                seq: i64,
-                error: &'a str,
+            fn outbox_settle<'a>(
+                pool: &'a Pool<Self>,
+                sent: &'a [i64],
+                parked: &'a [(i64, String)],
             ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
                 Box::pin(async move {
-                    sqlx::query(concat!(
-                        "UPDATE sluice_outbox SET parked_at = ",
-                        $now,
-                        ", error = $2 WHERE seq = $1"
-                    ))
-                    .bind(seq)
-                    .bind(error)
-                    .execute(&mut **tx)
-                    .await?;
-                    Ok(())
+                    let mut tx = pool.begin().await?;
+                    settle_in(&mut tx, sent, parked).await?;
+                    tx.commit().await
                 })
             }
-
             fn outbox_lag(pool: &Pool<Self>) -> BoxFuture<'_, Result<LagRow, sqlx::Error>> {
                 Box::pin(async move {
                     let (unsent, parked, oldest_created_at, now): (i64, i64, Option<i64>, i64) =
@@ -647,9 +717,6 @@ dialect!(
     sqlx::Postgres,
     "PostgreSQL",
     "(extract(epoch from clock_timestamp()) * 1000)::bigint",
-    // One relay at a time per outbox table (schema); the others find it taken and wait
-    // for their turn.
-    "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.sluice_outbox'))",
     &[(1, include_str!("../migrations/postgres/0001_sluice.sql"))]
 );
 
@@ -659,8 +726,5 @@ dialect!(
     sqlx::Sqlite,
     "SQLite",
     "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-    // The write takes SQLite's write lock; a second relay waits for it (busy timeout).
-    "INSERT INTO sluice_outbox_relay (id, beat_at) VALUES (1, 0) \
-     ON CONFLICT (id) DO UPDATE SET beat_at = sluice_outbox_relay.beat_at + 1 RETURNING 1 = 1",
     &[(1, include_str!("../migrations/sqlite/0001_sluice.sql"))]
 );

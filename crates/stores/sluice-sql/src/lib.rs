@@ -55,7 +55,7 @@ mod store;
 
 pub use dialect::{OutboxRow, SqlDatabase};
 pub use inbox::{Inbox, InboxHandler};
-pub use outbox::{Outbox, OutboxLag, Relay, RelayStats};
+pub use outbox::{Outbox, OutboxLag, Relay, RelayStats, Round};
 /// The sqlx this crate is built on (pools and transactions in its API are sqlx's).
 pub use sqlx;
 pub use store::SqlStore;

@@ -8,8 +8,9 @@
 //! those rows again on its next run, with the same message ids, so a consumer's idempotency
 //! (or the topic's dedup window) removes the repeats.
 //!
-//! One relay runs at a time per database (a PostgreSQL advisory lock, SQLite's write lock),
-//! so the order holds with several relays started for availability. Rows are published in
+//! One relay runs at a time per outbox table (a lease row renewed every round), so the order
+//! holds with several relays started for availability; no transaction stays open while
+//! messages are published. Rows are published in
 //! `seq` order; two producer transactions that commit in the other order than they took their
 //! `seq` can be published in commit order, which no consumer could tell apart anyway.
 
@@ -155,10 +156,11 @@ fn row_message(row: OutboxRow) -> Result<(TopicName, Message)> {
     Ok((topic, Message::from_parts(parts)))
 }
 
-/// What a relay did so far (shared with its [`RelayHandle`]).
+/// What a relay did so far (shared with the caller through [`Relay::stats`]).
 #[derive(Debug, Default)]
 pub struct RelayStats {
     published: AtomicU64,
+    parked: AtomicU64,
     batches: AtomicU64,
     errors: AtomicU64,
 }
@@ -168,7 +170,11 @@ impl RelayStats {
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
     }
-    /// Batches committed.
+    /// Rows parked because they can never be published.
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
+    }
+    /// Batches settled.
     pub fn batches(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
     }
@@ -178,13 +184,41 @@ impl RelayStats {
     }
 }
 
+/// What one [`Relay::relay_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Round {
+    /// Rows published and marked sent.
+    pub published: usize,
+    /// Rows parked (see [`OutboxLag::parked`]).
+    pub parked: usize,
+    /// Another relay holds the lease: nothing was done.
+    pub held_elsewhere: bool,
+}
+
+impl Round {
+    /// Rows this round settled, published or parked.
+    pub fn settled(&self) -> usize {
+        self.published + self.parked
+    }
+}
+
+/// Largest batch: keeps the statement marking a batch sent under the databases' limits.
+const MAX_BATCH: usize = 10_000;
+
 /// Publishes the outbox's rows, in order, to a Sluice backend. Run it with
 /// [`run`](Self::run) (in the application, or as `sluice outbox relay`).
+///
+/// One relay works at a time per outbox table: each round takes or renews a lease row
+/// (`sluice_outbox_relay`) in a short statement; a relay that dies lets go when the lease
+/// runs out. No transaction is open while messages are published, so a slow broker never
+/// holds the database's locks (SQLite's write lock in particular).
 pub struct Relay<DB: SqlDatabase, P: Publisher> {
     outbox: Outbox<DB>,
     publisher: P,
+    owner: String,
     batch: usize,
     poll: Duration,
+    lease: Duration,
     max_backoff: Duration,
     keep_sent: Duration,
     stats: Arc<RelayStats>,
@@ -194,6 +228,7 @@ impl<DB: SqlDatabase, P: Publisher> std::fmt::Debug for Relay<DB, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
             .field("database", &<DB as sqlx::Database>::NAME)
+            .field("owner", &self.owner)
             .field("batch", &self.batch)
             .field("poll", &self.poll)
             .finish_non_exhaustive()
@@ -202,23 +237,25 @@ impl<DB: SqlDatabase, P: Publisher> std::fmt::Debug for Relay<DB, P> {
 
 impl<DB: SqlDatabase, P: Publisher> Relay<DB, P> {
     /// A relay from `outbox` to `publisher`: batches of 100, polling every 100 ms when idle,
-    /// sent rows kept an hour.
+    /// a 30 s lease, sent rows kept an hour.
     pub fn new(outbox: Outbox<DB>, publisher: P) -> Self {
         Self {
             outbox,
             publisher,
+            owner: uuid::Uuid::now_v7().to_string(),
             batch: 100,
             poll: Duration::from_millis(100),
+            lease: Duration::from_secs(30),
             max_backoff: Duration::from_secs(30),
             keep_sent: Duration::from_secs(3600),
             stats: Arc::default(),
         }
     }
 
-    /// Rows per batch (one transaction, published in order).
+    /// Rows per batch (published in order, then marked together); at most 10 000.
     #[must_use]
     pub fn batch(mut self, rows: usize) -> Self {
-        self.batch = rows.max(1);
+        self.batch = rows.clamp(1, MAX_BATCH);
         self
     }
 
@@ -226,6 +263,16 @@ impl<DB: SqlDatabase, P: Publisher> Relay<DB, P> {
     #[must_use]
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll = every;
+        self
+    }
+
+    /// How long the relay's lease lasts without a renewal: longer than one batch takes to
+    /// publish (else a second relay may start on the same rows: repeats, and the order
+    /// between the two relays' batches is lost). A relay that died blocks the others this
+    /// long.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
         self
     }
 
@@ -248,33 +295,30 @@ impl<DB: SqlDatabase, P: Publisher> Relay<DB, P> {
         self.stats.clone()
     }
 
-    /// Publishes one batch and marks it sent; returns how many rows it settled, published or
-    /// parked (0 when nothing waits or another relay holds the lock). A row that can never
-    /// be published (undecodable, refused as invalid or too large) is parked with the reason
-    /// and the batch goes on. On any other publish error the rows published before it are
-    /// marked, the rest stay for the next round, and the error is returned.
-    pub async fn relay_once(&self) -> Result<usize> {
-        let name = <DB as sqlx::Database>::NAME;
-        let mut tx = self
-            .outbox
-            .pool
-            .begin()
+    fn failed(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+        move |e| db_error(<DB as sqlx::Database>::NAME, operation, e)
+    }
+
+    /// Publishes one batch and settles it. A row that can never be published (undecodable,
+    /// refused as invalid or too large) is parked with the reason and the batch goes on. On
+    /// any other publish error the rows published before it are marked, the rest stay for
+    /// the next round, and the error is returned.
+    pub async fn relay_once(&self) -> Result<Round> {
+        let pool = &self.outbox.pool;
+        if !DB::relay_lease(pool, &self.owner, millis(self.lease).max(1))
             .await
-            .map_err(|e| db_error(name, "beginning a relay transaction", e))?;
-        if !DB::outbox_lock(&mut tx)
-            .await
-            .map_err(|e| db_error(name, "taking the relay lock", e))?
+            .map_err(Self::failed("taking the relay lease"))?
         {
-            return Ok(0);
+            return Ok(Round {
+                held_elsewhere: true,
+                ..Round::default()
+            });
         }
-        let rows = DB::outbox_fetch(&mut tx, i64::try_from(self.batch).unwrap_or(i64::MAX))
+        let rows = DB::outbox_fetch(pool, i64::try_from(self.batch).unwrap_or(i64::MAX))
             .await
-            .map_err(|e| db_error(name, "reading the outbox", e))?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
+            .map_err(Self::failed("reading the outbox"))?;
         let mut sent = Vec::with_capacity(rows.len());
-        let mut parked = 0;
+        let mut parked = Vec::new();
         let mut failure = None;
         // Decode every row; one that cannot be a message is parked with the reason.
         let mut ready = Vec::with_capacity(rows.len());
@@ -282,10 +326,7 @@ impl<DB: SqlDatabase, P: Publisher> Relay<DB, P> {
             let seq = row.seq;
             match row_message(row) {
                 Ok((topic, message)) => ready.push((seq, topic, message)),
-                Err(err) => {
-                    self.park(&mut tx, seq, &err).await?;
-                    parked += 1;
-                }
+                Err(err) => parked.push((seq, err)),
             }
         }
         // Runs of one topic go out as one batch; runs are published one after another.
@@ -297,59 +338,74 @@ impl<DB: SqlDatabase, P: Publisher> Relay<DB, P> {
                 seqs.push(seq);
                 messages.push(message);
             }
+            let count = seqs.len();
             let receipts = self.publisher.publish_batch(&topic, messages).await;
+            if receipts.len() != count {
+                failure = Some(Error::backend(
+                    format!(
+                        "publishing to {topic} returned {} results for {count} messages",
+                        receipts.len()
+                    ),
+                    true,
+                ));
+            }
             for (seq, receipt) in seqs.into_iter().zip(receipts) {
                 match receipt {
                     Ok(_) => sent.push(seq),
                     // Invalid or too large for this backend: it never will be published.
-                    Err(err @ (Error::Message(_) | Error::Name(_))) => {
-                        self.park(&mut tx, seq, &err).await?;
-                        parked += 1;
-                    }
+                    Err(err @ (Error::Message(_) | Error::Name(_))) => parked.push((seq, err)),
                     Err(err) => {
                         failure = Some(err);
                         break 'runs;
                     }
                 }
             }
+            if failure.is_some() {
+                break;
+            }
         }
-        DB::outbox_mark_sent(&mut tx, &sent)
-            .await
-            .map_err(|e| db_error(name, "marking outbox rows sent", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| db_error(name, "committing a relay batch", e))?;
-        self.stats
-            .published
-            .fetch_add(sent.len() as u64, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        for (seq, err) in &parked {
+            tracing::error!(seq, error = %err, "outbox row parked: it cannot be published");
+        }
+        let parked: Vec<(i64, String)> = parked
+            .into_iter()
+            .map(|(seq, err)| (seq, err.to_string()))
+            .collect();
+        if !sent.is_empty() || !parked.is_empty() {
+            DB::outbox_settle(pool, &sent, &parked)
+                .await
+                .map_err(Self::failed("marking outbox rows sent"))?;
+            self.stats
+                .published
+                .fetch_add(sent.len() as u64, Ordering::Relaxed);
+            self.stats
+                .parked
+                .fetch_add(parked.len() as u64, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
         match failure {
             Some(err) => Err(err),
-            None => Ok(sent.len() + parked),
+            None => Ok(Round {
+                published: sent.len(),
+                parked: parked.len(),
+                held_elsewhere: false,
+            }),
         }
-    }
-
-    /// Sets a row aside that can never be published, with the reason (logged too).
-    async fn park(&self, tx: &mut Transaction<'static, DB>, seq: i64, err: &Error) -> Result<()> {
-        tracing::error!(seq, error = %err, "outbox row parked: it cannot be published");
-        DB::outbox_park(tx, seq, &err.to_string())
-            .await
-            .map_err(|e| db_error(<DB as sqlx::Database>::NAME, "parking an outbox row", e))
     }
 
     /// Relays until `shutdown`: full batches back to back, then a poll every interval;
     /// failures are logged and tried again with backoff (the broker or database may be
     /// away), never dropped. Sent rows older than [`keep_sent`](Self::keep_sent) are removed
-    /// about once a minute.
+    /// about once a minute. The lease is given back on shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = self.poll;
         let mut last_purge = tokio::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
-                return;
+                break;
             }
             let wait = match self.relay_once().await {
-                Ok(n) if n >= self.batch => {
+                Ok(round) if round.settled() >= self.batch => {
                     backoff = self.poll;
                     Duration::ZERO
                 }
@@ -373,10 +429,13 @@ impl<DB: SqlDatabase, P: Publisher> Relay<DB, P> {
             }
             if !wait.is_zero() {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
+        }
+        if let Err(err) = DB::relay_unlease(&self.outbox.pool, &self.owner).await {
+            tracing::warn!(error = %err, "giving back the relay lease failed (it expires)");
         }
     }
 }

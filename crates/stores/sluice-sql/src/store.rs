@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::idempotency::{boxed, BoxFuture};
-use sluice_core::{Claim, ClaimToken, DedupStore, IdempotencyKey, IdempotencyStore, Result};
+use sluice_core::{
+    Claim, ClaimToken, DedupClaim, DedupStore, IdempotencyKey, IdempotencyStore, Result,
+};
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::dialect::SqlDatabase;
+use crate::dialect::{ClaimState, SqlDatabase, Table};
 use crate::error::db_error;
 
 /// Durable idempotency and dedup claims in a SQL database, shared by every consumer and
@@ -98,6 +100,12 @@ impl<DB: SqlDatabase> SqlStore<DB> {
     }
 }
 
+impl<DB: SqlDatabase> SqlStore<DB> {
+    fn failed(&self, operation: String) -> impl FnOnce(sqlx::Error) -> sluice_core::Error {
+        move |e| db_error(<DB as sqlx::Database>::NAME, &operation, e)
+    }
+}
+
 impl<DB: SqlDatabase> IdempotencyStore for SqlStore<DB> {
     fn claim<'a>(
         &'a self,
@@ -106,15 +114,22 @@ impl<DB: SqlDatabase> IdempotencyStore for SqlStore<DB> {
     ) -> BoxFuture<'a, Result<Claim>> {
         boxed(async move {
             let token = uuid::Uuid::now_v7().to_string();
-            DB::idem_claim(
+            let (sub, id) = (key.subscription.as_str(), key.id.as_str());
+            let state = DB::claim(
                 &self.pool,
-                key.subscription.as_str(),
-                key.id.as_str(),
+                Table::Idempotency,
+                sub,
+                id,
                 &token,
                 millis(lease).max(1),
             )
             .await
-            .map_err(|e| db_error(<DB as sqlx::Database>::NAME, &format!("claiming {key}"), e))
+            .map_err(self.failed(format!("claiming {key}")))?;
+            Ok(match state {
+                ClaimState::Won(token) => Claim::Acquired(ClaimToken(token)),
+                ClaimState::Done => Claim::Done,
+                ClaimState::Held(remaining) => Claim::InProgress { remaining },
+            })
         })
     }
 
@@ -125,21 +140,17 @@ impl<DB: SqlDatabase> IdempotencyStore for SqlStore<DB> {
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         boxed(async move {
-            DB::idem_renew(
+            let (sub, id) = (key.subscription.as_str(), key.id.as_str());
+            DB::renew(
                 &self.pool,
-                key.subscription.as_str(),
-                key.id.as_str(),
-                token,
+                Table::Idempotency,
+                sub,
+                id,
+                &token.0,
                 millis(lease).max(1),
             )
             .await
-            .map_err(|e| {
-                db_error(
-                    <DB as sqlx::Database>::NAME,
-                    &format!("renewing the claim of {key}"),
-                    e,
-                )
-            })
+            .map_err(self.failed(format!("renewing the claim of {key}")))
         })
     }
 
@@ -150,20 +161,10 @@ impl<DB: SqlDatabase> IdempotencyStore for SqlStore<DB> {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<()>> {
         boxed(async move {
-            DB::idem_complete(
-                &self.pool,
-                key.subscription.as_str(),
-                key.id.as_str(),
-                millis(ttl),
-            )
-            .await
-            .map_err(|e| {
-                db_error(
-                    <DB as sqlx::Database>::NAME,
-                    &format!("marking {key} done"),
-                    e,
-                )
-            })
+            let (sub, id) = (key.subscription.as_str(), key.id.as_str());
+            DB::complete(&self.pool, Table::Idempotency, sub, id, millis(ttl))
+                .await
+                .map_err(self.failed(format!("marking {key} done")))
         })
     }
 
@@ -173,20 +174,10 @@ impl<DB: SqlDatabase> IdempotencyStore for SqlStore<DB> {
         token: &'a ClaimToken,
     ) -> BoxFuture<'a, Result<()>> {
         boxed(async move {
-            DB::idem_release(
-                &self.pool,
-                key.subscription.as_str(),
-                key.id.as_str(),
-                token,
-            )
-            .await
-            .map_err(|e| {
-                db_error(
-                    <DB as sqlx::Database>::NAME,
-                    &format!("releasing the claim of {key}"),
-                    e,
-                )
-            })
+            let (sub, id) = (key.subscription.as_str(), key.id.as_str());
+            DB::release(&self.pool, Table::Idempotency, sub, id, &token.0)
+                .await
+                .map_err(self.failed(format!("releasing the claim of {key}")))
         })
     }
 }
@@ -196,42 +187,60 @@ impl<DB: SqlDatabase> DedupStore for SqlStore<DB> {
         &'a self,
         topic: &'a str,
         id: &'a str,
-        window: Duration,
-    ) -> BoxFuture<'a, Result<bool>> {
+        pending: Duration,
+    ) -> BoxFuture<'a, Result<DedupClaim>> {
         boxed(async move {
-            DB::dedup_claim(&self.pool, topic, id, millis(window).max(1))
-                .await
-                .map_err(|e| {
-                    db_error(
-                        <DB as sqlx::Database>::NAME,
-                        &format!("claiming {topic}/{id} (dedup)"),
-                        e,
-                    )
-                })
+            let token = uuid::Uuid::now_v7().to_string();
+            let state = DB::claim(
+                &self.pool,
+                Table::Dedup,
+                topic,
+                id,
+                &token,
+                millis(pending).max(1),
+            )
+            .await
+            .map_err(self.failed(format!("claiming {topic}/{id} (dedup)")))?;
+            Ok(match state {
+                ClaimState::Won(token) => DedupClaim::Claimed(ClaimToken(token)),
+                ClaimState::Done => DedupClaim::Duplicate,
+                ClaimState::Held(remaining) => DedupClaim::InProgress { remaining },
+            })
         })
     }
 
-    fn release<'a>(&'a self, topic: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn confirm<'a>(
+        &'a self,
+        topic: &'a str,
+        id: &'a str,
+        _token: &'a ClaimToken,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<()>> {
         boxed(async move {
-            DB::dedup_release(&self.pool, topic, id).await.map_err(|e| {
-                db_error(
-                    <DB as sqlx::Database>::NAME,
-                    &format!("releasing {topic}/{id} (dedup)"),
-                    e,
-                )
-            })
+            DB::complete(&self.pool, Table::Dedup, topic, id, millis(window).max(1))
+                .await
+                .map_err(self.failed(format!("confirming {topic}/{id} (dedup)")))
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        topic: &'a str,
+        id: &'a str,
+        token: &'a ClaimToken,
+    ) -> BoxFuture<'a, Result<()>> {
+        boxed(async move {
+            DB::release(&self.pool, Table::Dedup, topic, id, &token.0)
+                .await
+                .map_err(self.failed(format!("releasing {topic}/{id} (dedup)")))
         })
     }
 
     fn forget_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<()>> {
         boxed(async move {
-            DB::dedup_forget(&self.pool, topic).await.map_err(|e| {
-                db_error(
-                    <DB as sqlx::Database>::NAME,
-                    &format!("forgetting topic {topic} (dedup)"),
-                    e,
-                )
-            })
+            DB::forget_scope(&self.pool, Table::Dedup, topic)
+                .await
+                .map_err(self.failed(format!("forgetting topic {topic} (dedup)")))
         })
     }
 }

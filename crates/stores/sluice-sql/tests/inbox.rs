@@ -209,3 +209,26 @@ async fn a_consumer_killed_between_its_commit_and_its_ack_is_skipped_on_redelive
     assert!(report.delivered >= 1);
     assert_eq!(effects(&pool, &test).await.get("payment-7"), Some(&1));
 }
+
+#[tokio::test]
+async fn inbox_rows_expire_after_the_ttl_by_the_cleanup_task() {
+    let pool = postgres().await;
+    let subscription = unique("cleanup");
+    let inbox = Inbox::new(pool.clone()).ttl(Duration::from_millis(300));
+    let tx = inbox.begin(&subscription, "old").await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        inbox.begin(&subscription, "old").await.unwrap().is_none(),
+        "a duplicate"
+    );
+    let shutdown = CancellationToken::new();
+    let cleanup = inbox.spawn_cleanup(Duration::from_millis(100), shutdown.clone());
+    wait_until(Duration::from_secs(10), "the row to be removed", || async {
+        !inbox.contains(&subscription, "old").await.unwrap()
+    })
+    .await;
+    shutdown.cancel();
+    cleanup.await.unwrap();
+    // Past the TTL the id is new again (the TTL must outlast any duplicate).
+    assert!(inbox.begin(&subscription, "old").await.unwrap().is_some());
+}

@@ -92,7 +92,7 @@ async fn committed_events_are_relayed_in_order_with_their_ids_and_rolled_back_on
     assert!(lag.oldest.is_some());
 
     let relay = Relay::new(outbox.clone(), backend.publisher().await.unwrap()).batch(8);
-    while relay.relay_once().await.unwrap() > 0 {}
+    while relay.relay_once().await.unwrap().settled() > 0 {}
     assert_eq!(outbox.lag().await.unwrap().unsent, 0, "all relayed");
 
     let subscriber = backend.subscribe(&subscription).await.unwrap();
@@ -139,7 +139,10 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_its_repeats_are_absorbed() {
         budget: AtomicUsize::new(70),
         dead: dead.clone(),
     };
-    let relay = Relay::new(outbox.clone(), dying).batch(50);
+    // A short lease: the relay that replaces it waits until the dead one's lease runs out.
+    let relay = Relay::new(outbox.clone(), dying)
+        .batch(50)
+        .lease(Duration::from_secs(2));
     let stats = relay.stats();
     let killed = tokio::spawn(relay.run(CancellationToken::new()));
     tokio::time::timeout(Duration::from_secs(30), dead.notified())
@@ -236,12 +239,17 @@ async fn the_outbox_works_on_sqlite_too() {
         .unwrap();
     }
     assert_eq!(outbox.lag().await.unwrap().unsent, 7);
-    let relay = Relay::new(outbox.clone(), backend.publisher().await.unwrap());
-    assert_eq!(
-        relay.relay_once().await.unwrap(),
-        7,
-        "5 published, 2 parked"
-    );
+    let relay = Relay::new(outbox.clone(), backend.publisher().await.unwrap())
+        .lease(Duration::from_millis(500));
+    let round = relay.relay_once().await.unwrap();
+    assert_eq!((round.published, round.parked), (5, 2));
+    // The lease keeps a second relay out until it runs out (or is given back).
+    let second = Relay::new(outbox.clone(), backend.publisher().await.unwrap());
+    assert!(second.relay_once().await.unwrap().held_elsewhere);
+    common::wait_until(Duration::from_secs(10), "the lease to run out", || async {
+        !second.relay_once().await.unwrap().held_elsewhere
+    })
+    .await;
     let lag = outbox.lag().await.unwrap();
     assert_eq!((lag.unsent, lag.parked, lag.oldest), (0, 2, None));
     let reasons: Vec<String> = sqlx::query_scalar(

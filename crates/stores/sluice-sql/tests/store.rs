@@ -130,50 +130,88 @@ async fn concurrent_claims<DB: SqlDatabase>(store: SqlStore<DB>) {
 }
 
 async fn dedup<DB: SqlDatabase>(store: SqlStore<DB>) {
+    use sluice_core::{DedupClaim, DedupStore};
+    let claim = |topic: String, id: &'static str, pending: Duration| {
+        let store = store.clone();
+        async move {
+            DedupStore::claim(&store, &topic, id, pending)
+                .await
+                .unwrap()
+        }
+    };
     let topic = unique("orders");
     let window = Duration::from_millis(700);
-    assert!(sluice_core::DedupStore::claim(&store, &topic, "a", window)
-        .await
-        .unwrap());
-    assert!(
-        !sluice_core::DedupStore::claim(&store, &topic, "a", window)
-            .await
-            .unwrap(),
-        "within the window"
+    let pending = Duration::from_secs(60);
+
+    // Pending while the publish is under way: a second publish can neither go nor be
+    // dropped; confirmed, it is a duplicate for the window, then free.
+    let DedupClaim::Claimed(token) = claim(topic.clone(), "a", pending).await else {
+        panic!("first claim")
+    };
+    assert!(matches!(
+        claim(topic.clone(), "a", pending).await,
+        DedupClaim::InProgress { remaining } if remaining > Duration::from_secs(50)
+    ));
+    store.confirm(&topic, "a", &token, window).await.unwrap();
+    assert_eq!(
+        claim(topic.clone(), "a", pending).await,
+        DedupClaim::Duplicate
     );
     assert!(
-        sluice_core::DedupStore::claim(&store, &unique("other"), "a", window)
-            .await
-            .unwrap(),
+        matches!(
+            claim(unique("other"), "a", pending).await,
+            DedupClaim::Claimed(_)
+        ),
         "per topic"
     );
-    sluice_core::DedupStore::release(&store, &topic, "a")
-        .await
-        .unwrap();
-    assert!(
-        sluice_core::DedupStore::claim(&store, &topic, "a", window)
-            .await
-            .unwrap(),
-        "free again after a failed publish"
-    );
     wait_until(Duration::from_secs(5), "the window to end", || async {
-        sluice_core::DedupStore::claim(&store, &topic, "a", window)
-            .await
-            .unwrap()
+        matches!(
+            claim(topic.clone(), "a", pending).await,
+            DedupClaim::Claimed(_)
+        )
     })
     .await;
-    assert!(
-        sluice_core::DedupStore::claim(&store, &topic, "b", Duration::from_secs(60))
-            .await
-            .unwrap()
-    );
-    sluice_core::DedupStore::forget_topic(&store, &topic)
+
+    // A failed publish releases its claim; a stale token cannot release a newer claim.
+    let DedupClaim::Claimed(failed) = claim(topic.clone(), "b", pending).await else {
+        panic!()
+    };
+    DedupStore::release(&store, &topic, "b", &failed)
         .await
         .unwrap();
+    let DedupClaim::Claimed(_newer) = claim(topic.clone(), "b", pending).await else {
+        panic!("free again after a failed publish")
+    };
+    DedupStore::release(&store, &topic, "b", &failed)
+        .await
+        .unwrap();
+    assert!(matches!(
+        claim(topic.clone(), "b", pending).await,
+        DedupClaim::InProgress { .. }
+    ));
+
+    // A publisher that died: its pending claim runs out, never counts as published.
+    let DedupClaim::Claimed(_) = claim(topic.clone(), "c", Duration::from_millis(300)).await else {
+        panic!()
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "the pending claim to run out",
+        || async {
+            matches!(
+                claim(topic.clone(), "c", pending).await,
+                DedupClaim::Claimed(_)
+            )
+        },
+    )
+    .await;
+
+    store.forget_topic(&topic).await.unwrap();
     assert!(
-        sluice_core::DedupStore::claim(&store, &topic, "b", window)
-            .await
-            .unwrap(),
+        matches!(
+            claim(topic.clone(), "b", pending).await,
+            DedupClaim::Claimed(_)
+        ),
         "a deleted topic's window is empty"
     );
     assert!(store.purge_expired().await.is_ok());

@@ -14,10 +14,12 @@ CREATE TABLE IF NOT EXISTS sluice_idempotency (
 );
 CREATE INDEX IF NOT EXISTS sluice_idempotency_expires ON sluice_idempotency (expires_at);
 
--- Claims of emulated dedup windows, per (topic, message id), until the window ends.
+-- Claims of emulated dedup windows, per (topic, message id): pending (token set) while the
+-- publish is under way, confirmed (token NULL) until the window ends.
 CREATE TABLE IF NOT EXISTS sluice_dedup (
     topic      TEXT   NOT NULL,
     message_id TEXT   NOT NULL,
+    token      TEXT,
     expires_at BIGINT NOT NULL,
     PRIMARY KEY (topic, message_id)
 );
@@ -57,9 +59,10 @@ CREATE INDEX IF NOT EXISTS sluice_outbox_unsent ON sluice_outbox (seq)
     WHERE sent_at IS NULL AND parked_at IS NULL;
 CREATE INDEX IF NOT EXISTS sluice_outbox_sent ON sluice_outbox (sent_at) WHERE sent_at IS NOT NULL;
 
--- The relay's lock row: a relay writes it first, which takes SQLite's write lock, so two
--- relays on one database never publish the same batch at once.
+-- The relay's lease: one relay publishes at a time per outbox table; the others wait for the
+-- lease to be given back or to expire (a relay that died).
 CREATE TABLE IF NOT EXISTS sluice_outbox_relay (
-    id      INTEGER PRIMARY KEY,
-    beat_at BIGINT NOT NULL
+    id         INTEGER PRIMARY KEY,
+    owner      TEXT   NOT NULL,
+    expires_at BIGINT NOT NULL
 );
