@@ -3,12 +3,18 @@
 //! the same batch size, measured in the same run. Every figure is meant to be read as a
 //! ratio against a peer measured here, never as an absolute.
 
+mod chart;
 mod disk;
 mod kafka_baseline;
 mod lapin_baseline;
+mod nats_baseline;
+mod preset;
 mod recovery;
+mod redis_streams_baseline;
 mod report;
+mod served;
 mod sqs_baseline;
+mod sweep;
 mod workload;
 
 use std::path::PathBuf;
@@ -22,11 +28,33 @@ pub(crate) use report::Report;
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct BenchArgs {
     /// A backend to measure; repeat for several (`--url embedded:/tmp/b --url memory:`).
-    #[arg(long = "url", required = true)]
+    /// `serve:DIR` starts `sluice serve --data DIR` for the run and measures it over
+    /// `sluice://`, with the server's CPU time and memory.
+    #[arg(long = "url", required_unless_present = "all")]
     urls: Vec<String>,
+    /// Every backend and peer this machine runs: Sluice's engine in-process and served (in
+    /// a fresh directory under `--disk-dir`, removed afterwards), and whatever answers on
+    /// the default loopback ports of RabbitMQ, Kafka, SQS (an emulator), NATS and Redis.
+    #[arg(long)]
+    all: bool,
+    /// A short profile (400 messages, 1 producer, 1 consumer, batch 20, a 200 ms disk
+    /// baseline): to check that everything runs, not to compare figures.
+    #[arg(long)]
+    short: bool,
+    /// A peer broker to measure on its own Rust client, with no Sluice code in the loop;
+    /// repeat for several: `nats://HOST:PORT` (NATS JetStream, file storage) or
+    /// `redis://HOST:PORT` (Redis Streams). Peers run the closed-loop workload of
+    /// `--messages` after every `--url`; they are skipped with `--rate` or `--backlog`.
+    #[arg(long = "peer", value_name = "URL", value_parser = Peer::parse)]
+    peers: Vec<Peer>,
     /// Messages per backend (after a warm-up of a tenth as many).
     #[arg(long, default_value_t = 100_000)]
     messages: u64,
+    /// Measure for this long instead of a number of messages (producers publish until it
+    /// is over; the round ends when everything published is acked). The warm-up is still a
+    /// tenth of `--messages`.
+    #[arg(long, value_parser = crate::duration::parse, conflicts_with = "backlog")]
+    duration: Option<Duration>,
     /// Payload size in bytes (`1024`, or with a unit: `1KiB`, `4KiB`).
     #[arg(long, default_value = "1KiB", value_parser = parse_size)]
     size: usize,
@@ -59,9 +87,42 @@ pub(crate) struct BenchArgs {
     /// and time opening it again.
     #[arg(long, value_parser = parse_size)]
     recovery: Option<usize>,
+    /// Sweep: find the highest rate each `--url` sustains, with open-loop steps of
+    /// `--duration` (5 s by default) from `--rate` (1000 msg/s by default) up, doubling, then
+    /// bisecting. Peers and baselines are not swept.
+    #[arg(long, conflicts_with_all = ["backlog", "recovery"])]
+    sweep: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write the report to `DIR/bench.json` (the JSON `--json` prints) and a chart of
+    /// throughput and latency per backend to `DIR/bench.svg`, creating `DIR`.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// A peer broker measured on its own Rust client (`--peer`).
+#[derive(Debug, Clone)]
+enum Peer {
+    /// `nats://HOST:PORT`: NATS JetStream on `async-nats`.
+    NatsJetStream(String),
+    /// `redis://HOST:PORT`: Redis Streams on the `redis` crate.
+    RedisStreams(String),
+}
+
+impl Peer {
+    /// Parses `nats://HOST:PORT` or `redis://HOST:PORT`.
+    fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("nats://") {
+            Ok(Self::NatsJetStream(url.to_owned()))
+        } else if url.starts_with("redis://") {
+            Ok(Self::RedisStreams(url.to_owned()))
+        } else {
+            Err(format!(
+                "`{url}` is not a peer: use nats://HOST:PORT (NATS JetStream) or redis://HOST:PORT (Redis Streams)"
+            ))
+        }
+    }
 }
 
 /// Parses `1024`, `1KiB`, `4KiB`, `1MiB`, `1GiB`.
@@ -82,8 +143,41 @@ pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    if args.short {
+        preset::short(&mut args);
+    }
+    // Kept until the end: `--all`'s directories for the engine, removed afterwards.
+    let mut _all_dir = None;
+    if args.all {
+        let base = args.disk_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-bench-")
+            .tempdir_in(&base)
+            .with_context(|| format!("creating a directory in {}", base.display()))?;
+        for note in preset::discover(&mut args, dir.path()) {
+            if !args.json {
+                eprintln!("{note}");
+            }
+        }
+        if args
+            .urls
+            .iter()
+            .any(|u| u.contains("endpoint=http://127.0.0.1"))
+            && std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+        {
+            // A local emulator takes any credentials; real AWS never gets these.
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        }
+        _all_dir = Some(dir);
+    }
     let mut report = Report::new(&args);
+    if let Some(dir) = &args.out {
+        // Now, so that a bad directory fails before the measurement rather than after it.
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let disk_dir = args.disk_dir.clone().unwrap_or_else(|| {
         args.urls
             .iter()
@@ -120,6 +214,21 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         } else {
             report.print();
         }
+        write_out(args.out.as_deref(), &report)?;
+        return Ok(());
+    }
+    if args.sweep {
+        let step = args.duration.unwrap_or(Duration::from_secs(5));
+        for url in &args.urls {
+            let swept = sweep::run(url, &args, args.rate.unwrap_or(1000), step).await?;
+            report.sweeps.push(swept);
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            report.print();
+        }
+        write_out(args.out.as_deref(), &report)?;
         return Ok(());
     }
     for url in &args.urls {
@@ -129,9 +238,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 args.messages, args.size, args.producers, args.consumers, args.batch
             );
         }
-        let result = workload::run(url, &args)
-            .await
-            .with_context(|| format!("benchmarking {url}"))?;
+        let result = match url.strip_prefix("serve:") {
+            Some(dir) => served::run(dir, &args).await,
+            None => workload::run(url, &args).await,
+        }
+        .with_context(|| format!("benchmarking {url}"))?;
         report.results.push(result);
         if url.starts_with("amqp") && args.rate.is_none() && args.backlog.is_none() {
             if !args.json {
@@ -163,11 +274,53 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.results.push(baseline);
         }
     }
+    for peer in &args.peers {
+        let (Peer::NatsJetStream(url) | Peer::RedisStreams(url)) = peer;
+        if args.rate.is_some() || args.backlog.is_some() {
+            if !args.json {
+                eprintln!("{url}: peer skipped (peers run the closed-loop workload only, not --rate or --backlog)");
+            }
+            continue;
+        }
+        if !args.json {
+            eprintln!("{url}: the same workload on the peer's own Rust client");
+        }
+        let result = match peer {
+            Peer::NatsJetStream(url) => nats_baseline::run(url, &args).await,
+            Peer::RedisStreams(url) => redis_streams_baseline::run(url, &args).await,
+        }
+        .with_context(|| format!("the peer baseline on {url}"))?;
+        report.results.push(result);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         report.print();
     }
+    write_out(args.out.as_deref(), &report)?;
+    Ok(())
+}
+
+/// `--out DIR`: the report as JSON and, when backends were measured, as a chart.
+fn write_out(dir: Option<&std::path::Path>, report: &Report) -> anyhow::Result<()> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = dir.join("bench.json");
+    let text = serde_json::to_string_pretty(report)? + "\n";
+    std::fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
+    eprintln!("wrote {}", json.display());
+    let svg = dir.join("bench.svg");
+    if report.results.is_empty() {
+        eprintln!(
+            "no end-to-end results to chart: {} not written",
+            svg.display()
+        );
+        return Ok(());
+    }
+    chart::write(report, &svg)?;
+    eprintln!("wrote {}", svg.display());
     Ok(())
 }
 

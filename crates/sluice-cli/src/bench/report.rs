@@ -26,6 +26,8 @@ pub(crate) struct Report {
     pub(crate) rate: Option<u64>,
     /// The backlog filled before consuming, if any.
     pub(crate) backlog: Option<u64>,
+    /// Rate sweeps (`--sweep`).
+    pub(crate) sweeps: Vec<super::sweep::SweepResult>,
 }
 
 impl Report {
@@ -40,6 +42,7 @@ impl Report {
             recovery: Vec::new(),
             rate: args.rate,
             backlog: args.backlog,
+            sweeps: Vec::new(),
         }
     }
 
@@ -66,6 +69,29 @@ impl Report {
                 if r.cold_cache { "cold" } else { "warm" }
             );
         }
+        for sweep in &self.sweeps {
+            println!("\nsweep of {}:", sweep.url);
+            println!(
+                "{:>12} {:>12} {:>16} {:>18}  kept up",
+                "offered/s", "delivered/s", "publish p99 ms", "end-to-end p99 ms"
+            );
+            for s in &sweep.steps {
+                println!(
+                    "{:>12} {:>12.0} {:>16.2} {:>18.2}  {}",
+                    s.offered,
+                    s.achieved,
+                    s.publish_p99_us as f64 / 1000.0,
+                    s.end_to_end_p99_us as f64 / 1000.0,
+                    if s.sustained { "yes" } else { "no" }
+                );
+            }
+            match sweep.max_sustainable {
+                Some(rate) => println!(
+                    "highest rate sustained: {rate} msg/s (≥ 90 % delivered, end-to-end p99 < 1 s)"
+                ),
+                None => println!("no rate tried was sustained"),
+            }
+        }
         if let Some(d) = &self.disk {
             println!(
                 "disk (append + fdatasync every {} records): {:.0} records/s, {:.0} syncs/s, sync p50 {} µs, p99 {} µs",
@@ -76,31 +102,41 @@ impl Report {
             return;
         }
         println!(
-            "\n{:<28} {:>10} {:>8} {:>9} {:>22} {:>24} {:>9}",
+            "\n{:<28} {:>10} {:>8} {:>9} {:>22} {:>24} {:>12} {:>11}",
             "backend",
             "msg/s",
             "MiB/s",
             "vs disk",
             "publish p50/p99/p99.9",
             "end-to-end p50/p99/p99.9",
-            "peak RSS"
+            "broker CPU",
+            "broker RSS"
         );
         for r in &self.results {
             let ratio = self.disk.as_ref().map_or("-".to_owned(), |d| {
                 format!("{:.0} %", 100.0 * r.messages_per_sec / d.records_per_sec)
             });
+            // CPU per message makes brokers comparable whatever their throughput.
+            let cpu = r.broker_cpu_seconds.map_or("-".to_owned(), |c| {
+                format!("{:.1} µs/msg", 1e6 * c / r.messages.max(1) as f64)
+            });
+            let rss = r
+                .broker_peak_rss_kib
+                .map_or("-".to_owned(), |k| format!("{} MiB", k / 1024));
             println!(
-                "{:<28} {:>10.0} {:>8.1} {:>9} {:>22} {:>24} {:>6} MiB",
+                "{:<28} {:>10.0} {:>8.1} {:>9} {:>22} {:>24} {:>12} {:>11}",
                 truncate(&r.url, 28),
                 r.messages_per_sec,
                 r.mib_per_sec,
                 ratio,
                 format_us(r.publish_us),
                 format_us(r.end_to_end_us),
-                r.peak_rss_kib / 1024
+                cpu,
+                rss
             );
         }
-        println!("\nlatencies in ms; 'vs disk' = end-to-end messages/s ÷ the disk's records/s at the same batch size");
+        println!("\nlatencies in ms; 'vs disk' = end-to-end messages/s ÷ the disk's records/s at the same batch size;");
+        println!("broker CPU and RSS where the bench runs or started the broker (in-process brokers include the client; '-': a broker the bench did not start)");
         // `sluice serve` against the engine in-process, when both ran.
         let in_process = self.results.iter().find(|r| r.backend == "embedded");
         for served in self.results.iter().filter(|r| r.backend == "sluice") {
@@ -120,6 +156,23 @@ impl Report {
                     pair[0].url,
                     100.0 * pair[0].messages_per_sec / pair[1].messages_per_sec
                 );
+            }
+        }
+        // The embedded engine against the peers run on their own clients (`--peer`), with
+        // the goals of PERF.md.
+        let peers = [
+            ("nats-jetstream", "NATS JetStream's", 300),
+            ("redis-streams", "Redis Streams'", 200),
+        ];
+        for local in self.results.iter().filter(|r| r.backend == "embedded") {
+            for (backend, name, goal) in peers {
+                if let Some(peer) = self.results.iter().find(|r| r.backend == backend) {
+                    println!(
+                        "{} reaches {:.0} % of {name} throughput in the same run (goal: at least {goal} %)",
+                        local.url,
+                        100.0 * local.messages_per_sec / peer.messages_per_sec
+                    );
+                }
             }
         }
     }

@@ -36,6 +36,12 @@ pub(crate) struct BackendResult {
     /// Peak resident memory of this process so far (KiB; the broker is in-process for
     /// `embedded:` and `memory:`).
     pub(crate) peak_rss_kib: u64,
+    /// CPU time (user + system) the broker process spent in the measured round, where the
+    /// bench can see it: this process for in-process brokers (client included), the
+    /// `sluice serve` child for `serve:` URLs; `None` for brokers the bench did not start.
+    pub(crate) broker_cpu_seconds: Option<f64>,
+    /// Peak resident memory of the broker process (KiB), where the bench started it.
+    pub(crate) broker_peak_rss_kib: Option<u64>,
 }
 
 impl BackendResult {
@@ -56,21 +62,34 @@ impl BackendResult {
             mib_per_sec: (total as f64 * size as f64) / seconds / (1024.0 * 1024.0),
             publish_us: percentiles(publish),
             end_to_end_us: percentiles(end_to_end),
-            peak_rss_kib: peak_rss_kib(),
+            peak_rss_kib: peak_rss_kib("self").unwrap_or(0),
+            broker_cpu_seconds: None,
+            broker_peak_rss_kib: None,
         }
     }
 }
 
-/// The process's peak resident set size (`VmHWM`), in KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A process's peak resident set size (`VmHWM`), in KiB: `pid` is a number or `self`.
+pub(crate) fn peak_rss_kib(pid: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("VmHWM:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
-        .unwrap_or(0)
+}
+
+/// A process's CPU time so far (user + system, from `/proc/PID/stat`), in seconds.
+pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // The kernel's USER_HZ: 100 on every Linux Sluice runs on.
+    Some(ticks as f64 / 100.0)
 }
 
 const HEADER: &str = "bench-t";
@@ -128,7 +147,18 @@ fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
     ]
 }
 
+/// Runs the workload against `url`.
 pub(crate) async fn run(url: &str, args: &BenchArgs) -> anyhow::Result<BackendResult> {
+    run_with(url, args, None).await
+}
+
+/// Runs the workload against `url`; `broker_pid` is the broker's process when the bench
+/// started it (its CPU time in the measured round and peak memory are reported).
+pub(crate) async fn run_with(
+    url: &str,
+    args: &BenchArgs,
+    broker_pid: Option<&str>,
+) -> anyhow::Result<BackendResult> {
     let backend = sluice::connect(url).await?;
     let suffix = uuid_suffix();
     let topic = TopicName::new(format!("bench-{suffix}"))?;
@@ -150,23 +180,43 @@ pub(crate) async fn run(url: &str, args: &BenchArgs) -> anyhow::Result<BackendRe
         subscribers.push(Arc::new(backend.subscribe(&subscription).await?));
     }
     let clients = (&backend, &topic, subscribers.as_slice());
-    round(clients, args, warmup, origin, false).await?;
-    let total = args.backlog.unwrap_or(args.messages);
+    round(clients, args, Amount::Messages(warmup), origin, false).await?;
+    let amount = match (args.backlog, args.duration) {
+        (Some(n), _) => Amount::Messages(n),
+        (None, Some(d)) => Amount::For(d),
+        (None, None) => Amount::Messages(args.messages),
+    };
+    let pid = broker_pid.unwrap_or("self");
+    let cpu_before = cpu_seconds(pid);
     // With --backlog: fill first, with nobody consuming; then time the drain alone.
-    let (publish, end_to_end, seconds) =
-        round(clients, args, total, origin, args.backlog.is_some()).await?;
+    let (publish, end_to_end, total, seconds) =
+        round(clients, args, amount, origin, args.backlog.is_some()).await?;
+    let cpu = cpu_seconds(pid).zip(cpu_before).map(|(a, b)| a - b);
     for subscriber in &subscribers {
         subscriber.close().await?;
     }
 
     let _ = backend.delete_topic(&topic).await;
-    Ok(BackendResult::new(
+    let name = backend.capabilities().backend.to_owned();
+    let mut result = BackendResult::new(
         url.to_owned(),
-        backend.capabilities().backend.to_owned(),
+        name.clone(),
         (total, args.size, seconds),
         &publish,
         &end_to_end,
-    ))
+    );
+    if broker_pid.is_some() || matches!(name.as_str(), "embedded" | "memory") {
+        result.broker_cpu_seconds = cpu;
+        result.broker_peak_rss_kib = peak_rss_kib(pid);
+    }
+    Ok(result)
+}
+
+/// How much a round publishes: a number of messages, or for a time (`--duration`).
+#[derive(Debug, Clone, Copy)]
+enum Amount {
+    Messages(u64),
+    For(Duration),
 }
 
 fn uuid_suffix() -> String {
@@ -176,25 +226,33 @@ fn uuid_suffix() -> String {
     format!("{:08x}{:04x}", nanos, std::process::id() & 0xffff)
 }
 
-/// Publishes `total` messages and waits until all are acked. Returns the publish and
-/// end-to-end latency histograms and the measured seconds (the whole round, or with
-/// `fill_first` only the drain after every message was published).
+/// Publishes `amount` and waits until every message published is acked. Returns the
+/// publish and end-to-end latency histograms, the messages published and the measured
+/// seconds (the whole round, or with `fill_first` only the drain after every message was
+/// published).
 async fn round(
     (backend, topic, subscribers): (&DynBackend, &TopicName, &[Arc<DynSubscriber>]),
     args: &BenchArgs,
-    total: u64,
+    amount: Amount,
     origin: Instant,
     fill_first: bool,
-) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, f64)> {
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, u64, f64)> {
     let started = Instant::now();
     let acked = Arc::new(AtomicU64::new(0));
+    // What the consumers wait for: known up front for a number of messages, set when the
+    // producers are done for a duration.
+    let target = Arc::new(AtomicU64::new(match amount {
+        Amount::Messages(n) => n,
+        Amount::For(_) => u64::MAX,
+    }));
     let mut consumers = Vec::new();
     let start_consumers = |consumers: &mut Vec<_>| -> anyhow::Result<()> {
         for subscriber in subscribers {
-            let (subscriber, acked) = (Arc::clone(subscriber), acked.clone());
+            let (subscriber, acked, target) =
+                (Arc::clone(subscriber), acked.clone(), target.clone());
             let batch = args.batch;
             consumers.push(tokio::spawn(consume(
-                subscriber, batch, total, acked, origin,
+                subscriber, batch, target, acked, origin,
             )));
         }
         Ok(())
@@ -206,11 +264,18 @@ async fn round(
     let mut producers = Vec::new();
     let producer_count = args.producers.max(1) as u64;
     for p in 0..producer_count {
-        let share = share(total, producer_count, p);
-        let publisher = backend.publisher().await?;
         let rate = args
             .rate
             .map(|r| (r as f64 / producer_count as f64).max(0.001));
+        let share = match amount {
+            Amount::Messages(total) => Amount::Messages(share(total, producer_count, p)),
+            // Open loop for a time: the schedule's count over the duration.
+            Amount::For(d) => match rate {
+                Some(rate) => Amount::Messages((rate * d.as_secs_f64()).ceil() as u64),
+                None => Amount::For(d),
+            },
+        };
+        let publisher = backend.publisher().await?;
         producers.push(tokio::spawn(produce(
             publisher,
             topic.clone(),
@@ -221,7 +286,14 @@ async fn round(
             rate,
         )));
     }
-    let publish = merged(producers).await?;
+    let mut publish = histogram();
+    let mut total = 0;
+    for producer in producers {
+        let (latency, sent) = producer.await??;
+        publish.add(latency)?;
+        total += sent;
+    }
+    target.store(total, Ordering::Relaxed);
     let drain_started = Instant::now();
     if fill_first {
         start_consumers(&mut consumers)?;
@@ -232,24 +304,31 @@ async fn round(
     } else {
         started.elapsed()
     };
-    Ok((publish, end_to_end, seconds.as_secs_f64()))
+    Ok((publish, end_to_end, total, seconds.as_secs_f64()))
 }
 
+/// One producer: `amount` in batches (or, with `rate`, open loop); returns the confirm
+/// latencies and how many messages it published.
 async fn produce(
     publisher: DynPublisher,
     topic: TopicName,
-    count: u64,
+    amount: Amount,
     batch: usize,
     payload: Bytes,
     origin: Instant,
     rate: Option<f64>,
-) -> anyhow::Result<Histogram<u64>> {
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let (count, until) = match amount {
+        Amount::Messages(n) => (n, None),
+        Amount::For(d) => (u64::MAX, Some(Instant::now() + d)),
+    };
     if let Some(rate) = rate {
-        return produce_at_rate(publisher, topic, count, payload, origin, rate).await;
+        let latency = produce_at_rate(publisher, topic, count, payload, origin, rate).await?;
+        return Ok((latency, count));
     }
     let mut latency = histogram();
     let mut sent = 0u64;
-    while sent < count {
+    while sent < count && until.is_none_or(|t| Instant::now() < t) {
         let n = (count - sent).min(batch as u64);
         let t = origin.elapsed().as_micros().to_string();
         let messages: Vec<Message> = (0..n)
@@ -266,7 +345,7 @@ async fn produce(
         latency.record(began.elapsed().as_micros() as u64)?;
         sent += n;
     }
-    Ok(latency)
+    Ok((latency, sent))
 }
 
 /// Open loop: one message every `1/rate` s on a fixed schedule, each publish on its own
@@ -310,12 +389,12 @@ async fn produce_at_rate(
 async fn consume(
     subscriber: Arc<DynSubscriber>,
     batch: usize,
-    total: u64,
+    target: Arc<AtomicU64>,
     acked: Arc<AtomicU64>,
     origin: Instant,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut latency = histogram();
-    while acked.load(Ordering::Relaxed) < total {
+    while acked.load(Ordering::Relaxed) < target.load(Ordering::Relaxed) {
         let deliveries = subscriber.receive(batch, Duration::from_millis(50)).await?;
         if deliveries.is_empty() {
             continue;
