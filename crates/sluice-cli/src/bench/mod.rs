@@ -37,6 +37,11 @@ pub(crate) struct BenchArgs {
     /// the default loopback ports of RabbitMQ, Kafka, SQS (an emulator), NATS and Redis.
     #[arg(long)]
     all: bool,
+    /// With `--all`, leave these out: `amqp`, `kafka`, `sqs`, `nats`, `redis`, `serve`
+    /// (repeat, or separate with commas), e.g. `--except sqs` where the emulator's hundred
+    /// messages a second would make the run long.
+    #[arg(long, value_delimiter = ',', requires = "all")]
+    except: Vec<String>,
     /// A short profile (400 messages, 1 producer, 1 consumer, batch 20, a 200 ms disk
     /// baseline): to check that everything runs, not to compare figures.
     #[arg(long)]

@@ -23,9 +23,19 @@ fn answers(addr: &str) -> bool {
 /// skipped.
 pub(crate) fn discover(args: &mut BenchArgs, dir: &Path) -> Vec<String> {
     let mut notes = Vec::new();
+    let except = args.except.clone();
+    let left_out = |url: &str| {
+        except
+            .iter()
+            .any(|e| url.starts_with(&format!("{}:", e.trim())))
+    };
     let embedded = format!("embedded:{}", dir.join("embedded").display());
     let served = format!("serve:{}", dir.join("served").display());
     for url in [embedded, served] {
+        if left_out(&url) {
+            notes.push(format!("left out {url} (--except)"));
+            continue;
+        }
         notes.push(format!("found {url}"));
         args.urls.push(url);
     }
@@ -46,7 +56,9 @@ pub(crate) fn discover(args: &mut BenchArgs, dir: &Path) -> Vec<String> {
         if args.urls.iter().any(|u| u == url) {
             continue;
         }
-        if answers(addr) {
+        if left_out(url) {
+            notes.push(format!("left out {name} (--except)"));
+        } else if answers(addr) {
             notes.push(format!("found {name}: {url}"));
             args.urls.push(url.to_owned());
         } else {
@@ -58,7 +70,9 @@ pub(crate) fn discover(args: &mut BenchArgs, dir: &Path) -> Vec<String> {
         ("127.0.0.1:6379", "redis://127.0.0.1:6379", "Redis Streams"),
     ];
     for (addr, url, name) in peers {
-        if answers(addr) {
+        if left_out(url) {
+            notes.push(format!("left out peer {name} (--except)"));
+        } else if answers(addr) {
             notes.push(format!("found peer {name}: {url}"));
             if let Ok(peer) = Peer::parse(url) {
                 args.peers.push(peer);

@@ -149,18 +149,35 @@ impl Report {
                 );
             }
         }
+        // Sluice over a broker against the raw client loop run right after it.
+        let raw = [
+            ("lapin", "raw lapin's", " (goal: at least 90 %)"),
+            ("rdkafka", "raw rdkafka's", " (goal: at least 90 %)"),
+            ("aws-sdk", "the raw AWS SDK's", ""),
+        ];
         for pair in self.results.windows(2) {
-            if pair[1].backend == "lapin" {
-                println!(
-                    "{} reaches {:.0} % of raw lapin's throughput on the same broker (goal: at least 90 %)",
-                    pair[0].url,
-                    100.0 * pair[0].messages_per_sec / pair[1].messages_per_sec
-                );
+            for (backend, name, goal) in raw {
+                if pair[1].backend == backend {
+                    println!(
+                        "{} reaches {:.0} % of {name} throughput on the same broker{goal}",
+                        pair[0].url,
+                        100.0 * pair[0].messages_per_sec / pair[1].messages_per_sec
+                    );
+                }
             }
         }
-        // The embedded engine against the peers run on their own clients (`--peer`), with
-        // the goals of PERF.md.
+        // The embedded engine against the disk and the peers run on their own clients
+        // (RabbitMQ's quorum queue is the raw lapin loop), with the goals of PERF.md.
+        if let (Some(local), Some(d)) = (in_process, &self.disk) {
+            println!(
+                "{} reaches {:.0} % of the disk's append + fdatasync limit at batch {} (goal: at least 50 %)",
+                local.url,
+                100.0 * local.messages_per_sec / d.records_per_sec,
+                d.batch
+            );
+        }
         let peers = [
+            ("lapin", "RabbitMQ's quorum queue (raw lapin)", 800),
             ("nats-jetstream", "NATS JetStream's", 300),
             ("redis-streams", "Redis Streams'", 200),
         ];
