@@ -53,7 +53,9 @@ impl Report {
             self.producers,
             self.consumers,
             self.batch,
+            // A sweep's starting rate is not the load of the run.
             self.rate
+                .filter(|_| self.sweeps.is_empty())
                 .map_or(String::new(), |r| format!(", open loop at {r} msg/s")),
             self.backlog
                 .map_or(String::new(), |n| format!(", draining a backlog of {n}"))

@@ -62,6 +62,6 @@ pub(crate) async fn run(dir: &str, args: &BenchArgs) -> anyhow::Result<BackendRe
         let _ = child.kill().await;
     }
     let mut result = result?;
-    result.url = format!("serve:{dir} ({url})");
+    result.url = format!("serve:{dir}");
     Ok(result)
 }
