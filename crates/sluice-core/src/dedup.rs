@@ -100,6 +100,37 @@ pub fn in_progress_error(topic: &str, id: &str, remaining: Duration) -> Error {
     )
 }
 
+impl DedupClaim {
+    /// What a publish does with this answer, for a backend that emulates the window:
+    /// `Some` claim to publish under (then confirm or release it), `None` for a duplicate,
+    /// and for another publish in progress the retryable [`in_progress_error`] naming
+    /// `topic`. `store`, `key` and `spawn_release` make the [`PendingClaim`]: the store
+    /// answered, the name it keeps the topic's claims under, the backend's spawner.
+    ///
+    /// # Errors
+    /// [`in_progress_error`] for [`DedupClaim::InProgress`].
+    pub fn into_pending(
+        self,
+        store: &Arc<dyn DedupStore>,
+        key: String,
+        topic: &str,
+        id: &str,
+        spawn_release: SpawnRelease,
+    ) -> Result<Option<PendingClaim>> {
+        match self {
+            DedupClaim::Claimed(token) => Ok(Some(PendingClaim::new(
+                Arc::clone(store),
+                key,
+                id,
+                token,
+                spawn_release,
+            ))),
+            DedupClaim::Duplicate => Ok(None),
+            DedupClaim::InProgress { remaining } => Err(in_progress_error(topic, id, remaining)),
+        }
+    }
+}
+
 /// Runs the release of a [`PendingClaim`] dropped before it settled. The backend gives one
 /// that spawns the future on its runtime (the drop cannot await it); one that drops the
 /// future (no runtime at hand) leaves the claim to end after its pending time.

@@ -12,10 +12,9 @@
 //! - A publish dropped between claim and outcome releases its claim on the running tokio
 //!   runtime ([`spawn_release`]); with none running, the claim ends after `PENDING_CLAIM`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::dedup::{in_progress_error, DedupClaim, PendingClaim, PENDING_CLAIM};
+use sluice_core::dedup::{PendingClaim, PENDING_CLAIM};
 use sluice_core::idempotency::BoxFuture;
 use sluice_core::{Error, TopicName};
 
@@ -38,19 +37,10 @@ impl Shared {
     ) -> Result<Option<PendingClaim>, Error> {
         let store = &self.options.dedup_store;
         let dedup_topic = self.dedup_topic(topic);
-        match store.claim(&dedup_topic, id, PENDING_CLAIM).await? {
-            DedupClaim::Claimed(token) => Ok(Some(PendingClaim::new(
-                Arc::clone(store),
-                dedup_topic,
-                id,
-                token,
-                spawn_release,
-            ))),
-            DedupClaim::Duplicate => Ok(None),
-            DedupClaim::InProgress { remaining } => {
-                Err(in_progress_error(topic.as_str(), id, remaining))
-            }
-        }
+        store
+            .claim(&dedup_topic, id, PENDING_CLAIM)
+            .await?
+            .into_pending(store, dedup_topic, topic.as_str(), id, spawn_release)
     }
 
     /// Drops every dedup claim of a topic deleted or created again; a failure is logged

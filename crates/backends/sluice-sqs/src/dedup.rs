@@ -15,10 +15,9 @@
 //! - A publish dropped between claim and outcome releases its claim on the running tokio
 //!   runtime ([`spawn_release`]); with none running, the claim ends after `PENDING_CLAIM`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::dedup::{in_progress_error, DedupClaim, PendingClaim, PENDING_CLAIM};
+use sluice_core::dedup::{PendingClaim, PENDING_CLAIM};
 use sluice_core::idempotency::BoxFuture;
 use sluice_core::{Result, TopicName};
 
@@ -47,17 +46,12 @@ impl Shared {
         let store = &self.options.dedup_store;
         let dedup_topic = self.dedup_topic(topic);
         match store.claim(&dedup_topic, id, PENDING_CLAIM).await {
-            Ok(DedupClaim::Claimed(token)) => Ok(Admission::Claimed(PendingClaim::new(
-                Arc::clone(store),
-                dedup_topic,
-                id,
-                token,
-                spawn_release,
-            ))),
-            Ok(DedupClaim::Duplicate) => Ok(Admission::Duplicate),
-            Ok(DedupClaim::InProgress { remaining }) => {
-                Err(in_progress_error(topic.as_str(), id, remaining))
-            }
+            Ok(answer) => Ok(
+                match answer.into_pending(store, dedup_topic, topic.as_str(), id, spawn_release)? {
+                    Some(claim) => Admission::Claimed(claim),
+                    None => Admission::Duplicate,
+                },
+            ),
             Err(err) => {
                 tracing::warn!(%topic, id, %err, "the dedup store could not claim the id: the message is sent anyway (SQS drops a copy itself) and reported published");
                 Ok(Admission::Unknown)

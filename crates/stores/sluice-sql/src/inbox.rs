@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dialect::SqlDatabase;
 use crate::error::db_error;
-use crate::store::millis;
+use crate::store::{millis, spawn_purging};
 
 /// The transactional inbox on one database. Cheap to clone.
 pub struct Inbox<DB: SqlDatabase> {
@@ -154,20 +154,9 @@ impl<DB: SqlDatabase> Inbox<DB> {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let inbox = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                match inbox.purge_expired().await {
-                    Ok(n) if n > 0 => tracing::debug!(removed = n, "inbox cleanup"),
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "inbox cleanup failed"),
-                }
-            }
+        spawn_purging(every, shutdown, "inbox", move || {
+            let inbox = inbox.clone();
+            async move { inbox.purge_expired().await }
         })
     }
 

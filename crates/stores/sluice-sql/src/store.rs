@@ -43,6 +43,35 @@ impl<DB: SqlDatabase> std::fmt::Debug for SqlStore<DB> {
     }
 }
 
+/// Runs `purge` every `every` until `shutdown`, logging what it removed (as `what`
+/// cleanup) or why it failed: the cleanup tasks of the store and the inbox.
+pub(crate) fn spawn_purging<F, Fut>(
+    every: Duration,
+    shutdown: CancellationToken,
+    what: &'static str,
+    mut purge: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match purge().await {
+                Ok(n) if n > 0 => tracing::debug!(removed = n, "{what} cleanup"),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "{what} cleanup failed"),
+            }
+        }
+    })
+}
+
 /// Milliseconds of a duration, saturating (a TTL of `Duration::MAX` is "for ever").
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
@@ -77,20 +106,9 @@ impl<DB: SqlDatabase> SqlStore<DB> {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                match store.purge_expired().await {
-                    Ok(n) if n > 0 => tracing::debug!(removed = n, "idempotency cleanup"),
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "idempotency cleanup failed"),
-                }
-            }
+        spawn_purging(every, shutdown, "idempotency", move || {
+            let store = store.clone();
+            async move { store.purge_expired().await }
         })
     }
 
