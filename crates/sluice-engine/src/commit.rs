@@ -75,6 +75,9 @@ struct LogShared {
     log: Mutex<SegmentedLog>,
     kind: SegmentKind,
     max_body_len: usize,
+    /// Set (under `log`'s lock) when the log's topic or subscription is deleted: appends
+    /// still queued fail with "not found" instead of writing into a removed directory.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for LogHandle {
@@ -95,6 +98,7 @@ impl LogHandle {
                 log: Mutex::new(log),
                 kind,
                 max_body_len,
+                deleted: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -108,6 +112,42 @@ impl LogHandle {
     /// What the log holds.
     pub fn kind(&self) -> SegmentKind {
         self.shared.kind
+    }
+
+    /// Marks the log deleted (its directory is about to be removed): waits for an append in
+    /// progress, then every later append to it fails its batch with "not found" and nothing
+    /// more is written to it. Never poisons the committer.
+    pub fn mark_deleted(&self) {
+        let _log = self.lock();
+        self.shared
+            .deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`LogHandle::mark_deleted`] was called.
+    pub fn is_deleted(&self) -> bool {
+        self.shared
+            .deleted
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The error of an append to a deleted log: its topic or subscription is not found.
+    pub(crate) fn deleted_error(&self) -> Error {
+        let log = self.lock();
+        let dir = log.dir();
+        let name_of = |p: Option<&std::path::Path>| {
+            p.and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        match self.shared.kind {
+            SegmentKind::TopicLog => Error::TopicNotFound {
+                name: name_of(Some(dir)),
+            },
+            SegmentKind::Journal | SegmentKind::Dlq => Error::SubscriptionNotFound {
+                name: name_of(dir.parent()),
+            },
+        }
     }
 
     /// Whether both handles are on the same log.
@@ -363,7 +403,10 @@ impl Committer {
 
     /// Completes everything queued (with `Interval`, syncs what was written) and stops the
     /// flusher. Later submits fail with [`Error::Closed`]. Dropping the committer does this.
-    pub fn close(&mut self) {
+    ///
+    /// Fails with [`Error::Poisoned`] if a write or sync failed, the final sync of
+    /// `SyncMode::Interval` included: then confirmed writes may not be durable.
+    pub fn close(&mut self) -> Result<()> {
         self.shared.lock().closing = true;
         self.shared.work.notify_one();
         if let Some(thread) = self.thread.take() {
@@ -371,12 +414,16 @@ impl Committer {
                 tracing::error!("the flusher thread panicked");
             }
         }
+        match self.poisoned() {
+            Some(cause) => Err(Error::Poisoned { cause }),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        self.close();
+        let _ = self.close();
     }
 }
 

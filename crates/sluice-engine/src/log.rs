@@ -519,10 +519,13 @@ impl SegmentedLog {
         let mut removed = Removed::default();
         let limit = seq.min(self.committed_end);
         while self.segments.len() > 1 && self.segments[0].end <= limit {
-            let segment = self.segments.remove(0);
+            // Unlinked first, forgotten after: a failed removal leaves the log as it was.
+            let segment = &self.segments[0];
             self.storage
                 .remove_file(&segment.path)
                 .context(|| format!("remove {}", segment.path.display()))?;
+            let segment = self.segments.remove(0);
+            *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = None;
             let index = index_path(&self.dir, segment.base);
             match self.storage.remove_file(&index) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -16,6 +16,13 @@ use crate::segment::MAX_BODY_LEN;
 /// Record type byte of a message record.
 pub const MESSAGE_RECORD: u8 = 1;
 
+/// The `type` of a placeholder record ([`MessageRecord::lost`]).
+pub const LOST_TYPE: &str = "sluice.lost";
+/// The id prefix of a placeholder record.
+pub const LOST_ID_PREFIX: &str = "sluice-lost-";
+/// The reserved header of a placeholder record: why the record was lost.
+pub const LOST_HEADER: &str = "sluice-lost";
+
 /// Longest `str` field (its `u16` length; `0xFFFF` marks an absent `opt str`).
 const MAX_STR_LEN: usize = u16::MAX as usize - 1;
 
@@ -60,6 +67,8 @@ pub struct MessageMeta<'a> {
     pub routing_key: Option<&'a str>,
     /// The ordering key.
     pub ordering_key: Option<&'a str>,
+    /// A placeholder for a record that was lost ([`MessageRecord::lost`]): never delivered.
+    pub lost: bool,
 }
 
 fn check_str(what: &'static str, s: &str) -> Result<()> {
@@ -73,6 +82,35 @@ fn check_str(what: &'static str, s: &str) -> Result<()> {
 }
 
 impl MessageRecord {
+    /// A placeholder that takes the offset of a record that was lost (damage quarantined by
+    /// `sluice repair`, or a log tail an OS crash took while a subscription's journal kept
+    /// its acks), so offsets stay dense and are never reused. Dispatch never delivers it
+    /// (it counts as not selected); `reason` says what happened, for an operator reading the
+    /// log.
+    pub fn lost(offset: u64, now_ms: u64, reason: &str) -> Self {
+        let mut reason = reason.to_owned();
+        if reason.len() > 1024 {
+            let mut cut = 1024;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        Self {
+            offset,
+            published_at_ms: now_ms,
+            id: format!("{LOST_ID_PREFIX}{offset}"),
+            message_type: Some(LOST_TYPE.to_owned()),
+            headers: vec![(LOST_HEADER.to_owned(), reason)],
+            ..Self::default()
+        }
+    }
+
+    /// Whether this is a placeholder made by [`MessageRecord::lost`].
+    pub fn is_lost(&self) -> bool {
+        self.message_type.as_deref() == Some(LOST_TYPE) && self.id.starts_with(LOST_ID_PREFIX)
+    }
+
     /// Bytes [`MessageRecord::encode`] produces.
     pub fn encoded_len(&self) -> usize {
         let opt = |s: &Option<String>| 2 + s.as_ref().map_or(0, String::len);
@@ -196,7 +234,7 @@ fn decode_head<'a>(d: &mut Decoder<'a>) -> Result<(u64, u64, u64, &'a str), Code
 pub fn decode_meta(body: &[u8]) -> Result<MessageMeta<'_>> {
     let mut d = Decoder::new(body);
     let (offset, published_at_ms, deliver_at_ms, id) = decode_head(&mut d)?;
-    let _message_type = d.opt_str()?;
+    let message_type = d.opt_str()?;
     let routing_key = d.opt_str()?;
     let ordering_key = d.opt_str()?;
     Ok(MessageMeta {
@@ -206,6 +244,7 @@ pub fn decode_meta(body: &[u8]) -> Result<MessageMeta<'_>> {
         id,
         routing_key,
         ordering_key,
+        lost: message_type == Some(LOST_TYPE) && id.starts_with(LOST_ID_PREFIX),
     })
 }
 

@@ -165,38 +165,63 @@ impl Flusher {
         let committed: Vec<Committed> = groups
             .iter()
             .zip(&ranges)
-            .map(|((log, _), range)| {
+            .filter_map(|((log, _), range)| {
+                let range = range.clone()?;
                 log.lock().mark_committed(range.end);
-                Committed {
+                Some(Committed {
                     log: log.clone(),
-                    range: range.clone(),
-                }
+                    range,
+                })
             })
             .collect();
-        let records = ranges.iter().map(|r| r.end - r.start).sum::<u64>();
+        let records = ranges
+            .iter()
+            .flatten()
+            .map(|r| r.end - r.start)
+            .sum::<u64>();
         self.shared.lock().stats.records += records;
         guarded("the on_durable hook", || (self.on_durable)(&committed));
+        let deleted: Vec<Option<LogHandle>> = groups
+            .iter()
+            .zip(&ranges)
+            .map(|((log, _), range)| range.is_none().then(|| log.clone()))
+            .collect();
+        drop(groups);
         let count = batches.len() as u64;
         for (batch, places) in batches.into_iter().zip(placements) {
+            // An append to a log deleted meanwhile fails its batch, not the engine.
             let outcome = places
                 .iter()
-                .map(|p| {
-                    let start = ranges[p.group].start + p.start;
-                    start..start + p.count
+                .map(|p| match &ranges[p.group] {
+                    Some(range) => {
+                        let start = range.start + p.start;
+                        Ok(start..start + p.count)
+                    }
+                    None => Err(deleted[p.group]
+                        .as_ref()
+                        .map_or(Error::Closed, LogHandle::deleted_error)),
                 })
                 .collect();
-            batch.complete(Ok(outcome));
+            batch.complete(outcome);
         }
         self.finish(count);
     }
 
     /// One append per log (one write per segment), then the syncs the mode asks for.
-    fn write_and_sync(&mut self, groups: &[(LogHandle, Vec<&[u8]>)]) -> Result<Vec<Range<u64>>> {
+    /// `None` for a log deleted since its appends were queued: nothing is written to it.
+    fn write_and_sync(
+        &mut self,
+        groups: &[(LogHandle, Vec<&[u8]>)],
+    ) -> Result<Vec<Option<Range<u64>>>> {
         let mut ranges = Vec::with_capacity(groups.len());
         let mut written = Vec::with_capacity(groups.len());
-        for (log, bodies) in groups {
-            let mut log = log.lock();
-            ranges.push(log.append(bodies)?);
+        for (handle, bodies) in groups {
+            let mut log = handle.lock();
+            if handle.is_deleted() {
+                ranges.push(None);
+                continue;
+            }
+            ranges.push(Some(log.append(bodies)?));
             let unsynced = log.take_unsynced();
             if !unsynced.is_empty() {
                 written.push(unsynced);

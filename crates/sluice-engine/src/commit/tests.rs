@@ -282,7 +282,7 @@ fn with_interval_sync_closing_the_committer_syncs_what_was_written() {
     committer
         .commit(vec![(log.clone(), vec![body(0, 0)])])
         .unwrap();
-    committer.close();
+    let _ = committer.close();
     drop(log);
     storage.inner().crash();
     let reopened = open(&dyn_storage, "t");

@@ -64,6 +64,100 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Ids claimed by publishes not yet committed, each with the publishes (and their outcome
+/// slots) waiting for its outcome.
+pub(crate) type PendingIds =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<(JoinHandle, usize)>>>>;
+
+type JoinHandle = std::sync::Arc<Join>;
+
+/// The outcomes of one publish call, gathered from its own batch and from the publishes of
+/// the same ids it waits for; `done` runs once every part arrived (or at once with the
+/// batch's error).
+pub(crate) struct Join {
+    inner: std::sync::Mutex<JoinState>,
+}
+
+struct JoinState {
+    outcomes: Vec<Option<Result<Published>>>,
+    /// Parts still to arrive; `None` until the publish knows how many there are.
+    remaining: Option<usize>,
+    done: Option<Completion<Vec<Result<Published>>>>,
+}
+
+impl Join {
+    fn new(len: usize, done: Completion<Vec<Result<Published>>>) -> JoinHandle {
+        std::sync::Arc::new(Join {
+            inner: std::sync::Mutex::new(JoinState {
+                outcomes: (0..len).map(|_| None).collect(),
+                remaining: None,
+                done: Some(done),
+            }),
+        })
+    }
+
+    fn set(&self, slot: usize, outcome: Result<Published>) {
+        lock(&self.inner).outcomes[slot] = Some(outcome);
+    }
+
+    /// Sets how many parts will arrive. Call it before any of them can arrive (while the
+    /// pending ids are locked); with none, [`Join::arrive`] is not called and
+    /// [`Join::finish`] completes the call.
+    fn expect(&self, parts: usize) {
+        lock(&self.inner).remaining = Some(parts);
+    }
+
+    /// One part arrived.
+    fn arrive(&self) {
+        let mut state = lock(&self.inner);
+        state.remaining = state.remaining.map(|n| n.saturating_sub(1));
+        Self::finish_if_done(state);
+    }
+
+    /// Completes the call if nothing is left to arrive.
+    fn finish(&self) {
+        Self::finish_if_done(lock(&self.inner));
+    }
+
+    fn finish_if_done(mut state: std::sync::MutexGuard<'_, JoinState>) {
+        if state.remaining != Some(0) {
+            return;
+        }
+        let Some(done) = state.done.take() else {
+            return;
+        };
+        let outcomes = std::mem::take(&mut state.outcomes)
+            .into_iter()
+            .map(|o| o.unwrap_or(Err(Error::Closed)))
+            .collect();
+        drop(state);
+        done(Ok(outcomes));
+    }
+
+    /// The call's own batch failed: the whole call fails now.
+    fn fail(&self, err: Error) {
+        let done = lock(&self.inner).done.take();
+        if let Some(done) = done {
+            done(Err(err));
+        }
+    }
+}
+
+/// The same failure, for a second caller.
+fn copy_error(err: &Error) -> Error {
+    match err {
+        Error::Poisoned { cause } => Error::Poisoned {
+            cause: cause.clone(),
+        },
+        Error::Closed => Error::Closed,
+        Error::TopicNotFound { name } => Error::topic_not_found(name),
+        other => Error::io(
+            "the publish of the same id this one waited for failed",
+            std::io::Error::other(other.to_string()),
+        ),
+    }
+}
+
 fn state_error(err: StateError) -> Error {
     match err {
         StateError::LeaseLost { message } => Error::LeaseLost {
@@ -129,62 +223,89 @@ impl Engine {
             drop(t);
             return done(Err(Error::topic_not_found(topic)));
         }
-        let mut outcomes: Vec<Option<Result<Published>>> = Vec::with_capacity(encoded.len());
+        let join = Join::new(encoded.len(), done);
         let mut bodies = Vec::with_capacity(encoded.len());
+        // Slot in the outcomes of each body submitted, and the ids this publish claims.
+        let mut stored_slots = Vec::with_capacity(encoded.len());
         let mut claims = Vec::new();
-        for (id, body) in encoded {
-            if let Some(window) = window {
-                if t.dedup.contains(&id, now, window) {
-                    outcomes.push(Some(Ok(Published::Duplicate)));
-                    continue;
-                }
-            }
-            match body {
-                Ok(body) => {
-                    if window.is_some() {
-                        t.dedup.insert(&id, now);
-                        claims.push((topic.to_owned(), id, now));
+        let mut waits = 0;
+        {
+            let pending_ids = t.pending.clone();
+            let mut pending = lock(&pending_ids);
+            for (slot, (id, body)) in encoded.into_iter().enumerate() {
+                if let Some(window) = window {
+                    if let Some(waiters) = pending.get_mut(&id) {
+                        // Claimed by a publish not yet committed: its outcome decides.
+                        waiters.push((join.clone(), slot));
+                        waits += 1;
+                        continue;
                     }
-                    bodies.push(body);
-                    outcomes.push(None);
+                    if t.dedup.contains(&id, now, window) {
+                        join.set(slot, Ok(Published::Duplicate));
+                        continue;
+                    }
                 }
-                Err(err) => outcomes.push(Some(Err(err))),
+                match body {
+                    Ok(body) => {
+                        if window.is_some() {
+                            pending.insert(id.clone(), Vec::new());
+                            claims.push(id);
+                        }
+                        bodies.push(body);
+                        stored_slots.push(slot);
+                    }
+                    Err(err) => join.set(slot, Err(err)),
+                }
             }
+            join.expect(waits + usize::from(!bodies.is_empty()));
         }
         if bodies.is_empty() {
             drop(t);
-            return done(Ok(outcomes
-                .into_iter()
-                .map(|o| o.unwrap_or(Err(Error::Closed)))
-                .collect()));
+            return join.finish();
+        }
+        for id in &claims {
+            t.dedup.insert(id, now);
         }
         let inner = std::sync::Arc::downgrade(&self.inner);
+        let pending = t.pending.clone();
+        let topic_name = topic.to_owned();
         let batch = Batch::new().append(&log, bodies).on_complete(
-            move |result: Result<Vec<Range<u64>>>| match result {
-                Ok(ranges) => {
-                    let mut offsets = ranges.into_iter().next().unwrap_or(0..0);
-                    let outcomes = outcomes
-                        .into_iter()
-                        .map(|o| {
-                            o.unwrap_or_else(|| {
-                                Ok(Published::Stored {
-                                    offset: offsets.next().unwrap_or(0),
-                                })
-                            })
-                        })
-                        .collect();
-                    done(Ok(outcomes));
-                }
-                Err(err) => {
-                    // The publish failed: its ids may be published again.
-                    if let Some(inner) = inner.upgrade() {
-                        inner
-                            .failed_claims
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .extend(claims);
+            move |result: Result<Vec<Range<u64>>>| {
+                // The waiters on this publish's ids learn its outcome.
+                let waiters: Vec<(JoinHandle, usize)> = {
+                    let mut pending = lock(&pending);
+                    claims
+                        .iter()
+                        .flat_map(|id| pending.remove(id).unwrap_or_default())
+                        .collect()
+                };
+                match result {
+                    Ok(ranges) => {
+                        let mut offsets = ranges.into_iter().next().unwrap_or(0..0);
+                        for slot in stored_slots {
+                            let offset = offsets.next().unwrap_or(0);
+                            join.set(slot, Ok(Published::Stored { offset }));
+                        }
+                        join.arrive();
+                        for (waiter, slot) in waiters {
+                            waiter.set(slot, Ok(Published::Duplicate));
+                            waiter.arrive();
+                        }
                     }
-                    done(Err(err));
+                    Err(err) => {
+                        // The publish failed: its ids may be published again (the claims are
+                        // dropped at the next publish to the topic), and the publishes that
+                        // waited for it fail the same way (retrying them publishes).
+                        if let Some(inner) = inner.upgrade() {
+                            lock(&inner.failed_claims)
+                                .extend(claims.into_iter().map(|id| (topic_name.clone(), id, now)));
+                        }
+                        for (waiter, slot) in waiters {
+                            waiter.set(slot, Err(copy_error(&err)));
+                            waiter.arrive();
+                        }
+                        join.fail(err);
+                    }
                 }
             },
         );
@@ -244,10 +365,12 @@ impl Engine {
                 }
             };
             let decoded = decode_meta(&body).ok()?;
-            let matches = matches!(r, Ref::Dlq(_))
-                || pattern
-                    .as_deref()
-                    .is_none_or(|p| filter::matches(p, decoded.routing_key));
+            // A placeholder of a lost record is never delivered (`MessageRecord::lost`).
+            let matches = !decoded.lost
+                && (matches!(r, Ref::Dlq(_))
+                    || pattern
+                        .as_deref()
+                        .is_none_or(|p| filter::matches(p, decoded.routing_key)));
             let meta = Meta {
                 deliver_at_ms: decoded.deliver_at_ms,
                 ordering_key: decoded.ordering_key.map(str::to_owned),
@@ -393,10 +516,16 @@ impl Engine {
         let first_failure = (facts.first_failure_at_ms != 0).then_some(facts.first_failure_at_ms);
         let dead = envelope(facts.attempt, first_failure);
         if !sub.entry.options.dead_letter_queue {
-            tracing::warn!(subscription = name, id = %dead.id, "dead-lettered without a DLQ: the message is dropped");
-            // Settled as dead-lettered at an offset past any real DLQ offset: never read.
-            let phantom = u64::MAX - sub.dlq_next;
-            return match sub.state.dead_lettered(r, phantom) {
+            sub.dropped_without_dlq += 1;
+            tracing::warn!(
+                subscription = name,
+                id = %dead.id,
+                dropped = sub.dropped_without_dlq,
+                reason = dead.headers.iter().find(|(k, _)| k.ends_with("error")).map_or("", |(_, v)| v.as_str()),
+                "dead-lettered without a DLQ: the message is dropped"
+            );
+            // Settled as dead-lettered, with no DLQ offset taken.
+            return match sub.state.dead_lettered(r, crate::subscription::NO_DLQ) {
                 Ok(record) => {
                     self.journal(name, sub, &[record], done);
                     Ok(())
@@ -419,7 +548,9 @@ impl Engine {
         sub.dlq_next += 1;
         sub.journal_next += 1;
         sub.since_checkpoint += 1;
-        // The DLQ record and the journal record commit in one flush.
+        // The DLQ record and the journal record commit in one flush; a crash may keep the
+        // journal record without the DLQ record: replay then ignores it and the message is
+        // delivered again (`open.rs`, docs/durability.md).
         let batch = Batch::new()
             .append(&sub.dlq, vec![body])
             .append(&sub.journal, vec![record.encode()])

@@ -22,9 +22,11 @@
 //! [`EngineOptions::maintenance_interval`]), which `close` stops first.
 
 mod backlog;
+mod checkpoint;
 mod data;
 mod dlq;
 mod maintenance;
+mod open;
 mod retention;
 mod topology;
 
@@ -41,10 +43,11 @@ use crate::dedup::DedupIndex;
 use crate::dir::DataDir;
 use crate::error::{Error, Result};
 use crate::io::{FileStorage, Storage};
-use crate::log::{LogOptions, SegmentedLog};
+use crate::log::LogOptions;
 use crate::record::MessageRecord;
-use crate::segment::SegmentKind;
-use crate::subscription::{JournalPosition, JournalRecord, Ref, SubscriptionState};
+use crate::subscription::{JournalRecord, Ref, SubscriptionState};
+
+pub(crate) use open::{open_subscription, open_topic};
 
 pub use backlog::Backlog;
 pub use data::{Leased, Published};
@@ -180,6 +183,10 @@ impl Topic {
 pub(crate) struct TopicWrites {
     pub(crate) dedup: DedupIndex,
     pub(crate) deleted: bool,
+    /// Ids claimed by a publish that is not committed yet, with the publishes of the same id
+    /// waiting for its outcome (`data.rs`). Its own lock, taken after `writes` or alone (by
+    /// completions, which must never take `writes`).
+    pub(crate) pending: data::PendingIds,
 }
 
 /// What an engine knows about one subscription.
@@ -197,6 +204,10 @@ pub(crate) struct Sub {
     pub(crate) since_checkpoint: u64,
     /// A checkpoint is being written.
     pub(crate) checkpointing: bool,
+    /// Tells this subscription from an earlier one of the same name (delete + re-create).
+    pub(crate) generation: u64,
+    /// Messages dead-lettered without a DLQ (dropped) since the engine opened.
+    pub(crate) dropped_without_dlq: u64,
 }
 
 pub(crate) struct State {
@@ -220,6 +231,8 @@ pub(crate) struct Inner {
     listener: Arc<RwLock<Option<Listener>>>,
     /// Dedup claims of publishes that failed, dropped at the next publish to their topic.
     pub(crate) failed_claims: Mutex<Vec<(String, String, u64)>>,
+    /// Serializes checkpoints (and deletes of subscriptions against them): `checkpoint.rs`.
+    pub(crate) checkpoint_lock: Mutex<()>,
     /// Checkpoint threads started by `journal`, joined by `close`.
     pub(crate) checkpoints: Mutex<Vec<std::thread::JoinHandle<()>>>,
     pub(crate) closed: AtomicBool,
@@ -276,6 +289,7 @@ impl Engine {
             }
             subs.insert(name.clone(), sub);
         }
+        open::fit_topics(&topics, &subs, now)?;
         let publish_index = topics
             .iter()
             .map(|(name, topic): (&String, &Topic)| (name.clone(), topic.publish_handle()))
@@ -307,6 +321,7 @@ impl Engine {
                 publish_index: RwLock::new(publish_index),
                 listener,
                 failed_claims: Mutex::new(Vec::new()),
+                checkpoint_lock: Mutex::new(()),
                 checkpoints: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 any_backlog_bound: AtomicBool::new(any_backlog_bound),
@@ -418,44 +433,6 @@ impl Engine {
         }
     }
 
-    /// Writes a checkpoint of subscription `name` and trims its journal before it.
-    pub fn checkpoint(&self, name: &str) -> Result<()> {
-        let (body, position, journal) = {
-            let mut state = self.lock();
-            let Some(sub) = state.subs.get_mut(name) else {
-                return Ok(());
-            };
-            let position = JournalPosition {
-                segment: 0,
-                position: sub.journal_next,
-            };
-            sub.since_checkpoint = 0;
-            (
-                sub.state.checkpoint(position),
-                position,
-                sub.journal.clone(),
-            )
-        };
-        let result = (|| {
-            // Every record the checkpoint includes must be durable before the journal is cut.
-            self.barrier()?;
-            let path = {
-                let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
-                let dir = dir.as_ref().ok_or(Error::Closed)?;
-                let path = dir.checkpoint_path(name)?;
-                dir.write_atomic(&path, &body)?;
-                path
-            };
-            let _ = path;
-            journal.lock().remove_segments_before(position.position)?;
-            Ok(())
-        })();
-        if let Some(sub) = self.lock().subs.get_mut(name) {
-            sub.checkpointing = false;
-        }
-        result
-    }
-
     /// Waits until everything submitted so far is complete (batches complete in submission
     /// order). Fails with [`Error::Poisoned`] or [`Error::Closed`] when the committer refuses
     /// writes. The committer's mutex is not held while waiting, so publishers and verbs (which
@@ -508,14 +485,16 @@ impl Engine {
                 first_error.get_or_insert(err);
             }
         }
-        if let Some(mut committer) = self
+        let committer = self
             .inner
             .committer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            committer.close();
+            .take();
+        if let Some(mut committer) = committer {
+            if let Err(err) = committer.close() {
+                first_error.get_or_insert(err);
+            }
         }
         self.inner
             .dir
@@ -541,113 +520,6 @@ fn batch_closed(batch: Batch) {
     // The committer is gone: complete the batch with `Closed` by submitting it to a
     // committer that refuses everything is not possible, so drop it through its completion.
     batch.fail(Error::Closed);
-}
-
-pub(crate) fn open_topic(
-    dir: &DataDir,
-    options: &EngineOptions,
-    name: &str,
-    topic_options: TopicOptions,
-    now: u64,
-) -> Result<Topic> {
-    let (log, report) = SegmentedLog::open(
-        dir.storage().clone(),
-        dir.topic_dir(name)?,
-        SegmentKind::TopicLog,
-        options.log,
-    )?;
-    if !report.is_clean() {
-        tracing::warn!(topic = name, %report, "recovered the topic log");
-    }
-    let mut dedup = DedupIndex::new();
-    if let Some(window) = topic_options.dedup_window_ms {
-        // Only the segments whose newest message is inside the window hold ids to remember.
-        let horizon = now.saturating_sub(window);
-        let mut from = log.first();
-        for segment in log.segments() {
-            if segment.end == segment.base {
-                continue;
-            }
-            let newest = match log.read(segment.end - 1)? {
-                Some(body) => crate::record::decode_meta(&body)?.published_at_ms,
-                None => 0,
-            };
-            if newest >= horizon {
-                break;
-            }
-            from = segment.end;
-        }
-        let mut iter = log.iter_from(from);
-        while let Some((_, body)) = iter.next_body()? {
-            let meta = crate::record::decode_meta(body)?;
-            if now.saturating_sub(meta.published_at_ms) < window {
-                dedup.insert(meta.id, meta.published_at_ms);
-            }
-        }
-    }
-    Ok(Topic {
-        options: topic_options,
-        log: LogHandle::new(log),
-        writes: Arc::new(Mutex::new(TopicWrites {
-            dedup,
-            deleted: false,
-        })),
-        subscriptions: BTreeSet::new(),
-    })
-}
-
-pub(crate) fn open_subscription(
-    dir: &DataDir,
-    options: &EngineOptions,
-    name: &str,
-    entry: SubscriptionEntry,
-    now: u64,
-) -> Result<Sub> {
-    let storage = dir.storage().clone();
-    let (journal, report) = SegmentedLog::open(
-        storage.clone(),
-        dir.journal_dir(name)?,
-        SegmentKind::Journal,
-        options.log,
-    )?;
-    if !report.is_clean() {
-        tracing::warn!(subscription = name, %report, "recovered the subscription journal");
-    }
-    let (dlq, report) =
-        SegmentedLog::open(storage, dir.dlq_dir(name)?, SegmentKind::Dlq, options.log)?;
-    if !report.is_clean() {
-        tracing::warn!(subscription = name, %report, "recovered the dead-letter log");
-    }
-    let (mut state, from) = match dir.read(&dir.checkpoint_path(name)?)? {
-        Some(body) => {
-            let (state, position) = SubscriptionState::restore(&body)?;
-            (state, position.position)
-        }
-        None => (SubscriptionState::new(entry.start_offset), journal.first()),
-    };
-    let mut replayed = 0u64;
-    {
-        let mut iter = journal.iter_from(from.max(journal.first()));
-        while let Some((_, body)) = iter.next_body()? {
-            let record = JournalRecord::decode(body)?;
-            state.apply(&record);
-            replayed += 1;
-        }
-    }
-    // Tokens of the previous run must never match a new lease.
-    state.start_tokens_at(now.saturating_mul(1000));
-    let journal_next = journal.end();
-    let dlq_next = dlq.end();
-    Ok(Sub {
-        entry,
-        state,
-        journal: LogHandle::new(journal),
-        dlq: LogHandle::new(dlq),
-        dlq_next,
-        journal_next,
-        since_checkpoint: replayed,
-        checkpointing: false,
-    })
 }
 
 /// Reads a message record from `log` at `seq`.

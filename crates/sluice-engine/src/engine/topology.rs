@@ -29,6 +29,12 @@ impl Engine {
         let topic = {
             let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
             let dir = dir.as_ref().ok_or(Error::Closed)?;
+            // A leftover directory of a deleted topic of this name (its removal was cut
+            // short) is not reused: old messages and old dedup ids must not come back.
+            let old = dir.topic_dir(name)?;
+            if self.inner.storage.exists(&old).unwrap_or(false) {
+                dir.remove_dir(&old)?;
+            }
             open_topic(
                 dir,
                 &self.inner.options,
@@ -108,12 +114,14 @@ impl Engine {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
-        // A publish that found the topic before now fails instead of writing to its log.
+        // A publish that found the topic before now fails instead of writing to its log,
+        // and one already queued fails its own batch (not the engine) when it is flushed.
         removed
             .writes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .deleted = true;
+        removed.log.mark_deleted();
         let mut catalog = state.catalog.clone();
         catalog.topics.remove(name);
         self.store_catalog(&catalog)?;
@@ -225,6 +233,12 @@ impl Engine {
     /// Deletes a subscription and its state, journal and DLQ.
     pub fn delete_subscription(&self, name: &str) -> Result<()> {
         self.check_open()?;
+        // A checkpoint in progress finishes first; one started later finds it gone.
+        let _serial = self
+            .inner
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut state = self.lock();
         let sub = state
             .subs
@@ -238,6 +252,8 @@ impl Engine {
         self.store_catalog(&catalog)?;
         state.catalog = catalog;
         drop(state);
+        sub.journal.mark_deleted();
+        sub.dlq.mark_deleted();
         self.wake();
         let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
         let dir = dir.as_ref().ok_or(Error::Closed)?;

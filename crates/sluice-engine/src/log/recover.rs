@@ -3,11 +3,14 @@
 //! Invariants established by [`SegmentedLog::open`]:
 //! - Sealed segments are trusted up to their index footer; a missing or damaged index is
 //!   rebuilt by scanning, and a bad frame found then is [`Error::Corrupt`] (never skipped).
-//! - The active segment is scanned from its header; everything from the first invalid frame
-//!   (bad length or CRC, or an offset that is not dense) to the last non-zero byte of the file
-//!   is zeroed and synced, and reported. So after open the bytes after the last record are
-//!   zero, as the format requires, and a stale frame beyond a lost write can never be taken
-//!   for a record later.
+//! - The active segment is scanned from its header. At the first invalid frame (bad length
+//!   or CRC, or an offset that is not dense) or an early end of records, open first looks for
+//!   valid records after it (for topic logs and DLQs: carrying that offset or a later one).
+//!   If there are any, the log is damaged in the middle, not torn at its end: open fails with
+//!   [`Error::Corrupt`] and changes nothing (`sluice repair` salvages). Otherwise everything
+//!   from there to the last non-zero byte of the file is zeroed and synced, and reported. So
+//!   after open the bytes after the last record are zero, as the format requires, and a
+//!   stale frame beyond a lost write can never be taken for a record later.
 //! - A last segment whose header was never (completely) written and that holds no records is
 //!   a segment creation cut short: it is deleted.
 //! - Recovery reads at most the active segment, whatever the log's size.
@@ -27,7 +30,7 @@ use crate::io::{create_dir_durable, read_all, read_exact_at, Storage, StorageFil
 use crate::record::peek_offset;
 use crate::segment::{
     FrameScanner, HeaderError, ScanEnd, SegmentHeader, SegmentKind, SparseIndex, FORMAT_VERSION,
-    HEADER_LEN,
+    FRAME_HEADER_LEN, HEADER_LEN, MAX_BODY_LEN,
 };
 
 /// Bytes read at a time by recovery.
@@ -294,6 +297,26 @@ impl Opener<'_> {
         let mut buf = scanner.into_buffer();
         let from = segment.end_pos;
         if let Some(dirty_end) = last_non_zero(file.as_ref(), from, capacity, &mut buf)? {
+            // Decide before changing anything: valid records after the bad frame mean the
+            // log is damaged in the middle, not torn at its end.
+            if let Some(later) = self.later_records(file.as_ref(), from, dirty_end, segment.end)? {
+                let what = invalid
+                    .clone()
+                    .unwrap_or_else(|| "an end of records (zeros)".into());
+                return Err(Error::corrupt(
+                    &path,
+                    from,
+                    format!(
+                        "{what} followed by valid records from byte {} ({}); truncating here would \
+                         lose {}. Nothing was changed: check the directory with `sluice check --data DIR` \
+                         and salvage it with `sluice repair --data DIR` (it moves the damaged bytes to \
+                         quarantine/ and keeps every readable record)",
+                        later.position,
+                        later.describe(),
+                        later.lost(self.kind, segment.end),
+                    ),
+                ));
+            }
             let zeros = vec![0u8; RECOVERY_CHUNK];
             let mut pos = from;
             while pos < dirty_end {
@@ -310,6 +333,129 @@ impl Opener<'_> {
             self.report.truncated_at = Some((path, from, reason));
         }
         Ok(segment)
+    }
+}
+
+/// Valid records found after an invalid frame or an early end of records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LaterRecords {
+    /// Byte position of the first of them.
+    pub position: u64,
+    /// How many follow one another from there.
+    pub count: u64,
+    /// Offsets of the first and last of them (topic logs and DLQs).
+    pub offsets: Option<(u64, u64)>,
+}
+
+impl LaterRecords {
+    fn describe(&self) -> String {
+        match self.offsets {
+            Some((first, last)) => format!("{} records, offsets {first} to {last}", self.count),
+            None => format!("{} records", self.count),
+        }
+    }
+
+    /// What truncating at the bad frame (whose record would have sequence `expected`) loses.
+    fn lost(&self, kind: SegmentKind, expected: u64) -> String {
+        match (kind.has_offsets(), self.offsets) {
+            (true, Some((_, last))) => format!("offsets {expected} to {last}"),
+            _ => format!("{} or more journal records", self.count),
+        }
+    }
+}
+
+/// Whether `body` looks like a record this log's kind holds (the cheap test before a CRC).
+fn plausible_body(kind: SegmentKind, body: &[u8], expected: u64) -> bool {
+    match kind {
+        SegmentKind::TopicLog | SegmentKind::Dlq => {
+            peek_offset(body).is_some_and(|offset| offset >= expected)
+        }
+        // Journal record types are 16 to 23 (the CRC decides).
+        SegmentKind::Journal => body.first().is_some_and(|t| (16..=23).contains(t)),
+    }
+}
+
+/// Searches `bytes` (which start at file position `base`) from index `from` for a valid
+/// frame of `kind`; returns its index and length.
+pub(crate) fn find_frame(
+    kind: SegmentKind,
+    bytes: &[u8],
+    from: usize,
+    expected: u64,
+) -> Option<(usize, usize)> {
+    let header = FRAME_HEADER_LEN as usize;
+    let mut at = from;
+    while at + header < bytes.len() {
+        let len = crate::segment::le_u32(&bytes[at..]) as usize;
+        if len != 0 && len <= MAX_BODY_LEN && at + header + len <= bytes.len() {
+            let body = &bytes[at + header..at + header + len];
+            let crc = crate::segment::le_u32(&bytes[at + 4..]);
+            if plausible_body(kind, body, expected) && crc32c::crc32c(body) == crc {
+                return Some((at, header + len));
+            }
+        }
+        at += 1;
+    }
+    None
+}
+
+/// The valid records that follow one another from index `at` of `bytes`.
+pub(crate) fn run_of_frames(
+    kind: SegmentKind,
+    bytes: &[u8],
+    mut at: usize,
+) -> (u64, Option<(u64, u64)>, usize) {
+    let header = FRAME_HEADER_LEN as usize;
+    let (mut count, mut first, mut last) = (0u64, None, None);
+    while at + header <= bytes.len() {
+        let len = crate::segment::le_u32(&bytes[at..]) as usize;
+        if len == 0 || len > MAX_BODY_LEN || at + header + len > bytes.len() {
+            break;
+        }
+        let body = &bytes[at + header..at + header + len];
+        if crc32c::crc32c(body) != crate::segment::le_u32(&bytes[at + 4..]) {
+            break;
+        }
+        if kind.has_offsets() {
+            let Some(offset) = peek_offset(body) else {
+                break;
+            };
+            if last.is_some_and(|l: u64| offset != l + 1) {
+                break;
+            }
+            first.get_or_insert(offset);
+            last = Some(offset);
+        }
+        count += 1;
+        at += header + len;
+    }
+    (count, first.zip(last), at)
+}
+
+impl Opener<'_> {
+    /// Valid records of this log in `from..to` of `file` after the first byte (the bad frame
+    /// at `from` is not one): for topic logs and DLQs, records carrying the offset `expected`
+    /// or a later one; for journals, any valid journal record.
+    fn later_records(
+        &self,
+        file: &dyn StorageFile,
+        from: u64,
+        to: u64,
+        expected: u64,
+    ) -> Result<Option<LaterRecords>> {
+        let len = usize::try_from(to - from)
+            .map_err(|e| Error::io("read segment tail", std::io::Error::other(e)))?;
+        let mut bytes = vec![0u8; len];
+        read_exact_at(file, &mut bytes, from).map_err(|e| Error::io("read segment tail", e))?;
+        let Some((at, _)) = find_frame(self.kind, &bytes, 1, expected) else {
+            return Ok(None);
+        };
+        let (count, offsets, _) = run_of_frames(self.kind, &bytes, at);
+        Ok(Some(LaterRecords {
+            position: from + at as u64,
+            count,
+            offsets,
+        }))
     }
 }
 

@@ -173,7 +173,8 @@ fn given_a_torn_tail_when_reopening_then_recovery_keeps_a_valid_prefix_and_repor
 }
 
 #[test]
-fn given_a_flipped_bit_in_the_active_segment_when_reopening_then_the_log_ends_before_it() {
+fn given_a_flipped_bit_before_the_last_record_of_the_active_segment_when_reopening_then_open_fails_as_corrupt_and_changes_nothing(
+) {
     let storage = Arc::new(MemStorage::new());
     let (mut log, _) = open_topic(&storage, small());
     log.append(&[message(0, 10), message(1, 10), message(2, 10)])
@@ -185,9 +186,39 @@ fn given_a_flipped_bit_in_the_active_segment_when_reopening_then_the_log_ends_be
         storage.corrupt(&seg(DIR, 0), second + 20, &[0xFF]),
         "flip a bit"
     );
+    let before = storage.file_bytes(&seg(DIR, 0)).unwrap();
+    let storage_dyn: Arc<dyn Storage> = storage.clone();
+    let err = SegmentedLog::open(storage_dyn, DIR, SegmentKind::TopicLog, small()).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, Error::Corrupt { position, .. } if position == second),
+        "the bad frame's byte is named: {message}"
+    );
+    assert!(
+        message.contains("offsets 1 to 2") && message.contains("sluice repair"),
+        "it says what would be lost and what to do: {message}"
+    );
+    assert_eq!(
+        storage.file_bytes(&seg(DIR, 0)).unwrap(),
+        before,
+        "no evidence is destroyed"
+    );
+}
+
+#[test]
+fn given_a_flipped_bit_in_the_last_record_of_the_active_segment_when_reopening_then_the_log_ends_before_it(
+) {
+    let storage = Arc::new(MemStorage::new());
+    let (mut log, _) = open_topic(&storage, small());
+    log.append(&[message(0, 10), message(1, 10), message(2, 10)])
+        .unwrap();
+    log.commit().unwrap();
+    let last = log.segments()[0].bytes - (log.total_bytes() - HEADER_LEN) / 3;
+    drop(log);
+    assert!(storage.corrupt(&seg(DIR, 0), last + 20, &[0xFF]));
     let (log, report) = open_topic(&storage, small());
-    assert_eq!(log.end(), 1, "records from the damaged one on are dropped");
-    assert_eq!(report.after_offset, Some(0), "{report}");
+    assert_eq!(log.end(), 2, "only the torn last record is dropped");
+    assert_eq!(report.after_offset, Some(1), "{report}");
     assert!(
         report
             .truncated_at
@@ -195,7 +226,49 @@ fn given_a_flipped_bit_in_the_active_segment_when_reopening_then_the_log_ends_be
             .is_some_and(|t| t.2.contains("CRC")),
         "the reason is reported: {report:?}"
     );
-    assert!(report.dropped_bytes > 0);
+}
+
+#[test]
+fn given_zeros_in_the_middle_of_the_active_segment_when_reopening_then_open_fails_as_corrupt() {
+    let storage = Arc::new(MemStorage::new());
+    let (mut log, _) = open_topic(&storage, small());
+    log.append(&[message(0, 10), message(1, 10), message(2, 10)])
+        .unwrap();
+    log.commit().unwrap();
+    let second = log.segments()[0].bytes - 2 * (log.total_bytes() - HEADER_LEN) / 3;
+    drop(log);
+    assert!(
+        storage.corrupt(&seg(DIR, 0), second, &[0; 8]),
+        "a zeroed frame header"
+    );
+    let storage_dyn: Arc<dyn Storage> = storage.clone();
+    let err = SegmentedLog::open(storage_dyn, DIR, SegmentKind::TopicLog, small()).unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { .. }),
+        "a hole followed by records is damage, not the end: {err}"
+    );
+}
+
+#[test]
+fn given_a_damaged_journal_record_followed_by_valid_ones_when_reopening_then_open_fails_as_corrupt()
+{
+    let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
+    let (mut log, _) = open_journal(storage.clone()).unwrap();
+    log.append(&[journal_body(1), journal_body(2), journal_body(3)])
+        .unwrap();
+    log.commit().unwrap();
+    drop(log);
+    let mem = storage.clone();
+    let path = seg("/data/j", 0);
+    let bytes = {
+        let f = mem.open(&path, false).unwrap();
+        crate::io::read_all(f.as_ref()).unwrap()
+    };
+    let f = mem.open(&path, false).unwrap();
+    f.write_at(&[bytes[HEADER_LEN as usize + 10] ^ 0x10], HEADER_LEN + 10)
+        .unwrap();
+    f.sync_all().unwrap();
+    assert!(matches!(open_journal(storage), Err(Error::Corrupt { .. })));
 }
 
 #[test]

@@ -14,6 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::ranges::Ranges;
 use super::{JournalRecord, Ref};
 
+/// The DLQ offset a `dead-lettered` record carries when the subscription has no DLQ: the
+/// message is settled (dropped, with a reason in the log) and no DLQ offset is taken. Offsets
+/// at or above [`NO_DLQ_FLOOR`] mean the same (older builds wrote `u64::MAX - n`).
+pub const NO_DLQ: u64 = u64::MAX;
+/// DLQ offsets from here on are "no DLQ" markers, never real offsets.
+pub(crate) const NO_DLQ_FLOOR: u64 = u64::MAX / 2;
+
 /// What the journal knows about one delivered, unsettled message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Delivery {
@@ -134,9 +141,14 @@ impl Durable {
                 dlq_offset,
             } => {
                 self.settle(message);
-                self.dlq_end = self.dlq_end.max(dlq_offset.saturating_add(1));
+                if dlq_offset < NO_DLQ_FLOOR {
+                    self.dlq_end = self.dlq_end.max(dlq_offset + 1);
+                }
             }
             JournalRecord::DlqRemoved { dlq_offset, .. } => {
+                if dlq_offset >= NO_DLQ_FLOOR {
+                    return;
+                }
                 self.dlq_removed
                     .insert(dlq_offset, dlq_offset.saturating_add(1));
                 self.dlq_end = self.dlq_end.max(dlq_offset.saturating_add(1));
@@ -168,6 +180,26 @@ impl Durable {
         for message in gone {
             self.delivered.remove(&message);
         }
+    }
+
+    /// One past the highest topic offset this state says anything about (settled or
+    /// delivered): the topic log must reach at least here.
+    pub(crate) fn topic_reach(&self) -> u64 {
+        let settled = self
+            .settled
+            .ranges()
+            .last()
+            .map_or(self.low_watermark(), |(_, end)| end);
+        let delivered = self
+            .delivered
+            .keys()
+            .filter_map(|r| match r {
+                Ref::Topic(offset) => Some(offset.saturating_add(1)),
+                Ref::Dlq(_) => None,
+            })
+            .max()
+            .unwrap_or(0);
+        settled.max(delivered).max(self.low_watermark())
     }
 
     /// Number of map entries and ranges it holds (memory, for tests and stats).

@@ -95,6 +95,8 @@ mod tests;
 
 use std::fmt;
 
+pub(crate) use checkpoint::CHECKPOINT as CHECKPOINT_RECORD;
+pub use durable::NO_DLQ;
 pub use journal::{JournalRecord, RemovalReason};
 pub use state::{SubscriptionState, DEFAULT_LOOKAHEAD};
 

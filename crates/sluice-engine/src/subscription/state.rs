@@ -164,6 +164,45 @@ impl SubscriptionState {
         }
     }
 
+    /// Replays a committed journal record at open, knowing where the DLQ log ends: a record
+    /// about a DLQ offset the DLQ log does not hold (its append was lost in a crash that kept
+    /// the journal record, or the DLQ log was damaged) is ignored, so a message whose
+    /// dead-letter record was lost is delivered again instead of being settled. Returns
+    /// whether the record was applied. Otherwise as [`apply`](Self::apply).
+    pub fn replay(&mut self, record: &JournalRecord, dlq_log_end: u64) -> bool {
+        let beyond = |offset: u64| (dlq_log_end..super::durable::NO_DLQ_FLOOR).contains(&offset);
+        let ignored = match *record {
+            JournalRecord::DeadLettered { dlq_offset, .. } => beyond(dlq_offset),
+            JournalRecord::DlqRemoved { dlq_offset, .. }
+            | JournalRecord::Redriven { dlq_offset } => beyond(dlq_offset),
+            _ => record
+                .message()
+                .is_some_and(|m| matches!(m, Ref::Dlq(o) if beyond(o))),
+        };
+        if !ignored {
+            self.apply(record);
+        }
+        !ignored
+    }
+
+    /// One past the highest topic offset the durable state says anything about: a topic log
+    /// that ends before it lost records this subscription already saw (see
+    /// `docs/durability.md`).
+    pub fn topic_reach(&self) -> u64 {
+        self.durable.topic_reach()
+    }
+
+    /// Makes the DLQ state fit a DLQ log that ends at `dlq_log_end` after a restore: an end
+    /// left by an older build's "no DLQ" marker is brought back to the log's end. Returns the
+    /// DLQ end the state still needs (more than `dlq_log_end` when a checkpoint knows DLQ
+    /// records the log lost).
+    pub fn fit_dlq(&mut self, dlq_log_end: u64) -> u64 {
+        if self.durable.dlq_end >= super::durable::NO_DLQ_FLOOR {
+            self.durable.dlq_end = dlq_log_end;
+        }
+        self.durable.dlq_end
+    }
+
     /// Drops a settled message from the volatile part.
     fn forget(&mut self, message: Ref) {
         self.unlink(message);

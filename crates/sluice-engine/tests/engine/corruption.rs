@@ -1,5 +1,6 @@
-//! Corruption at rest through [`MemStorage::corrupt`]: a bad record in the active segment is
-//! cut off at reopen and the engine goes on; a bad record in a sealed segment is never
+//! Corruption at rest through [`MemStorage::corrupt`]: a bad last record of the active
+//! segment is a torn tail, cut off at reopen, and the engine goes on; a bad record with valid
+//! records after it is damage: open refuses and changes nothing; a bad record in a sealed segment is never
 //! skipped: open refuses when it has to scan the segment, and otherwise the read fails.
 
 use std::path::{Path, PathBuf};
@@ -44,8 +45,50 @@ fn published(engine: &Engine, count: usize) -> Vec<String> {
 }
 
 #[test]
-fn given_a_flipped_bit_in_the_active_segment_when_reopening_then_the_log_ends_before_the_bad_record_and_the_engine_goes_on(
+fn given_a_flipped_bit_mid_log_in_the_active_segment_when_reopening_then_open_refuses_naming_what_would_be_lost(
 ) {
+    let (storage, clock, engine) = mem_engine();
+    topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
+    published(&engine, 10);
+    let leased = receive(&engine, "billing", 10, 10).unwrap();
+    for lease in &leased {
+        ack(&engine, "billing", lease).unwrap();
+    }
+    let path = flip_record(&storage, &engine, 0, 6);
+    let bad_frame = frame_position(&engine, 0, 6);
+    engine.close().unwrap();
+    let before = storage.file_bytes(&path).unwrap();
+
+    let err = Engine::open(DATA, options(storage.clone(), &clock))
+        .expect_err("valid records after a bad one: damage, not a torn tail");
+    match &err {
+        Error::Corrupt {
+            file,
+            position,
+            reason,
+        } => {
+            assert_eq!(file, &path, "the file is named");
+            assert_eq!(*position, bad_frame, "the byte of the bad frame is named");
+            assert!(
+                reason.contains("offsets 6 to 9"),
+                "what would be lost: {reason}"
+            );
+            assert!(
+                reason.contains("sluice repair"),
+                "what to do next: {reason}"
+            );
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    assert_eq!(
+        storage.file_bytes(&path).unwrap(),
+        before,
+        "nothing is zeroed before a decision"
+    );
+}
+
+#[test]
+fn given_a_torn_last_record_when_reopening_then_the_log_ends_before_it_and_the_engine_goes_on() {
     let (storage, clock, engine) = mem_engine();
     topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
     let ids = published(&engine, 10);
@@ -53,27 +96,66 @@ fn given_a_flipped_bit_in_the_active_segment_when_reopening_then_the_log_ends_be
     for lease in &leased {
         ack(&engine, "billing", lease).unwrap();
     }
-    flip_record(&storage, &engine, 0, 6);
+    flip_record(&storage, &engine, 0, 9);
     engine.close().unwrap();
 
     let engine = Engine::open(DATA, options(storage.clone(), &clock))
-        .expect("the engine opens: the active segment is cut at the first bad record");
+        .expect("the engine opens: nothing valid follows the bad record");
     assert_eq!(
         ids_in_log(&engine, "orders", 20),
-        ids[..6].to_vec(),
+        ids[..9].to_vec(),
         "the records before the bad one are kept"
     );
     assert_eq!(
         publish_ok(&engine, "orders", &["new"]),
-        vec![6],
+        vec![9],
         "the log goes on where the good records end"
     );
-    let mut expected = ids[3..6].to_vec();
+    let mut expected = ids[3..9].to_vec();
     expected.push("new".into());
     assert_eq!(
         drain(&engine, "billing"),
         expected,
         "the subscription goes on after what it acked"
+    );
+}
+
+#[test]
+fn given_a_subscription_that_acked_a_record_the_log_lost_when_reopening_then_new_messages_never_take_its_offset(
+) {
+    let (storage, clock, engine) = mem_engine();
+    topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
+    published(&engine, 10);
+    let leased = receive(&engine, "billing", 10, 10).unwrap();
+    for lease in &leased {
+        ack(&engine, "billing", lease).unwrap();
+    }
+    // The last record is lost (as an OS crash under `sync = interval` can lose a log's
+    // tail while the journal keeps the acks).
+    flip_record(&storage, &engine, 0, 9);
+    engine.close().unwrap();
+
+    let engine = Engine::open(DATA, options(storage.clone(), &clock)).expect("the engine opens");
+    let lost = engine.read("orders", 9).unwrap().expect("offset 9 is kept");
+    assert!(
+        lost.is_lost(),
+        "a placeholder holds the lost offset: {lost:?}"
+    );
+    assert_eq!(
+        publish_ok(&engine, "orders", &["n1", "n2"]),
+        vec![10, 11],
+        "new messages take offsets after every one the subscription settled"
+    );
+    assert_eq!(
+        drain(&engine, "billing"),
+        vec!["n1".to_string(), "n2".to_string()],
+        "the new messages are delivered (and the placeholder is not)"
+    );
+    engine.close().unwrap();
+    let engine = Engine::open(DATA, options(storage, &clock)).expect("reopens cleanly");
+    assert!(
+        drain(&engine, "billing").is_empty(),
+        "acked messages never come back"
     );
 }
 
