@@ -5,6 +5,7 @@ mod backlog;
 mod corruption;
 mod crash;
 mod dedup;
+mod durability;
 mod faults;
 mod model;
 mod retention;

@@ -1,0 +1,328 @@
+//! The promises of docs/durability.md that single scenarios show: dedup answers only after
+//! durability, dead-letters survive any crash order, subscriptions without a DLQ keep sane
+//! counters, checkpoints are checked, deletes never poison the engine.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_engine::catalog::{Start, SubscriptionOptions, TopicOptions};
+use sluice_engine::clock::ManualClock;
+use sluice_engine::engine::{Engine, Published};
+use sluice_engine::io::{FaultyStorage, MemStorage, Storage};
+use sluice_engine::log::segment_path;
+use sluice_engine::record::MessageRecord;
+use sluice_engine::Error;
+
+use crate::support::*;
+
+fn dead_letter(engine: &Engine, subscription: &str, lease: &sluice_engine::engine::Leased) {
+    let record = lease.record.clone();
+    wait(|done| {
+        engine.dead_letter(
+            subscription,
+            lease.r,
+            lease.token,
+            Box::new(move |_attempts, _first| record),
+            done,
+        )
+    })
+    .expect("the dead-letter is confirmed");
+}
+
+#[test]
+fn given_a_publish_not_yet_durable_when_the_same_id_is_published_then_the_duplicate_waits_for_it() {
+    let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
+    let clock = Arc::new(ManualClock::new(T0));
+    let engine = Engine::open(DATA, options(faulty.clone(), &clock)).unwrap();
+    engine
+        .create_topic(
+            "orders",
+            TopicOptions::default().dedup_window_ms(Some(60_000)),
+        )
+        .unwrap();
+    faulty.set_sync_delay(Duration::from_millis(300));
+    let (first_tx, first_rx) = mpsc::channel();
+    engine.publish(
+        "orders",
+        vec![record("order-1")],
+        Box::new(move |r| {
+            let _ = first_tx.send(r);
+        }),
+    );
+    let (second_tx, second_rx) = mpsc::channel();
+    engine.publish(
+        "orders",
+        vec![record("order-1")],
+        Box::new(move |r| {
+            let _ = second_tx.send(r);
+        }),
+    );
+    let first = first_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(first[0], Ok(Published::Stored { offset: 0 })));
+    let second = second_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(second[0], Ok(Published::Duplicate)),
+        "a duplicate once the first is confirmed: {second:?}"
+    );
+    faulty.set_sync_delay(Duration::ZERO);
+}
+
+#[test]
+fn given_the_first_publish_of_an_id_fails_when_a_duplicate_waited_for_it_then_the_duplicate_is_not_confirmed(
+) {
+    let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
+    let clock = Arc::new(ManualClock::new(T0));
+    let engine = Engine::open(DATA, options(faulty.clone(), &clock)).unwrap();
+    engine
+        .create_topic(
+            "orders",
+            TopicOptions::default().dedup_window_ms(Some(60_000)),
+        )
+        .unwrap();
+    faulty.set_sync_delay(Duration::from_millis(300));
+    faulty.fail_nth_sync(1);
+    let (first_tx, first_rx) = mpsc::channel();
+    engine.publish(
+        "orders",
+        vec![record("order-1")],
+        Box::new(move |r| {
+            let _ = first_tx.send(r);
+        }),
+    );
+    let second = publish(&engine, "orders", &["order-1"]);
+    let first = first_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(first.is_err(), "the first publish failed its sync");
+    let confirmed_duplicate =
+        matches!(&second, Ok(outcomes) if matches!(outcomes[0], Ok(Published::Duplicate)));
+    assert!(
+        !confirmed_duplicate,
+        "a duplicate of a publish that failed is never confirmed: {second:?}"
+    );
+}
+
+#[test]
+fn given_a_dead_letter_whose_dlq_record_was_lost_when_reopening_then_the_message_is_delivered_again(
+) {
+    let (storage, clock, engine) = mem_engine();
+    topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
+    publish_ok(&engine, "orders", &["poison"]);
+    let leased = receive(&engine, "billing", 1, 1).unwrap();
+    dead_letter(&engine, "billing", &leased[0]);
+    drop(engine); // a crash: no checkpoint, the journal is replayed
+                  // The journal kept `dead-lettered` but the DLQ record did not survive (unsynced writes
+                  // are lost in any order across files): its frame is torn.
+    let dlq = segment_path(Path::new("/data/subscriptions/billing/dlq"), 0);
+    assert!(
+        storage.corrupt(&dlq, 32 + 20, &[0xEE]),
+        "tear the DLQ record"
+    );
+
+    let engine = Engine::open(DATA, options(storage.clone(), &clock)).unwrap();
+    assert!(engine.dlq_list("billing", 10).unwrap().is_empty());
+    let again = receive(&engine, "billing", 1, 1).unwrap();
+    assert_eq!(again.len(), 1, "the message is not lost: delivered again");
+    assert_eq!(again[0].record.id, "poison");
+    dead_letter(&engine, "billing", &again[0]);
+    engine.close().unwrap();
+
+    // The old `dead-lettered` record names the DLQ offset the new one took: it must not be
+    // replayed against it.
+    let engine = Engine::open(DATA, options(storage, &clock)).unwrap();
+    let ids: Vec<String> = engine
+        .dlq_list("billing", 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, vec!["poison".to_string()], "in the DLQ once");
+    assert!(drain(&engine, "billing").is_empty(), "and settled");
+}
+
+#[test]
+fn given_a_subscription_without_a_dlq_when_dead_lettering_then_counters_and_dlq_tools_stay_sane() {
+    let (storage, clock, engine) = mem_engine();
+    engine
+        .create_topic("orders", TopicOptions::default())
+        .unwrap();
+    let mut options_ = SubscriptionOptions::new("orders");
+    options_.start = Start::Earliest;
+    options_.dead_letter_queue = false;
+    engine.create_subscription("billing", options_).unwrap();
+    publish_ok(&engine, "orders", &["a", "b"]);
+    for lease in receive(&engine, "billing", 1, 2).unwrap() {
+        dead_letter(&engine, "billing", &lease);
+    }
+    let stats = engine.stats("billing").unwrap();
+    assert_eq!(
+        stats.dead_lettered, 0,
+        "dropped, not counted in a DLQ: {stats:?}"
+    );
+    assert!(engine.dlq_list("billing", 10).unwrap().is_empty());
+    let purged = wait(|done| engine.dlq_purge("billing", done)).unwrap();
+    assert_eq!(purged, 0, "purge has nothing to iterate");
+    engine.close().unwrap();
+    let engine = Engine::open(DATA, options(storage, &clock)).unwrap();
+    assert_eq!(engine.stats("billing").unwrap().dead_lettered, 0);
+    assert!(
+        drain(&engine, "billing").is_empty(),
+        "the dropped messages stay settled"
+    );
+}
+
+#[test]
+fn given_a_flipped_bit_in_a_checkpoint_when_reopening_then_open_refuses_naming_it() {
+    let (storage, clock, engine) = mem_engine();
+    topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
+    publish_ok(&engine, "orders", &["a", "b", "c"]);
+    for lease in receive(&engine, "billing", 1, 2).unwrap() {
+        ack(&engine, "billing", &lease).unwrap();
+    }
+    engine.close().unwrap(); // checkpoints every subscription
+    let checkpoint = Path::new("/data/subscriptions/billing/checkpoint");
+    let bytes = storage.file_bytes(checkpoint).expect("a checkpoint");
+    // The low watermark sits after the frame header, the type byte and the position.
+    let at = 8 + 1 + 16;
+    assert!(storage.corrupt(checkpoint, at as u64, &[bytes[at] ^ 0x01]));
+    match Engine::open(DATA, options(storage, &clock)) {
+        Err(Error::Corrupt { file, reason, .. }) => {
+            assert_eq!(file, checkpoint, "{reason}");
+            assert!(reason.contains("CRC"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn given_a_checkpoint_past_the_journal_end_when_reopening_then_later_acks_are_not_skipped_by_replay(
+) {
+    let (storage, clock, engine) = mem_engine();
+    topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
+    publish_ok(&engine, "orders", &["a", "b", "c", "d"]);
+    for lease in receive(&engine, "billing", 1, 2).unwrap() {
+        ack(&engine, "billing", &lease).unwrap();
+    }
+    engine.close().unwrap();
+    // An OS crash under `sync = interval` kept the checkpoint and lost the journal's tail:
+    // here the whole journal is lost.
+    let journal = segment_path(Path::new("/data/subscriptions/billing/journal"), 0);
+    let len = storage.file_bytes(&journal).unwrap().len();
+    assert!(storage.corrupt(&journal, 32, &vec![0; len - 32]));
+
+    let engine = Engine::open(DATA, options(storage.clone(), &clock)).unwrap();
+    let leased = receive(&engine, "billing", 1, 1).unwrap();
+    assert_eq!(leased[0].record.id, "c", "the checkpoint's acks hold");
+    ack(&engine, "billing", &leased[0]).unwrap();
+    drop(engine); // no clean close: no new checkpoint, replay must find the ack
+
+    let engine = Engine::open(DATA, options(storage, &clock)).unwrap();
+    assert_eq!(
+        drain(&engine, "billing"),
+        vec!["d".to_string()],
+        "the ack journalled after the reopen is replayed"
+    );
+}
+
+#[test]
+fn given_a_leftover_directory_of_a_deleted_topic_when_the_topic_is_created_again_then_it_starts_empty(
+) {
+    let (storage, clock, engine) = mem_engine();
+    engine
+        .create_topic(
+            "orders",
+            TopicOptions::default().dedup_window_ms(Some(60_000)),
+        )
+        .unwrap();
+    publish_ok(&engine, "orders", &["old-1", "old-2"]);
+    engine.close().unwrap();
+    // A delete whose directory removal was cut short: the catalog forgot the topic, its
+    // directory stayed.
+    let catalog = br#"{"version":1,"topics":{},"subscriptions":{}}"#;
+    let file = storage.open(Path::new("/data/catalog"), false).unwrap();
+    file.set_len(0).unwrap();
+    file.write_at(catalog, 0).unwrap();
+    file.sync_all().unwrap();
+
+    let engine = Engine::open(DATA, options(storage, &clock)).unwrap();
+    engine
+        .create_topic(
+            "orders",
+            TopicOptions::default().dedup_window_ms(Some(60_000)),
+        )
+        .unwrap();
+    assert!(
+        engine.read("orders", 0).unwrap().is_none(),
+        "old messages do not come back"
+    );
+    assert_eq!(
+        publish_ok(&engine, "orders", &["old-1"]),
+        vec![0],
+        "old dedup ids do not come back"
+    );
+}
+
+#[test]
+fn given_a_publish_queued_when_its_topic_is_deleted_then_it_fails_as_not_found_and_the_engine_stays_writable(
+) {
+    let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
+    let clock = Arc::new(ManualClock::new(T0));
+    let engine = Engine::open(DATA, options(faulty.clone(), &clock)).unwrap();
+    engine
+        .create_topic("orders", TopicOptions::default())
+        .unwrap();
+    engine
+        .create_topic("other", TopicOptions::default())
+        .unwrap();
+    // A slow sync keeps the flusher busy, so the next publishes queue behind it.
+    faulty.set_sync_delay(Duration::from_millis(200));
+    let (busy_tx, busy_rx) = mpsc::channel();
+    engine.publish(
+        "other",
+        vec![record("x")],
+        Box::new(move |r| {
+            let _ = busy_tx.send(r);
+        }),
+    );
+    std::thread::sleep(Duration::from_millis(20)); // let the flusher take the first batch
+    let big = MessageRecord {
+        payload: vec![7u8; 3000].into(),
+        ..record("big")
+    };
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..3 {
+        let tx = tx.clone();
+        // Enough bytes to roll a segment in the deleted directory.
+        engine.publish(
+            "orders",
+            vec![big.clone()],
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+    }
+    engine.delete_topic("orders").unwrap();
+    faulty.set_sync_delay(Duration::ZERO);
+    busy_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    for _ in 0..3 {
+        match rx.recv_timeout(Duration::from_secs(10)).unwrap() {
+            Ok(_) | Err(Error::TopicNotFound { .. }) => {}
+            Err(other) => panic!("a queued publish to a deleted topic fails as not found: {other}"),
+        }
+    }
+    assert!(engine.poisoned().is_none(), "the engine is not poisoned");
+    assert_eq!(
+        publish_ok(&engine, "other", &["y"]),
+        vec![1],
+        "and stays writable"
+    );
+}
