@@ -83,7 +83,7 @@ fn check_str(what: &'static str, s: &str) -> Result<()> {
 
 impl MessageRecord {
     /// A placeholder that takes the offset of a record that was lost (damage quarantined by
-    /// `sluice repair`, or a log tail an OS crash took while a subscription's journal kept
+    /// a salvage, or a log tail an OS crash took while a subscription's journal kept
     /// its acks), so offsets stay dense and are never reused. Dispatch never delivers it
     /// (it counts as not selected); `reason` says what happened, for an operator reading the
     /// log.

@@ -39,8 +39,7 @@ pub(crate) fn unframe<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8]> {
                 path,
                 4,
                 "the checkpoint's CRC does not match: it was damaged at rest. Nothing was changed; \
-                 `sluice repair --data DIR` moves it to quarantine/ and rebuilds the state from \
-                 the journal",
+                 see \"Damage on disk\" in docs/durability.md",
             ));
         }
     }

@@ -104,8 +104,8 @@ fn fill(log: &mut SegmentedLog, to: u64, now: u64, reason: &str) -> Result<u64> 
             0,
             format!(
                 "the state reaches offset {to} but the log ends at {from}: more than {MAX_FILL} \
-                 records missing is not a lost tail. Nothing was changed; check the directory \
-                 with `sluice check --data DIR`"
+                 records missing is not a lost tail. Nothing was changed; see \"Damage on \
+                 disk\" in docs/durability.md"
             ),
         ));
     }
@@ -163,8 +163,8 @@ pub(crate) fn open_subscription(
                     0,
                     format!(
                         "the checkpoint continues at journal record {at} but the journal starts at \
-                         {}: the records between are gone. Nothing was changed; check the directory \
-                         with `sluice check --data DIR`",
+                         {}: the records between are gone. Nothing was changed; see \"Damage \
+                         on disk\" in docs/durability.md",
                         journal.first()
                     ),
                 ));

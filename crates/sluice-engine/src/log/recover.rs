@@ -7,7 +7,7 @@
 //!   or CRC, or an offset that is not dense) or an early end of records, open first looks for
 //!   valid records after it (for topic logs and DLQs: carrying that offset or a later one).
 //!   If there are any, the log is damaged in the middle, not torn at its end: open fails with
-//!   [`Error::Corrupt`] and changes nothing (`sluice repair` salvages). Otherwise everything
+//!   [`Error::Corrupt`] and changes nothing (docs/durability.md says how to salvage). Otherwise everything
 //!   from there to the last non-zero byte of the file is zeroed and synced, and reported. So
 //!   after open the bytes after the last record are zero, as the format requires, and a
 //!   stale frame beyond a lost write can never be taken for a record later.
@@ -308,9 +308,8 @@ impl Opener<'_> {
                     from,
                     format!(
                         "{what} followed by valid records from byte {} ({}); truncating here would \
-                         lose {}. Nothing was changed: check the directory with `sluice check --data DIR` \
-                         and salvage it with `sluice repair --data DIR` (it moves the damaged bytes to \
-                         quarantine/ and keeps every readable record)",
+                         lose {}. Nothing was changed: stop, copy the data directory aside, and \
+                         see \"Damage on disk\" in docs/durability.md for how to salvage it",
                         later.position,
                         later.describe(),
                         later.lost(self.kind, segment.end),

@@ -195,7 +195,7 @@ fn given_a_flipped_bit_before_the_last_record_of_the_active_segment_when_reopeni
         "the bad frame's byte is named: {message}"
     );
     assert!(
-        message.contains("offsets 1 to 2") && message.contains("sluice repair"),
+        message.contains("offsets 1 to 2") && message.contains("docs/durability.md"),
         "it says what would be lost and what to do: {message}"
     );
     assert_eq!(

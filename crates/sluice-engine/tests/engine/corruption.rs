@@ -74,7 +74,7 @@ fn given_a_flipped_bit_mid_log_in_the_active_segment_when_reopening_then_open_re
                 "what would be lost: {reason}"
             );
             assert!(
-                reason.contains("sluice repair"),
+                reason.contains("docs/durability.md"),
                 "what to do next: {reason}"
             );
         }

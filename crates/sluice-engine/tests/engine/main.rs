@@ -9,4 +9,5 @@ mod durability;
 mod faults;
 mod model;
 mod retention;
+mod simulation;
 mod support;
