@@ -14,6 +14,7 @@
 //! | [`commit`] | group commit: one flusher thread, sync modes, poisoning |
 //! | [`subscription`] | a subscription's state machine, its journal records and checkpoint |
 //! | [`engine`] | the [`Engine`](engine::Engine): topics, subscriptions, publish, receive, verbs, DLQ tools, checkpoints, retention (and its maintenance thread), backlog bounds |
+//! | [`check`] | offline `check` and `repair` of a data directory (`sluice check`, `sluice repair`) |
 //! | [`catalog`] | topics and subscriptions with their options (JSON, replaced atomically) |
 //! | [`dedup`] | a topic's dedup window, rebuilt from the log at open |
 //! | [`filter`] | routing-key patterns |
@@ -21,6 +22,7 @@
 //! | [`error`] | the engine's errors |
 
 pub mod catalog;
+pub mod check;
 pub mod clock;
 pub mod codec;
 pub mod commit;

@@ -20,7 +20,7 @@
 //! [`SegmentedLog::mark_committed`] then makes the records readable.
 
 mod read;
-mod recover;
+pub(crate) mod recover;
 #[cfg(test)]
 mod tests;
 

@@ -47,6 +47,7 @@ use crate::log::LogOptions;
 use crate::record::MessageRecord;
 use crate::subscription::{JournalRecord, Ref, SubscriptionState};
 
+pub(crate) use checkpoint::unframe as checkpoint_body;
 pub(crate) use open::{open_subscription, open_topic};
 
 pub use backlog::Backlog;

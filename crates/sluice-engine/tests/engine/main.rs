@@ -8,6 +8,7 @@ mod dedup;
 mod durability;
 mod faults;
 mod model;
+mod repair;
 mod retention;
 mod simulation;
 mod support;

@@ -1,0 +1,263 @@
+//! `sluice repair`: salvages what [`check`](super::check) finds (see the parent module).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{check_with, scan_segment, segment_bases, Severity};
+use crate::dir::{write_atomic, DataDir};
+use crate::engine::{Engine, EngineOptions};
+use crate::error::{Error, IoContext, Result};
+use crate::io::{create_dir_durable, read_all, FileStorage, Storage};
+use crate::log::{index_path, segment_path};
+use crate::record::MessageRecord;
+use crate::segment::{encode_frame, SegmentHeader, SegmentKind, HEADER_LEN};
+
+/// What [`repair`] did.
+#[derive(Debug, Clone, Default)]
+pub struct RepairReport {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// What was done, one line each.
+    pub actions: Vec<String>,
+    /// Files written to `DATA/quarantine/`.
+    pub quarantined: Vec<PathBuf>,
+    /// Placeholders written for lost topic and DLQ offsets.
+    pub placeholders: u64,
+}
+
+impl fmt::Display for RepairReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.actions.is_empty() {
+            return write!(f, "{}: nothing to repair", self.dir.display());
+        }
+        writeln!(f, "repaired {}:", self.dir.display())?;
+        for action in &self.actions {
+            writeln!(f, "- {action}")?;
+        }
+        write!(
+            f,
+            "{} file(s) in {}, {} placeholder(s) for lost offsets; the directory opens again",
+            self.quarantined.len(),
+            self.dir.join(QUARANTINE).display(),
+            self.placeholders
+        )
+    }
+}
+
+const QUARANTINE: &str = "quarantine";
+
+struct Repairer<'a> {
+    storage: &'a dyn Storage,
+    data: &'a Path,
+    report: RepairReport,
+    now: u64,
+}
+
+impl Repairer<'_> {
+    /// Copies `bytes` (from `file` at `from`) to the quarantine folder, durably, with a line
+    /// in its REPORT.
+    fn quarantine(&mut self, file: &Path, from: u64, bytes: &[u8], why: &str) -> Result<()> {
+        let folder = self.data.join(QUARANTINE);
+        create_dir_durable(self.storage, &folder).context(|| format!("create {}", folder.display()))?;
+        let relative = file.strip_prefix(self.data).unwrap_or(file);
+        let name = format!(
+            "{}@{from}-{}.bin",
+            relative.to_string_lossy().replace('/', "_"),
+            self.now
+        );
+        let target = folder.join(name);
+        write_atomic(self.storage, &target, bytes)?;
+        let line = format!(
+            "{}: {} bytes from byte {from} of {}: {why}\n",
+            target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            bytes.len(),
+            relative.display()
+        );
+        let report = folder.join("REPORT.txt");
+        let mut text = match self.storage.open(&report, false) {
+            Ok(f) => read_all(f.as_ref()).context(|| format!("read {}", report.display()))?,
+            Err(_) => Vec::new(),
+        };
+        text.extend_from_slice(line.as_bytes());
+        write_atomic(self.storage, &report, &text)?;
+        self.report.quarantined.push(target);
+        Ok(())
+    }
+
+    fn placeholders(&mut self, from: u64, to: u64, why: &str, out: &mut Vec<u8>) -> Result<()> {
+        for offset in from..to {
+            encode_frame(&MessageRecord::lost(offset, self.now, why).encode()?, out);
+            self.report.placeholders += 1;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the segments of one log that hold damage (see the module docs).
+    fn log(&mut self, dir: &Path, kind: SegmentKind) -> Result<()> {
+        let bases = segment_bases(self.storage, dir);
+        for (i, &base) in bases.iter().enumerate() {
+            let last = i + 1 == bases.len();
+            let next_base = bases.get(i + 1).copied();
+            let path = segment_path(dir, base);
+            let scan = scan_segment(self.storage, &path, kind, base)
+                .context(|| format!("read {}", path.display()))?;
+            let sealed_tail = !last && scan.tail.is_some();
+            let short = next_base.is_some_and(|next| kind.has_offsets() && scan.end < next);
+            if scan.bad_header.is_none() && scan.damage.is_empty() && !sealed_tail && !short {
+                if let (true, Some((from, to, reason))) = (last, &scan.tail) {
+                    // A torn tail: open would drop it; keep a copy first.
+                    let file = self.storage.open(&path, false).context(|| format!("open {}", path.display()))?;
+                    let bytes = read_all(file.as_ref()).context(|| format!("read {}", path.display()))?;
+                    self.quarantine(&path, *from, &bytes[*from as usize..*to as usize], reason)?;
+                    file.write_at(&vec![0; (to - from) as usize], *from)
+                        .context(|| format!("zero the tail of {}", path.display()))?;
+                    file.sync_data().context(|| format!("fdatasync {}", path.display()))?;
+                    self.report.actions.push(format!(
+                        "{}: moved a torn tail of {} bytes to quarantine",
+                        path.display(),
+                        to - from
+                    ));
+                }
+                continue;
+            }
+            let file = self.storage.open(&path, false).context(|| format!("open {}", path.display()))?;
+            let bytes = read_all(file.as_ref()).context(|| format!("read {}", path.display()))?;
+            let mut out = Vec::with_capacity(bytes.len());
+            out.extend_from_slice(&SegmentHeader { kind, base }.encode());
+            if let Some(problem) = &scan.bad_header {
+                self.quarantine(&path, 0, &bytes, problem)?;
+                let why = format!("{}: {problem}", path.display());
+                if let Some(next) = next_base.filter(|_| kind.has_offsets()) {
+                    self.placeholders(base, next, &why, &mut out)?;
+                }
+                self.report.actions.push(format!(
+                    "{}: damaged header; the whole file moved to quarantine",
+                    path.display()
+                ));
+            } else {
+                let mut damage = scan.damage.iter().peekable();
+                for &(pos, len, seq) in &scan.frames {
+                    while let Some(d) = damage.next_if(|d| d.to <= pos) {
+                        let why = format!("{} at byte {} of {}", d.reason, d.from, path.display());
+                        self.quarantine(&path, d.from, &bytes[d.from as usize..d.to as usize], &d.reason)?;
+                        if let Some((a, b)) = d.lost {
+                            self.placeholders(a, b + 1, &why, &mut out)?;
+                        }
+                        self.report.actions.push(format!(
+                            "{}: moved {} damaged bytes from byte {} to quarantine{}",
+                            path.display(),
+                            d.to - d.from,
+                            d.from,
+                            d.lost.map(|(a, b)| format!("; offsets {a} to {b} are lost")).unwrap_or_default()
+                        ));
+                    }
+                    let _ = seq;
+                    out.extend_from_slice(&bytes[pos as usize..(pos + len) as usize]);
+                }
+                if let Some((from, to, reason)) = &scan.tail {
+                    self.quarantine(&path, *from, &bytes[*from as usize..*to as usize], reason)?;
+                    self.report.actions.push(format!(
+                        "{}: moved {} bytes after the last record to quarantine",
+                        path.display(),
+                        to - from
+                    ));
+                }
+                if let Some(next) = next_base.filter(|&n| kind.has_offsets() && scan.end < n) {
+                    let why = format!("the end of {} was lost", path.display());
+                    self.placeholders(scan.end, next, &why, &mut out)?;
+                    self.report.actions.push(format!(
+                        "{}: offsets {} to {} are lost",
+                        path.display(),
+                        scan.end,
+                        next - 1
+                    ));
+                }
+            }
+            let size = (bytes.len() as u64).max(out.len() as u64).max(HEADER_LEN);
+            out.resize(size as usize, 0);
+            write_atomic(self.storage, &path, &out)?;
+            // Positions changed: the index is rebuilt by the next open.
+            let idx = index_path(dir, base);
+            if self.storage.exists(&idx).unwrap_or(false) {
+                self.storage.remove_file(&idx).context(|| format!("remove {}", idx.display()))?;
+                self.storage.sync_dir(dir).context(|| format!("fsync directory {}", dir.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Salvages the data directory at `path` on the real filesystem; see the module docs. Fails
+/// with [`Error::InUse`] while an engine has it open.
+pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
+    repair_with(Arc::new(FileStorage::new()), path.as_ref(), true, EngineOptions::default())
+}
+
+/// [`repair`] on any storage (tests); `options` open the engine at the end.
+pub fn repair_with(
+    storage: Arc<dyn Storage>,
+    path: &Path,
+    real_lock: bool,
+    options: EngineOptions,
+) -> Result<RepairReport> {
+    let report = check_with(storage.clone(), path, real_lock)?;
+    let now = options.clock.now_ms();
+    let mut repairer = Repairer {
+        storage: storage.as_ref(),
+        data: path,
+        report: RepairReport {
+            dir: path.to_path_buf(),
+            ..RepairReport::default()
+        },
+        now,
+    };
+    {
+        // Held until the end of the salvage; the engine opened at the end takes it again.
+        let dir = DataDir::open(storage.clone(), path, real_lock)?;
+        let catalog = match dir.load_catalog()? {
+            Some(bytes) => crate::catalog::Catalog::from_bytes(&bytes).map_err(|reason| Error::Invalid {
+                what: "catalog",
+                reason: format!("{reason}; restore it from a copy: repair cannot rebuild it"),
+            })?,
+            None => crate::catalog::Catalog::new(),
+        };
+        for name in catalog.topics.keys() {
+            repairer.log(&dir.topic_dir(name)?, SegmentKind::TopicLog)?;
+        }
+        for name in catalog.subscriptions.keys() {
+            repairer.log(&dir.journal_dir(name)?, SegmentKind::Journal)?;
+            repairer.log(&dir.dlq_dir(name)?, SegmentKind::Dlq)?;
+            let checkpoint = dir.checkpoint_path(name)?;
+            let bad = report
+                .findings
+                .iter()
+                .any(|f| f.file == checkpoint && f.severity == Severity::Damage);
+            if bad {
+                let file = storage.open(&checkpoint, false).context(|| format!("open {}", checkpoint.display()))?;
+                let bytes = read_all(file.as_ref()).context(|| format!("read {}", checkpoint.display()))?;
+                drop(file);
+                repairer.quarantine(&checkpoint, 0, &bytes, "damaged checkpoint")?;
+                storage.remove_file(&checkpoint).context(|| format!("remove {}", checkpoint.display()))?;
+                let parent = checkpoint.parent().unwrap_or(path);
+                storage.sync_dir(parent).context(|| format!("fsync directory {}", parent.display()))?;
+                repairer.report.actions.push(format!(
+                    "{}: damaged; moved to quarantine, the state is rebuilt from the journal (messages \
+                     settled before the journal's first record may be delivered again)",
+                    checkpoint.display()
+                ));
+            }
+        }
+    }
+    // The engine's own open does the rest (torn tails, indexes, states past their logs), and
+    // proves the directory opens.
+    let options = if real_lock {
+        options
+    } else {
+        options.storage(storage.clone())
+    };
+    let report = repairer.report;
+    let engine = Engine::open(path, options)?;
+    engine.close()?;
+    Ok(report)
+}
