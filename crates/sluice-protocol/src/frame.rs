@@ -9,7 +9,9 @@
 //!
 //! Invariants the decoder keeps, whatever the bytes: a length above the limit is an error
 //! before anything is buffered; a body that does not decode is an error, never a panic; a
-//! partial frame waits for more bytes.
+//! partial frame waits for more bytes; the buffer grows with the bytes that arrive, never
+//! with the length a peer announces (at most [`RESERVE_STEP`] ahead of them), so a peer that
+//! announces the limit and sends a trickle costs what it sent, not the limit.
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -24,6 +26,10 @@ pub const MAGIC: &[u8; 7] = b"SLUICE\0";
 pub const PREFACE: [u8; 8] = *b"SLUICE\0\x01";
 /// Largest frame accepted by default (16 MiB: four maximum-size messages).
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Most bytes the decoder reserves at once for the rest of a partial frame. Reserving the
+/// whole announced length would let a peer make the buffer as large as it claims; reserving
+/// this much at a time still spares a large frame most reallocations (the buffer doubles).
+pub const RESERVE_STEP: usize = 64 * 1024;
 
 /// Why bytes from the peer are not a valid frame or preface. Fatal for the connection.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +60,10 @@ pub enum ProtocolError {
     /// The frame was valid but not allowed here (e.g. a request before the hello).
     #[error("unexpected frame: {0}")]
     Unexpected(String),
+    /// The peer was too slow: no preface or hello in time, or a frame it started that did
+    /// not complete in time. The text says which.
+    #[error("timed out: {0}")]
+    TimedOut(String),
     /// Reading or writing the socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -112,7 +122,9 @@ impl Decoder for FrameCodec {
             });
         }
         if src.len() < 4 + len {
-            src.reserve(4 + len - src.len());
+            // Room for what may come next, not for everything announced: the buffer grows
+            // with the bytes that actually arrive.
+            src.reserve((4 + len - src.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         src.advance(4);
@@ -208,6 +220,60 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_huge_announced_frame_reserves_a_bounded_step_not_the_announced_length() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(DEFAULT_MAX_FRAME as u32).to_le_bytes());
+        buf.extend_from_slice(&[0u8; 1024]);
+        assert!(codec.decode(&mut buf).unwrap().is_none(), "a partial frame");
+        assert!(
+            buf.capacity() <= 4 + 1024 + 2 * RESERVE_STEP,
+            "announcing {DEFAULT_MAX_FRAME} bytes and sending 1 KiB reserves {} bytes",
+            buf.capacity()
+        );
+    }
+
+    #[test]
+    fn the_buffer_grows_with_the_bytes_that_arrive_and_the_frame_still_decodes() {
+        let frame = Frame::new(
+            9,
+            Body::Request(Request::Publish {
+                topic: "big".into(),
+                messages: vec![crate::message::WireMessage {
+                    id: "m".into(),
+                    message_type: None,
+                    routing_key: None,
+                    ordering_key: None,
+                    headers: Vec::new(),
+                    content_type: None,
+                    payload: vec![7; 1024 * 1024],
+                    published_at_ns: None,
+                    deliver_at_ns: None,
+                }],
+            }),
+        );
+        let bytes = encode(&frame);
+        let mut codec = FrameCodec::default();
+        // As `FramedRead` reads: make room for one byte, append what arrived, decode.
+        let mut buf = BytesMut::new();
+        let mut decoded = None;
+        for chunk in bytes.chunks(4096) {
+            buf.reserve(1);
+            buf.extend_from_slice(chunk);
+            assert!(
+                buf.capacity() <= 2 * buf.len() + 2 * RESERVE_STEP,
+                "{} bytes arrived, {} reserved",
+                buf.len(),
+                buf.capacity()
+            );
+            if let Some(done) = codec.decode(&mut buf).unwrap() {
+                decoded = Some(done);
+            }
+        }
+        assert_eq!(decoded, Some(frame), "the frame decodes once complete");
     }
 
     #[test]
