@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
-use sluice_server::{Auth, Server, ServerConfig};
+use sluice_server::{Auth, ConnectionLimits, Server, ServerConfig};
 
 /// Arguments of `sluice serve`.
 #[derive(Debug, clap::Args)]
@@ -32,6 +33,43 @@ pub(crate) struct ServeArgs {
     /// Private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Most client connections open at once; one more is refused (told why, retryable).
+    #[arg(long, default_value_t = ConnectionLimits::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
+    max_connections: usize,
+    /// Most client connections open at once from one IP address. Without tokens every
+    /// client is on this machine: this is then the bound of the whole server.
+    #[arg(long, default_value_t = ConnectionLimits::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, value_parser = at_least_one)]
+    max_connections_per_address: usize,
+    /// Time a new connection has for its TLS handshake, preface and hello.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    handshake_timeout: Duration,
+    /// Time a connection with nothing in flight (no request, no consumer stream, no
+    /// delivery whose lease runs) may send nothing before it is closed.
+    #[arg(long, default_value = "10m", value_parser = crate::duration::parse)]
+    idle_timeout: Duration,
+    /// Time a frame may take from its first byte to its last.
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    slow_frame_timeout: Duration,
+}
+
+/// A count of connections: a positive integer.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{text}` is not a count: {e}")),
+    }
+}
+
+impl ServeArgs {
+    fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits::default()
+            .max_connections(self.max_connections)
+            .max_connections_per_address(self.max_connections_per_address)
+            .handshake_timeout(self.handshake_timeout)
+            .idle_timeout(self.idle_timeout)
+            .slow_frame_timeout(self.slow_frame_timeout)
+    }
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -62,7 +100,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .listen(args.listen)
         .http(http)
         .auth(Auth::tokens(tokens))
-        .sync(sync);
+        .sync(sync)
+        .limits(args.limits());
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config = config.tls(cert, key);
     }
@@ -95,4 +134,57 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     server.shutdown().await.context("closing the engine")?;
     eprintln!("sluice serve: stopped cleanly");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use sluice_server::ConnectionLimits;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: super::ServeArgs,
+    }
+
+    #[test]
+    fn without_flags_the_limits_are_the_servers_defaults() {
+        let cli = Cli::try_parse_from(["sluice"]).unwrap();
+        assert_eq!(cli.serve.limits(), ConnectionLimits::default());
+    }
+
+    #[test]
+    fn the_limit_flags_reach_the_server_config() {
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "--max-connections",
+            "10",
+            "--max-connections-per-address",
+            "2",
+            "--handshake-timeout",
+            "1s",
+            "--idle-timeout",
+            "2m",
+            "--slow-frame-timeout",
+            "500ms",
+        ])
+        .unwrap();
+        let limits = cli.serve.limits();
+        assert_eq!(
+            (limits.max_connections, limits.max_connections_per_address),
+            (10, 2)
+        );
+        assert_eq!(
+            (
+                limits.handshake_timeout.as_millis(),
+                limits.idle_timeout.as_secs(),
+                limits.slow_frame_timeout.as_millis()
+            ),
+            (1000, 120, 500)
+        );
+        assert!(
+            Cli::try_parse_from(["sluice", "--max-connections", "0"]).is_err(),
+            "at least one connection"
+        );
+    }
 }

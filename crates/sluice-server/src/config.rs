@@ -1,7 +1,9 @@
-//! What `sluice serve` is told: where the data lives, where to listen, who may connect.
+//! What `sluice serve` is told: where the data lives, where to listen, who may connect, and
+//! how many connections it holds and for how long ([`ConnectionLimits`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sluice_embedded::SyncMode;
 use sluice_protocol::{DEFAULT_MAX_FRAME, DEFAULT_PORT};
@@ -84,6 +86,103 @@ pub struct ServerConfig {
     pub max_frame: usize,
     /// Certificate chain and private key (PEM files): both listeners speak TLS only.
     pub tls: Option<TlsFiles>,
+    /// How many client connections the protocol listener holds, and for how long.
+    pub limits: ConnectionLimits,
+}
+
+/// How many client connections `sluice serve` holds, and how long it waits for each one.
+///
+/// The defaults suit one broker on one machine; each bound protects memory and file
+/// descriptors from clients that connect and then misbehave (or just linger):
+///
+/// | setting | default | a connection… |
+/// |---|---|---|
+/// | [`max_connections`](Self::max_connections) | 1024 | beyond this many open is refused |
+/// | [`max_connections_per_address`](Self::max_connections_per_address) | 256 | beyond this many from one IP address is refused |
+/// | [`handshake_timeout`](Self::handshake_timeout) | 10 s | must complete TLS, preface and hello within this of being accepted |
+/// | [`idle_timeout`](Self::idle_timeout) | 10 min | sending nothing for this long, with nothing in flight, is closed |
+/// | [`slow_frame_timeout`](Self::slow_frame_timeout) | 30 s | must finish a frame within this of its first byte |
+///
+/// A connection is idle only if it has no request in flight (a long-poll `Receive`
+/// included), no `Consume` stream and no delivery whose lease is still running: a consumer
+/// waiting for messages, or working on the ones it holds, is never idle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionLimits {
+    /// Most client connections open at once; one more is refused (at least 1).
+    pub max_connections: usize,
+    /// Most client connections open at once from one IP address (at least 1). Without tokens
+    /// every client is on this machine, so this is also the bound of the whole server.
+    pub max_connections_per_address: usize,
+    /// From accepting a connection to its hello: TLS handshake, preface and hello together.
+    pub handshake_timeout: Duration,
+    /// How long a connection with nothing in flight may send nothing before it is closed.
+    pub idle_timeout: Duration,
+    /// How long a frame may take to arrive, from its first byte to its last (the time the
+    /// server itself stops reading, to push back on a busy connection, does not count).
+    pub slow_frame_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// Default of [`max_connections`](Self::max_connections).
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+    /// Default of [`max_connections_per_address`](Self::max_connections_per_address).
+    pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+    /// Default of [`handshake_timeout`](Self::handshake_timeout).
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default of [`idle_timeout`](Self::idle_timeout) (Kafka's broker closes idle
+    /// connections after the same 10 minutes).
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+    /// Default of [`slow_frame_timeout`](Self::slow_frame_timeout) (a frame of the default
+    /// 16 MiB limit then needs about 560 KB/s).
+    pub const DEFAULT_SLOW_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Sets the most connections open at once (at least 1).
+    #[must_use]
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// Sets the most connections open at once from one IP address (at least 1).
+    #[must_use]
+    pub fn max_connections_per_address(mut self, max: usize) -> Self {
+        self.max_connections_per_address = max.max(1);
+        self
+    }
+
+    /// Sets the time a new connection has for its TLS handshake, preface and hello.
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets the time a connection with nothing in flight may stay silent.
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets the time a frame may take from its first byte to its last.
+    #[must_use]
+    pub fn slow_frame_timeout(mut self, timeout: Duration) -> Self {
+        self.slow_frame_timeout = timeout;
+        self
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: Self::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            slow_frame_timeout: Self::DEFAULT_SLOW_FRAME_TIMEOUT,
+        }
+    }
 }
 
 /// The PEM files of a server's TLS identity.
@@ -106,6 +205,7 @@ impl ServerConfig {
             sync: SyncMode::Always,
             max_frame: DEFAULT_MAX_FRAME,
             tls: None,
+            limits: ConnectionLimits::default(),
         }
     }
 
@@ -151,6 +251,13 @@ impl ServerConfig {
     #[must_use]
     pub fn max_frame(mut self, max_frame: usize) -> Self {
         self.max_frame = max_frame;
+        self
+    }
+
+    /// Sets the connection limits and timeouts.
+    #[must_use]
+    pub fn limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
         self
     }
 }

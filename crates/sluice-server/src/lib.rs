@@ -7,9 +7,12 @@
 //! dashboard.
 //!
 //! # Layout
-//! - [`config`]: [`ServerConfig`] and [`Auth`] (API tokens).
-//! - `connection.rs`: one client connection: preface, hello, requests answered
-//!   concurrently, protocol errors that close only that connection.
+//! - [`config`]: [`ServerConfig`], [`Auth`] (API tokens) and [`ConnectionLimits`].
+//! - `connection.rs`: one client connection: TLS, preface, hello, requests answered
+//!   concurrently, protocol errors that close only that connection, the idle timeout.
+//! - `frames.rs`: the frames a client sends, each within the slow-frame timeout.
+//! - `limits.rs`: connections counted in all and per address, refusals over the limits, and
+//!   warnings throttled per address.
 //! - `session.rs`: a connection's subscribers and leased deliveries, and each request mapped
 //!   onto the embedded backend.
 //! - `admin.rs`: the HTTP admin API, `/metrics` and the dashboard page.
@@ -19,12 +22,18 @@
 //! Shutdown ([`Server::shutdown`]): stop accepting, let every connection finish the
 //! requests it has in flight (publishes are confirmed or fail, never vanish), then flush and
 //! close the engine.
+//!
+//! Hostile or forgetful clients ([`ConnectionLimits`]): connections are counted in all and
+//! per client address and refused over the limits; each must complete its handshake, and
+//! each frame, in time; a connection with nothing in flight that stays silent is closed; a
+//! frame's buffer grows with the bytes that arrive, not with the length announced.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_embedded::{EmbeddedBackend, EmbeddedOptions};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,15 +41,21 @@ use tokio_util::task::TaskTracker;
 mod admin;
 pub mod config;
 mod connection;
+mod frames;
+mod limits;
 pub mod metrics;
 mod prefetch;
 mod session;
 
-pub use config::{Auth, ServerConfig, TlsFiles};
+pub use config::{Auth, ConnectionLimits, ServerConfig, TlsFiles};
 pub use metrics::{ByName, MetricsSnapshot, ServerMetrics};
 
-/// How long a client has to complete the TLS handshake.
-const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+use connection::Admission;
+use limits::{ConnectionCounter, WarnThrottle};
+
+/// Most refused connections told why at once; past that, a refused connection is closed
+/// without a word (a flood of them must not cost more than this many tasks).
+const MAX_REFUSING: usize = 64;
 
 /// Why a server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +89,11 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<ServerMetrics>,
     pub(crate) prefetched: Arc<prefetch::Prefetched>,
+    /// Open connections, in all and per address.
+    pub(crate) connections: Arc<ConnectionCounter>,
+    /// Warnings about refused and timed-out connections, at most one per address, reason
+    /// and interval.
+    pub(crate) warnings: WarnThrottle,
 }
 
 /// A running server.
@@ -126,9 +146,11 @@ impl Server {
         let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared {
             backend,
+            connections: Arc::new(ConnectionCounter::new(&config.limits)),
             config,
             metrics: Arc::new(ServerMetrics::default()),
             prefetched: Arc::default(),
+            warnings: WarnThrottle::default(),
         });
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -188,32 +210,24 @@ async fn accept_loop(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let (shared, stop) = (shared.clone(), stop.clone());
-                    match tls.clone() {
-                        None => {
-                            tasks.spawn(connection::serve(stream, peer.to_string(), shared, stop));
-                        }
-                        Some(tls) => {
-                            tasks.spawn(async move {
-                                match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(stream)).await {
-                                    Ok(Ok(stream)) => {
-                                        connection::serve(stream, peer.to_string(), shared, stop).await;
-                                    }
-                                    Ok(Err(err)) => {
-                                        shared.metrics.protocol_error();
-                                        tracing::warn!(%peer, error = %err, "TLS handshake failed");
-                                    }
-                                    Err(_) => tracing::warn!(%peer, "no TLS handshake within 10 s"),
-                                }
-                            });
-                        }
-                    }
+                    let Some(admission) = admission(&shared, peer, &refusing) else {
+                        continue;
+                    };
+                    tasks.spawn(connection::accept(
+                        stream,
+                        tls.clone(),
+                        peer,
+                        shared.clone(),
+                        stop.clone(),
+                        admission,
+                    ));
                 }
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -223,4 +237,25 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Counts a new connection from `peer`, or refuses it: told why if fewer than
+/// [`MAX_REFUSING`] refusals are under way, else (`None`) closed at once.
+fn admission(shared: &Shared, peer: SocketAddr, refusing: &Arc<Semaphore>) -> Option<Admission> {
+    let refusal = match shared.connections.acquire(peer.ip()) {
+        Ok(slot) => return Some(Admission::Admitted(slot)),
+        Err(refusal) => refusal,
+    };
+    shared.metrics.connection_refused();
+    let now = std::time::Instant::now();
+    if let Some(held_back) = shared.warnings.check(peer.ip(), refusal.reason(), now) {
+        tracing::warn!(
+            %peer,
+            reason = refusal.reason(),
+            held_back,
+            "connection refused: {refusal}"
+        );
+    }
+    let permit = refusing.clone().try_acquire_owned().ok()?;
+    Some(Admission::Refused(refusal, permit))
 }

@@ -12,6 +12,10 @@ use sluice_protocol::Request;
 pub struct ServerMetrics {
     connections_total: AtomicU64,
     connections_open: AtomicU64,
+    connections_refused: AtomicU64,
+    timed_out_handshake: AtomicU64,
+    timed_out_idle: AtomicU64,
+    timed_out_slow_frame: AtomicU64,
     protocol_errors: AtomicU64,
     published: AtomicU64,
     receives: AtomicU64,
@@ -19,6 +23,28 @@ pub struct ServerMetrics {
     other_requests: AtomicU64,
     // std Mutex: held for a map update only, never across an .await.
     by_name: Mutex<ByName>,
+}
+
+/// Which timeout closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timeout {
+    /// No TLS handshake, preface or hello in time.
+    Handshake,
+    /// Nothing sent and nothing in flight for the idle timeout.
+    Idle,
+    /// A frame did not complete within the slow-frame timeout of its first byte.
+    SlowFrame,
+}
+
+impl Timeout {
+    /// The `reason` label in `/metrics` and logs.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Timeout::Handshake => "handshake",
+            Timeout::Idle => "idle",
+            Timeout::SlowFrame => "slow_frame",
+        }
+    }
 }
 
 /// Counters per topic and per subscription (physical names: namespace included).
@@ -38,6 +64,14 @@ pub struct MetricsSnapshot {
     pub connections_total: u64,
     /// Connections open now.
     pub connections_open: u64,
+    /// Connections refused because the server, or their address, held its maximum.
+    pub connections_refused: u64,
+    /// Connections closed for want of a TLS handshake, preface or hello in time.
+    pub timed_out_handshake: u64,
+    /// Connections closed after the idle timeout with nothing in flight.
+    pub timed_out_idle: u64,
+    /// Connections closed because a frame did not complete in time.
+    pub timed_out_slow_frame: u64,
     /// Connections closed on a protocol error.
     pub protocol_errors: u64,
     /// Messages received in publish requests.
@@ -58,6 +92,19 @@ impl ServerMetrics {
 
     pub(crate) fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn timed_out(&self, timeout: Timeout) {
+        let counter = match timeout {
+            Timeout::Handshake => &self.timed_out_handshake,
+            Timeout::Idle => &self.timed_out_idle,
+            Timeout::SlowFrame => &self.timed_out_slow_frame,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn protocol_error(&self) {
@@ -121,6 +168,10 @@ impl ServerMetrics {
         MetricsSnapshot {
             connections_total: get(&self.connections_total),
             connections_open: get(&self.connections_open),
+            connections_refused: get(&self.connections_refused),
+            timed_out_handshake: get(&self.timed_out_handshake),
+            timed_out_idle: get(&self.timed_out_idle),
+            timed_out_slow_frame: get(&self.timed_out_slow_frame),
             protocol_errors: get(&self.protocol_errors),
             published: get(&self.published),
             receives: get(&self.receives),

@@ -129,6 +129,17 @@ impl Session {
         }
     }
 
+    /// Whether the connection holds a delivery whose lease still runs: its consumer is at
+    /// work, so the connection is not idle however long it stays silent.
+    pub(crate) fn holds_leases(&self) -> bool {
+        let now = std::time::Instant::now();
+        self.deliveries
+            .lock()
+            .expect("session lock")
+            .values()
+            .any(|d| d.lease_deadline() > now)
+    }
+
     /// Answers one request.
     pub(crate) async fn answer(&self, request: Request) -> Answer {
         match request {

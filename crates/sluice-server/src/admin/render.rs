@@ -11,6 +11,7 @@ use sluice_core::{
 };
 use sluice_embedded::EmbeddedBackend;
 
+use crate::metrics::Timeout;
 use crate::Shared;
 
 fn ms(d: std::time::Duration) -> u64 {
@@ -237,6 +238,12 @@ pub(crate) async fn prometheus(
             s.connections_total,
         ),
         (
+            "sluice_server_connections_refused_total",
+            "counter",
+            "Connections refused over the connection limits.",
+            s.connections_refused,
+        ),
+        (
             "sluice_server_protocol_errors_total",
             "counter",
             "Connections closed on a protocol error.",
@@ -245,6 +252,23 @@ pub(crate) async fn prometheus(
     ] {
         family(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
+    }
+    family(
+        &mut out,
+        "sluice_server_connections_timed_out_total",
+        "counter",
+        "Connections closed by a timeout, by which one.",
+    );
+    for (timeout, value) in [
+        (Timeout::Handshake, s.timed_out_handshake),
+        (Timeout::Idle, s.timed_out_idle),
+        (Timeout::SlowFrame, s.timed_out_slow_frame),
+    ] {
+        let _ = writeln!(
+            out,
+            "sluice_server_connections_timed_out_total{{reason=\"{}\"}} {value}",
+            timeout.label()
+        );
     }
     family(
         &mut out,

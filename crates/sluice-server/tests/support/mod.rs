@@ -1,5 +1,5 @@
-//! What the server's integration tests share: a plain HTTP/1.1 client for the admin API, and
-//! a way to fill a dead-letter queue.
+//! What the server's integration tests share: a plain HTTP/1.1 client for the admin API, a
+//! way to fill a dead-letter queue, and a wait for a condition with a deadline.
 #![allow(dead_code)] // each test binary uses a part of it
 
 use std::net::SocketAddr;
@@ -63,5 +63,18 @@ pub(crate) async fn dead_letter<S: sluice_core::Subscriber>(subscriber: &S, coun
                 .unwrap();
             dead += 1;
         }
+    }
+}
+
+/// Waits until `condition` holds, checking every 10 ms; panics naming `what` if it does not
+/// within `within`.
+pub(crate) async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
