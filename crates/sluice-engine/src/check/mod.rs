@@ -110,7 +110,12 @@ impl fmt::Display for CheckReport {
                 .position
                 .map(|p| format!(" at byte {p}"))
                 .unwrap_or_default();
-            writeln!(f, "{severity}: {}{at}: {}", finding.file.display(), finding.problem)?;
+            writeln!(
+                f,
+                "{severity}: {}{at}: {}",
+                finding.file.display(),
+                finding.problem
+            )?;
         }
         if self.is_clean() {
             write!(f, "no problem found")
@@ -162,7 +167,12 @@ fn check_log(
         let scan = match scan_segment(storage, &path, kind, base) {
             Ok(scan) => scan,
             Err(e) => {
-                report.push(Severity::Damage, &path, None, format!("cannot be read: {e}"));
+                report.push(
+                    Severity::Damage,
+                    &path,
+                    None,
+                    format!("cannot be read: {e}"),
+                );
                 continue;
             }
         };
@@ -184,7 +194,10 @@ fn check_log(
                     Severity::Damage,
                     &path,
                     Some(0),
-                    format!("starts at {base} but the previous segment ends at {}", prev.end),
+                    format!(
+                        "starts at {base} but the previous segment ends at {}",
+                        prev.end
+                    ),
                 );
             }
         }
@@ -305,7 +318,12 @@ pub fn check_with(storage: Arc<dyn Storage>, path: &Path, real_lock: bool) -> Re
         Some(bytes) => match Catalog::from_bytes(&bytes) {
             Ok(catalog) => catalog,
             Err(reason) => {
-                report.push(Severity::Damage, &catalog_path, None, format!("does not parse: {reason}"));
+                report.push(
+                    Severity::Damage,
+                    &catalog_path,
+                    None,
+                    format!("does not parse: {reason}"),
+                );
                 return Ok(report);
             }
         },
@@ -313,7 +331,12 @@ pub fn check_with(storage: Arc<dyn Storage>, path: &Path, real_lock: bool) -> Re
     let storage = storage.as_ref();
     let mut topic_ends = std::collections::HashMap::new();
     for name in catalog.topics.keys() {
-        let log = check_log(storage, &dir.topic_dir(name)?, SegmentKind::TopicLog, &mut report);
+        let log = check_log(
+            storage,
+            &dir.topic_dir(name)?,
+            SegmentKind::TopicLog,
+            &mut report,
+        );
         topic_ends.insert(name.clone(), log.end);
     }
     for (name, entry) in &catalog.subscriptions {
@@ -324,9 +347,11 @@ pub fn check_with(storage: Arc<dyn Storage>, path: &Path, real_lock: bool) -> Re
         let mut state = SubscriptionState::new(entry.start_offset);
         let mut from = journal.first;
         if let Some(bytes) = dir.read(&checkpoint_path)? {
-            let restored = crate::engine::checkpoint_body(&checkpoint_path, &bytes).and_then(|body| {
-                SubscriptionState::restore(body).map_err(|e| Error::corrupt(&checkpoint_path, 0, e.to_string()))
-            });
+            let restored =
+                crate::engine::checkpoint_body(&checkpoint_path, &bytes).and_then(|body| {
+                    SubscriptionState::restore(body)
+                        .map_err(|e| Error::corrupt(&checkpoint_path, 0, e.to_string()))
+                });
             match restored {
                 Ok((restored, position)) => {
                     state = restored;
@@ -408,10 +433,17 @@ pub fn check_with(storage: Arc<dyn Storage>, path: &Path, real_lock: bool) -> Re
     }
     // Directories the catalog does not know: leftovers of deletes cut short.
     for (parent, known) in [
-        ("topics", catalog.topics.keys().cloned().collect::<BTreeSet<_>>()),
+        (
+            "topics",
+            catalog.topics.keys().cloned().collect::<BTreeSet<_>>(),
+        ),
         (
             "subscriptions",
-            catalog.subscriptions.keys().cloned().collect::<BTreeSet<_>>(),
+            catalog
+                .subscriptions
+                .keys()
+                .cloned()
+                .collect::<BTreeSet<_>>(),
         ),
     ] {
         let parent = path.join(parent);

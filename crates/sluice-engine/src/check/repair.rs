@@ -59,7 +59,8 @@ impl Repairer<'_> {
     /// in its REPORT.
     fn quarantine(&mut self, file: &Path, from: u64, bytes: &[u8], why: &str) -> Result<()> {
         let folder = self.data.join(QUARANTINE);
-        create_dir_durable(self.storage, &folder).context(|| format!("create {}", folder.display()))?;
+        create_dir_durable(self.storage, &folder)
+            .context(|| format!("create {}", folder.display()))?;
         let relative = file.strip_prefix(self.data).unwrap_or(file);
         let name = format!(
             "{}@{from}-{}.bin",
@@ -70,7 +71,10 @@ impl Repairer<'_> {
         write_atomic(self.storage, &target, bytes)?;
         let line = format!(
             "{}: {} bytes from byte {from} of {}: {why}\n",
-            target.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            target
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
             bytes.len(),
             relative.display()
         );
@@ -107,12 +111,17 @@ impl Repairer<'_> {
             if scan.bad_header.is_none() && scan.damage.is_empty() && !sealed_tail && !short {
                 if let (true, Some((from, to, reason))) = (last, &scan.tail) {
                     // A torn tail: open would drop it; keep a copy first.
-                    let file = self.storage.open(&path, false).context(|| format!("open {}", path.display()))?;
-                    let bytes = read_all(file.as_ref()).context(|| format!("read {}", path.display()))?;
+                    let file = self
+                        .storage
+                        .open(&path, false)
+                        .context(|| format!("open {}", path.display()))?;
+                    let bytes =
+                        read_all(file.as_ref()).context(|| format!("read {}", path.display()))?;
                     self.quarantine(&path, *from, &bytes[*from as usize..*to as usize], reason)?;
                     file.write_at(&vec![0; (to - from) as usize], *from)
                         .context(|| format!("zero the tail of {}", path.display()))?;
-                    file.sync_data().context(|| format!("fdatasync {}", path.display()))?;
+                    file.sync_data()
+                        .context(|| format!("fdatasync {}", path.display()))?;
                     self.report.actions.push(format!(
                         "{}: moved a torn tail of {} bytes to quarantine",
                         path.display(),
@@ -121,7 +130,10 @@ impl Repairer<'_> {
                 }
                 continue;
             }
-            let file = self.storage.open(&path, false).context(|| format!("open {}", path.display()))?;
+            let file = self
+                .storage
+                .open(&path, false)
+                .context(|| format!("open {}", path.display()))?;
             let bytes = read_all(file.as_ref()).context(|| format!("read {}", path.display()))?;
             let mut out = Vec::with_capacity(bytes.len());
             out.extend_from_slice(&SegmentHeader { kind, base }.encode());
@@ -140,7 +152,12 @@ impl Repairer<'_> {
                 for &(pos, len, seq) in &scan.frames {
                     while let Some(d) = damage.next_if(|d| d.to <= pos) {
                         let why = format!("{} at byte {} of {}", d.reason, d.from, path.display());
-                        self.quarantine(&path, d.from, &bytes[d.from as usize..d.to as usize], &d.reason)?;
+                        self.quarantine(
+                            &path,
+                            d.from,
+                            &bytes[d.from as usize..d.to as usize],
+                            &d.reason,
+                        )?;
                         if let Some((a, b)) = d.lost {
                             self.placeholders(a, b + 1, &why, &mut out)?;
                         }
@@ -149,7 +166,9 @@ impl Repairer<'_> {
                             path.display(),
                             d.to - d.from,
                             d.from,
-                            d.lost.map(|(a, b)| format!("; offsets {a} to {b} are lost")).unwrap_or_default()
+                            d.lost
+                                .map(|(a, b)| format!("; offsets {a} to {b} are lost"))
+                                .unwrap_or_default()
                         ));
                     }
                     let _ = seq;
@@ -180,8 +199,12 @@ impl Repairer<'_> {
             // Positions changed: the index is rebuilt by the next open.
             let idx = index_path(dir, base);
             if self.storage.exists(&idx).unwrap_or(false) {
-                self.storage.remove_file(&idx).context(|| format!("remove {}", idx.display()))?;
-                self.storage.sync_dir(dir).context(|| format!("fsync directory {}", dir.display()))?;
+                self.storage
+                    .remove_file(&idx)
+                    .context(|| format!("remove {}", idx.display()))?;
+                self.storage
+                    .sync_dir(dir)
+                    .context(|| format!("fsync directory {}", dir.display()))?;
             }
         }
         Ok(())
@@ -191,7 +214,12 @@ impl Repairer<'_> {
 /// Salvages the data directory at `path` on the real filesystem; see the module docs. Fails
 /// with [`Error::InUse`] while an engine has it open.
 pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
-    repair_with(Arc::new(FileStorage::new()), path.as_ref(), true, EngineOptions::default())
+    repair_with(
+        Arc::new(FileStorage::new()),
+        path.as_ref(),
+        true,
+        EngineOptions::default(),
+    )
 }
 
 /// [`repair`] on any storage (tests); `options` open the engine at the end.
@@ -216,10 +244,12 @@ pub fn repair_with(
         // Held until the end of the salvage; the engine opened at the end takes it again.
         let dir = DataDir::open(storage.clone(), path, real_lock)?;
         let catalog = match dir.load_catalog()? {
-            Some(bytes) => crate::catalog::Catalog::from_bytes(&bytes).map_err(|reason| Error::Invalid {
-                what: "catalog",
-                reason: format!("{reason}; restore it from a copy: repair cannot rebuild it"),
-            })?,
+            Some(bytes) => {
+                crate::catalog::Catalog::from_bytes(&bytes).map_err(|reason| Error::Invalid {
+                    what: "catalog",
+                    reason: format!("{reason}; restore it from a copy: repair cannot rebuild it"),
+                })?
+            }
             None => crate::catalog::Catalog::new(),
         };
         for name in catalog.topics.keys() {
@@ -234,13 +264,20 @@ pub fn repair_with(
                 .iter()
                 .any(|f| f.file == checkpoint && f.severity == Severity::Damage);
             if bad {
-                let file = storage.open(&checkpoint, false).context(|| format!("open {}", checkpoint.display()))?;
-                let bytes = read_all(file.as_ref()).context(|| format!("read {}", checkpoint.display()))?;
+                let file = storage
+                    .open(&checkpoint, false)
+                    .context(|| format!("open {}", checkpoint.display()))?;
+                let bytes =
+                    read_all(file.as_ref()).context(|| format!("read {}", checkpoint.display()))?;
                 drop(file);
                 repairer.quarantine(&checkpoint, 0, &bytes, "damaged checkpoint")?;
-                storage.remove_file(&checkpoint).context(|| format!("remove {}", checkpoint.display()))?;
+                storage
+                    .remove_file(&checkpoint)
+                    .context(|| format!("remove {}", checkpoint.display()))?;
                 let parent = checkpoint.parent().unwrap_or(path);
-                storage.sync_dir(parent).context(|| format!("fsync directory {}", parent.display()))?;
+                storage
+                    .sync_dir(parent)
+                    .context(|| format!("fsync directory {}", parent.display()))?;
                 repairer.report.actions.push(format!(
                     "{}: damaged; moved to quarantine, the state is rebuilt from the journal (messages \
                      settled before the journal's first record may be delivered again)",

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::io::{read_all, Storage};
 use crate::log::recover::find_frame;
 use crate::record::peek_offset;
-use crate::segment::{le_u32, SegmentHeader, SegmentKind, FRAME_HEADER_LEN, HEADER_LEN, MAX_BODY_LEN};
+use crate::segment::{
+    le_u32, SegmentHeader, SegmentKind, FRAME_HEADER_LEN, HEADER_LEN, MAX_BODY_LEN,
+};
 
 /// A stretch of a segment that is not valid records, with valid records after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +67,11 @@ fn frame_at(kind: SegmentKind, bytes: &[u8], at: usize, seq: u64) -> Result<usiz
     if kind.has_offsets() {
         match peek_offset(body) {
             Some(offset) if offset == seq => {}
-            found => return Err(format!("record holds offset {found:?} where {seq} was expected")),
+            found => {
+                return Err(format!(
+                    "record holds offset {found:?} where {seq} was expected"
+                ))
+            }
         }
     }
     Ok(header + len)
@@ -106,7 +112,10 @@ pub fn scan_bytes(bytes: &[u8], path: &Path, kind: SegmentKind, base: u64) -> Se
             scan.bad_header = Some(format!("a {:?} segment in a {:?} log", h.kind, kind))
         }
         Some(Ok(h)) if h.base != base => {
-            scan.bad_header = Some(format!("header says base {} but the file is named {base}", h.base))
+            scan.bad_header = Some(format!(
+                "header says base {} but the file is named {base}",
+                h.base
+            ))
         }
         Some(Ok(_)) => {}
     }
@@ -134,7 +143,8 @@ pub fn scan_bytes(bytes: &[u8], path: &Path, kind: SegmentKind, base: u64) -> Se
                         } else {
                             seq
                         };
-                        let lost = (kind.has_offsets() && next_seq > seq).then(|| (seq, next_seq - 1));
+                        let lost =
+                            (kind.has_offsets() && next_seq > seq).then(|| (seq, next_seq - 1));
                         scan.damage.push(Damage {
                             from: at as u64,
                             to: next as u64,

@@ -17,7 +17,10 @@ const SEGMENT0: &str = "/data/topics/orders/00000000000000000000.seg";
 
 /// Ten messages in `orders`, the first `acked` of them acked by `billing`; then the engine
 /// is closed and a byte inside record `flip` is flipped.
-fn damaged(acked: usize, flip: u64) -> (Arc<MemStorage>, Arc<sluice_engine::clock::ManualClock>, u64) {
+fn damaged(
+    acked: usize,
+    flip: u64,
+) -> (Arc<MemStorage>, Arc<sluice_engine::clock::ManualClock>, u64) {
     let (storage, clock, engine) = mem_engine();
     topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
     for i in 0..10 {
@@ -40,8 +43,13 @@ fn damaged(acked: usize, flip: u64) -> (Arc<MemStorage>, Arc<sluice_engine::cloc
 
 fn repaired(storage: &Arc<MemStorage>, clock: &Arc<sluice_engine::clock::ManualClock>) -> String {
     let dyn_storage: Arc<dyn Storage> = storage.clone();
-    let report = repair_with(dyn_storage, Path::new(DATA), false, options(storage.clone(), clock))
-        .expect("repair salvages the directory");
+    let report = repair_with(
+        dyn_storage,
+        Path::new(DATA),
+        false,
+        options(storage.clone(), clock),
+    )
+    .expect("repair salvages the directory");
     report.to_string()
 }
 
@@ -60,7 +68,11 @@ fn given_a_flipped_bit_mid_log_when_checking_then_the_damage_is_reported_and_not
     assert_eq!(finding.file, Path::new(SEGMENT0));
     assert_eq!(finding.position, Some(position), "{report}");
     assert!(finding.problem.contains("offsets 6 to 6 lost"), "{report}");
-    assert_eq!(storage.file_bytes(Path::new(SEGMENT0)).unwrap(), before, "check changes nothing");
+    assert_eq!(
+        storage.file_bytes(Path::new(SEGMENT0)).unwrap(),
+        before,
+        "check changes nothing"
+    );
 }
 
 #[test]
@@ -71,7 +83,8 @@ fn given_a_flipped_bit_mid_log_when_repairing_then_every_readable_record_is_kept
     assert!(text.contains("offsets 6 to 6 are lost"), "{text}");
     let quarantine = storage.list_dir(Path::new("/data/quarantine")).unwrap();
     assert!(
-        quarantine.iter().any(|n| n.ends_with(".bin")) && quarantine.contains(&"REPORT.txt".to_string()),
+        quarantine.iter().any(|n| n.ends_with(".bin"))
+            && quarantine.contains(&"REPORT.txt".to_string()),
         "the damaged bytes are kept with a report: {quarantine:?}"
     );
     let engine = Engine::open(DATA, options(storage.clone(), &clock)).expect("opens again");
@@ -80,13 +93,26 @@ fn given_a_flipped_bit_mid_log_when_repairing_then_every_readable_record_is_kept
         .filter(|m| !m.is_lost())
         .map(|m| m.id)
         .collect();
-    assert_eq!(ids, ["m0", "m1", "m2", "m3", "m4", "m5", "m7", "m8", "m9"], "records after the damage are kept");
-    assert!(engine.read("orders", 6).unwrap().unwrap().is_lost(), "a placeholder keeps offset 6");
+    assert_eq!(
+        ids,
+        ["m0", "m1", "m2", "m3", "m4", "m5", "m7", "m8", "m9"],
+        "records after the damage are kept"
+    );
+    assert!(
+        engine.read("orders", 6).unwrap().unwrap().is_lost(),
+        "a placeholder keeps offset 6"
+    );
     assert_eq!(publish_ok(&engine, "orders", &["new"]), vec![10]);
-    assert_eq!(drain(&engine, "billing"), vec!["new".to_string()], "nothing acked comes back; the new one is delivered");
+    assert_eq!(
+        drain(&engine, "billing"),
+        vec!["new".to_string()],
+        "nothing acked comes back; the new one is delivered"
+    );
     let dyn_storage: Arc<dyn Storage> = storage.clone();
     engine.close().unwrap();
-    assert!(check_with(dyn_storage, Path::new(DATA), false).unwrap().is_clean());
+    assert!(check_with(dyn_storage, Path::new(DATA), false)
+        .unwrap()
+        .is_clean());
 }
 
 #[test]
@@ -133,7 +159,11 @@ fn given_a_damaged_checkpoint_when_repairing_then_it_is_quarantined_and_the_stat
     let text = repaired(&storage, &clock);
     assert!(text.contains("checkpoint"), "{text}");
     let engine = Engine::open(DATA, options(storage, &clock)).unwrap();
-    assert_eq!(drain(&engine, "billing"), ["b", "c"], "the ack in the journal holds");
+    assert_eq!(
+        drain(&engine, "billing"),
+        ["b", "c"],
+        "the ack in the journal holds"
+    );
 }
 
 #[test]
