@@ -44,6 +44,9 @@ pub use recover::RecoveryReport;
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
 /// Default distance between sparse index entries (4 KiB of records).
 pub const DEFAULT_INDEX_INTERVAL: u32 = 4096;
+/// Sealed segments of one log whose files stay open (least recently read first out): catching
+/// up over thousands of segments never holds thousands of file descriptors.
+pub const MAX_OPEN_SEALED: usize = 4;
 /// A write buffer grown larger than this by a big batch is released afterwards.
 const KEEP_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
@@ -274,6 +277,9 @@ pub struct SegmentedLog {
     failed: Option<String>,
     /// The position after the last [`SegmentedLog::read`], so sequential reads are O(1).
     cursor: Mutex<Option<read::Cursor>>,
+    /// Bases of the sealed segments whose file is open, least recently used first (at most
+    /// [`MAX_OPEN_SEALED`]).
+    open_sealed: Mutex<std::collections::VecDeque<u64>>,
 }
 
 impl fmt::Debug for SegmentedLog {
@@ -321,6 +327,44 @@ impl SegmentedLog {
     pub fn max_body_len(&self) -> usize {
         let room = self.options.segment_size - HEADER_LEN - FRAME_HEADER_LEN;
         MAX_BODY_LEN.min(usize::try_from(room).unwrap_or(usize::MAX))
+    }
+
+    /// The open file of `segment` (opened on first use). Sealed segments' files are kept
+    /// open for at most [`MAX_OPEN_SEALED`] of them, the least recently used closed first (a
+    /// reader holding one keeps it open until it is done).
+    fn file_of(&self, segment: &Segment) -> Result<Arc<dyn StorageFile>> {
+        let file = segment.file(self.storage.as_ref())?;
+        if !std::ptr::eq(segment, self.active()) {
+            self.note_open_sealed(segment.base);
+        }
+        Ok(file)
+    }
+
+    fn note_open_sealed(&self, base: u64) {
+        let mut lru = self.open_sealed.lock().unwrap_or_else(|e| e.into_inner());
+        if lru.back() == Some(&base) {
+            return;
+        }
+        lru.retain(|b| *b != base);
+        lru.push_back(base);
+        while lru.len() > MAX_OPEN_SEALED {
+            let Some(evict) = lru.pop_front() else { break };
+            let at = self.segments.partition_point(|s| s.base < evict);
+            if let Some(s) = self.segments.get(at).filter(|s| s.base == evict) {
+                if !std::ptr::eq(s, self.active()) {
+                    *s.file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+            }
+        }
+    }
+
+    /// How many segment files the log holds open (the active one and the sealed ones read
+    /// lately).
+    pub fn open_files(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| s.file.lock().unwrap_or_else(|e| e.into_inner()).is_some())
+            .count()
     }
 
     fn active(&self) -> &Segment {
@@ -419,7 +463,7 @@ impl SegmentedLog {
             return Ok(());
         }
         let segment = self.active();
-        let file = segment.file(self.storage.as_ref())?;
+        let file = self.file_of(segment)?;
         file.write_at(buf, pos)
             .context(|| format!("write {}", segment.path.display()))?;
         if !self.unsynced.files.iter().any(|(p, _)| *p == segment.path) {
@@ -436,7 +480,7 @@ impl SegmentedLog {
         let storage = self.storage.clone();
         let old = self.active();
         let old_path = old.path.clone();
-        old.file(storage.as_ref())?
+        self.file_of(old)?
             .sync_data()
             .context(|| format!("fdatasync {}", old_path.display()))?;
         let index = old.sparse_index();
@@ -456,6 +500,8 @@ impl SegmentedLog {
         )?;
         tracing::debug!(dir = %self.dir.display(), base, "rolled to a new segment");
         self.segments.push(segment);
+        // The old active segment is sealed now: its open file counts toward the bound.
+        self.note_open_sealed(old_base);
         Ok(())
     }
 

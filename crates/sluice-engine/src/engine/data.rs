@@ -158,6 +158,151 @@ fn copy_error(err: &Error) -> Error {
     }
 }
 
+/// Bytes of message bodies one `receive` reads ahead of dispatch (the walk stops where they
+/// end and goes on at the next receive).
+pub const RECEIVE_READ_BUDGET: usize = 4 * 1024 * 1024;
+/// Records one `receive` reads ahead at most, whatever their size.
+const READ_AHEAD_MAX: usize = 4096;
+
+/// What a receive will read, found under the state lock.
+struct ReadPlan {
+    max: usize,
+    generation: u64,
+    log: crate::commit::LogHandle,
+    dlq: crate::commit::LogHandle,
+    cursor: u64,
+    redriven: Vec<u64>,
+    pattern: Option<String>,
+}
+
+/// Records read ahead of dispatch: each one's [`Meta`], and the bodies of those the filter
+/// selects (to hand out without reading them twice).
+#[derive(Default)]
+struct ReadAhead {
+    metas: std::collections::HashMap<Ref, Meta>,
+    bodies: std::collections::HashMap<Ref, Vec<u8>>,
+    /// The topic offset read up to (the walk stops there).
+    end: u64,
+}
+
+impl ReadAhead {
+    fn read(&mut self, plan: &ReadPlan, name: &str, log_end: u64) {
+        let mut bytes = 0usize;
+        for &offset in &plan.redriven {
+            let r = Ref::Dlq(offset);
+            if let Some(body) = self.one(plan, name, r) {
+                bytes += body;
+            }
+        }
+        let mut offset = plan.cursor;
+        let wanted = plan.max.saturating_mul(4).clamp(64, READ_AHEAD_MAX);
+        let mut read = 0;
+        while offset < log_end && read < wanted && bytes < RECEIVE_READ_BUDGET {
+            match self.one(plan, name, Ref::Topic(offset)) {
+                Some(body) => bytes += body,
+                None => break,
+            }
+            offset += 1;
+            read += 1;
+        }
+        self.end = offset;
+    }
+
+    /// Reads the record `r` refers to; returns the bytes kept, `None` if it cannot be read.
+    fn one(&mut self, plan: &ReadPlan, name: &str, r: Ref) -> Option<usize> {
+        let body = match r {
+            Ref::Topic(offset) => plan.log.lock().read(offset),
+            Ref::Dlq(offset) => plan.dlq.lock().read(offset),
+        };
+        let body = match body {
+            Ok(Some(body)) => body,
+            // Retention removed it (it was handled by every subscription): skip it.
+            Ok(None) => {
+                let meta = Meta {
+                    matches: false,
+                    ..Meta::default()
+                };
+                self.metas.insert(r, meta);
+                return Some(0);
+            }
+            Err(err) => {
+                tracing::error!(subscription = name, %r, %err, "cannot read a message; dispatch stops there");
+                return None;
+            }
+        };
+        let decoded = decode_meta(&body).ok()?;
+        // A placeholder of a lost record is never delivered (`MessageRecord::lost`).
+        let matches = !decoded.lost
+            && (matches!(r, Ref::Dlq(_))
+                || plan
+                    .pattern
+                    .as_deref()
+                    .is_none_or(|p| filter::matches(p, decoded.routing_key)));
+        let meta = Meta {
+            deliver_at_ms: decoded.deliver_at_ms,
+            ordering_key: decoded.ordering_key.map(str::to_owned),
+            matches,
+        };
+        self.metas.insert(r, meta);
+        if !matches {
+            return Some(0);
+        }
+        let len = body.len();
+        self.bodies.insert(r, body);
+        Some(len)
+    }
+}
+
+/// A receive's outcome: its journal records committed, and its records read.
+struct ReceiveJoin {
+    inner: std::sync::Mutex<ReceiveParts>,
+}
+
+struct ReceiveParts {
+    journalled: Option<Result<()>>,
+    records: Option<Vec<Leased>>,
+    done: Option<Completion<Vec<Leased>>>,
+}
+
+impl ReceiveJoin {
+    fn new(done: Completion<Vec<Leased>>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            inner: std::sync::Mutex::new(ReceiveParts {
+                journalled: None,
+                records: None,
+                done: Some(done),
+            }),
+        })
+    }
+
+    fn journalled(&self, result: Result<()>) {
+        let mut parts = lock(&self.inner);
+        parts.journalled = Some(result);
+        Self::finish(parts);
+    }
+
+    fn records(&self, records: Vec<Leased>) {
+        let mut parts = lock(&self.inner);
+        parts.records = Some(records);
+        Self::finish(parts);
+    }
+
+    fn finish(mut parts: std::sync::MutexGuard<'_, ReceiveParts>) {
+        if parts.journalled.is_none() || parts.records.is_none() {
+            return;
+        }
+        let (Some(journalled), Some(records), Some(done)) = (
+            parts.journalled.take(),
+            parts.records.take(),
+            parts.done.take(),
+        ) else {
+            return;
+        };
+        drop(parts);
+        done(journalled.map(|()| records));
+    }
+}
+
 fn state_error(err: StateError) -> Error {
     match err {
         StateError::LeaseLost { message } => Error::LeaseLost {
@@ -316,80 +461,90 @@ impl Engine {
     /// subscription's prefetch per holder). `done` gets them once their delivery is
     /// journalled; an empty list means nothing is deliverable now (see
     /// [`next_wakeup_ms`](Self::next_wakeup_ms)).
+    ///
+    /// The messages dispatch will look at are read before the state lock is taken, at most
+    /// [`RECEIVE_READ_BUDGET`] bytes of them (so one receive never holds lookahead × payload
+    /// bytes), and the bodies of redeliveries after it is released: no disk read happens
+    /// under the engine-wide state lock.
     pub fn receive(&self, name: &str, holder: u64, max: usize, done: Completion<Vec<Leased>>) {
         if let Err(err) = self.check_open() {
             return done(Err(err));
         }
+        // 1. What dispatch will look at, under the state lock (no I/O).
+        let plan = {
+            let state = self.lock();
+            let Some(sub) = state.subs.get(name) else {
+                drop(state);
+                return done(Err(Error::subscription_not_found(name)));
+            };
+            let Some(topic) = state.topics.get(&sub.entry.options.topic) else {
+                let err = Error::topic_not_found(&sub.entry.options.topic);
+                drop(state);
+                return done(Err(err));
+            };
+            let prefetch = sub.entry.options.prefetch.max(1);
+            let room = prefetch.saturating_sub(sub.state.held_by(holder)) as usize;
+            ReadPlan {
+                max: max.min(room),
+                generation: sub.generation,
+                log: topic.log.clone(),
+                dlq: sub.dlq.clone(),
+                cursor: sub.state.cursor(),
+                redriven: sub.state.unclassified().take(READ_AHEAD_MAX).collect(),
+                pattern: sub.entry.options.filter.clone(),
+            }
+        };
+        if plan.max == 0 {
+            return done(Ok(Vec::new()));
+        }
+        // 2. Read them without the state lock.
+        let log_end = plan.log.lock().end();
+        let mut ahead = ReadAhead::default();
+        ahead.read(&plan, name, log_end);
+        // 3. Dispatch and journal under the state lock, from what was read.
         let now = self.now_ms();
         let mut state = self.lock();
         let super::State { topics, subs, .. } = &mut *state;
-        let Some(sub) = subs.get_mut(name) else {
+        let current = subs
+            .get_mut(name)
+            .filter(|s| s.generation == plan.generation);
+        let same_topic = current
+            .as_ref()
+            .and_then(|sub| topics.get(&sub.entry.options.topic))
+            .is_some_and(|t| t.log.same_log(&plan.log));
+        let (Some(sub), true) = (current, same_topic) else {
             drop(state);
-            return done(Err(Error::subscription_not_found(name)));
-        };
-        let Some(topic) = topics.get(&sub.entry.options.topic) else {
-            let err = Error::topic_not_found(&sub.entry.options.topic);
-            drop(state);
-            return done(Err(err));
-        };
-        let prefetch = sub.entry.options.prefetch.max(1);
-        let room = prefetch.saturating_sub(sub.state.held_by(holder)) as usize;
-        let max = max.min(room);
-        if max == 0 {
-            drop(state);
-            return done(Ok(Vec::new()));
-        }
-        let log = topic.log.clone();
-        let dlq = sub.dlq.clone();
-        let log_end = log.lock().end();
-        let pattern = sub.entry.options.filter.clone();
-        // Bodies read to classify messages, kept for the ones leased: each is read once.
-        let mut bodies: std::collections::HashMap<Ref, Vec<u8>> = std::collections::HashMap::new();
-        let mut meta = |r: Ref| -> Option<Meta> {
-            let body = match r {
-                Ref::Topic(offset) => log.lock().read(offset),
-                Ref::Dlq(offset) => dlq.lock().read(offset),
+            // Deleted or re-created meanwhile: nothing of the plan applies.
+            return match self.lock().subs.contains_key(name) {
+                true => done(Ok(Vec::new())),
+                false => done(Err(Error::subscription_not_found(name))),
             };
-            let body = match body {
-                Ok(Some(body)) => body,
-                // Retention removed it (it was handled by every subscription): skip it.
-                Ok(None) => {
-                    return Some(Meta {
-                        matches: false,
-                        ..Meta::default()
-                    })
-                }
-                Err(err) => {
-                    tracing::error!(subscription = name, %r, %err, "cannot read a message; dispatch stops there");
-                    return None;
-                }
-            };
-            let decoded = decode_meta(&body).ok()?;
-            // A placeholder of a lost record is never delivered (`MessageRecord::lost`).
-            let matches = !decoded.lost
-                && (matches!(r, Ref::Dlq(_))
-                    || pattern
-                        .as_deref()
-                        .is_none_or(|p| filter::matches(p, decoded.routing_key)));
-            let meta = Meta {
-                deliver_at_ms: decoded.deliver_at_ms,
-                ordering_key: decoded.ordering_key.map(str::to_owned),
-                matches,
-            };
-            if matches {
-                bodies.insert(r, body);
-            }
-            Some(meta)
         };
         let lease_ms = sub.entry.options.lease_ms;
-        let poll = sub
-            .state
-            .poll(now, max, holder, lease_ms, log_end, &mut meta);
+        let mut meta = |r: Ref| ahead.metas.get(&r).cloned();
+        let poll = sub.state.poll(
+            now,
+            plan.max,
+            holder,
+            lease_ms,
+            ahead.end.min(log_end),
+            &mut meta,
+        );
+        let join = ReceiveJoin::new(done);
+        let journal_join = join.clone();
+        self.journal(
+            name,
+            sub,
+            &poll.journal,
+            Box::new(move |result| journal_join.journalled(result)),
+        );
+        drop(state);
+        // 4. The leased messages' records: read ahead, or (redeliveries) read now.
         let mut leased = Vec::with_capacity(poll.leases.len());
         for lease in poll.leases {
-            let record = match bodies.remove(&lease.message) {
+            let record = match ahead.bodies.remove(&lease.message) {
                 Some(body) => MessageRecord::decode(&body).map(Some),
-                None => read_ref(&log, &dlq, lease.message),
+                None => read_ref(&plan.log, &plan.dlq, lease.message),
             };
             match record {
                 Ok(Some(record)) => leased.push(Leased {
@@ -404,12 +559,8 @@ impl Engine {
                 }
             }
         }
-        self.journal(
-            name,
-            sub,
-            &poll.journal,
-            Box::new(move |result| done(result.map(|()| leased))),
-        );
+        drop(ahead);
+        join.records(leased);
     }
 
     fn verb(
@@ -610,5 +761,62 @@ impl Engine {
                 .ok_or_else(|| Error::topic_not_found(topic))?
         };
         read_record(&log, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::commit::LogHandle;
+    use crate::io::MemStorage;
+    use crate::log::{LogOptions, SegmentedLog};
+    use crate::segment::SegmentKind;
+
+    #[test]
+    fn given_large_messages_when_reading_ahead_then_at_most_the_budget_of_bodies_is_held() {
+        let storage = Arc::new(MemStorage::new());
+        let open = |dir: &str, kind| {
+            SegmentedLog::open(storage.clone(), dir, kind, LogOptions::default())
+                .unwrap()
+                .0
+        };
+        let mut log = open("/d/topic", SegmentKind::TopicLog);
+        let payload = vec![7u8; 512 * 1024];
+        for i in 0..40 {
+            let record = MessageRecord {
+                id: format!("m{i}"),
+                ordering_key: Some("one-key".into()),
+                payload: payload.clone().into(),
+                ..MessageRecord::default()
+            };
+            log.append(&[record.encode().unwrap()]).unwrap();
+        }
+        log.commit().unwrap();
+        let log = LogHandle::new(log);
+        let dlq = LogHandle::new(open("/d/dlq", SegmentKind::Dlq));
+        let plan = ReadPlan {
+            max: 1000,
+            generation: 0,
+            log: log.clone(),
+            dlq,
+            cursor: 0,
+            redriven: Vec::new(),
+            pattern: None,
+        };
+        let mut ahead = ReadAhead::default();
+        ahead.read(&plan, "s", 40);
+        let held: usize = ahead.bodies.values().map(Vec::len).sum();
+        assert!(
+            held <= RECEIVE_READ_BUDGET + payload.len() + 1024,
+            "{held} bytes of bodies held for a budget of {RECEIVE_READ_BUDGET}"
+        );
+        assert!(
+            ahead.end < 40,
+            "the read stops at the budget: {}",
+            ahead.end
+        );
+        assert!(ahead.end >= 1, "and reads at least one");
     }
 }

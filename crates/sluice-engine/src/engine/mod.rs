@@ -51,7 +51,7 @@ pub(crate) use checkpoint::unframe as checkpoint_body;
 pub(crate) use open::{open_subscription, open_topic};
 
 pub use backlog::Backlog;
-pub use data::{Leased, Published};
+pub use data::{Leased, Published, RECEIVE_READ_BUDGET};
 pub use retention::RetentionReport;
 
 /// A callback completing an asynchronous operation, run on the flusher thread: keep it short

@@ -30,7 +30,7 @@ impl SegmentedLog {
     }
 
     fn cursor_at(&self, segment: &Segment, entry: IndexEntry, buf: Vec<u8>) -> Result<Cursor> {
-        let file = segment.file(self.storage.as_ref())?;
+        let file = self.file_of(segment)?;
         Ok(Cursor {
             base: segment.base,
             next_seq: entry.seq,

@@ -559,6 +559,7 @@ impl SegmentedLog {
             write_buf: Vec::new(),
             failed: None,
             cursor: Mutex::new(None),
+            open_sealed: Mutex::new(std::collections::VecDeque::new()),
         };
         Ok((log, report))
     }

@@ -700,3 +700,27 @@ mod model {
         }
     }
 }
+
+#[test]
+fn given_a_log_of_many_segments_when_reading_it_all_then_only_a_few_segment_files_stay_open() {
+    let storage = Arc::new(MemStorage::new());
+    let (mut log, _) = open_topic(&storage, small());
+    for i in 0..300 {
+        log.append(&[message(i, 60)]).unwrap();
+    }
+    log.commit().unwrap();
+    drop(log);
+    let (log, _) = open_topic(&storage, small());
+    assert!(log.segments().len() > 20, "many segments");
+    let read: Vec<_> = all(&log);
+    assert_eq!(read.len(), 300);
+    for offset in (0..300).step_by(7) {
+        assert!(log.read(offset).unwrap().is_some());
+    }
+    assert!(
+        log.open_files() <= MAX_OPEN_SEALED + 1,
+        "{} files open for {} segments",
+        log.open_files(),
+        log.segments().len()
+    );
+}

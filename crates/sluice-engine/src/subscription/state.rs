@@ -238,6 +238,12 @@ impl SubscriptionState {
         self.cursor
     }
 
+    /// Redriven DLQ offsets dispatch has not looked up yet (the next poll asks `meta` for
+    /// them first).
+    pub fn unclassified(&self) -> impl Iterator<Item = u64> + '_ {
+        self.unclassified.iter().copied()
+    }
+
     // ---- verbs on a lease ----
 
     /// The lease `token` on `message`, after expiring leases at `now_ms`.
