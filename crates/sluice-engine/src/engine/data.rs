@@ -697,6 +697,9 @@ impl Engine {
             Err(err) => return Err((state_error(err), done)),
         };
         sub.dlq_next += 1;
+        if let Some(index) = sub.dlq_index.as_mut() {
+            index.entry(dead.id.clone()).or_default().push(dlq_offset);
+        }
         sub.journal_next += 1;
         sub.since_checkpoint += 1;
         // The DLQ record and the journal record commit in one flush; a crash may keep the

@@ -29,8 +29,21 @@ impl Engine {
 
     /// Moves the first DLQ message with this id back to the subscription (attempt 1).
     /// `done` gets whether one was found.
+    ///
+    /// The DLQ's ids are indexed in memory at the first redrive by id (read without the
+    /// state lock) and kept up to date after: redriving n messages one by one reads the DLQ
+    /// once, not n times.
     pub fn dlq_redrive(&self, name: &str, id: &str, done: Completion<bool>) {
         if let Err(err) = self.check_open() {
+            return done(Err(err));
+        }
+        // One index build at a time; redrives wait for it, never for its reads.
+        let _build = self
+            .inner
+            .dlq_index_build
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = self.build_dlq_index(name) {
             return done(Err(err));
         }
         let mut state = self.lock();
@@ -38,9 +51,14 @@ impl Engine {
             drop(state);
             return done(Err(Error::subscription_not_found(name)));
         };
-        let found = sub.state.dlq_live().collect::<Vec<u64>>().into_iter().find(
-            |offset| matches!(read_record(&sub.dlq, *offset), Ok(Some(record)) if record.id == id),
-        );
+        let index = sub.dlq_index.get_or_insert_with(Default::default);
+        let offsets = index.remove(id).unwrap_or_default();
+        let mut live = offsets.into_iter().filter(|&o| sub.state.dlq_contains(o));
+        let found = live.next();
+        let rest: Vec<u64> = live.collect();
+        if !rest.is_empty() {
+            index.insert(id.to_owned(), rest);
+        }
         let Some(offset) = found else {
             drop(state);
             return done(Ok(false));
@@ -59,6 +77,60 @@ impl Engine {
                 done(Err(Error::State(err)));
             }
         }
+    }
+
+    /// Builds the subscription's id index of its DLQ if it has none: the live offsets are
+    /// taken under the state lock (no I/O), their ids read without it; dead-letters made
+    /// meanwhile go into the index as they happen.
+    fn build_dlq_index(&self, name: &str) -> Result<()> {
+        let (offsets, dlq, generation) = {
+            let mut state = self.lock();
+            let sub = state
+                .subs
+                .get_mut(name)
+                .ok_or_else(|| Error::subscription_not_found(name))?;
+            if sub.dlq_index.is_some() {
+                return Ok(());
+            }
+            sub.dlq_index = Some(Default::default());
+            (
+                sub.state.dlq_live().collect::<Vec<u64>>(),
+                sub.dlq.clone(),
+                sub.generation,
+            )
+        };
+        let mut ids: Vec<(String, u64)> = Vec::with_capacity(offsets.len());
+        let mut failed = None;
+        for offset in offsets {
+            match read_record(&dlq, offset) {
+                Ok(Some(record)) => ids.push((record.id, offset)),
+                Ok(None) => {}
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        let mut state = self.lock();
+        let Some(sub) = state
+            .subs
+            .get_mut(name)
+            .filter(|s| s.generation == generation)
+        else {
+            return Ok(());
+        };
+        if let Some(err) = failed {
+            sub.dlq_index = None;
+            return Err(err);
+        }
+        let index = sub.dlq_index.get_or_insert_with(Default::default);
+        for (id, offset) in ids {
+            let slot = index.entry(id).or_default();
+            slot.push(offset);
+            slot.sort_unstable();
+            slot.dedup();
+        }
+        Ok(())
     }
 
     /// Deletes every message of the DLQ; `done` gets how many.
@@ -83,6 +155,10 @@ impl Engine {
             }
         }
         let count = offsets.len() as u64;
+        // Everything live left the DLQ: dead-letters from now on start the index again.
+        if sub.dlq_index.is_some() {
+            sub.dlq_index = Some(Default::default());
+        }
         self.journal(
             name,
             sub,

@@ -209,6 +209,9 @@ pub(crate) struct Sub {
     pub(crate) generation: u64,
     /// Messages dead-lettered without a DLQ (dropped) since the engine opened.
     pub(crate) dropped_without_dlq: u64,
+    /// DLQ offsets by message id, built at the first redrive by id (`dlq.rs`); `None`
+    /// until then.
+    pub(crate) dlq_index: Option<HashMap<String, Vec<u64>>>,
 }
 
 pub(crate) struct State {
@@ -232,6 +235,8 @@ pub(crate) struct Inner {
     listener: Arc<RwLock<Option<Listener>>>,
     /// Dedup claims of publishes that failed, dropped at the next publish to their topic.
     pub(crate) failed_claims: Mutex<Vec<(String, String, u64)>>,
+    /// One DLQ id index built at a time (`dlq.rs`).
+    pub(crate) dlq_index_build: Mutex<()>,
     /// Serializes checkpoints (and deletes of subscriptions against them): `checkpoint.rs`.
     pub(crate) checkpoint_lock: Mutex<()>,
     /// Checkpoint threads started by `journal`, joined by `close`.
@@ -323,6 +328,7 @@ impl Engine {
                 listener,
                 failed_claims: Mutex::new(Vec::new()),
                 checkpoint_lock: Mutex::new(()),
+                dlq_index_build: Mutex::new(()),
                 checkpoints: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 any_backlog_bound: AtomicBool::new(any_backlog_bound),

@@ -247,6 +247,7 @@ pub(crate) fn open_subscription(
         checkpointing: false,
         generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         dropped_without_dlq: 0,
+        dlq_index: None,
     })
 }
 

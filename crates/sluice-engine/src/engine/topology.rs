@@ -9,6 +9,44 @@ use crate::dir::check_name;
 use crate::error::{Error, Result};
 use crate::record::decode_meta;
 
+/// The offset of the first message published at or after `at_ms` (the log's end if none):
+/// a binary search over the segments by their newest message, then a walk through one
+/// segment, one record read at a time (the log's lock is never held for the whole walk).
+fn first_published_at_or_after(log: &crate::commit::LogHandle, at_ms: u64) -> Result<u64> {
+    let published = |seq: u64| -> Result<Option<u64>> {
+        let body = log.lock().read(seq)?;
+        body.map(|b| decode_meta(&b).map(|m| m.published_at_ms))
+            .transpose()
+    };
+    let segments = log.lock().segments();
+    let (mut lo, mut hi) = (0, segments.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let segment = &segments[mid];
+        let newest = match segment.end.checked_sub(1).filter(|&s| s >= segment.base) {
+            Some(last) => published(last)?.unwrap_or(0),
+            None => u64::MAX, // empty (the active segment): nothing older in it
+        };
+        if newest >= at_ms {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let end = log.lock().end();
+    let Some(segment) = segments.get(lo) else {
+        return Ok(end);
+    };
+    let mut seq = segment.base;
+    while seq < end {
+        if published(seq)?.is_some_and(|p| p >= at_ms) {
+            return Ok(seq);
+        }
+        seq += 1;
+    }
+    Ok(end)
+}
+
 impl Engine {
     fn store_catalog(&self, catalog: &crate::catalog::Catalog) -> Result<()> {
         let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,6 +181,27 @@ impl Engine {
     ) -> Result<Option<SubscriptionOptions>> {
         self.check_open()?;
         check_name("subscription name", name)?;
+        // A start at a time is found without the state lock (it reads the log).
+        let at_time = match options.start {
+            Start::At(at_ms) => {
+                let log = {
+                    let state = self.lock();
+                    if let Some(sub) = state.subs.get(name) {
+                        return Ok(Some(sub.entry.options.clone()));
+                    }
+                    state
+                        .topics
+                        .get(&options.topic)
+                        .ok_or_else(|| Error::TopicNotFound {
+                            name: options.topic.clone(),
+                        })?
+                        .log
+                        .clone()
+                };
+                Some(first_published_at_or_after(&log, at_ms)?)
+            }
+            _ => None,
+        };
         let mut state = self.lock();
         if let Some(sub) = state.subs.get(name) {
             return Ok(Some(sub.entry.options.clone()));
@@ -155,20 +214,10 @@ impl Engine {
             })?;
         let start_offset = {
             let log = topic.log.lock();
-            match options.start {
-                Start::Latest => log.end(),
-                Start::Earliest => log.first(),
-                Start::At(at_ms) => {
-                    let mut iter = log.iter_from(log.first());
-                    let mut found = log.end();
-                    while let Some((seq, body)) = iter.next_body()? {
-                        if decode_meta(body)?.published_at_ms >= at_ms {
-                            found = seq;
-                            break;
-                        }
-                    }
-                    found
-                }
+            match (options.start, at_time) {
+                (_, Some(found)) => found.max(log.first()),
+                (Start::Earliest, _) => log.first(),
+                _ => log.end(),
             }
         };
         let entry = SubscriptionEntry {

@@ -437,6 +437,11 @@ impl SubscriptionState {
             })
     }
 
+    /// Whether a DLQ offset is in the DLQ (dead-lettered, neither redriven nor purged).
+    pub fn dlq_contains(&self, dlq_offset: u64) -> bool {
+        self.durable.dlq_contains(dlq_offset)
+    }
+
     /// Number of messages in the DLQ.
     pub fn dlq_len(&self) -> u64 {
         let removed = &self.durable.dlq_removed;

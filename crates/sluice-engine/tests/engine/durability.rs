@@ -326,3 +326,65 @@ fn given_a_publish_queued_when_its_topic_is_deleted_then_it_fails_as_not_found_a
         "and stays writable"
     );
 }
+
+#[test]
+fn given_a_log_of_many_segments_when_subscribing_at_a_time_then_it_starts_at_the_first_message_published_then(
+) {
+    let (_storage, clock, engine) = mem_engine();
+    engine
+        .create_topic("orders", TopicOptions::default())
+        .unwrap();
+    for batch in 0..3 {
+        let ids: Vec<String> = (0..60).map(|i| format!("b{batch}-{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        publish_ok(&engine, "orders", &refs);
+        clock.advance(10_000);
+    }
+    let mut options_ = SubscriptionOptions::new("orders");
+    options_.start = Start::At(T0 + 10_000);
+    options_.prefetch = 1_000;
+    engine.create_subscription("late", options_).unwrap();
+    let got = drain(&engine, "late");
+    assert_eq!(got.len(), 120, "batches 1 and 2");
+    assert_eq!(
+        got[0], "b1-0",
+        "starts at the first message published at or after the time"
+    );
+    let mut options_ = SubscriptionOptions::new("orders");
+    options_.start = Start::At(T0 + 60_000);
+    engine.create_subscription("future", options_).unwrap();
+    assert!(
+        drain(&engine, "future").is_empty(),
+        "a time after every message starts at the end"
+    );
+}
+
+#[test]
+fn given_many_dead_letters_when_redriving_each_by_id_then_each_is_found_once_and_purge_empties_the_index(
+) {
+    let (_storage, _clock, engine) = mem_engine();
+    topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
+    let ids: Vec<String> = (0..50).map(|i| format!("d{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    publish_ok(&engine, "orders", &refs);
+    for lease in receive(&engine, "billing", 1, 50).unwrap() {
+        dead_letter(&engine, "billing", &lease);
+    }
+    for id in ids.iter().rev().take(25) {
+        let found = wait(|done| engine.dlq_redrive("billing", id, done)).unwrap();
+        assert!(found, "{id} is found in the DLQ");
+        let again = wait(|done| engine.dlq_redrive("billing", id, done)).unwrap();
+        assert!(!again, "{id} left the DLQ with its redrive");
+    }
+    // A dead-letter after the index was built is found too.
+    let back = receive(&engine, "billing", 1, 1).unwrap();
+    let back_id = back[0].record.id.clone();
+    dead_letter(&engine, "billing", &back[0]);
+    assert!(wait(|done| engine.dlq_redrive("billing", &back_id, done)).unwrap());
+    let purged = wait(|done| engine.dlq_purge("billing", done)).unwrap();
+    assert_eq!(purged, 25);
+    assert!(
+        !wait(|done| engine.dlq_redrive("billing", "d0", done)).unwrap(),
+        "purged"
+    );
+}
