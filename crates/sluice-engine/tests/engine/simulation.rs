@@ -9,7 +9,8 @@
 //!   `Duplicate` answer only names an id that was published before;
 //! - a bit flipped in a record with records after it makes open fail with `Corrupt`, or (in a
 //!   sealed segment open trusts through its index) the log reads as long as before: never a
-//!   silently shorter log.
+//!   silently shorter log; after `Corrupt`, `repair` salvages every record but the damaged
+//!   one and the directory opens.
 //!
 //! Operations: publishes (batches, ordering keys, delays, repeated ids), receive, ack, retry,
 //! release, dead-letter, redrive, purge, extend, checkpoints (also automatic, every few
@@ -507,6 +508,15 @@ impl Sim {
     fn check_flip(&mut self) {
         let engine = self.engine.take().expect("open");
         let end_before = readable(&engine);
+        let real_before = (0..end_before)
+            .filter(|&o| {
+                engine
+                    .read("orders", o)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| !m.is_lost())
+            })
+            .count() as u64;
         engine.close().ok();
         drop(engine);
         let mut names: Vec<String> = self
@@ -540,7 +550,38 @@ impl Sim {
         self.mem()
             .corrupt(&active, target as u64, &[original ^ 0x04]);
         match Engine::open(DATA, self.options()) {
-            Err(Error::Corrupt { .. }) => {}
+            Err(Error::Corrupt { .. }) => {
+                // Salvage: exactly the damaged record is lost, every other one is kept.
+                let storage: Arc<dyn Storage> = self.faulty.clone();
+                if let Err(err) = sluice_engine::check::repair_with(
+                    storage,
+                    Path::new(DATA),
+                    false,
+                    self.options(),
+                ) {
+                    self.fail(format!("repair after a flipped bit failed: {err}"));
+                }
+                let engine = match Engine::open(DATA, self.options()) {
+                    Ok(engine) => engine,
+                    Err(err) => self.fail(format!("open after repair failed: {err}")),
+                };
+                let kept = (0..end_before)
+                    .filter(|&o| {
+                        engine
+                            .read("orders", o)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|m| !m.is_lost())
+                    })
+                    .count() as u64;
+                engine.close().ok();
+                if kept + 1 < real_before {
+                    self.fail(format!(
+                        "repair kept {kept} of {real_before} records after one flipped bit"
+                    ));
+                }
+                return self.open();
+            }
             // Open may trust a sealed segment's index (the flip is then found at the read of
             // that record): the log must not be silently shorter.
             Ok(engine) => {
