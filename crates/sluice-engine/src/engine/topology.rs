@@ -144,6 +144,14 @@ impl Engine {
             }
         }
         let mut state = self.lock();
+        if !state.topics.contains_key(name) {
+            return Err(Error::topic_not_found(name));
+        }
+        // The catalog first: if it cannot be written, nothing changed (in memory either).
+        let mut catalog = state.catalog.clone();
+        catalog.topics.remove(name);
+        self.store_catalog(&catalog)?;
+        state.catalog = catalog;
         let Some(removed) = state.topics.remove(name) else {
             return Err(Error::topic_not_found(name));
         };
@@ -160,10 +168,6 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .deleted = true;
         removed.log.mark_deleted();
-        let mut catalog = state.catalog.clone();
-        catalog.topics.remove(name);
-        self.store_catalog(&catalog)?;
-        state.catalog = catalog;
         drop(state);
         let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
         let dir = dir.as_ref().ok_or(Error::Closed)?;
@@ -289,6 +293,14 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let mut state = self.lock();
+        if !state.subs.contains_key(name) {
+            return Err(Error::subscription_not_found(name));
+        }
+        // The catalog first: if it cannot be written, nothing changed (in memory either).
+        let mut catalog = state.catalog.clone();
+        catalog.subscriptions.remove(name);
+        self.store_catalog(&catalog)?;
+        state.catalog = catalog;
         let sub = state
             .subs
             .remove(name)
@@ -296,10 +308,6 @@ impl Engine {
         if let Some(topic) = state.topics.get_mut(&sub.entry.options.topic) {
             topic.subscriptions.remove(name);
         }
-        let mut catalog = state.catalog.clone();
-        catalog.subscriptions.remove(name);
-        self.store_catalog(&catalog)?;
-        state.catalog = catalog;
         drop(state);
         sub.journal.mark_deleted();
         sub.dlq.mark_deleted();

@@ -388,3 +388,41 @@ fn given_many_dead_letters_when_redriving_each_by_id_then_each_is_found_once_and
         "purged"
     );
 }
+
+/// Found by the simulation (seed 8714): a delete whose catalog write failed had already
+/// forgotten the subscription in memory, so creating the name again wiped its directory.
+#[test]
+fn given_a_failed_catalog_write_when_deleting_a_subscription_then_it_is_still_there_with_its_dlq() {
+    let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
+    let clock = Arc::new(ManualClock::new(T0));
+    let engine = Engine::open(DATA, options(faulty.clone(), &clock)).unwrap();
+    topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
+    publish_ok(&engine, "orders", &["poison"]);
+    let leased = receive(&engine, "billing", 1, 1).unwrap();
+    dead_letter(&engine, "billing", &leased[0]);
+    faulty.fail_nth_write(1);
+    assert!(
+        engine.delete_subscription("billing").is_err(),
+        "the catalog write fails"
+    );
+    assert!(
+        engine.subscription("billing").is_ok(),
+        "so the subscription is still there"
+    );
+    let existing = engine
+        .create_subscription("billing", SubscriptionOptions::new("orders"))
+        .unwrap();
+    assert!(
+        existing.is_some(),
+        "creating it again finds it instead of wiping it"
+    );
+    assert_eq!(
+        engine.dlq_list("billing", 10).unwrap().len(),
+        1,
+        "its DLQ is kept"
+    );
+    assert!(
+        engine.delete_topic("orders").is_ok(),
+        "and a later delete works"
+    );
+}

@@ -151,6 +151,12 @@ impl Sim {
         );
     }
 
+    fn trace(&self, what: std::fmt::Arguments<'_>) {
+        if std::env::var_os("SLUICE_SIM_TRACE").is_some() {
+            eprintln!("{what}");
+        }
+    }
+
     fn engine(&self) -> &Engine {
         self.engine.as_ref().expect("the engine is open")
     }
@@ -163,6 +169,7 @@ impl Sim {
     }
 
     fn crash(&mut self) {
+        self.trace(format_args!("crash"));
         self.crashes += 1;
         self.leased.clear();
         if let Some(engine) = self.engine.take() {
@@ -270,6 +277,10 @@ impl Sim {
         };
         for lease in leases {
             let id = &lease.record.id;
+            self.trace(format_args!(
+                "received {sub} {id} attempt {}",
+                lease.attempt
+            ));
             if lease.record.is_lost() {
                 self.fail(format!("a placeholder was delivered to {sub}: {id}"));
             }
@@ -293,10 +304,16 @@ impl Sim {
         let (sub, lease) = self.leased.swap_remove(i);
         let engine = self.engine().clone();
         let id = lease.record.id.clone();
-        match self.rng.below(6) {
+        let verb = self.rng.below(6);
+        self.trace(format_args!("settle {sub} {id} verb {verb}"));
+        match verb {
             0 | 1 => {
                 let model = self.model.subs.get_mut(sub).unwrap();
-                if wait(|done| engine.ack(sub, lease.r, lease.token, done)).is_ok() {
+                let acked = wait(|done| engine.ack(sub, lease.r, lease.token, done));
+                if std::env::var_os("SLUICE_SIM_TRACE").is_some() {
+                    eprintln!("  ack -> {acked:?}");
+                }
+                if acked.is_ok() {
                     model.acked.insert(id);
                 } else {
                     model.maybe.insert(id);
@@ -320,6 +337,9 @@ impl Sim {
                         done,
                     )
                 });
+                if std::env::var_os("SLUICE_SIM_TRACE").is_some() {
+                    eprintln!("  dead-letter -> {dead:?}");
+                }
                 let model = self.model.subs.get_mut(sub).unwrap();
                 if dead.is_ok() {
                     model.dlq.insert(id);
@@ -344,7 +364,9 @@ impl Sim {
                 return;
             };
             let id2 = id.clone();
-            match wait(|done| engine.dlq_redrive(sub, &id2, done)) {
+            let redriven = wait(|done| engine.dlq_redrive(sub, &id2, done));
+            self.trace(format_args!("redrive {sub} {id} -> {redriven:?}"));
+            match redriven {
                 Ok(found) => {
                     if !found {
                         self.fail(format!(
@@ -360,7 +382,9 @@ impl Sim {
                 }
             }
         } else {
-            let purged = wait(|done| engine.dlq_purge(sub, done)).is_ok();
+            let purged = wait(|done| engine.dlq_purge(sub, done));
+            self.trace(format_args!("purge {sub} -> {purged:?}"));
+            let purged = purged.is_ok();
             let model = self.model.subs.get_mut(sub).unwrap();
             let dlq = std::mem::take(&mut model.dlq);
             if purged {
@@ -373,7 +397,9 @@ impl Sim {
 
     fn recreate_b(&mut self) {
         let engine = self.engine().clone();
-        if engine.delete_subscription("b").is_err() {
+        let deleted = engine.delete_subscription("b");
+        self.trace(format_args!("delete b -> {deleted:?}"));
+        if deleted.is_err() {
             return;
         }
         self.leased.retain(|(sub, _)| *sub != "b");
@@ -402,6 +428,7 @@ impl Sim {
         if engine.subscription("b").is_ok() {
             return;
         }
+        self.trace(format_args!("ensure b: creating it"));
         self.model.subs.insert("b", SubModel::default());
         let mut options = SubscriptionOptions::new("orders");
         options.start = Start::Earliest;
