@@ -186,15 +186,15 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn read(&mut self, plan: &ReadPlan, name: &str, log_end: u64) {
+    fn read(&mut self, plan: &ReadPlan, cursor: u64, redriven: &[u64], name: &str, log_end: u64) {
         let mut bytes = 0usize;
-        for &offset in &plan.redriven {
+        for &offset in redriven {
             let r = Ref::Dlq(offset);
             if let Some(body) = self.one(plan, name, r) {
                 bytes += body;
             }
         }
-        let mut offset = plan.cursor;
+        let mut offset = cursor;
         let wanted = plan.max.saturating_mul(4).clamp(64, READ_AHEAD_MAX);
         let mut read = 0;
         while offset < log_end && read < wanted && bytes < RECEIVE_READ_BUDGET {
@@ -253,14 +253,17 @@ impl ReadAhead {
     }
 }
 
-/// A receive's outcome: its journal records committed, and its records read.
+/// A receive's outcome: every journal batch of its rounds committed, and its records read.
 struct ReceiveJoin {
     inner: std::sync::Mutex<ReceiveParts>,
 }
 
 struct ReceiveParts {
-    journalled: Option<Result<()>>,
-    records: Option<Vec<Leased>>,
+    /// Journal batches submitted and not completed yet.
+    pending: usize,
+    /// The first journal failure.
+    error: Option<Error>,
+    outcome: Option<Result<Vec<Leased>>>,
     done: Option<Completion<Vec<Leased>>>,
 }
 
@@ -268,38 +271,48 @@ impl ReceiveJoin {
     fn new(done: Completion<Vec<Leased>>) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self {
             inner: std::sync::Mutex::new(ReceiveParts {
-                journalled: None,
-                records: None,
+                pending: 0,
+                error: None,
+                outcome: None,
                 done: Some(done),
             }),
         })
     }
 
+    /// A journal batch is about to be submitted.
+    fn expect_journal(&self) {
+        lock(&self.inner).pending += 1;
+    }
+
     fn journalled(&self, result: Result<()>) {
         let mut parts = lock(&self.inner);
-        parts.journalled = Some(result);
+        parts.pending = parts.pending.saturating_sub(1);
+        if let Err(err) = result {
+            parts.error.get_or_insert(err);
+        }
         Self::finish(parts);
     }
 
-    fn records(&self, records: Vec<Leased>) {
+    /// The receive's own outcome (its records, or why it failed).
+    fn finish_with(&self, outcome: Result<Vec<Leased>>) {
         let mut parts = lock(&self.inner);
-        parts.records = Some(records);
+        parts.outcome = Some(outcome);
         Self::finish(parts);
     }
 
     fn finish(mut parts: std::sync::MutexGuard<'_, ReceiveParts>) {
-        if parts.journalled.is_none() || parts.records.is_none() {
+        if parts.pending > 0 || parts.outcome.is_none() {
             return;
         }
-        let (Some(journalled), Some(records), Some(done)) = (
-            parts.journalled.take(),
-            parts.records.take(),
-            parts.done.take(),
-        ) else {
+        let (Some(outcome), Some(done)) = (parts.outcome.take(), parts.done.take()) else {
             return;
         };
+        let outcome = match parts.error.take() {
+            Some(err) => Err(err),
+            None => outcome,
+        };
         drop(parts);
-        done(journalled.map(|()| records));
+        done(outcome);
     }
 }
 
@@ -497,57 +510,91 @@ impl Engine {
         if plan.max == 0 {
             return done(Ok(Vec::new()));
         }
-        // 2. Read them without the state lock.
-        let log_end = plan.log.lock().end();
-        let mut ahead = ReadAhead::default();
-        ahead.read(&plan, name, log_end);
-        // 3. Dispatch and journal under the state lock, from what was read.
-        let now = self.now_ms();
-        let mut state = self.lock();
-        let super::State { topics, subs, .. } = &mut *state;
-        let current = subs
-            .get_mut(name)
-            .filter(|s| s.generation == plan.generation);
-        let same_topic = current
-            .as_ref()
-            .and_then(|sub| topics.get(&sub.entry.options.topic))
-            .is_some_and(|t| t.log.same_log(&plan.log));
-        let (Some(sub), true) = (current, same_topic) else {
-            drop(state);
-            // Deleted or re-created meanwhile: nothing of the plan applies.
-            return match self.lock().subs.contains_key(name) {
-                true => done(Ok(Vec::new())),
-                false => done(Err(Error::subscription_not_found(name))),
-            };
-        };
-        let lease_ms = sub.entry.options.lease_ms;
-        let mut meta = |r: Ref| ahead.metas.get(&r).cloned();
-        let poll = sub.state.poll(
-            now,
-            plan.max,
-            holder,
-            lease_ms,
-            ahead.end.min(log_end),
-            &mut meta,
-        );
         let join = ReceiveJoin::new(done);
-        let journal_join = join.clone();
-        self.journal(
-            name,
-            sub,
-            &poll.journal,
-            Box::new(move |result| journal_join.journalled(result)),
-        );
-        drop(state);
-        // 4. The leased messages' records: read ahead, or (redeliveries) read now.
-        let mut leased = Vec::with_capacity(poll.leases.len());
-        for lease in poll.leases {
+        let mut leased = Vec::new();
+        let mut cursor = plan.cursor;
+        let mut redriven = plan.redriven.clone();
+        let mut gone = false;
+        loop {
+            // 2. Read what dispatch will look at, without the state lock.
+            let log_end = plan.log.lock().end();
+            let mut ahead = ReadAhead::default();
+            ahead.read(&plan, cursor, &redriven, name, log_end);
+            redriven.clear();
+            // 3. Dispatch and journal under the state lock, from what was read.
+            let now = self.now_ms();
+            let mut state = self.lock();
+            let super::State { topics, subs, .. } = &mut *state;
+            let current = subs
+                .get_mut(name)
+                .filter(|s| s.generation == plan.generation);
+            let same_topic = current
+                .as_ref()
+                .and_then(|sub| topics.get(&sub.entry.options.topic))
+                .is_some_and(|t| t.log.same_log(&plan.log));
+            let (Some(sub), true) = (current, same_topic) else {
+                // Deleted or re-created meanwhile: nothing more of the plan applies.
+                gone = !subs.contains_key(name);
+                break;
+            };
+            let lease_ms = sub.entry.options.lease_ms;
+            let want = plan.max - leased.len();
+            let mut meta = |r: Ref| ahead.metas.get(&r).cloned();
+            let poll = sub.state.poll(
+                now,
+                want,
+                holder,
+                lease_ms,
+                ahead.end.min(log_end),
+                &mut meta,
+            );
+            let walked_to = sub.state.cursor();
+            let handed = poll.leases.len();
+            join.expect_journal();
+            let journal_join = join.clone();
+            self.journal(
+                name,
+                sub,
+                &poll.journal,
+                Box::new(move |result| journal_join.journalled(result)),
+            );
+            drop(state);
+            // 4. The leased messages' records: read ahead, or (redeliveries) read now.
+            self.lease_records(name, &plan, &mut ahead, poll.leases, &mut leased);
+            // Another round only when the walk stopped where the read-ahead ended, short of
+            // the log's end: a sparse filter must not make a receive come back empty while
+            // matching messages wait further on.
+            let more = handed < want
+                && walked_to > cursor
+                && walked_to >= ahead.end
+                && ahead.end < log_end;
+            cursor = walked_to;
+            if !more {
+                break;
+            }
+        }
+        if gone && leased.is_empty() {
+            return join.finish_with(Err(Error::subscription_not_found(name)));
+        }
+        join.finish_with(Ok(leased));
+    }
+
+    /// Builds the [`Leased`] of each lease: from the bodies read ahead, or read now.
+    fn lease_records(
+        &self,
+        name: &str,
+        plan: &ReadPlan,
+        ahead: &mut ReadAhead,
+        leases: Vec<crate::subscription::Lease>,
+        out: &mut Vec<Leased>,
+    ) {
+        for lease in leases {
             let record = match ahead.bodies.remove(&lease.message) {
                 Some(body) => MessageRecord::decode(&body).map(Some),
                 None => read_ref(&plan.log, &plan.dlq, lease.message),
             };
             match record {
-                Ok(Some(record)) => leased.push(Leased {
+                Ok(Some(record)) => out.push(Leased {
                     r: lease.message,
                     token: lease.token,
                     attempt: lease.attempt,
@@ -559,8 +606,6 @@ impl Engine {
                 }
             }
         }
-        drop(ahead);
-        join.records(leased);
     }
 
     fn verb(
@@ -809,7 +854,7 @@ mod tests {
             pattern: None,
         };
         let mut ahead = ReadAhead::default();
-        ahead.read(&plan, "s", 40);
+        ahead.read(&plan, 0, &[], "s", 40);
         let held: usize = ahead.bodies.values().map(Vec::len).sum();
         assert!(
             held <= RECEIVE_READ_BUDGET + payload.len() + 1024,

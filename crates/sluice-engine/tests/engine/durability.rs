@@ -426,3 +426,37 @@ fn given_a_failed_catalog_write_when_deleting_a_subscription_then_it_is_still_th
         "and a later delete works"
     );
 }
+
+#[test]
+fn given_a_sparse_filter_when_receiving_once_then_a_matching_message_far_down_the_log_is_delivered()
+{
+    let (_storage, _clock, engine) = mem_engine();
+    engine
+        .create_topic("orders", TopicOptions::default())
+        .unwrap();
+    let mut options_ = SubscriptionOptions::new("orders");
+    options_.start = Start::Earliest;
+    options_.filter = Some("eu.#".into());
+    engine.create_subscription("eu-only", options_).unwrap();
+    for chunk in 0..30 {
+        let records: Vec<MessageRecord> = (0..300)
+            .map(|i| MessageRecord {
+                routing_key: Some("us.east".into()),
+                ..record(&format!("us-{chunk}-{i}"))
+            })
+            .collect();
+        wait(|done| engine.publish("orders", records, done)).unwrap();
+    }
+    let eu = MessageRecord {
+        routing_key: Some("eu.paris".into()),
+        ..record("eu-1")
+    };
+    wait(|done| engine.publish("orders", vec![eu], done)).unwrap();
+    let leased = receive(&engine, "eu-only", 1, 10).unwrap();
+    assert_eq!(
+        leased.len(),
+        1,
+        "one receive walks past 9 000 unselected messages"
+    );
+    assert_eq!(leased[0].record.id, "eu-1");
+}
