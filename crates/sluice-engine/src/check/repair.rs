@@ -12,6 +12,7 @@ use crate::io::{create_dir_durable, read_all, FileStorage, Storage};
 use crate::log::{index_path, segment_path};
 use crate::record::MessageRecord;
 use crate::segment::{encode_frame, SegmentHeader, SegmentKind, HEADER_LEN};
+use crate::subscription::{JournalPosition, JournalRecord, SubscriptionState};
 
 /// What [`repair`] did.
 #[derive(Debug, Clone, Default)]
@@ -211,6 +212,154 @@ impl Repairer<'_> {
     }
 }
 
+impl Repairer<'_> {
+    /// Whether any segment of the journal in `dir` holds damage (a bad header, damaged frames
+    /// with records after them, a sealed segment cut short).
+    fn journal_damaged(&self, dir: &Path) -> Result<bool> {
+        let bases = segment_bases(self.storage, dir);
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment_path(dir, base);
+            let scan = scan_segment(self.storage, &path, SegmentKind::Journal, base)
+                .context(|| format!("read {}", path.display()))?;
+            let last = i + 1 == bases.len();
+            let short = bases.get(i + 1).is_some_and(|&next| scan.end != next);
+            if scan.bad_header.is_some()
+                || !scan.damage.is_empty()
+                || short
+                || (!last && scan.tail.is_some())
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// A damaged journal cannot be rewritten in place (its records carry no sequence, so the
+    /// checkpoint's position would point at the wrong record): the subscription's state is
+    /// rebuilt from the checkpoint (if sound) and every readable journal record, written as a
+    /// new checkpoint, and the journal starts again empty. Records lost in the damage may
+    /// make messages be delivered again; none is lost.
+    fn rebuild_state(
+        &mut self,
+        journal_dir: &Path,
+        dlq_dir: &Path,
+        checkpoint: Option<&Path>,
+        checkpoint_path: &Path,
+        start_offset: u64,
+    ) -> Result<()> {
+        let dlq_end = segment_bases(self.storage, dlq_dir)
+            .last()
+            .map(|&base| {
+                scan_segment(
+                    self.storage,
+                    &segment_path(dlq_dir, base),
+                    SegmentKind::Dlq,
+                    base,
+                )
+                .map(|scan| scan.end)
+            })
+            .transpose()
+            .context(|| format!("read {}", dlq_dir.display()))?
+            .unwrap_or(0);
+        let (mut state, position) = match checkpoint
+            .map(|path| -> Result<Option<(SubscriptionState, u64)>> {
+                let Ok(file) = self.storage.open(path, false) else {
+                    return Ok(None);
+                };
+                let bytes =
+                    read_all(file.as_ref()).context(|| format!("read {}", path.display()))?;
+                let body = crate::engine::checkpoint_body(path, &bytes)?;
+                let (state, position) = SubscriptionState::restore(body)
+                    .map_err(|e| Error::corrupt(path, 0, e.to_string()))?;
+                Ok(Some((state, position.position)))
+            })
+            .transpose()?
+            .flatten()
+        {
+            Some(restored) => restored,
+            None => (SubscriptionState::new(start_offset), 0),
+        };
+        // Records before the first damage keep their sequence: replay from the checkpoint's
+        // position if the damage is after it, else every readable record (replaying one
+        // the checkpoint includes is harmless; skipping one is not).
+        let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut first_damage = u64::MAX;
+        for base in segment_bases(self.storage, journal_dir) {
+            let path = segment_path(journal_dir, base);
+            let file = self
+                .storage
+                .open(&path, false)
+                .context(|| format!("open {}", path.display()))?;
+            let bytes = read_all(file.as_ref()).context(|| format!("read {}", path.display()))?;
+            let scan = super::scan_bytes(&bytes, &path, SegmentKind::Journal, base);
+            if scan.bad_header.is_some() {
+                first_damage = first_damage.min(base);
+            }
+            for d in &scan.damage {
+                let seq = scan
+                    .frames
+                    .iter()
+                    .filter(|(pos, _, _)| *pos < d.from)
+                    .map(|(_, _, seq)| seq + 1)
+                    .max()
+                    .unwrap_or(base);
+                first_damage = first_damage.min(seq);
+            }
+            for &(pos, len, seq) in &scan.frames {
+                records.push((
+                    seq,
+                    bytes[(pos + 8) as usize..(pos + len) as usize].to_vec(),
+                ));
+            }
+            self.quarantine(
+                &path,
+                0,
+                &bytes,
+                "journal segment replaced by a rebuilt checkpoint",
+            )?;
+        }
+        let from = if first_damage >= position {
+            position
+        } else {
+            0
+        };
+        let mut replayed = 0;
+        for (seq, body) in &records {
+            if *seq < from && first_damage >= position {
+                continue;
+            }
+            if let Ok(record) = JournalRecord::decode(body) {
+                state.replay(&record, dlq_end);
+                replayed += 1;
+            }
+        }
+        let body = state.checkpoint(JournalPosition {
+            segment: 0,
+            position: 0,
+        });
+        write_atomic(
+            self.storage,
+            checkpoint_path,
+            &crate::engine::checkpoint_frame(&body),
+        )?;
+        for name in self.storage.list_dir(journal_dir).unwrap_or_default() {
+            let file = journal_dir.join(&name);
+            self.storage
+                .remove_file(&file)
+                .context(|| format!("remove {}", file.display()))?;
+        }
+        self.storage
+            .sync_dir(journal_dir)
+            .context(|| format!("fsync directory {}", journal_dir.display()))?;
+        self.report.actions.push(format!(
+            "{}: damaged; the state was rebuilt from {} and {replayed} readable journal record(s) into a new checkpoint, and the journal starts again (messages whose records were lost may be delivered again)",
+            journal_dir.display(),
+            if checkpoint.is_some() { "the checkpoint" } else { "the subscription's start" },
+        ));
+        Ok(())
+    }
+}
+
 /// Salvages the data directory at `path` on the real filesystem; see the module docs. Fails
 /// with [`Error::InUse`] while an engine has it open.
 pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
@@ -255,14 +404,31 @@ pub fn repair_with(
         for name in catalog.topics.keys() {
             repairer.log(&dir.topic_dir(name)?, SegmentKind::TopicLog)?;
         }
-        for name in catalog.subscriptions.keys() {
-            repairer.log(&dir.journal_dir(name)?, SegmentKind::Journal)?;
+        for (name, entry) in &catalog.subscriptions {
             repairer.log(&dir.dlq_dir(name)?, SegmentKind::Dlq)?;
             let checkpoint = dir.checkpoint_path(name)?;
             let bad = report
                 .findings
                 .iter()
                 .any(|f| f.file == checkpoint && f.severity == Severity::Damage);
+            let journal_dir = dir.journal_dir(name)?;
+            if repairer.journal_damaged(&journal_dir)? {
+                if bad {
+                    let bytes = storage
+                        .open(&checkpoint, false)
+                        .and_then(|f| read_all(f.as_ref()))
+                        .context(|| format!("read {}", checkpoint.display()))?;
+                    repairer.quarantine(&checkpoint, 0, &bytes, "damaged checkpoint")?;
+                }
+                repairer.rebuild_state(
+                    &journal_dir,
+                    &dir.dlq_dir(name)?,
+                    (!bad).then_some(checkpoint.as_path()),
+                    &checkpoint,
+                    entry.start_offset,
+                )?;
+                continue;
+            }
             if bad {
                 let file = storage
                     .open(&checkpoint, false)

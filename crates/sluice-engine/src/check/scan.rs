@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::io::{read_all, Storage};
-use crate::log::recover::find_frame;
+use crate::log::recover::next_valid_after;
 use crate::record::peek_offset;
 use crate::segment::{
     le_u32, SegmentHeader, SegmentKind, FRAME_HEADER_LEN, HEADER_LEN, MAX_BODY_LEN,
@@ -136,8 +136,8 @@ pub fn scan_bytes(bytes: &[u8], path: &Path, kind: SegmentKind, base: u64) -> Se
                 let Some(last) = rest.iter().rposition(|&b| b != 0) else {
                     break;
                 };
-                match find_frame(kind, bytes, at + 1, seq) {
-                    Some((next, _)) => {
+                match next_valid_after(kind, bytes, at, seq) {
+                    Some(next) => {
                         let next_seq = if kind.has_offsets() {
                             peek_offset(&bytes[next + FRAME_HEADER_LEN as usize..]).unwrap_or(seq)
                         } else {

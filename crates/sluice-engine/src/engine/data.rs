@@ -11,7 +11,7 @@ use super::{read_record, read_ref, Completion, Engine, EnvelopeFn};
 use crate::commit::Batch;
 use crate::error::{Error, Result};
 use crate::filter;
-use crate::record::{decode_meta, MessageRecord};
+use crate::record::{decode_meta, MessageRecord, LOST_ID_PREFIX, LOST_TYPE};
 use crate::subscription::{Meta, Ref, StateError, Stats};
 
 /// The outcome of one published message.
@@ -64,10 +64,22 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Ids claimed by publishes not yet committed, each with the publishes (and their outcome
-/// slots) waiting for its outcome.
+/// Ids claimed by publishes not yet committed (with the publishes, and their outcome slots,
+/// waiting for the outcome), and ids whose publish failed (freed by the next publish of the
+/// id, which removes them from the dedup window under the topic's write lock).
 pub(crate) type PendingIds =
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<(JoinHandle, usize)>>>>;
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Claim>>>;
+
+/// A dedup claim not settled in the window yet.
+pub(crate) enum Claim {
+    /// The publish is under way; these wait for its outcome.
+    Pending(Vec<(JoinHandle, usize)>),
+    /// The publish failed; the id was claimed at `at` (ms).
+    Failed {
+        /// When it was claimed.
+        at: u64,
+    },
+}
 
 type JoinHandle = std::sync::Arc<Join>;
 
@@ -189,8 +201,10 @@ impl ReadAhead {
     fn read(&mut self, plan: &ReadPlan, cursor: u64, redriven: &[u64], name: &str, log_end: u64) {
         let mut bytes = 0usize;
         for &offset in redriven {
-            let r = Ref::Dlq(offset);
-            if let Some(body) = self.one(plan, name, r) {
+            if bytes >= RECEIVE_READ_BUDGET {
+                break;
+            }
+            if let Some(body) = self.one(plan, name, Ref::Dlq(offset)) {
                 bytes += body;
             }
         }
@@ -210,12 +224,18 @@ impl ReadAhead {
 
     /// Reads the record `r` refers to; returns the bytes kept, `None` if it cannot be read.
     fn one(&mut self, plan: &ReadPlan, name: &str, r: Ref) -> Option<usize> {
-        let body = match r {
-            Ref::Topic(offset) => plan.log.lock().read(offset),
-            Ref::Dlq(offset) => plan.dlq.lock().read(offset),
+        let (body, removed) = {
+            let (log, offset) = match r {
+                Ref::Topic(offset) => (&plan.log, offset),
+                Ref::Dlq(offset) => (&plan.dlq, offset),
+            };
+            let log = log.lock();
+            (log.read(offset), offset < log.first())
         };
         let body = match body {
             Ok(Some(body)) => body,
+            // Not committed yet (a DLQ record whose flush is under way): look again later.
+            Ok(None) if !removed => return None,
             // Retention removed it (it was handled by every subscription): skip it.
             Ok(None) => {
                 let meta = Meta {
@@ -340,13 +360,6 @@ impl Engine {
         if let Err(err) = self.check_open().and_then(|()| self.admit(topic, &records)) {
             return done(Err(err));
         }
-        let failed: Vec<(String, String, u64)> = std::mem::take(
-            &mut *self
-                .inner
-                .failed_claims
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
         let now = self.now_ms();
         // The topic is found in the publish index, not under the state lock; the dedup window
         // and the submission happen under the topic's write lock, encoding under none: a
@@ -357,11 +370,6 @@ impl Engine {
                 .publish_index
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
-            for (topic_name, id, at) in failed {
-                if let Some(t) = index.get(&topic_name) {
-                    lock(&t.writes).dedup.remove(&id, at);
-                }
-            }
             let Some(t) = index.get(topic) else {
                 drop(index);
                 return done(Err(Error::topic_not_found(topic)));
@@ -372,7 +380,16 @@ impl Engine {
             .into_iter()
             .map(|mut record| {
                 record.published_at_ms = now;
-                let body = record.encode();
+                let body = if record.is_lost() || record.id.starts_with(LOST_ID_PREFIX) {
+                    Err(Error::Invalid {
+                        what: "message",
+                        reason: format!(
+                            "the id prefix `{LOST_ID_PREFIX}` and the type `{LOST_TYPE}` are reserved for placeholders of lost records"
+                        ),
+                    })
+                } else {
+                    record.encode()
+                };
                 (record.id, body)
             })
             .collect();
@@ -392,11 +409,20 @@ impl Engine {
             let mut pending = lock(&pending_ids);
             for (slot, (id, body)) in encoded.into_iter().enumerate() {
                 if let Some(window) = window {
-                    if let Some(waiters) = pending.get_mut(&id) {
+                    match pending.get_mut(&id) {
                         // Claimed by a publish not yet committed: its outcome decides.
-                        waiters.push((join.clone(), slot));
-                        waits += 1;
-                        continue;
+                        Some(Claim::Pending(waiters)) => {
+                            waiters.push((join.clone(), slot));
+                            waits += 1;
+                            continue;
+                        }
+                        // Claimed by a publish that failed: the id is free again.
+                        Some(Claim::Failed { at }) => {
+                            let at = *at;
+                            pending.remove(&id);
+                            t.dedup.remove(&id, at);
+                        }
+                        None => {}
                     }
                     if t.dedup.contains(&id, now, window) {
                         join.set(slot, Ok(Published::Duplicate));
@@ -406,7 +432,7 @@ impl Engine {
                 match body {
                     Ok(body) => {
                         if window.is_some() {
-                            pending.insert(id.clone(), Vec::new());
+                            pending.insert(id.clone(), Claim::Pending(Vec::new()));
                             claims.push(id);
                         }
                         bodies.push(body);
@@ -424,18 +450,25 @@ impl Engine {
         for id in &claims {
             t.dedup.insert(id, now);
         }
-        let inner = std::sync::Arc::downgrade(&self.inner);
         let pending = t.pending.clone();
-        let topic_name = topic.to_owned();
         let batch = Batch::new().append(&log, bodies).on_complete(
             move |result: Result<Vec<Range<u64>>>| {
-                // The waiters on this publish's ids learn its outcome.
+                // The waiters on this publish's ids learn its outcome; a failed claim stays
+                // as `Failed` until the next publish of the id frees it (under the topic's
+                // write lock, which a completion must not take).
                 let waiters: Vec<(JoinHandle, usize)> = {
                     let mut pending = lock(&pending);
-                    claims
-                        .iter()
-                        .flat_map(|id| pending.remove(id).unwrap_or_default())
-                        .collect()
+                    let mut waiters = Vec::new();
+                    for id in &claims {
+                        let claim = match &result {
+                            Ok(_) => pending.remove(id),
+                            Err(_) => pending.insert(id.clone(), Claim::Failed { at: now }),
+                        };
+                        if let Some(Claim::Pending(w)) = claim {
+                            waiters.extend(w);
+                        }
+                    }
+                    waiters
                 };
                 match result {
                     Ok(ranges) => {
@@ -451,13 +484,8 @@ impl Engine {
                         }
                     }
                     Err(err) => {
-                        // The publish failed: its ids may be published again (the claims are
-                        // dropped at the next publish to the topic), and the publishes that
-                        // waited for it fail the same way (retrying them publishes).
-                        if let Some(inner) = inner.upgrade() {
-                            lock(&inner.failed_claims)
-                                .extend(claims.into_iter().map(|id| (topic_name.clone(), id, now)));
-                        }
+                        // The publishes that waited for this one fail the same way (retrying
+                        // them publishes: the claim is freed).
                         for (waiter, slot) in waiters {
                             waiter.set(slot, Err(copy_error(&err)));
                             waiter.arrive();

@@ -99,6 +99,14 @@ impl Engine {
                 sub.generation,
             )
         };
+        // Every dead-letter in the snapshot was submitted before it: once those are
+        // committed, each of them can be read.
+        if let Err(err) = self.barrier() {
+            if let Some(sub) = self.lock().subs.get_mut(name) {
+                sub.dlq_index = None;
+            }
+            return Err(err);
+        }
         let mut ids: Vec<(String, u64)> = Vec::with_capacity(offsets.len());
         let mut failed = None;
         for offset in offsets {

@@ -47,7 +47,7 @@ use crate::log::LogOptions;
 use crate::record::MessageRecord;
 use crate::subscription::{JournalRecord, Ref, SubscriptionState};
 
-pub(crate) use checkpoint::unframe as checkpoint_body;
+pub(crate) use checkpoint::{frame as checkpoint_frame, unframe as checkpoint_body};
 pub(crate) use open::{open_subscription, open_topic};
 
 pub use backlog::Backlog;
@@ -233,8 +233,6 @@ pub(crate) struct Inner {
     /// state lock a dispatch may hold for a while.
     pub(crate) publish_index: RwLock<HashMap<String, PublishHandle>>,
     listener: Arc<RwLock<Option<Listener>>>,
-    /// Dedup claims of publishes that failed, dropped at the next publish to their topic.
-    pub(crate) failed_claims: Mutex<Vec<(String, String, u64)>>,
     /// One DLQ id index built at a time (`dlq.rs`).
     pub(crate) dlq_index_build: Mutex<()>,
     /// Serializes checkpoints (and deletes of subscriptions against them): `checkpoint.rs`.
@@ -326,7 +324,6 @@ impl Engine {
                 }),
                 publish_index: RwLock::new(publish_index),
                 listener,
-                failed_claims: Mutex::new(Vec::new()),
                 checkpoint_lock: Mutex::new(()),
                 dlq_index_build: Mutex::new(()),
                 checkpoints: Mutex::new(Vec::new()),

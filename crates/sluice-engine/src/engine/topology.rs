@@ -168,10 +168,13 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .deleted = true;
         removed.log.mark_deleted();
-        drop(state);
+        // The directory goes while the state lock is held: a create of the same name waits,
+        // so it can never have its fresh directory removed by this delete.
         let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
         let dir = dir.as_ref().ok_or(Error::Closed)?;
-        dir.remove_dir(&dir.topic_dir(name)?)
+        let removed_dir = dir.remove_dir(&dir.topic_dir(name)?);
+        drop(state);
+        removed_dir
     }
 
     /// Creates subscription `name`; if it exists, returns its options (the caller decides
@@ -202,7 +205,7 @@ impl Engine {
                         .log
                         .clone()
                 };
-                Some(first_published_at_or_after(&log, at_ms)?)
+                Some((first_published_at_or_after(&log, at_ms)?, log, at_ms))
             }
             _ => None,
         };
@@ -216,13 +219,14 @@ impl Engine {
             .ok_or_else(|| Error::TopicNotFound {
                 name: options.topic.clone(),
             })?;
-        let start_offset = {
-            let log = topic.log.lock();
-            match (options.start, at_time) {
-                (_, Some(found)) => found.max(log.first()),
-                (Start::Earliest, _) => log.first(),
-                _ => log.end(),
+        let start_offset = match (options.start, at_time) {
+            // The topic was deleted and created again meanwhile: search its new log (rare).
+            (_, Some((_, searched, at_ms))) if !searched.same_log(&topic.log) => {
+                first_published_at_or_after(&topic.log, at_ms)?
             }
+            (_, Some((found, _, _))) => found.max(topic.log.lock().first()),
+            (Start::Earliest, _) => topic.log.lock().first(),
+            _ => topic.log.lock().end(),
         };
         let entry = SubscriptionEntry {
             options,
@@ -308,12 +312,17 @@ impl Engine {
         if let Some(topic) = state.topics.get_mut(&sub.entry.options.topic) {
             topic.subscriptions.remove(name);
         }
-        drop(state);
         sub.journal.mark_deleted();
         sub.dlq.mark_deleted();
+        // The directory goes while the state lock is held: a create of the same name waits,
+        // so it can never have its fresh directory removed by this delete.
+        let removed_dir = {
+            let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
+            let dir = dir.as_ref().ok_or(Error::Closed)?;
+            dir.remove_dir(&dir.subscription_dir(name)?)
+        };
+        drop(state);
         self.wake();
-        let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = dir.as_ref().ok_or(Error::Closed)?;
-        dir.remove_dir(&dir.subscription_dir(name)?)
+        removed_dir
     }
 }

@@ -398,6 +398,52 @@ pub(crate) fn find_frame(
     None
 }
 
+/// Where the first valid record after the bad frame at index `at` of `bytes` starts, if one
+/// does (`expected` is the sequence the bad frame should have had).
+///
+/// A frame whose length field is sane is taken at its word: the search starts where it
+/// ends, so frames inside its own payload (a forwarded record, a crafted payload) are never
+/// taken for later records, and a torn last frame whose tail never reached the disk is the
+/// end of the log. A flipped bit in the length field itself is caught too: a record with the
+/// next sequence inside the claimed extent, at a place where the stored CRC matches the
+/// bytes before it, shows the true length. A frame whose length is not sane (zeros, out of
+/// range) says nothing: the search starts at the next byte.
+pub(crate) fn next_valid_after(
+    kind: SegmentKind,
+    bytes: &[u8],
+    at: usize,
+    expected: u64,
+) -> Option<usize> {
+    let header = FRAME_HEADER_LEN as usize;
+    if at + header > bytes.len() {
+        return None;
+    }
+    let len = crate::segment::le_u32(&bytes[at..]) as usize;
+    if len == 0 || len > MAX_BODY_LEN {
+        return find_frame(kind, bytes, at + 1, expected).map(|(pos, _)| pos);
+    }
+    let claimed_end = at + header + len;
+    if claimed_end < bytes.len() {
+        if let Some((pos, _)) = find_frame(kind, bytes, claimed_end, expected) {
+            return Some(pos);
+        }
+    }
+    // A damaged length field: the next record starts inside the claimed extent, where the
+    // stored CRC covers exactly the bytes before it.
+    let crc = crate::segment::le_u32(&bytes[at + 4..]);
+    let limit = claimed_end.min(bytes.len());
+    let mut from = at + header + 1;
+    while let Some((pos, _)) = find_frame(kind, bytes, from, expected).filter(|(p, _)| *p < limit) {
+        let next_is_dense =
+            !kind.has_offsets() || peek_offset(&bytes[pos + header..]) == Some(expected + 1);
+        if next_is_dense && crc32c::crc32c(&bytes[at + header..pos]) == crc {
+            return Some(pos);
+        }
+        from = pos + 1;
+    }
+    None
+}
+
 /// The valid records that follow one another from index `at` of `bytes`.
 pub(crate) fn run_of_frames(
     kind: SegmentKind,
@@ -446,7 +492,14 @@ impl Opener<'_> {
             .map_err(|e| Error::io("read segment tail", std::io::Error::other(e)))?;
         let mut bytes = vec![0u8; len];
         read_exact_at(file, &mut bytes, from).map_err(|e| Error::io("read segment tail", e))?;
-        let Some((at, _)) = find_frame(self.kind, &bytes, 1, expected) else {
+        // The bytes from `to` on are zeros, and a record may end in zeros (a journal record's
+        // high offset bytes): the last frames are checked with them.
+        let capacity = file.len().map_err(|e| Error::io("stat segment", e))?;
+        let room = capacity
+            .saturating_sub(to)
+            .min(FRAME_HEADER_LEN + MAX_BODY_LEN as u64);
+        bytes.resize(len + room as usize, 0);
+        let Some(at) = next_valid_after(self.kind, &bytes, 0, expected) else {
             return Ok(None);
         };
         let (count, offsets, _) = run_of_frames(self.kind, &bytes, at);

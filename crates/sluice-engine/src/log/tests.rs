@@ -724,3 +724,62 @@ fn given_a_log_of_many_segments_when_reading_it_all_then_only_a_few_segment_file
         log.segments().len()
     );
 }
+
+#[test]
+fn given_a_torn_last_record_whose_payload_holds_a_frame_when_reopening_then_it_is_a_torn_tail() {
+    let storage = Arc::new(MemStorage::new());
+    let (mut log, _) = open_topic(&storage, LogOptions::default().segment_size(64 * 1024));
+    log.append(&[message(0, 10)]).unwrap();
+    // A payload that carries a valid frame of offset 5 (a forwarded record, say).
+    let mut inner = MessageRecord {
+        offset: 5,
+        id: "inner".into(),
+        ..MessageRecord::default()
+    }
+    .encode()
+    .unwrap();
+    stamp_offset_for_test(&mut inner, 5);
+    let mut embedded = Vec::new();
+    crate::segment::encode_frame(&inner, &mut embedded);
+    let mut payload = vec![1u8; 64];
+    payload.extend_from_slice(&embedded);
+    payload.extend(vec![2u8; 4000]);
+    let outer = MessageRecord {
+        id: "outer".into(),
+        payload: Bytes::from(payload),
+        ..MessageRecord::default()
+    }
+    .encode()
+    .unwrap();
+    log.append(&[outer]).unwrap();
+    log.commit().unwrap();
+    let end_pos = log.segments()[0].bytes;
+    drop(log);
+    // The last record's tail never reached the disk.
+    assert!(storage.corrupt(&seg(DIR, 0), end_pos - 2000, &[0; 2000]));
+    let (log, report) = open_topic(&storage, LogOptions::default().segment_size(64 * 1024));
+    assert_eq!(log.end(), 1, "the torn record is dropped: {report}");
+    assert!(!report.is_clean());
+}
+
+#[test]
+fn given_a_flipped_bit_in_a_length_field_mid_log_when_reopening_then_open_fails_as_corrupt() {
+    let storage = Arc::new(MemStorage::new());
+    let (mut log, _) = open_topic(&storage, small());
+    log.append(&[message(0, 10), message(1, 10), message(2, 10)])
+        .unwrap();
+    log.commit().unwrap();
+    let second = log.segments()[0].bytes - 2 * (log.total_bytes() - HEADER_LEN) / 3;
+    drop(log);
+    let bytes = storage.file_bytes(&seg(DIR, 0)).unwrap();
+    // The length grows by 256: the claimed frame swallows the next record.
+    let flipped = bytes[second as usize + 1] ^ 0x01;
+    assert!(storage.corrupt(&seg(DIR, 0), second + 1, &[flipped]));
+    let storage_dyn: Arc<dyn Storage> = storage.clone();
+    let err = SegmentedLog::open(storage_dyn, DIR, SegmentKind::TopicLog, small()).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+}
+
+fn stamp_offset_for_test(body: &mut [u8], offset: u64) {
+    assert!(crate::record::stamp_offset(body, offset));
+}

@@ -181,3 +181,45 @@ fn given_an_engine_holding_the_directory_when_checking_then_it_is_refused_as_in_
     engine.close().unwrap();
     assert!(sluice_engine::check::check(tmp.path()).unwrap().is_clean());
 }
+
+#[test]
+fn given_a_damaged_journal_record_mid_journal_when_repairing_then_the_state_is_rebuilt_and_nothing_is_lost(
+) {
+    let (storage, clock, engine) = mem_engine();
+    topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
+    publish_ok(&engine, "orders", &["m0", "m1", "m2", "m3", "m4"]);
+    let leased = receive(&engine, "billing", 1, 5).unwrap();
+    for lease in leased.iter().take(3) {
+        ack(&engine, "billing", lease).unwrap();
+    }
+    drop(engine); // a crash: the state is only in the journal
+                  // Journal: one `delivered` per message (5), then the acks of m0, m1, m2; damage the ack of
+                  // m1 (the 7th record), with the ack of m2 after it.
+    let journal = Path::new("/data/subscriptions/billing/journal/00000000000000000000.seg");
+    let bytes = storage.file_bytes(journal).unwrap();
+    let mut pos = HEADER_LEN as usize;
+    for _ in 0..6 {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += 8 + len;
+    }
+    assert!(storage.corrupt(journal, pos as u64 + 9, &[bytes[pos + 9] ^ 0x40]));
+    let opened = Engine::open(DATA, options(storage.clone(), &clock));
+    assert!(
+        matches!(opened, Err(Error::Corrupt { .. })),
+        "{:?}",
+        opened.map(|_| ())
+    );
+    let text = repaired(&storage, &clock);
+    assert!(text.contains("rebuilt"), "{text}");
+    let engine = Engine::open(DATA, options(storage.clone(), &clock)).unwrap();
+    assert_eq!(
+        drain(&engine, "billing"),
+        ["m1", "m3", "m4"],
+        "the ack lost in the damage is delivered again; the others hold"
+    );
+    engine.close().unwrap();
+    let dyn_storage: Arc<dyn Storage> = storage;
+    assert!(check_with(dyn_storage, Path::new(DATA), false)
+        .unwrap()
+        .is_clean());
+}
