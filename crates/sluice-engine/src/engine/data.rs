@@ -173,8 +173,14 @@ fn copy_error(err: &Error) -> Error {
 /// Bytes of message bodies one `receive` reads ahead of dispatch (the walk stops where they
 /// end and goes on at the next receive).
 pub const RECEIVE_READ_BUDGET: usize = 4 * 1024 * 1024;
-/// Records one `receive` reads ahead at most, whatever their size.
+/// Records one `receive` reads ahead at most per round, whatever their size.
 const READ_AHEAD_MAX: usize = 4096;
+
+/// Records to read ahead for a walk that may hand out `max` leases: some more than `max`,
+/// for the ones the filter skips or a key holds back.
+fn read_ahead(max: usize) -> usize {
+    max.saturating_mul(4).clamp(64, READ_AHEAD_MAX)
+}
 
 /// What a receive will read, found under the state lock.
 struct ReadPlan {
@@ -182,7 +188,8 @@ struct ReadPlan {
     generation: u64,
     log: crate::commit::LogHandle,
     dlq: crate::commit::LogHandle,
-    cursor: u64,
+    /// The topic offsets the first walk will look at (settled runs left out).
+    walk: Vec<u64>,
     redriven: Vec<u64>,
     pattern: Option<String>,
 }
@@ -198,7 +205,7 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn read(&mut self, plan: &ReadPlan, cursor: u64, redriven: &[u64], name: &str, log_end: u64) {
+    fn read(&mut self, plan: &ReadPlan, walk: &[u64], redriven: &[u64], name: &str) {
         let mut bytes = 0usize;
         for &offset in redriven {
             if bytes >= RECEIVE_READ_BUDGET {
@@ -208,18 +215,19 @@ impl ReadAhead {
                 bytes += body;
             }
         }
-        let mut offset = cursor;
-        let wanted = plan.max.saturating_mul(4).clamp(64, READ_AHEAD_MAX);
-        let mut read = 0;
-        while offset < log_end && read < wanted && bytes < RECEIVE_READ_BUDGET {
+        // The walk needs every offset up to where it stops: the read ends at the first
+        // offset that cannot be read, or where the budget runs out.
+        self.end = walk.first().copied().unwrap_or(0);
+        for &offset in walk {
+            if bytes >= RECEIVE_READ_BUDGET {
+                break;
+            }
             match self.one(plan, name, Ref::Topic(offset)) {
                 Some(body) => bytes += body,
                 None => break,
             }
-            offset += 1;
-            read += 1;
+            self.end = offset + 1;
         }
-        self.end = offset;
     }
 
     /// Reads the record `r` refers to; returns the bytes kept, `None` if it cannot be read.
@@ -525,12 +533,14 @@ impl Engine {
             };
             let prefetch = sub.entry.options.prefetch.max(1);
             let room = prefetch.saturating_sub(sub.state.held_by(holder)) as usize;
+            let max = max.min(room);
+            let log_end = topic.log.lock().end();
             ReadPlan {
-                max: max.min(room),
+                max,
                 generation: sub.generation,
                 log: topic.log.clone(),
                 dlq: sub.dlq.clone(),
-                cursor: sub.state.cursor(),
+                walk: sub.state.walk_plan(read_ahead(max), log_end),
                 redriven: sub.state.unclassified().take(READ_AHEAD_MAX).collect(),
                 pattern: sub.entry.options.filter.clone(),
             }
@@ -540,14 +550,13 @@ impl Engine {
         }
         let join = ReceiveJoin::new(done);
         let mut leased = Vec::new();
-        let mut cursor = plan.cursor;
+        let mut walk = plan.walk.clone();
         let mut redriven = plan.redriven.clone();
         let mut gone = false;
         loop {
             // 2. Read what dispatch will look at, without the state lock.
-            let log_end = plan.log.lock().end();
             let mut ahead = ReadAhead::default();
-            ahead.read(&plan, cursor, &redriven, name, log_end);
+            ahead.read(&plan, &walk, &redriven, name);
             redriven.clear();
             // 3. Dispatch and journal under the state lock, from what was read.
             let now = self.now_ms();
@@ -567,6 +576,7 @@ impl Engine {
             };
             let lease_ms = sub.entry.options.lease_ms;
             let want = plan.max - leased.len();
+            let log_end = plan.log.lock().end();
             let mut meta = |r: Ref| ahead.metas.get(&r).cloned();
             let poll = sub.state.poll(
                 now,
@@ -578,6 +588,18 @@ impl Engine {
             );
             let walked_to = sub.state.cursor();
             let handed = poll.leases.len();
+            // Another round only when the walk stopped where the read-ahead ended, short of
+            // the log's end: a sparse filter must not make a receive come back empty while
+            // matching messages wait further on.
+            let more = handed < want
+                && walk.first().is_some_and(|&first| ahead.end > first)
+                && walked_to >= ahead.end
+                && ahead.end < log_end;
+            walk = if more {
+                sub.state.walk_plan(read_ahead(want - handed), log_end)
+            } else {
+                Vec::new()
+            };
             join.expect_journal();
             let journal_join = join.clone();
             self.journal(
@@ -589,15 +611,7 @@ impl Engine {
             drop(state);
             // 4. The leased messages' records: read ahead, or (redeliveries) read now.
             self.lease_records(name, &plan, &mut ahead, poll.leases, &mut leased);
-            // Another round only when the walk stopped where the read-ahead ended, short of
-            // the log's end: a sparse filter must not make a receive come back empty while
-            // matching messages wait further on.
-            let more = handed < want
-                && walked_to > cursor
-                && walked_to >= ahead.end
-                && ahead.end < log_end;
-            cursor = walked_to;
-            if !more {
+            if walk.is_empty() {
                 break;
             }
         }
@@ -877,12 +891,12 @@ mod tests {
             generation: 0,
             log: log.clone(),
             dlq,
-            cursor: 0,
+            walk: (0..40).collect(),
             redriven: Vec::new(),
             pattern: None,
         };
         let mut ahead = ReadAhead::default();
-        ahead.read(&plan, 0, &[], "s", 40);
+        ahead.read(&plan, &plan.walk, &[], "s");
         let held: usize = ahead.bodies.values().map(Vec::len).sum();
         assert!(
             held <= RECEIVE_READ_BUDGET + payload.len() + 1024,

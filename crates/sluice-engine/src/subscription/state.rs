@@ -238,6 +238,27 @@ impl SubscriptionState {
         self.cursor
     }
 
+    /// The topic offsets the next poll's cursor walk will ask `meta` about, at most `limit`
+    /// of them below `log_end`: from the cursor on, skipping settled runs; none while the
+    /// lookahead is full. An integrator reads them before the poll (without holding what
+    /// guards this state).
+    pub fn walk_plan(&self, limit: usize, log_end: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        if self.entries.len() >= self.lookahead {
+            return out;
+        }
+        let mut offset = self.cursor.max(self.durable.low_watermark());
+        while out.len() < limit && offset < log_end {
+            if let Some(end) = self.durable.settled.run_end(offset) {
+                offset = end;
+                continue;
+            }
+            out.push(offset);
+            offset += 1;
+        }
+        out
+    }
+
     /// Redriven DLQ offsets dispatch has not looked up yet (the next poll asks `meta` for
     /// them first).
     pub fn unclassified(&self) -> impl Iterator<Item = u64> + '_ {
