@@ -17,6 +17,14 @@ use sluice_engine::Error;
 
 use crate::support::*;
 
+/// An engine on fault-injecting memory storage.
+fn faulty_engine() -> (Arc<FaultyStorage<MemStorage>>, Engine) {
+    let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
+    let clock = Arc::new(ManualClock::new(T0));
+    let engine = Engine::open(DATA, options(faulty.clone(), &clock)).unwrap();
+    (faulty, engine)
+}
+
 fn dead_letter(engine: &Engine, subscription: &str, lease: &sluice_engine::engine::Leased) {
     let record = lease.record.clone();
     wait(|done| {
@@ -33,9 +41,7 @@ fn dead_letter(engine: &Engine, subscription: &str, lease: &sluice_engine::engin
 
 #[test]
 fn given_a_publish_not_yet_durable_when_the_same_id_is_published_then_the_duplicate_waits_for_it() {
-    let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
-    let clock = Arc::new(ManualClock::new(T0));
-    let engine = Engine::open(DATA, options(faulty.clone(), &clock)).unwrap();
+    let (faulty, engine) = faulty_engine();
     engine
         .create_topic(
             "orders",
@@ -78,9 +84,7 @@ fn given_a_publish_not_yet_durable_when_the_same_id_is_published_then_the_duplic
 #[test]
 fn given_the_first_publish_of_an_id_fails_when_a_duplicate_waited_for_it_then_the_duplicate_is_not_confirmed(
 ) {
-    let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
-    let clock = Arc::new(ManualClock::new(T0));
-    let engine = Engine::open(DATA, options(faulty.clone(), &clock)).unwrap();
+    let (faulty, engine) = faulty_engine();
     engine
         .create_topic(
             "orders",
@@ -271,9 +275,7 @@ fn given_a_leftover_directory_of_a_deleted_topic_when_the_topic_is_created_again
 #[test]
 fn given_a_publish_queued_when_its_topic_is_deleted_then_it_fails_as_not_found_and_the_engine_stays_writable(
 ) {
-    let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
-    let clock = Arc::new(ManualClock::new(T0));
-    let engine = Engine::open(DATA, options(faulty.clone(), &clock)).unwrap();
+    let (faulty, engine) = faulty_engine();
     engine
         .create_topic("orders", TopicOptions::default())
         .unwrap();
@@ -393,9 +395,7 @@ fn given_many_dead_letters_when_redriving_each_by_id_then_each_is_found_once_and
 /// forgotten the subscription in memory, so creating the name again wiped its directory.
 #[test]
 fn given_a_failed_catalog_write_when_deleting_a_subscription_then_it_is_still_there_with_its_dlq() {
-    let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
-    let clock = Arc::new(ManualClock::new(T0));
-    let engine = Engine::open(DATA, options(faulty.clone(), &clock)).unwrap();
+    let (faulty, engine) = faulty_engine();
     topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
     publish_ok(&engine, "orders", &["poison"]);
     let leased = receive(&engine, "billing", 1, 1).unwrap();

@@ -535,15 +535,7 @@ impl Sim {
     fn check_flip(&mut self) {
         let engine = self.engine.take().expect("open");
         let end_before = readable(&engine);
-        let real_before = (0..end_before)
-            .filter(|&o| {
-                engine
-                    .read("orders", o)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|m| !m.is_lost())
-            })
-            .count() as u64;
+        let real_before = real_records(&engine, end_before);
         engine.close().ok();
         drop(engine);
         // The topic log, or subscription a's journal (whose records may end in zeros).
@@ -598,15 +590,7 @@ impl Sim {
                     Ok(engine) => engine,
                     Err(err) => self.fail(format!("open after repair failed: {err}")),
                 };
-                let kept = (0..end_before)
-                    .filter(|&o| {
-                        engine
-                            .read("orders", o)
-                            .ok()
-                            .flatten()
-                            .is_some_and(|m| !m.is_lost())
-                    })
-                    .count() as u64;
+                let kept = real_records(&engine, end_before);
                 engine.close().ok();
                 if dir == TOPIC_DIR && kept + 1 < real_before {
                     self.fail(format!(
@@ -638,6 +622,19 @@ impl Sim {
 fn readable(engine: &Engine) -> u64 {
     (0..)
         .take_while(|o| engine.read("orders", *o).is_ok_and(|m| m.is_some()))
+        .count() as u64
+}
+
+/// How many of the topic's records below `end` are messages (not placeholders of lost ones).
+fn real_records(engine: &Engine, end: u64) -> u64 {
+    (0..end)
+        .filter(|&o| {
+            engine
+                .read("orders", o)
+                .ok()
+                .flatten()
+                .is_some_and(|m| !m.is_lost())
+        })
         .count() as u64
 }
 
