@@ -783,3 +783,23 @@ fn given_a_flipped_bit_in_a_length_field_mid_log_when_reopening_then_open_fails_
 fn stamp_offset_for_test(body: &mut [u8], offset: u64) {
     assert!(crate::record::stamp_offset(body, offset));
 }
+
+#[test]
+fn given_a_segment_that_cannot_be_removed_when_enforcing_retention_then_the_log_still_lists_it() {
+    let storage = Arc::new(MemStorage::new());
+    let (mut log, _) = open_topic(&storage, small());
+    for i in 0..60 {
+        log.append(&[message(i, 60)]).unwrap();
+    }
+    log.commit().unwrap();
+    let before = log.segments();
+    assert!(before.len() > 2);
+    // The file went behind the log's back: its removal fails.
+    storage.remove_file(&seg(DIR, before[0].base)).unwrap();
+    assert!(log.remove_segments_before(before[1].end).is_err());
+    assert_eq!(
+        log.segments().len(),
+        before.len(),
+        "a segment is forgotten only once its file is gone by the log's own removal"
+    );
+}

@@ -460,3 +460,62 @@ fn given_a_sparse_filter_when_receiving_once_then_a_matching_message_far_down_th
     );
     assert_eq!(leased[0].record.id, "eu-1");
 }
+
+#[test]
+fn given_interval_sync_when_the_final_sync_at_close_fails_then_close_reports_it() {
+    let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
+    let clock = Arc::new(ManualClock::new(T0));
+    let options_ = options(faulty.clone(), &clock).sync(sluice_engine::commit::SyncMode::Interval(
+        Duration::from_secs(3600),
+    ));
+    let engine = Engine::open(DATA, options_).unwrap();
+    engine
+        .create_topic("orders", TopicOptions::default())
+        .unwrap();
+    publish_ok(&engine, "orders", &["a"]); // confirmed once written
+    faulty.fail_nth_sync(1);
+    let closed = engine.close();
+    assert!(
+        matches!(closed, Err(Error::Poisoned { .. })),
+        "a confirmed write that may not be durable is reported: {closed:?}"
+    );
+}
+
+#[test]
+fn given_a_checkpoint_under_way_when_the_subscription_is_deleted_and_created_again_then_the_new_one_keeps_its_own_state(
+) {
+    let (faulty, engine) = faulty_engine();
+    topic_with_subscription(&engine, "orders", TopicOptions::default(), "billing");
+    publish_ok(&engine, "orders", &["a", "b", "c"]);
+    for lease in receive(&engine, "billing", 1, 3).unwrap() {
+        ack(&engine, "billing", &lease).unwrap();
+    }
+    // A slow sync holds the checkpoint in its barrier while the name is deleted and created.
+    faulty.set_sync_delay(Duration::from_millis(200));
+    let (tx, rx) = mpsc::channel();
+    engine.publish(
+        "orders",
+        vec![record("d")],
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    let checkpointing = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.checkpoint("billing"))
+    };
+    engine.delete_subscription("billing").unwrap();
+    subscribe(&engine, "orders", "billing");
+    checkpointing.join().unwrap().unwrap();
+    rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    faulty.set_sync_delay(Duration::ZERO);
+    engine.checkpoint("billing").unwrap();
+    drop(engine);
+    let clock = Arc::new(ManualClock::new(T0));
+    let engine = Engine::open(DATA, options(faulty, &clock)).unwrap();
+    assert_eq!(
+        drain(&engine, "billing"),
+        ["a", "b", "c", "d"],
+        "the new subscription starts from the beginning, not from the old one's acks"
+    );
+}
