@@ -827,8 +827,11 @@ impl Engine {
             })?;
         let log_end = log.lock().end();
         let s: Stats = sub.state.stats(now, log_end);
+        let dlq = sub.dlq.clone();
+        // The oldest message is read after the state lock is released.
+        drop(state);
         let oldest_published_ms = match s.oldest_unsettled {
-            Some(r) => read_ref(&log, &sub.dlq, r)?.map(|m| m.published_at_ms),
+            Some(r) => read_ref(&log, &dlq, r)?.map(|m| m.published_at_ms),
             None => None,
         };
         Ok(SubscriptionStats {
