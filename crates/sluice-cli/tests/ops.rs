@@ -1,7 +1,6 @@
 //! The operations commands end to end, as an operator runs them: against an embedded data
 //! directory (the CLI opens and releases it on each run) and against `sluice serve`.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,25 +14,8 @@ use support::{free_addr, Served};
 /// Runs `sluice ARGS` with `SLUICE_URL=url` (and `stdin` piped in); returns success,
 /// stdout and stderr.
 fn sluice(url: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("SLUICE_URL", url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sluice");
-    let mut input = child.stdin.take().expect("stdin");
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(input);
-    let out = child.wait_with_output().expect("wait for sluice");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, out, err) = support::run_sluice(url, args, stdin);
+    (code == 0, out, err)
 }
 
 fn ok(url: &str, args: &[&str]) -> String {

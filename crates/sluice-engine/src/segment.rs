@@ -160,6 +160,51 @@ pub fn encode_frame(body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(body);
 }
 
+/// Why the bytes at a position are not a whole, valid frame ([`frame_body`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameFault {
+    /// Fewer bytes than a frame header.
+    Truncated,
+    /// A `len` of 0: the end of the records (zeros).
+    End,
+    /// A `len` out of range, or running past the bytes.
+    Length(usize),
+    /// The body does not match its CRC.
+    Crc,
+}
+
+impl std::fmt::Display for FrameFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameFault::Truncated => f.write_str("the file ends inside a frame header"),
+            FrameFault::End => f.write_str("an end of records (zeros)"),
+            FrameFault::Length(len) => write!(f, "frame length {len} out of range"),
+            FrameFault::Crc => f.write_str("CRC mismatch"),
+        }
+    }
+}
+
+/// The body of the frame at `at` of `bytes` (a segment read into memory), if the frame is
+/// whole and its CRC matches.
+pub(crate) fn frame_body(bytes: &[u8], at: usize) -> Result<&[u8], FrameFault> {
+    let header = FRAME_HEADER_LEN as usize;
+    if at + header > bytes.len() {
+        return Err(FrameFault::Truncated);
+    }
+    let len = le_u32(&bytes[at..]) as usize;
+    if len == 0 {
+        return Err(FrameFault::End);
+    }
+    if len > MAX_BODY_LEN || at + header + len > bytes.len() {
+        return Err(FrameFault::Length(len));
+    }
+    let body = &bytes[at + header..at + header + len];
+    if crc32c::crc32c(body) != le_u32(&bytes[at + 4..]) {
+        return Err(FrameFault::Crc);
+    }
+    Ok(body)
+}
+
 /// Why a scan stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScanEnd {

@@ -140,16 +140,9 @@ pub(crate) struct LogCheck {
 
 /// The `.seg` bases of a log directory, in order.
 pub(crate) fn segment_bases(storage: &dyn Storage, dir: &Path) -> Vec<u64> {
-    let mut bases: Vec<u64> = storage
-        .list_dir(dir)
+    crate::log::recover::list(storage, dir)
+        .map(|(segments, _)| segments.into_iter().collect())
         .unwrap_or_default()
-        .iter()
-        .filter_map(|n| n.strip_suffix(".seg"))
-        .filter(|stem| stem.len() == 20)
-        .filter_map(|stem| stem.parse().ok())
-        .collect();
-    bases.sort_unstable();
-    bases
 }
 
 fn check_log(

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::io::{read_all, Storage};
 use crate::log::recover::next_valid_after;
 use crate::record::peek_offset;
-use crate::segment::{
-    le_u32, SegmentHeader, SegmentKind, FRAME_HEADER_LEN, HEADER_LEN, MAX_BODY_LEN,
-};
+use crate::segment::{frame_body, SegmentHeader, SegmentKind, FRAME_HEADER_LEN, HEADER_LEN};
 
 /// A stretch of a segment that is not valid records, with valid records after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,21 +47,7 @@ pub struct SegmentScan {
 }
 
 fn frame_at(kind: SegmentKind, bytes: &[u8], at: usize, seq: u64) -> Result<usize, String> {
-    let header = FRAME_HEADER_LEN as usize;
-    if at + header > bytes.len() {
-        return Err("the file ends inside a frame header".into());
-    }
-    let len = le_u32(&bytes[at..]) as usize;
-    if len == 0 {
-        return Err("an end of records (zeros)".into());
-    }
-    if len > MAX_BODY_LEN || at + header + len > bytes.len() {
-        return Err(format!("frame length {len} out of range"));
-    }
-    let body = &bytes[at + header..at + header + len];
-    if crc32c::crc32c(body) != le_u32(&bytes[at + 4..]) {
-        return Err("CRC mismatch".into());
-    }
+    let body = frame_body(bytes, at).map_err(|fault| fault.to_string())?;
     if kind.has_offsets() {
         match peek_offset(body) {
             Some(offset) if offset == seq => {}
@@ -74,7 +58,7 @@ fn frame_at(kind: SegmentKind, bytes: &[u8], at: usize, seq: u64) -> Result<usiz
             }
         }
     }
-    Ok(header + len)
+    Ok(FRAME_HEADER_LEN as usize + body.len())
 }
 
 /// Scans the segment at `path` (named for `base`) of a log of `kind`.

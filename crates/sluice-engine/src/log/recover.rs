@@ -29,8 +29,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::io::{create_dir_durable, read_all, read_exact_at, Storage, StorageFile};
 use crate::record::peek_offset;
 use crate::segment::{
-    FrameScanner, HeaderError, ScanEnd, SegmentHeader, SegmentKind, SparseIndex, FORMAT_VERSION,
-    FRAME_HEADER_LEN, HEADER_LEN, MAX_BODY_LEN,
+    frame_body, FrameScanner, HeaderError, ScanEnd, SegmentHeader, SegmentKind, SparseIndex,
+    FORMAT_VERSION, FRAME_HEADER_LEN, HEADER_LEN, MAX_BODY_LEN,
 };
 
 /// Bytes read at a time by recovery.
@@ -83,7 +83,7 @@ impl fmt::Display for RecoveryReport {
 }
 
 /// The `.seg` and `.idx` files of a log directory, by base.
-fn list(storage: &dyn Storage, dir: &Path) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
+pub(crate) fn list(storage: &dyn Storage, dir: &Path) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
     let names = storage
         .list_dir(dir)
         .context(|| format!("list {}", dir.display()))?;
@@ -382,20 +382,17 @@ pub(crate) fn find_frame(
     from: usize,
     expected: u64,
 ) -> Option<(usize, usize)> {
-    let header = FRAME_HEADER_LEN as usize;
-    let mut at = from;
-    while at + header < bytes.len() {
-        let len = crate::segment::le_u32(&bytes[at..]) as usize;
-        if len != 0 && len <= MAX_BODY_LEN && at + header + len <= bytes.len() {
-            let body = &bytes[at + header..at + header + len];
-            let crc = crate::segment::le_u32(&bytes[at + 4..]);
-            if plausible_body(kind, body, expected) && crc32c::crc32c(body) == crc {
-                return Some((at, header + len));
-            }
-        }
-        at += 1;
-    }
-    None
+    (from..bytes.len()).find_map(|at| {
+        // The cheap test first: a CRC only where the body could be a record of this log.
+        let len = bytes.get(at..at + 4).map(crate::segment::le_u32)? as usize;
+        let start = at + FRAME_HEADER_LEN as usize;
+        let plausible = len != 0
+            && len <= MAX_BODY_LEN
+            && bytes
+                .get(start..start + len)
+                .is_some_and(|body| plausible_body(kind, body, expected));
+        (plausible && frame_body(bytes, at).is_ok()).then(|| (at, FRAME_HEADER_LEN as usize + len))
+    })
 }
 
 /// Where the first valid record after the bad frame at index `at` of `bytes` starts, if one
@@ -450,17 +447,8 @@ pub(crate) fn run_of_frames(
     bytes: &[u8],
     mut at: usize,
 ) -> (u64, Option<(u64, u64)>, usize) {
-    let header = FRAME_HEADER_LEN as usize;
     let (mut count, mut first, mut last) = (0u64, None, None);
-    while at + header <= bytes.len() {
-        let len = crate::segment::le_u32(&bytes[at..]) as usize;
-        if len == 0 || len > MAX_BODY_LEN || at + header + len > bytes.len() {
-            break;
-        }
-        let body = &bytes[at + header..at + header + len];
-        if crc32c::crc32c(body) != crate::segment::le_u32(&bytes[at + 4..]) {
-            break;
-        }
+    while let Ok(body) = frame_body(bytes, at) {
         if kind.has_offsets() {
             let Some(offset) = peek_offset(body) else {
                 break;
@@ -472,7 +460,7 @@ pub(crate) fn run_of_frames(
             last = Some(offset);
         }
         count += 1;
-        at += header + len;
+        at += FRAME_HEADER_LEN as usize + body.len();
     }
     (count, first.zip(last), at)
 }

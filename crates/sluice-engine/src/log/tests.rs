@@ -54,6 +54,20 @@ fn journal_body(i: u64) -> Vec<u8> {
     body
 }
 
+/// A topic log of three committed records of the same size, closed; their byte positions.
+fn three_records() -> (Arc<MemStorage>, [u64; 3]) {
+    let storage = Arc::new(MemStorage::new());
+    let (mut log, _) = open_topic(&storage, small());
+    log.append(&[message(0, 10), message(1, 10), message(2, 10)])
+        .unwrap();
+    log.commit().unwrap();
+    let frame = (log.total_bytes() - HEADER_LEN) / 3;
+    (
+        storage,
+        [HEADER_LEN, HEADER_LEN + frame, HEADER_LEN + 2 * frame],
+    )
+}
+
 fn seg(dir: &str, base: u64) -> PathBuf {
     segment_path(Path::new(dir), base)
 }
@@ -175,13 +189,8 @@ fn given_a_torn_tail_when_reopening_then_recovery_keeps_a_valid_prefix_and_repor
 #[test]
 fn given_a_flipped_bit_before_the_last_record_of_the_active_segment_when_reopening_then_open_fails_as_corrupt_and_changes_nothing(
 ) {
-    let storage = Arc::new(MemStorage::new());
-    let (mut log, _) = open_topic(&storage, small());
-    log.append(&[message(0, 10), message(1, 10), message(2, 10)])
-        .unwrap();
-    log.commit().unwrap();
-    let second = log.segments()[0].bytes - 2 * (log.total_bytes() - HEADER_LEN) / 3;
-    drop(log);
+    let (storage, positions) = three_records();
+    let second = positions[1];
     assert!(
         storage.corrupt(&seg(DIR, 0), second + 20, &[0xFF]),
         "flip a bit"
@@ -208,13 +217,8 @@ fn given_a_flipped_bit_before_the_last_record_of_the_active_segment_when_reopeni
 #[test]
 fn given_a_flipped_bit_in_the_last_record_of_the_active_segment_when_reopening_then_the_log_ends_before_it(
 ) {
-    let storage = Arc::new(MemStorage::new());
-    let (mut log, _) = open_topic(&storage, small());
-    log.append(&[message(0, 10), message(1, 10), message(2, 10)])
-        .unwrap();
-    log.commit().unwrap();
-    let last = log.segments()[0].bytes - (log.total_bytes() - HEADER_LEN) / 3;
-    drop(log);
+    let (storage, positions) = three_records();
+    let last = positions[2];
     assert!(storage.corrupt(&seg(DIR, 0), last + 20, &[0xFF]));
     let (log, report) = open_topic(&storage, small());
     assert_eq!(log.end(), 2, "only the torn last record is dropped");
@@ -230,13 +234,8 @@ fn given_a_flipped_bit_in_the_last_record_of_the_active_segment_when_reopening_t
 
 #[test]
 fn given_zeros_in_the_middle_of_the_active_segment_when_reopening_then_open_fails_as_corrupt() {
-    let storage = Arc::new(MemStorage::new());
-    let (mut log, _) = open_topic(&storage, small());
-    log.append(&[message(0, 10), message(1, 10), message(2, 10)])
-        .unwrap();
-    log.commit().unwrap();
-    let second = log.segments()[0].bytes - 2 * (log.total_bytes() - HEADER_LEN) / 3;
-    drop(log);
+    let (storage, positions) = three_records();
+    let second = positions[1];
     assert!(
         storage.corrupt(&seg(DIR, 0), second, &[0; 8]),
         "a zeroed frame header"
@@ -764,13 +763,8 @@ fn given_a_torn_last_record_whose_payload_holds_a_frame_when_reopening_then_it_i
 
 #[test]
 fn given_a_flipped_bit_in_a_length_field_mid_log_when_reopening_then_open_fails_as_corrupt() {
-    let storage = Arc::new(MemStorage::new());
-    let (mut log, _) = open_topic(&storage, small());
-    log.append(&[message(0, 10), message(1, 10), message(2, 10)])
-        .unwrap();
-    log.commit().unwrap();
-    let second = log.segments()[0].bytes - 2 * (log.total_bytes() - HEADER_LEN) / 3;
-    drop(log);
+    let (storage, positions) = three_records();
+    let second = positions[1];
     let bytes = storage.file_bytes(&seg(DIR, 0)).unwrap();
     // The length grows by 256: the claimed frame swallows the next record.
     let flipped = bytes[second as usize + 1] ^ 0x01;

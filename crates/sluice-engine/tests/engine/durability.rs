@@ -17,6 +17,23 @@ use sluice_engine::Error;
 
 use crate::support::*;
 
+/// Publishes without waiting; the outcome arrives on the returned channel.
+fn publish_later(
+    engine: &Engine,
+    topic: &str,
+    records: Vec<MessageRecord>,
+) -> mpsc::Receiver<sluice_engine::Result<Vec<sluice_engine::Result<Published>>>> {
+    let (tx, rx) = mpsc::channel();
+    engine.publish(
+        topic,
+        records,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx
+}
+
 /// An engine on fault-injecting memory storage.
 fn faulty_engine() -> (Arc<FaultyStorage<MemStorage>>, Engine) {
     let faulty = Arc::new(FaultyStorage::new(MemStorage::new()));
@@ -49,22 +66,8 @@ fn given_a_publish_not_yet_durable_when_the_same_id_is_published_then_the_duplic
         )
         .unwrap();
     faulty.set_sync_delay(Duration::from_millis(300));
-    let (first_tx, first_rx) = mpsc::channel();
-    engine.publish(
-        "orders",
-        vec![record("order-1")],
-        Box::new(move |r| {
-            let _ = first_tx.send(r);
-        }),
-    );
-    let (second_tx, second_rx) = mpsc::channel();
-    engine.publish(
-        "orders",
-        vec![record("order-1")],
-        Box::new(move |r| {
-            let _ = second_tx.send(r);
-        }),
-    );
+    let first_rx = publish_later(&engine, "orders", vec![record("order-1")]);
+    let second_rx = publish_later(&engine, "orders", vec![record("order-1")]);
     let first = first_rx
         .recv_timeout(Duration::from_secs(10))
         .unwrap()
@@ -93,14 +96,7 @@ fn given_the_first_publish_of_an_id_fails_when_a_duplicate_waited_for_it_then_th
         .unwrap();
     faulty.set_sync_delay(Duration::from_millis(300));
     faulty.fail_nth_sync(1);
-    let (first_tx, first_rx) = mpsc::channel();
-    engine.publish(
-        "orders",
-        vec![record("order-1")],
-        Box::new(move |r| {
-            let _ = first_tx.send(r);
-        }),
-    );
+    let first_rx = publish_later(&engine, "orders", vec![record("order-1")]);
     let second = publish(&engine, "orders", &["order-1"]);
     let first = first_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(first.is_err(), "the first publish failed its sync");
@@ -284,38 +280,23 @@ fn given_a_publish_queued_when_its_topic_is_deleted_then_it_fails_as_not_found_a
         .unwrap();
     // A slow sync keeps the flusher busy, so the next publishes queue behind it.
     faulty.set_sync_delay(Duration::from_millis(200));
-    let (busy_tx, busy_rx) = mpsc::channel();
-    engine.publish(
-        "other",
-        vec![record("x")],
-        Box::new(move |r| {
-            let _ = busy_tx.send(r);
-        }),
-    );
+    let busy_rx = publish_later(&engine, "other", vec![record("x")]);
     std::thread::sleep(Duration::from_millis(20)); // let the flusher take the first batch
     let big = MessageRecord {
         payload: vec![7u8; 3000].into(),
         ..record("big")
     };
-    let (tx, rx) = mpsc::channel();
-    for _ in 0..3 {
-        let tx = tx.clone();
-        // Enough bytes to roll a segment in the deleted directory.
-        engine.publish(
-            "orders",
-            vec![big.clone()],
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-    }
+    // Enough bytes to roll a segment in the deleted directory.
+    let queued: Vec<_> = (0..3)
+        .map(|_| publish_later(&engine, "orders", vec![big.clone()]))
+        .collect();
     engine.delete_topic("orders").unwrap();
     faulty.set_sync_delay(Duration::ZERO);
     busy_rx
         .recv_timeout(Duration::from_secs(10))
         .unwrap()
         .unwrap();
-    for _ in 0..3 {
+    for rx in queued {
         match rx.recv_timeout(Duration::from_secs(10)).unwrap() {
             Ok(_) | Err(Error::TopicNotFound { .. }) => {}
             Err(other) => panic!("a queued publish to a deleted topic fails as not found: {other}"),
@@ -492,14 +473,7 @@ fn given_a_checkpoint_under_way_when_the_subscription_is_deleted_and_created_aga
     }
     // A slow sync holds the checkpoint in its barrier while the name is deleted and created.
     faulty.set_sync_delay(Duration::from_millis(200));
-    let (tx, rx) = mpsc::channel();
-    engine.publish(
-        "orders",
-        vec![record("d")],
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    );
+    let rx = publish_later(&engine, "orders", vec![record("d")]);
     let checkpointing = {
         let engine = engine.clone();
         std::thread::spawn(move || engine.checkpoint("billing"))
