@@ -9,19 +9,17 @@
 //!   first and names the field.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 use sluice_core::dedup::{Claims, DedupStore};
-use sluice_core::envelope::Envelope;
 use sluice_core::{
     Backend, Capabilities, DeadLetteredMessage, Error, Naming, ObjectKind, OrderingLevel,
     RedriveOptions, RedriveReport, StartPosition, SubscriptionConfig, SubscriptionInfo,
@@ -29,7 +27,7 @@ use sluice_core::{
 };
 
 use crate::catalog::{Session, SubscriptionRecord, TopicRecord};
-use crate::link::{reply_code, reply_text, to_error, Link, NOT_FOUND, PRECONDITION_FAILED};
+use crate::link::{reply_code, reply_text, to_error, Link, PRECONDITION_FAILED};
 use crate::names::{Names, MAX_DELAY, TIERS};
 use crate::publisher::RabbitPublisher;
 use crate::subscriber::RabbitSubscriber;
@@ -137,7 +135,7 @@ pub(crate) struct Shared {
 /// Sluice on RabbitMQ. Cheap to clone: clones share one connection.
 #[derive(Clone)]
 pub struct RabbitBackend {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for RabbitBackend {
@@ -155,7 +153,7 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
-fn passive() -> QueueDeclareOptions {
+pub(crate) fn passive() -> QueueDeclareOptions {
     QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
@@ -394,7 +392,7 @@ impl RabbitBackend {
         Ok(())
     }
 
-    async fn existing_subscription(
+    pub(crate) async fn existing_subscription(
         &self,
         subscription: &SubscriptionName,
     ) -> Result<SubscriptionConfig, Error> {
@@ -411,7 +409,7 @@ impl RabbitBackend {
     }
 
     /// A fresh channel for one operation that may fail on a missing queue.
-    async fn channel(&self) -> Result<Channel, Error> {
+    pub(crate) async fn channel(&self) -> Result<Channel, Error> {
         self.shared.link.channel().await
     }
 }
@@ -636,42 +634,7 @@ impl Backend for RabbitBackend {
     }
 
     async fn stats(&self, subscription: &SubscriptionName) -> Result<SubscriptionStats, Error> {
-        let config = self.existing_subscription(subscription).await?;
-        let names = &self.shared.names;
-        let channel = self.channel().await?;
-        let count = |queue: String| {
-            let channel = channel.clone();
-            async move {
-                channel
-                    .queue_declare(&queue, passive(), FieldTable::default())
-                    .await
-                    .map(|q| u64::from(q.message_count()))
-                    .map_err(|err| match reply_code(&err) {
-                        Some(NOT_FOUND) => Error::subscription_not_found(queue.clone()),
-                        _ => to_error(err, &format!("counting `{queue}`")),
-                    })
-            }
-        };
-        let result = async {
-            let ready = count(names.queue(subscription)).await?;
-            let buffered = self
-                .shared
-                .buffered(subscription)
-                .load(Ordering::SeqCst)
-                .max(0);
-            let dead = if config.dead_letter_queue {
-                Some(count(names.dead_letter(subscription)).await?)
-            } else {
-                None
-            };
-            let mut stats = SubscriptionStats::default();
-            stats.ready = Some(ready + buffered as u64);
-            stats.dead_lettered = dead;
-            Ok::<_, Error>(stats)
-        }
-        .await;
-        let _ = channel.close(200, "stats").await;
-        result
+        self.count_stats(subscription).await
     }
 
     async fn dlq_list(
@@ -679,30 +642,7 @@ impl Backend for RabbitBackend {
         subscription: &SubscriptionName,
         limit: usize,
     ) -> Result<Vec<DeadLetteredMessage>, Error> {
-        let config = self.existing_subscription(subscription).await?;
-        if !config.dead_letter_queue {
-            return Ok(Vec::new());
-        }
-        let queue = self.shared.names.dead_letter(subscription);
-        let channel = self.channel().await?;
-        let mut listed = Vec::new();
-        let result = async {
-            while listed.len() < limit {
-                let got = channel
-                    .basic_get(&queue, BasicGetOptions { no_ack: false })
-                    .await
-                    .map_err(|err| to_error(err, &format!("reading `{queue}`")))?;
-                let Some(got) = got else { break };
-                let d = got.delivery;
-                let decoded = wire::decode(d.routing_key.as_str(), &d.properties, d.data.into());
-                listed.push(DeadLetteredMessage::new(decoded.message));
-            }
-            Ok::<_, Error>(())
-        }
-        .await;
-        // Closing the channel puts every listed message back, in its place.
-        let _ = channel.close(200, "listed").await;
-        result.map(|()| listed)
+        self.list_dead_letters(subscription, limit).await
     }
 
     async fn dlq_redrive(
@@ -710,78 +650,11 @@ impl Backend for RabbitBackend {
         subscription: &SubscriptionName,
         options: &RedriveOptions,
     ) -> Result<RedriveReport, Error> {
-        let config = self.existing_subscription(subscription).await?;
-        let mut report = RedriveReport::default();
-        report.dry_run = options.dry_run;
-        if !config.dead_letter_queue {
-            return Ok(report);
-        }
-        let names = &self.shared.names;
-        let (dlq, target) = (names.dead_letter(subscription), names.queue(subscription));
-        let channel = self.channel().await?;
-        let pause = options
-            .rate_per_second
-            .map(|rate| Duration::from_secs(1) / rate.max(1));
-        let result = async {
-            while options.limit.is_none_or(|limit| report.moved.len() < limit) {
-                let got = channel
-                    .basic_get(&dlq, BasicGetOptions { no_ack: false })
-                    .await
-                    .map_err(|err| to_error(err, &format!("reading `{dlq}`")))?;
-                let Some(got) = got else { break };
-                let d = got.delivery;
-                let mut message =
-                    wire::decode(d.routing_key.as_str(), &d.properties, d.data.into()).message;
-                if !options.selects(&message) {
-                    continue;
-                }
-                let id = message.id().to_string();
-                if !options.dry_run {
-                    Envelope::strip(&mut message);
-                    let out = wire::encode(&message, &[])?;
-                    self.shared
-                        .link
-                        .publish("", &target, true, &out.body, out.properties)
-                        .await?;
-                    channel
-                        .basic_ack(d.delivery_tag, BasicAckOptions::default())
-                        .await
-                        .map_err(|err| to_error(err, &format!("removing from `{dlq}`")))?;
-                    if let Some(pause) = pause {
-                        tokio::time::sleep(pause).await;
-                    }
-                }
-                report.moved.push(id);
-            }
-            Ok::<_, Error>(())
-        }
-        .await;
-        let _ = channel
-            .basic_nack(
-                0,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
-            .await;
-        let _ = channel.close(200, "redriven").await;
-        result.map(|()| report)
+        self.redrive_dead_letters(subscription, options).await
     }
 
     async fn dlq_purge(&self, subscription: &SubscriptionName) -> Result<u64, Error> {
-        let config = self.existing_subscription(subscription).await?;
-        if !config.dead_letter_queue {
-            return Ok(0);
-        }
-        let queue = self.shared.names.dead_letter(subscription);
-        let channel = self.channel().await?;
-        let purged = channel
-            .queue_purge(&queue, QueuePurgeOptions::default())
-            .await
-            .map_err(|err| to_error(err, &format!("purging `{queue}`")));
-        let _ = channel.close(200, "purged").await;
-        Ok(u64::from(purged?))
+        self.purge_dead_letters(subscription).await
     }
 }
 

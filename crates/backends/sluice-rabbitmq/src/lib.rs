@@ -39,6 +39,7 @@ mod dedup;
 mod delivery;
 mod link;
 pub mod names;
+mod ops;
 mod publisher;
 mod subscriber;
 pub mod wire;

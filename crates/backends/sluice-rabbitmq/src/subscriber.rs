@@ -184,7 +184,11 @@ impl RabbitSubscriber {
             return None;
         }
         let d = incoming.delivery;
-        let decoded = wire::decode(d.routing_key.as_str(), &d.properties, d.data.into());
+        let decoded = wire::decode(
+            wire::Route::new(&d.exchange, &d.routing_key),
+            &d.properties,
+            d.data.into(),
+        );
         Some(RabbitDelivery::new(
             Arc::clone(&self.state),
             incoming.channel,

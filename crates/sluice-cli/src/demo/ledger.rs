@@ -33,6 +33,15 @@ impl Observer for Ledger {
     }
 }
 
+impl Books {
+    /// Whether every id of `published` has been acked or dead-lettered.
+    pub(crate) fn settles(&self, published: &BTreeSet<String>) -> bool {
+        published
+            .iter()
+            .all(|id| self.acked.contains(id) || self.dead_lettered.contains(id))
+    }
+}
+
 impl Ledger {
     pub(crate) fn books(&self, subscription: &str) -> Books {
         self.0

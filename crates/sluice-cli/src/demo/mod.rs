@@ -231,10 +231,18 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     progress.burst_done();
     progress.println(&burst);
 
-    // Drain, sampling the backlog, until every subscription is empty or time runs out.
+    // Drain, sampling the backlog, until every subscription has settled every published
+    // message and is empty, or time runs out. The books decide, not only the backend's
+    // counts: a backend may not count every place a message waits (a retry on its way back,
+    // a prefetch buffer), and the demo must not stop before those messages come back.
     let drained = loop {
         let samples = observe(&mut progress).await?;
-        if samples.iter().all(|s| s.backlog == 0 && s.in_flight == 0) {
+        let empty = samples.iter().all(|s| s.backlog == 0 && s.in_flight == 0);
+        if empty
+            && SUBSCRIPTIONS
+                .iter()
+                .all(|name| ledger.books(name).settles(&published))
+        {
             break true;
         }
         if started.elapsed() >= args.duration {
