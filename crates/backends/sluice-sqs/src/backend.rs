@@ -553,7 +553,7 @@ pub(crate) fn decode_raw(raw: &aws_sdk_sqs::types::Message) -> Result<wire::Inco
                 .collect()
         })
         .unwrap_or_default();
-    wire::decode(raw.body().unwrap_or(""), &attributes)
+    wire::decode(raw.body().unwrap_or(""), &attributes, raw.message_id())
 }
 
 /// A system attribute of a received message, as a number.

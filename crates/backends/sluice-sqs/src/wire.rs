@@ -177,9 +177,40 @@ pub(crate) struct Incoming {
     pub(crate) attempt_base: u32,
 }
 
-/// Decodes a body and its attributes (name → string value). A message without Sluice's
-/// attributes (sent by another producer) decodes with a generated id and the body as payload.
-pub(crate) fn decode(body: &str, attributes: &HashMap<String, String>) -> Result<Incoming, String> {
+/// The id of a message another producer sent without `sluice-id`: derived from its SQS
+/// message id, so every redelivery of it has the same id (and an idempotent consumer
+/// recognises it).
+pub(crate) fn foreign_id(sqs_message_id: &str) -> String {
+    format!("sqs-{sqs_message_id}")
+}
+
+/// The headers in `sluice-headers`: a JSON object whose string values are taken as they
+/// are, numbers and booleans as their JSON text, `null` as the empty string, and arrays and
+/// objects as their JSON (as RabbitMQ's headers of other types are read).
+fn headers(json: &str) -> Result<BTreeMap<String, String>, String> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+        .map_err(|err| format!("{HEADERS} is not a JSON object: {err}"))?;
+    Ok(object
+        .into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                serde_json::Value::String(text) => text,
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (name, text)
+        })
+        .collect())
+}
+
+/// Decodes a body and its attributes (name → string value). A message without `sluice-id`
+/// (sent by another producer) gets the id [`foreign_id`] of `sqs_message_id` (a fresh one
+/// only if SQS gave none), and the body as payload.
+pub(crate) fn decode(
+    body: &str,
+    attributes: &HashMap<String, String>,
+    sqs_message_id: Option<&str>,
+) -> Result<Incoming, String> {
     let get = |name: &str| attributes.get(name).cloned();
     let payload: Vec<u8> = match get(ENCODING).as_deref() {
         Some("empty") => Vec::new(),
@@ -192,16 +223,14 @@ pub(crate) fn decode(body: &str, attributes: &HashMap<String, String>) -> Result
     let mut parts = MessageParts::default();
     parts.id = match get(ID) {
         Some(id) => Some(MessageId::new(id).map_err(|err| err.to_string())?),
-        None => None,
+        None => sqs_message_id.and_then(|id| MessageId::new(foreign_id(id)).ok()),
     };
     parts.message_type = get(TYPE);
     parts.routing_key = get(ROUTING_KEY);
     parts.ordering_key = get(ORDERING_KEY);
     parts.content_type = get(CONTENT_TYPE);
     if let Some(json) = get(HEADERS) {
-        let headers: BTreeMap<String, String> = serde_json::from_str(&json)
-            .map_err(|err| format!("{HEADERS} is not a JSON object of strings: {err}"))?;
-        parts.headers = headers;
+        parts.headers = headers(&json)?;
     }
     parts.payload = payload.into();
     parts.published_at = get(PUBLISHED_AT).as_deref().and_then(time);
@@ -245,7 +274,7 @@ mod tests {
         let out = encode(message, None).unwrap();
         assert!(out.attributes.len() <= 10, "SNS allows 10 attributes");
         assert!(is_sqs_text(&out.body));
-        decode(&out.body, &attrs(&out)).unwrap().message
+        decode(&out.body, &attrs(&out), None).unwrap().message
     }
 
     #[test]
@@ -306,14 +335,45 @@ mod tests {
 
     #[test]
     fn foreign_messages_decode_and_bad_attributes_are_named() {
-        let plain = decode("hello", &HashMap::new()).unwrap();
+        let sqs_id = Some("6a1f4c2e-0c1d-4b8e-9a57-2f3b1c0d9e8f");
+        let plain = decode("hello", &HashMap::new(), sqs_id).unwrap();
         assert_eq!(plain.message.payload().as_ref(), b"hello");
+        let again = decode("hello", &HashMap::new(), sqs_id).unwrap();
+        assert_eq!(
+            plain.message.id(),
+            again.message.id(),
+            "a redelivery keeps its id"
+        );
+        assert_eq!(
+            plain.message.id().as_str(),
+            "sqs-6a1f4c2e-0c1d-4b8e-9a57-2f3b1c0d9e8f"
+        );
         let mut bad = HashMap::new();
         bad.insert(ENCODING.to_owned(), "base64".to_owned());
-        assert!(decode("***", &bad).unwrap_err().contains("base64"));
+        assert!(decode("***", &bad, sqs_id).unwrap_err().contains("base64"));
         let mut attempt = HashMap::new();
         attempt.insert(ATTEMPT.to_owned(), "3".to_owned());
-        assert_eq!(decode("x", &attempt).unwrap().attempt_base, 3);
+        assert_eq!(decode("x", &attempt, sqs_id).unwrap().attempt_base, 3);
+    }
+
+    #[test]
+    fn header_values_of_any_json_type_are_read_as_text() {
+        let mut attributes = HashMap::new();
+        attributes.insert(
+            HEADERS.to_owned(),
+            r#"{"tenant":"globex","priority":5,"vip":true,"ratio":0.5,"none":null,"tags":["a",1]}"#
+                .to_owned(),
+        );
+        let m = decode("x", &attributes, None).unwrap().message;
+        assert_eq!(m.header("tenant"), Some("globex"));
+        assert_eq!(m.header("priority"), Some("5"));
+        assert_eq!(m.header("vip"), Some("true"));
+        assert_eq!(m.header("ratio"), Some("0.5"));
+        assert_eq!(m.header("none"), Some(""));
+        assert_eq!(m.header("tags"), Some(r#"["a",1]"#));
+        attributes.insert(HEADERS.to_owned(), r#"["tenant"]"#.to_owned());
+        let err = decode("x", &attributes, None).unwrap_err();
+        assert!(err.contains("not a JSON object"), "{err}");
     }
 
     #[test]

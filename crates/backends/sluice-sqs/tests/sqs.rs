@@ -380,6 +380,45 @@ async fn a_plain_sqs_client_reads_the_wire_format_and_poison_goes_to_the_dlq() {
     );
     assert!(envelope.reason.contains("rot13"), "{}", envelope.reason);
     assert_eq!(listed[0].message.payload().as_ref(), b"uryyb");
+
+    // A plain producer's message (no `sluice-id`, headers with numbers) keeps one id across
+    // its redeliveries, and its headers.
+    let headers = aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(r#"{"tenant":"globex","priority":5}"#)
+        .build()
+        .unwrap();
+    let sent = client
+        .send_message()
+        .queue_url(&url)
+        .message_body("plain")
+        .message_attributes("sluice-headers", headers)
+        .send()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while ids.len() < 2 {
+        assert!(Instant::now() < deadline, "redeliveries seen: {ids:?}");
+        for delivery in subscriber
+            .receive(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+        {
+            let m = delivery.message();
+            assert_eq!(m.payload().as_ref(), b"plain");
+            assert_eq!(m.header("tenant"), Some("globex"));
+            assert_eq!(m.header("priority"), Some("5"));
+            ids.push(m.id().to_string());
+            if ids.len() < 2 {
+                delivery.release().await.unwrap();
+            } else {
+                delivery.ack().await.unwrap();
+            }
+        }
+    }
+    assert_eq!(ids[0], ids[1], "a redelivery has the same id");
+    assert_eq!(ids[0], format!("sqs-{}", sent.message_id().unwrap()));
     backend.delete_topic(&topic).await.unwrap();
 }
 
