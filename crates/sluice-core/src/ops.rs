@@ -21,19 +21,20 @@ pub struct SubscriptionStats {
     pub dead_lettered: Option<u64>,
     /// Age of the oldest message not yet acked.
     pub oldest_age: Option<Duration>,
-    /// Messages not yet settled — ready, in flight and delayed together — where the backend
+    /// Messages not yet settled — ready, in flight and retrying together — where the backend
     /// cannot tell those apart (Kafka: the end offsets less the group's committed offsets,
-    /// retry tiers included).
+    /// retry tiers included; delayed publishes not yet moved are in `delayed`).
     pub unsettled: Option<u64>,
 }
 
 impl SubscriptionStats {
     /// Ready plus in flight plus delayed: everything still to be handled (or
-    /// [`unsettled`](Self::unsettled) where only that is known).
+    /// [`unsettled`](Self::unsettled) plus delayed where only that is known).
     pub fn backlog(&self) -> Option<u64> {
+        let delayed = self.delayed.unwrap_or(0);
         match self.ready {
-            Some(ready) => Some(ready + self.in_flight.unwrap_or(0) + self.delayed.unwrap_or(0)),
-            None => self.unsettled,
+            Some(ready) => Some(ready + self.in_flight.unwrap_or(0) + delayed),
+            None => self.unsettled.map(|unsettled| unsettled + delayed),
         }
     }
 }

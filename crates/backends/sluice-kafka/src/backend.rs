@@ -21,7 +21,7 @@ use sluice_core::{
 
 use crate::catalog::{Catalog, Tags};
 use crate::error::{settle, to_error};
-use crate::mover::Mover;
+use crate::mover::{DelayMovers, Mover};
 use crate::names::{Names, MAX_DELAY, TIERS};
 use crate::publisher::KafkaPublisher;
 use crate::subscriber::KafkaSubscriber;
@@ -71,7 +71,9 @@ pub struct KafkaOptions {
     /// Replication factor of new topics (1 by default; 3 on a production cluster).
     pub replication: i32,
     /// Consumer group session timeout: how long a crashed consumer keeps its partitions
-    /// (10 s by default).
+    /// (6 s by default: the least a Kafka broker accepts by default,
+    /// `group.min.session.timeout.ms`; Tansu holds a new member's first join for half of
+    /// it).
     pub session_timeout: Duration,
     /// Further librdkafka settings for every client (`security.protocol`, `sasl.*`, …).
     pub client: Vec<(String, String)>,
@@ -104,7 +106,7 @@ impl KafkaOptions {
             namespace: None,
             partitions: 3,
             replication: 1,
-            session_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(6),
             client: Vec::new(),
             dedup_store: Arc::new(Claims::default()),
         }
@@ -426,6 +428,27 @@ impl std::fmt::Debug for KafkaBackend {
 }
 
 impl KafkaBackend {
+    /// Runs the delay movers of `topics` in this process until the returned handle is
+    /// closed or dropped: each moves the topic's delayed messages to it when they are due.
+    ///
+    /// Every subscriber of a topic runs its mover, and so does every publisher that sent a
+    /// delayed message to it; a deployment whose consumers are not Sluice's and whose
+    /// publishers do not stay up (a cron job, `sluice publish --delay`) runs this instead
+    /// (`sluice delays`). Movers of one topic share a consumer group: however many run, each
+    /// record is moved by one of them.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for a topic that does not exist; [`Error::Backend`] when a
+    /// consumer cannot start.
+    pub async fn move_delays(&self, topics: &[TopicName]) -> Result<DelayMovers> {
+        let mut movers = Vec::with_capacity(topics.len());
+        for topic in topics {
+            self.shared.topic_config(topic).await?;
+            movers.push((topic.clone(), self.shared.mover(topic)?));
+        }
+        Ok(DelayMovers::new(movers))
+    }
+
     /// Connects to the brokers: checks that they answer, and creates the namespace's catalog
     /// topic if it is missing.
     ///
@@ -957,10 +980,18 @@ impl Backend for KafkaBackend {
         client
             .set("group.id", names.group(subscription))
             .set("enable.auto.commit", "false");
-        let unsettled = blocking(move || unsettled(&client, &topics)).await?;
+        let pending = blocking(move || unsettled(&client, &topics)).await?;
+        // Delayed publishes wait in the topic's delay tiers until its mover group moves them.
+        let mut movers = self.shared.client_config();
+        movers
+            .set("group.id", names.mover_group(&config.topic))
+            .set("enable.auto.commit", "false");
+        let tiers = names.delay_tiers(&config.topic);
+        let delayed = blocking(move || unsettled(&movers, &tiers)).await?;
         let snapshot = self.dlq_read(subscription, 0).await?;
         let mut stats = SubscriptionStats::default();
-        stats.unsettled = Some(unsettled);
+        stats.unsettled = Some(pending);
+        stats.delayed = Some(delayed);
         stats.dead_lettered = Some(u64::try_from(snapshot.end - snapshot.start).unwrap_or(0));
         Ok(stats)
     }

@@ -859,6 +859,21 @@ impl Core {
         self.settled.notify_all();
     }
 
+    /// Closes (see [`close`](Self::close)) and waits until the poll thread has committed what
+    /// was settled and left the group, so a process that exits next neither loses an ack nor
+    /// leaves a dead member behind (its partitions would wait out the session timeout).
+    /// Bounded by the lease and the leave delay.
+    pub(crate) async fn close_and_wait(&self) {
+        self.close();
+        let cap = self.spec.lease + self.spec.leave_after * 8 + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + cap;
+        while !self.exited.load(std::sync::atomic::Ordering::Acquire)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops handing out; records not handed out are left to the next owner, leased ones stay
     /// valid until settled or expired, then the member commits and leaves the group.
     pub(crate) fn close(&self) {

@@ -35,6 +35,7 @@ mod subscriber;
 pub mod wire;
 
 pub use backend::{capabilities, KafkaBackend, KafkaOptions, MAX_MESSAGE_SIZE};
+pub use mover::DelayMovers;
 pub use names::{tier_for, MAX_DELAY, TIERS};
 pub use publisher::KafkaPublisher;
 pub use subscriber::{KafkaDelivery, KafkaSubscriber};

@@ -1,7 +1,9 @@
 //! The delay mover of a topic: moves delayed publishes from the topic's delay tiers to the
 //! topic when they are due.
 //!
-//! It runs in every process with a subscriber of the topic, as a member of the consumer group
+//! It runs in every process with a subscriber of the topic, or a publisher that sent a delayed
+//! message to it, or [`KafkaBackend::move_delays`](crate::KafkaBackend::move_delays) (`sluice
+//! delays`), as a member of the consumer group
 //! `<topic>.delay`: Kafka gives each tier partition to one member, so each record is moved by
 //! one mover however many subscriptions and processes there are (one per topic, not per
 //! subscription, or each subscription would get copies). A record is completed only after the
@@ -50,6 +52,11 @@ impl Mover {
 }
 
 impl Mover {
+    /// Stops it and waits until its group member has committed and left.
+    pub(crate) async fn close(&self) {
+        self.core.close_and_wait().await;
+    }
+
     /// Whether it was stopped (a deletion of its topic): then a new one is needed.
     pub(crate) fn is_stopped(&self) -> bool {
         self.core.is_closed() || self.task.is_finished()
@@ -116,5 +123,42 @@ async fn run(shared: Arc<Shared>, core: Arc<Core>, target: String) {
             }
         });
         futures::future::join_all(moves).await;
+    }
+}
+
+/// Stops `movers` at once, waiting for those this was the last user of to leave their groups.
+pub(crate) async fn close_all(movers: Vec<Arc<Mover>>) {
+    let last: Vec<Mover> = movers.into_iter().filter_map(Arc::into_inner).collect();
+    futures::future::join_all(last.iter().map(Mover::close)).await;
+}
+
+/// The delay movers of some topics, running in this process until closed or dropped (see
+/// [`KafkaBackend::move_delays`](crate::KafkaBackend::move_delays)).
+#[derive(Default)]
+pub struct DelayMovers {
+    movers: Vec<(TopicName, Arc<Mover>)>,
+}
+
+impl std::fmt::Debug for DelayMovers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.movers.iter().map(|(topic, _)| topic))
+            .finish()
+    }
+}
+
+impl DelayMovers {
+    pub(crate) fn new(movers: Vec<(TopicName, Arc<Mover>)>) -> Self {
+        Self { movers }
+    }
+
+    /// The topics whose delayed messages are moved.
+    pub fn topics(&self) -> impl Iterator<Item = &TopicName> {
+        self.movers.iter().map(|(topic, _)| topic)
+    }
+
+    /// Stops every mover; returns once each has committed what it moved and left its group.
+    pub async fn close(self) {
+        close_all(self.movers.into_iter().map(|(_, mover)| mover).collect()).await;
     }
 }

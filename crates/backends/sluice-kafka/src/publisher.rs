@@ -4,7 +4,9 @@
 //! - The ordering key is the record key (same key, same partition, in order: the idempotent
 //!   producer keeps order across its retries).
 //! - A delayed message goes to the topic's delay tier (`names::tier_for`), moved to the topic
-//!   when due by the topic's delay mover.
+//!   when due by the topic's delay mover. The publisher runs that mover from its first
+//!   delayed publish to a topic until it is closed (as every subscriber of the topic does):
+//!   a producer whose consumers are not Sluice's still gets its delayed messages delivered.
 //! - The topic's dedup window is emulated (`dedup.rs`): a publish takes a *pending* claim of
 //!   its id in the options' dedup store (per process by default; across processes and
 //!   restarts with a shared durable store, e.g. `sluice-redis` or `sluice-sql`), queues its
@@ -22,9 +24,9 @@
 //!   network, separate concurrent `publish` calls to a topic with a window are queued in the
 //!   order their claims come back.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::future::join_all;
@@ -38,6 +40,7 @@ use sluice_core::{
 use crate::backend::Shared;
 use crate::dedup;
 use crate::error::{is_unknown_topic, to_error};
+use crate::mover::Mover;
 use crate::names::MAX_DELAY;
 use crate::wire::{self, Outgoing};
 
@@ -66,6 +69,8 @@ pub(crate) async fn produce(shared: &Shared, topic: &str, record: Outgoing) -> R
 /// Publishes messages to Kafka topics.
 pub struct KafkaPublisher {
     shared: Arc<Shared>,
+    /// The delay movers of the topics this publisher sent a delayed message to.
+    movers: Mutex<HashMap<TopicName, Arc<Mover>>>,
     closed: AtomicBool,
     in_flight: AtomicUsize,
     idle: tokio::sync::Notify,
@@ -92,6 +97,7 @@ impl KafkaPublisher {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
+            movers: Mutex::default(),
             closed: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
@@ -147,7 +153,10 @@ impl KafkaPublisher {
             message.set_published_at(SystemTime::now());
         }
         let target = match delay {
-            Some(delay) => shared.names.delay_tier(topic, delay),
+            Some(delay) => {
+                self.keep_mover(topic)?;
+                shared.names.delay_tier(topic, delay)
+            }
             None => shared.names.topic(topic),
         };
         Ok(Admitted::Ready {
@@ -155,6 +164,16 @@ impl KafkaPublisher {
             target,
             claim,
         })
+    }
+
+    /// Runs the topic's delay mover while this publisher lives (one per topic and process,
+    /// shared with the topic's subscribers here).
+    fn keep_mover(&self, topic: &TopicName) -> Result<()> {
+        let mut movers = self.movers.lock().unwrap_or_else(|e| e.into_inner());
+        if movers.get(topic).is_none_or(|m| m.is_stopped()) {
+            movers.insert(topic.clone(), self.shared.mover(topic)?);
+        }
+        Ok(())
     }
 
     /// Queues an admitted message and waits for its delivery report, then confirms its
@@ -316,11 +335,20 @@ impl Publisher for KafkaPublisher {
             idle.await;
         }
         let producer = self.shared.producer.clone();
-        crate::backend::blocking(move || {
+        let flushed = crate::backend::blocking(move || {
             producer
                 .flush(Duration::from_secs(30))
                 .map_err(|e| to_error(e, "flushing the producer"))
         })
-        .await
+        .await;
+        let movers: Vec<Arc<Mover>> = self
+            .movers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, mover)| mover)
+            .collect();
+        crate::mover::close_all(movers).await;
+        flushed
     }
 }

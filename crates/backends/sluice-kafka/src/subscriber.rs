@@ -213,9 +213,20 @@ impl Subscriber for KafkaSubscriber {
             .collect())
     }
 
+    /// Stops receiving and returns once every settled record is committed and the member
+    /// has left its group (a process may exit right after: nothing acked comes back, and the
+    /// next member is not kept waiting for this one's session to time out). The topic's delay
+    /// mover is stopped the same way when this was its last user here.
     async fn close(&self) -> Result<()> {
-        self.context.core.close();
-        self.mover.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mover = self.mover.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let last = mover.and_then(Arc::into_inner);
+        // Both members leave at once: each waits a quiet spell before it goes.
+        let mover_closed = async {
+            if let Some(mover) = &last {
+                mover.close().await;
+            }
+        };
+        futures::join!(self.context.core.close_and_wait(), mover_closed);
         Ok(())
     }
 }

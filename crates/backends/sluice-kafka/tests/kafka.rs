@@ -1,6 +1,7 @@
 //! Kafka behaviour beyond the shared suite, against Tansu at 127.0.0.1:9092: two members of
 //! one group sharing partitions through a rebalance with one of them stopping, retries that
-//! do not block their partition, replay from a time, one delay mover per topic, and a poison
+//! do not block their partition, replay from a time, one delay mover per topic (run by
+//! subscribers, publishers or `move_delays`), an ack committed when `close` returns, a poison
 //! record produced by a plain Kafka client, and a batch meeting a dedup claim in progress.
 
 use std::collections::{BTreeSet, HashMap};
@@ -318,6 +319,83 @@ async fn a_delayed_publish_reaches_each_subscription_once_when_due() {
             published + delay - *at
         );
     }
+}
+
+/// Waits until the subscription counts `count` unsettled records (what its topic holds past
+/// its commits), or fails at the deadline.
+async fn wait_unsettled(backend: &KafkaBackend, name: &SubscriptionName, count: u64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let stats = backend.stats(name).await.unwrap();
+        if stats.unsettled == Some(count) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the topic never held {count} unsettled record(s): {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_publish_reaches_its_topic_with_no_sluice_subscriber_running() {
+    // Only the publisher runs (the consumers would be plain Kafka clients): it moves the
+    // topic's delayed messages itself while it lives.
+    let backend = support::connect().await;
+    let topic = topic(&backend).await;
+    let name = subscription(&backend, SubscriptionConfig::new(topic.clone())).await;
+    let publisher = backend.publisher().await.unwrap();
+    let message = Message::builder(&b"later"[..]).build().unwrap();
+    publisher
+        .publish_delayed(&topic, message, Duration::from_secs(1))
+        .await
+        .unwrap();
+    wait_unsettled(&backend, &name, 1).await;
+    publisher.close().await.unwrap();
+
+    // A publisher gone before the message is due: `move_delays` (`sluice delays`) moves it.
+    let short_lived = backend.publisher().await.unwrap();
+    let message = Message::builder(&b"later still"[..]).build().unwrap();
+    short_lived
+        .publish_delayed(&topic, message, Duration::from_secs(2))
+        .await
+        .unwrap();
+    short_lived.close().await.unwrap();
+    let movers = backend
+        .move_delays(std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    wait_unsettled(&backend, &name, 2).await;
+    movers.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_is_committed_when_close_returns() {
+    let backend = support::connect().await;
+    let topic = topic(&backend).await;
+    let name = subscription(&backend, SubscriptionConfig::new(topic.clone())).await;
+    publish_labels(&backend, &topic, &["a".into(), "b".into()]).await;
+    wait_unsettled(&backend, &name, 2).await;
+    let subscriber = backend.subscribe(&name).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let delivery = loop {
+        assert!(Instant::now() < deadline, "nothing was delivered");
+        let mut got = subscriber.receive(1, Duration::from_secs(1)).await.unwrap();
+        if let Some(delivery) = got.pop() {
+            break delivery;
+        }
+    };
+    delivery.ack().await.unwrap();
+    // What `sluice consume --count 1` does before it exits: the ack is committed once close
+    // returns, not 200 ms later by a thread the exit would kill.
+    subscriber.close().await.unwrap();
+    let stats = backend.stats(&name).await.unwrap();
+    assert_eq!(
+        stats.unsettled,
+        Some(1),
+        "the acked record is committed: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
