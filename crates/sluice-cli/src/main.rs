@@ -29,6 +29,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log output on stderr: `-v` shows Sluice's info and the client libraries'
+    /// warnings, `-vv` everything at debug level. `RUST_LOG` overrides both.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +60,9 @@ enum Command {
     Consume(ops::consume::ConsumeArgs),
     /// Lists, shows, redrives and purges a subscription's dead-letter queue.
     Dlq(ops::dlq::DlqArgs),
+    /// Kafka only: moves the delayed messages of topics to them when due, for deployments
+    /// where no Sluice subscriber or long-lived Sluice publisher of a topic runs.
+    Delays(ops::delays::DelaysArgs),
     /// Verifies an embedded data directory offline (every record's CRC, dense offsets,
     /// indexes, checkpoints against journals, states against logs) and prints a report;
     /// exits 2 when it finds damage.
@@ -68,18 +75,29 @@ enum Command {
     Outbox(ops::outbox::OutboxArgs),
 }
 
+/// The log filter when `RUST_LOG` is not set. Quiet by default: Sluice's own warnings and
+/// errors only. The client libraries report what Sluice reports itself, louder (lapin logs
+/// every closed connection at ERROR, the runtime's own shutdown included; librdkafka logs a
+/// reached partition end as an error; pinky_swear warns of a confirm nobody waits for).
+fn log_filter(verbose: u8) -> &'static str {
+    match verbose {
+        0 => "warn,lapin=off,pinky_swear=off,rdkafka=off,aws_smithy_runtime=off",
+        1 => "info,lapin=warn,pinky_swear=warn,rdkafka=warn",
+        _ => "debug",
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            // lapin logs every lost connection at ERROR, the runtime's own shutdown at exit
-            // included; sluice-rabbitmq reports connection errors itself. `RUST_LOG` overrides.
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(cli.verbose))),
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
+    let result = match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Serve(args) => serve::run(args).await,
@@ -89,6 +107,7 @@ async fn main() {
         Command::Tail(args) => ops::tail::run(args).await,
         Command::Consume(args) => ops::consume::run(args).await,
         Command::Dlq(args) => ops::dlq::run(args).await,
+        Command::Delays(args) => ops::delays::run(args).await,
         Command::Outbox(args) => ops::outbox::run(args).await,
         Command::Check(args) => ops::check::check(args),
         Command::Repair(args) => ops::check::repair(args),

@@ -163,7 +163,31 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .merge(api)
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(shared)
+}
+
+/// A path no route serves: the documented JSON error, never an empty body.
+async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route for {method} {}: the routes are listed in /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// A route asked with a method it does not take.
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} does not take {method}: see /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 async fn authorize(

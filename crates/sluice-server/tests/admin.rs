@@ -96,6 +96,10 @@ async fn the_admin_api_reports_topics_stats_and_the_dlq_and_redrives() {
         shown["payload"].as_str().unwrap().starts_with("order "),
         "{shown}"
     );
+    for field in ["content_type", "published_at", "ordering_key"] {
+        assert!(shown.get(field).is_some(), "no {field}: {shown}");
+    }
+    assert!(shown["published_at"].is_string(), "{shown}");
     let (status, missing) = json(
         http_addr,
         "GET",
@@ -183,6 +187,19 @@ async fn the_admin_api_reports_topics_stats_and_the_dlq_and_redrives() {
     )
     .await;
     assert_eq!(status, 400, "{err}");
+    // Unknown routes and wrong methods answer with the documented JSON error too.
+    let (status, err) = json(http_addr, "GET", "/api/v1/nothing-here", "").await;
+    assert_eq!(status, 404, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/nothing-here"),
+        "{err}"
+    );
+    let (status, err) = json(http_addr, "DELETE", "/api/v1/topics", "").await;
+    assert_eq!(status, 405, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("DELETE"), "{err}");
 
     // A deleted topic's series leave /metrics (counters included).
     client.delete_topic(&topic).await.unwrap();

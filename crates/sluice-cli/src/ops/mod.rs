@@ -1,10 +1,11 @@
-//! The operations commands: `topics`, `stats`, `publish`, `tail`, `consume`, `dlq`. Each works
+//! The operations commands: `topics`, `stats`, `publish`, `tail`, `consume`, `dlq`, `delays`. Each works
 //! against any backend URL (`--url` or `SLUICE_URL`; `embedded:./sluice-data` by default),
 //! prints a table by default and JSON with `--json`, and names the URL and the operation in
 //! every error.
 
 pub(crate) mod check;
 pub(crate) mod consume;
+pub(crate) mod delays;
 pub(crate) mod dlq;
 pub(crate) mod outbox;
 pub(crate) mod publish;
@@ -46,7 +47,8 @@ impl Target {
     }
 }
 
-/// A message as one JSON object (payload as text, invalid UTF-8 replaced).
+/// A message as one JSON object (payload as text, invalid UTF-8 replaced; `published_at` in
+/// RFC 3339 with milliseconds).
 pub(crate) fn message_json(message: &Message, attempt: Option<u32>) -> serde_json::Value {
     serde_json::json!({
         "id": message.id().as_str(),
@@ -54,6 +56,8 @@ pub(crate) fn message_json(message: &Message, attempt: Option<u32>) -> serde_jso
         "routing_key": message.routing_key(),
         "ordering_key": message.ordering_key(),
         "headers": message.headers(),
+        "content_type": message.content_type(),
+        "published_at": message.published_at().map(sluice::envelope::format_time),
         "payload": String::from_utf8_lossy(message.payload()),
         "attempt": attempt,
     })

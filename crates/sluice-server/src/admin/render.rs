@@ -97,6 +97,10 @@ pub(crate) struct DeadLettered {
     id: String,
     message_type: Option<String>,
     routing_key: Option<String>,
+    ordering_key: Option<String>,
+    content_type: Option<String>,
+    /// When it was first published (RFC 3339, milliseconds).
+    published_at: Option<String>,
     headers: BTreeMap<String, String>,
     /// The payload as text (invalid UTF-8 replaced).
     payload: String,
@@ -114,6 +118,9 @@ pub(crate) fn dead_lettered(d: &DeadLetteredMessage) -> DeadLettered {
         id: m.id().to_string(),
         message_type: m.message_type().map(str::to_owned),
         routing_key: m.routing_key().map(str::to_owned),
+        ordering_key: m.ordering_key().map(str::to_owned),
+        content_type: m.content_type().map(str::to_owned),
+        published_at: m.published_at().map(sluice_core::envelope::format_time),
         headers: m.headers().clone(),
         payload: String::from_utf8_lossy(m.payload()).into_owned(),
         payload_size: m.payload().len(),
