@@ -9,8 +9,10 @@
 //! | `ops/` | `topics`, `stats`, `publish`, `tail`, `consume`, `dlq`: one file each, `mod.rs` the shared `--url`/`--json` and message printing, `table.rs` the tables |
 //! | `demo/` | `sluice demo`: `mod.rs` runs the scenario, `services.rs` the four consumers, `chaos.rs` loses acks, `ledger.rs` reconciles and prints, `progress.rs` shows the run on stderr, `chart.rs` draws the backlog over time |
 //! | `duration.rs` | the one parser of duration flags, shared by every command |
+//! | `config.rs` | the config file (`sluice.toml`): the default `--url` |
 
 mod bench;
+mod config;
 mod demo;
 mod duration;
 mod ops;

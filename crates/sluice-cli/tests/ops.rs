@@ -180,7 +180,7 @@ async fn topics_publish_stats_consume_and_the_dlq_tools_work_on_an_embedded_dire
     let (success, _, err) = sluice(&url, &["publish", "nowhere", "x"], None);
     assert!(!success, "publishing to a missing topic fails");
     assert!(
-        err.contains("publishing message 1 to `nowhere`")
+        err.contains("publishing to `nowhere`")
             && err.contains(&url)
             && err.contains("does not exist"),
         "{err}"
@@ -234,5 +234,124 @@ fn tail_follows_a_topic_on_sluice_serve_through_a_temporary_subscription() {
     assert!(
         !ok(&url, &["topics"]).contains("tail-"),
         "the temporary subscription is deleted on exit"
+    );
+}
+
+#[test]
+fn publish_checks_every_line_before_publishing_and_empty_payloads_are_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("embedded:{}", dir.path().display());
+    ok(&url, &["topics", "create", "orders"]);
+    ok(
+        &url,
+        &[
+            "topics",
+            "subscribe",
+            "orders",
+            "billing",
+            "--lease",
+            "5s",
+            "--prefetch",
+            "8",
+            "--max-attempts",
+            "3",
+        ],
+    );
+    // An over-size line in the middle: nothing at all is published, and the error says which.
+    let big = "x".repeat(5 * 1024 * 1024);
+    let file = dir.path().join("lines.txt");
+    std::fs::write(&file, format!("first\n{big}\nthird\n")).unwrap();
+    let (success, out, err) = sluice(
+        &url,
+        &["publish", "orders", "--file", file.to_str().unwrap()],
+        None,
+    );
+    assert!(!success, "{out}");
+    assert!(
+        err.contains("line 2 is not publishable; nothing was published"),
+        "{err}"
+    );
+    let stats = json(&url, &["stats", "--json"]);
+    assert_eq!(stats[0]["ready"], 0, "{stats}");
+
+    // An empty payload is a message: as DATA, and as an empty line.
+    let single = json(&url, &["publish", "orders", "", "--json"]);
+    assert_eq!(single["published"], 1, "{single}");
+    let (success, out, err) = sluice(
+        &url,
+        &["publish", "orders", "--content-type", "text/plain"],
+        Some("a\n\nb\n"),
+    );
+    assert!(success, "{out}{err}");
+    assert!(out.contains("published 3 messages"), "{out}");
+    let consumed = ok(&url, &["consume", "billing", "--count", "4", "--json"]);
+    let lines: Vec<Value> = consumed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let payloads: Vec<&str> = lines
+        .iter()
+        .map(|l| l["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(payloads, ["", "a", "", "b"], "{consumed}");
+    assert_eq!(lines[1]["content_type"], "text/plain", "{consumed}");
+    assert!(lines[1]["published_at"].is_string(), "{consumed}");
+
+    // `unsubscribe` removes the subscription and keeps the topic.
+    ok(&url, &["topics", "unsubscribe", "billing"]);
+    let topics = json(&url, &["topics", "--json"]);
+    assert_eq!(topics[0]["name"], "orders");
+    assert_eq!(topics[0]["subscriptions"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn without_a_url_the_config_file_decides_and_a_new_directory_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |envs: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args(["topics", "--json"])
+            .current_dir(dir.path())
+            .env_remove("SLUICE_URL")
+            .env_remove("SLUICE_CONFIG")
+            .env("HOME", dir.path())
+            .env_remove("XDG_CONFIG_HOME");
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let out = command.output().expect("run sluice");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (success, err) = run(&[]);
+    assert!(success, "{err}");
+    assert!(
+        err.contains("created a new, empty embedded data directory ./sluice-data")
+            && err.contains("this is the default"),
+        "{err}"
+    );
+    assert!(dir.path().join("sluice-data").is_dir());
+    let (_, again) = run(&[]);
+    assert!(!again.contains("created"), "said only once: {again}");
+
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "url = \"embedded:./from-config\"\n",
+    )
+    .unwrap();
+    let (success, err) = run(&[]);
+    assert!(success, "{err}");
+    assert!(err.contains("the URL of the config file"), "{err}");
+    assert!(dir.path().join("from-config").is_dir());
+    let (success, err) = run(&[("SLUICE_URL", "memory:")]);
+    assert!(success && err.is_empty(), "SLUICE_URL wins: {err}");
+    std::fs::write(dir.path().join("sluice.toml"), "uri = 3\n").unwrap();
+    let (success, err) = run(&[]);
+    assert!(!success);
+    assert!(
+        err.contains("sluice.toml") && err.contains("unknown field"),
+        "{err}"
     );
 }

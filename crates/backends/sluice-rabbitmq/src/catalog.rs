@@ -11,8 +11,9 @@
 //! Invariants:
 //! - The lock and the catalog record live on a channel of their own: a broker error on the
 //!   session's work channel (a conflicting declaration) cannot strand the lock.
-//! - A catalog that becomes empty is deleted with its queue, so a namespace whose topics
-//!   were all deleted leaves nothing behind.
+//! - A catalog that becomes empty is deleted with its queue, and a session that found none
+//!   deletes the queue it declared to look, so a namespace whose topics were all deleted, or
+//!   that was only looked at, leaves nothing behind.
 //! - A change is published (confirmed) before the old record is acked: a crash in between
 //!   leaves the old or the new record, never none.
 //! - Physical objects are declared inside the session that records them, so two processes
@@ -246,6 +247,22 @@ impl<'a> Session<'a> {
 
     /// Releases the lock without changing the catalog.
     pub(crate) async fn release(mut self) {
+        if self.tag.is_none() && self.catalog == Catalog::default() {
+            // A namespace with nothing in it: the catalog queue this session declared to
+            // read it goes again, so a read-only command (`sluice topics`) leaves nothing
+            // behind. Still under the lock, so no record can arrive in between; best effort
+            // on the work channel, which nothing needs after this.
+            let _ = self
+                .channel
+                .queue_delete(
+                    &self.names.catalog(),
+                    QueueDeleteOptions {
+                        if_empty: true,
+                        ..QueueDeleteOptions::default()
+                    },
+                )
+                .await;
+        }
         self.done = true;
         finish(
             self.channel.clone(),

@@ -172,3 +172,155 @@ async fn a_plain_amqp_client_publishes_into_sluice_and_reads_its_queues() {
     let _ = plain.close(200, "done").await;
     backend.delete_topic(&topic).await.unwrap();
 }
+
+/// A backend on a namespace of this test's own.
+async fn fresh_backend() -> (RabbitBackend, String) {
+    let uuid = uuid::Uuid::now_v7().simple().to_string();
+    let namespace = format!("i{}", &uuid[uuid.len() - 10..]);
+    let options = RabbitOptions::default().namespace(Some(Namespace::new(&namespace).unwrap()));
+    let backend = RabbitBackend::connect(URI, options)
+        .await
+        .expect("connecting");
+    (backend, namespace)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looking_at_an_unused_namespace_leaves_nothing_behind() {
+    let (backend, namespace) = fresh_backend().await;
+    assert!(backend.list_topics().await.unwrap().is_empty());
+    let plain = Connection::connect(URI, ConnectionProperties::default())
+        .await
+        .expect("a plain connection");
+    let channel = plain.create_channel().await.unwrap();
+    let catalog = format!("{namespace}.sluice.catalog");
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let found = channel
+        .queue_declare(&catalog, passive, FieldTable::default())
+        .await;
+    assert!(found.is_err(), "`sluice topics` left {catalog} behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_clients_headers_are_kept_and_no_routing_key_is_invented() {
+    let (backend, namespace) = fresh_backend().await;
+    let topic = TopicName::new("orders").unwrap();
+    let name = SubscriptionName::new("billing").unwrap();
+    backend
+        .ensure_topic(&topic, &TopicConfig::default())
+        .await
+        .unwrap();
+    backend
+        .ensure_subscription(&name, &SubscriptionConfig::new(topic.clone()))
+        .await
+        .unwrap();
+    let subscriber = backend.subscribe(&name).await.unwrap();
+
+    // A plain client's message with header types Sluice does not write.
+    let plain = Connection::connect(URI, ConnectionProperties::default())
+        .await
+        .expect("a plain connection");
+    let channel = plain.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "trace".into(),
+        AMQPValue::ByteArray(b"abc-123".to_vec().into()),
+    );
+    headers.insert(
+        "tags".into(),
+        AMQPValue::FieldArray(
+            vec![AMQPValue::LongString("a".into()), AMQPValue::LongInt(2)].into(),
+        ),
+    );
+    let properties = BasicProperties::default()
+        .with_message_id("plain-1".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    channel
+        .basic_publish(
+            &format!("{namespace}.orders"),
+            "eu.paris",
+            BasicPublishOptions::default(),
+            b"{}",
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // And a Sluice message without a routing key.
+    let keyless = Message::builder("no key").id("keyless-1").build().unwrap();
+    backend
+        .publisher()
+        .await
+        .unwrap()
+        .publish(&topic, keyless)
+        .await
+        .unwrap();
+
+    let mut seen = 0;
+    while seen < 2 {
+        for delivery in subscriber
+            .receive(10, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            let m = delivery.message().clone();
+            if m.id().as_str() == "plain-1" {
+                assert_eq!(m.header("trace"), Some("abc-123"));
+                assert_eq!(m.header("tags"), Some(r#"["a",2]"#));
+                assert_eq!(m.routing_key(), Some("eu.paris"));
+            } else {
+                assert_eq!(m.routing_key(), None);
+            }
+            let reason = sluice_core::DeadLetterReason::new("checked");
+            delivery.dead_letter(reason).await.unwrap();
+            seen += 1;
+        }
+    }
+    let listed = backend.dlq_list(&name, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    for d in &listed {
+        let key = d.message.routing_key();
+        match d.message.id().as_str() {
+            "plain-1" => {
+                assert_eq!(key, Some("eu.paris"));
+                assert_eq!(d.message.header("trace"), Some("abc-123"));
+            }
+            _ => assert_eq!(key, None, "the DLQ's queue name became a routing key"),
+        }
+    }
+    backend
+        .dlq_redrive(&name, &sluice_core::RedriveOptions::default())
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    while back.len() < 2 {
+        for delivery in subscriber
+            .receive(10, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            back.push((
+                delivery.message().id().to_string(),
+                delivery.message().routing_key().map(str::to_owned),
+            ));
+            delivery.ack().await.unwrap();
+        }
+    }
+    back.sort();
+    assert_eq!(
+        back,
+        [
+            ("keyless-1".to_owned(), None),
+            ("plain-1".to_owned(), Some("eu.paris".to_owned()))
+        ]
+    );
+    backend.delete_topic(&topic).await.unwrap();
+}

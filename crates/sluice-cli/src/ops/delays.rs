@@ -28,7 +28,7 @@ pub(crate) struct DelaysArgs {
 
 pub(crate) async fn run(args: DelaysArgs) -> anyhow::Result<()> {
     let target = &args.target;
-    let url = BackendUrl::parse(&target.url)?;
+    let url = BackendUrl::parse(target.url())?;
     let BackendKind::Kafka { brokers } = &url.kind else {
         bail!(
             "{} delivers delayed messages by itself: only Kafka needs `sluice delays`",

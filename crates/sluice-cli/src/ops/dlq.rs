@@ -127,7 +127,7 @@ pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
                 .with_context(|| {
                     format!(
                         "no message `{id}` in the DLQ of `{subscription}` on {}",
-                        target.url
+                        target.url()
                     )
                 })?;
             println!("{}", serde_json::to_string_pretty(&envelope_json(found))?);

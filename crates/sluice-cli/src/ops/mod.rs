@@ -1,5 +1,6 @@
 //! The operations commands: `topics`, `stats`, `publish`, `tail`, `consume`, `dlq`, `delays`. Each works
-//! against any backend URL (`--url` or `SLUICE_URL`; `embedded:./sluice-data` by default),
+//! against any backend URL (`--url`, `SLUICE_URL` or the config file; `embedded:./sluice-data`
+//! by default),
 //! prints a table by default and JSON with `--json`, and names the URL and the operation in
 //! every error.
 
@@ -17,33 +18,94 @@ pub(crate) mod topics;
 use anyhow::Context;
 use sluice::{DynBackend, Message};
 
+/// Where the backend URL of a command came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// `--url` or `SLUICE_URL`.
+    Given,
+    /// The `url` of a config file.
+    Config,
+    /// Nothing named one: `embedded:./sluice-data`.
+    Default,
+}
+
+/// The URL used when neither `--url`, `SLUICE_URL` nor a config file names one.
+pub(crate) const DEFAULT_URL: &str = "embedded:./sluice-data";
+
 /// Where to connect and how to print: every operations command takes these.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Target {
-    /// Backend URL: `embedded:DIR`, `sluice://HOST:PORT`, `amqp://…`.
-    #[arg(
-        long,
-        env = "SLUICE_URL",
-        default_value = "embedded:./sluice-data",
-        global = true
-    )]
-    pub(crate) url: String,
+    /// Backend URL: `embedded:DIR`, `sluice://HOST:PORT`, `amqp://…`, `sqs://…`,
+    /// `kafka://…`. Without it: `url` in the config file (`$SLUICE_CONFIG`, else
+    /// `./sluice.toml`, else `~/.config/sluice/config.toml`), else `embedded:./sluice-data`.
+    #[arg(long = "url", env = "SLUICE_URL", global = true)]
+    given: Option<String>,
     /// Print JSON (one document, or one line per message for streams) instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// The URL and where it came from, resolved once.
+    #[arg(skip)]
+    resolved: std::sync::OnceLock<Result<(String, Source), String>>,
 }
 
 impl Target {
-    /// Connects, naming the URL if that fails.
+    fn resolve(&self) -> &Result<(String, Source), String> {
+        self.resolved.get_or_init(|| {
+            if let Some(url) = &self.given {
+                return Ok((url.clone(), Source::Given));
+            }
+            match crate::config::url() {
+                Ok(Some(url)) => Ok((url, Source::Config)),
+                Ok(None) => Ok((DEFAULT_URL.to_owned(), Source::Default)),
+                Err(err) => Err(format!("{err:#}")),
+            }
+        })
+    }
+
+    /// The backend URL.
+    pub(crate) fn url(&self) -> &str {
+        match self.resolve() {
+            Ok((url, _)) => url,
+            Err(_) => DEFAULT_URL,
+        }
+    }
+
+    /// Connects, naming the URL if that fails. An embedded directory that did not exist is
+    /// created, and said so on stderr (a forgotten `--url` otherwise lists nothing, silently).
     pub(crate) async fn connect(&self) -> anyhow::Result<DynBackend> {
-        sluice::connect(&self.url)
+        let (url, source) = match self.resolve() {
+            Ok((url, source)) => (url.as_str(), *source),
+            Err(err) => anyhow::bail!("{err}"),
+        };
+        let new_directory = sluice::BackendUrl::parse(url)
+            .ok()
+            .and_then(|parsed| match parsed.kind {
+                sluice::BackendKind::Embedded { path, .. } => Some(path),
+                _ => None,
+            })
+            .filter(|path| !path.exists());
+        let backend = sluice::connect(url)
             .await
-            .with_context(|| format!("connecting to {}", self.url))
+            .with_context(|| format!("connecting to {url}"))?;
+        if let Some(path) = new_directory {
+            let why = match source {
+                Source::Given => "",
+                Source::Config => " (the URL of the config file)",
+                Source::Default => {
+                    " (no --url, SLUICE_URL or config file named a backend: this is the default)"
+                }
+            };
+            eprintln!(
+                "note: created a new, empty embedded data directory {}{why}",
+                path.display()
+            );
+        }
+        Ok(backend)
     }
 
     /// Context for an operation's error: what failed, where.
     pub(crate) fn failed(&self, operation: impl std::fmt::Display) -> String {
-        format!("{operation} on {}", self.url)
+        format!("{operation} on {}", self.url())
     }
 }
 

@@ -122,7 +122,8 @@ pub(crate) async fn run(args: StatsArgs) -> anyhow::Result<()> {
             // Clear the screen and redraw at the top.
             print!(
                 "\x1b[2J\x1b[H{}  (every {:?}, Ctrl-C to stop)\n\n",
-                target.url, args.interval
+                target.url(),
+                args.interval
             );
         }
         print(&lines, target.json)?;
