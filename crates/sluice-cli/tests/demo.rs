@@ -10,15 +10,22 @@ fn demo(args: &[&str]) -> (bool, String) {
     demo_on(&format!("embedded:{}", dir.path().display()), args)
 }
 
+/// `sluice COMMAND --url URL`, with credentials for the moto emulator of
+/// `scripts/services-up` (any do).
+fn sluice(command: &[&str], url: &str) -> Command {
+    let mut sluice = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    sluice
+        .args(command)
+        .args(["--url", url])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test");
+    sluice
+}
+
 /// Runs `sluice demo` on `url`.
 fn demo_on(url: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("demo")
-        .args(["--url", url])
+    let out = sluice(&["demo"], url)
         .args(args)
-        // For the moto emulator of `scripts/services-up` (any credentials do).
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
         .output()
         .expect("run sluice demo");
     let text =
@@ -159,11 +166,15 @@ fn demo_reconciles_on(url: &str) {
         );
     }
     assert!(!out.contains("FAIL"), "{out}");
+    // Quiet by default: the client libraries' own log lines stay out of a run that works.
+    for noise in ["pinky_swear", "rdkafka", "lapin", "WARN", "ERROR"] {
+        assert!(
+            !out.contains(noise),
+            "`{noise}` on a run that worked:\n{out}"
+        );
+    }
     // Leave nothing behind on the shared broker.
-    let removed = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["topics", "delete", "orders", "--url", url])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
+    let removed = sluice(&["topics", "delete", "orders"], url)
         .output()
         .expect("run sluice topics delete");
     assert!(removed.status.success(), "{removed:?}");

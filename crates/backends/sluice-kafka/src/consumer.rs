@@ -859,15 +859,18 @@ impl Core {
         self.settled.notify_all();
     }
 
-    /// Closes (see [`close`](Self::close)) and waits until the poll thread has committed what
-    /// was settled and left the group, so a process that exits next neither loses an ack nor
-    /// leaves a dead member behind (its partitions would wait out the session timeout).
-    /// Bounded by the lease and the leave delay.
+    /// Closes (see [`close`](Self::close)) and, when no delivery is held, waits until the poll
+    /// thread has committed what was settled and left the group, so a process that exits next
+    /// neither loses an ack nor leaves a dead member behind (its partitions would wait out the
+    /// session timeout). With deliveries still held it returns at once: they stay valid after
+    /// `close` (the contract), and the member commits and leaves once they are settled or
+    /// expired. Bounded by the lease and the leave delay.
     pub(crate) async fn close_and_wait(&self) {
         self.close();
         let cap = self.spec.lease + self.spec.leave_after * 8 + Duration::from_secs(5);
         let deadline = tokio::time::Instant::now() + cap;
         while !self.exited.load(std::sync::atomic::Ordering::Acquire)
+            && self.lock().leased.is_empty()
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;

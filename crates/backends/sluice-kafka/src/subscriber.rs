@@ -213,10 +213,11 @@ impl Subscriber for KafkaSubscriber {
             .collect())
     }
 
-    /// Stops receiving and returns once every settled record is committed and the member
-    /// has left its group (a process may exit right after: nothing acked comes back, and the
-    /// next member is not kept waiting for this one's session to time out). The topic's delay
-    /// mover is stopped the same way when this was its last user here.
+    /// Stops receiving. When no delivery is still held, returns once every settled record is
+    /// committed and the member has left its group (a process may exit right after: nothing
+    /// acked comes back, and the next member is not kept waiting for this one's session to
+    /// time out). Deliveries still held stay valid, and are committed once settled. The
+    /// topic's delay mover is stopped the same way when this was its last user here.
     async fn close(&self) -> Result<()> {
         let mover = self.mover.lock().unwrap_or_else(|e| e.into_inner()).take();
         let last = mover.and_then(Arc::into_inner);

@@ -21,14 +21,35 @@ fn text(value: Option<&AMQPValue>) -> Option<String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plain_amqp_client_publishes_into_sluice_and_reads_its_queues() {
+/// A backend on a namespace of this test's own.
+async fn fresh_backend() -> (RabbitBackend, String) {
     let uuid = uuid::Uuid::now_v7().simple().to_string();
     let namespace = format!("i{}", &uuid[uuid.len() - 10..]);
     let options = RabbitOptions::default().namespace(Some(Namespace::new(&namespace).unwrap()));
     let backend = RabbitBackend::connect(URI, options)
         .await
         .expect("connecting");
+    (backend, namespace)
+}
+
+/// A plain client's connection and a channel on it, with publisher confirms when asked.
+async fn plain_channel(confirms: bool) -> (Connection, lapin::Channel) {
+    let plain = Connection::connect(URI, ConnectionProperties::default())
+        .await
+        .expect("a plain connection");
+    let channel = plain.create_channel().await.unwrap();
+    if confirms {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+    }
+    (plain, channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_amqp_client_publishes_into_sluice_and_reads_its_queues() {
+    let (backend, namespace) = fresh_backend().await;
     let topic = TopicName::new("orders").unwrap();
     let (sluice_side, plain_side) = (
         SubscriptionName::new("billing").unwrap(),
@@ -46,14 +67,7 @@ async fn a_plain_amqp_client_publishes_into_sluice_and_reads_its_queues() {
     let subscriber = backend.subscribe(&sluice_side).await.unwrap();
 
     // The plain client publishes to the topic exchange `<ns>.orders`.
-    let plain = Connection::connect(URI, ConnectionProperties::default())
-        .await
-        .expect("a plain connection");
-    let channel = plain.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (plain, channel) = plain_channel(true).await;
     let mut headers = FieldTable::default();
     headers.insert("tenant".into(), AMQPValue::LongString("acme".into()));
     headers.insert("retries".into(), AMQPValue::LongInt(5));
@@ -173,25 +187,11 @@ async fn a_plain_amqp_client_publishes_into_sluice_and_reads_its_queues() {
     backend.delete_topic(&topic).await.unwrap();
 }
 
-/// A backend on a namespace of this test's own.
-async fn fresh_backend() -> (RabbitBackend, String) {
-    let uuid = uuid::Uuid::now_v7().simple().to_string();
-    let namespace = format!("i{}", &uuid[uuid.len() - 10..]);
-    let options = RabbitOptions::default().namespace(Some(Namespace::new(&namespace).unwrap()));
-    let backend = RabbitBackend::connect(URI, options)
-        .await
-        .expect("connecting");
-    (backend, namespace)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn looking_at_an_unused_namespace_leaves_nothing_behind() {
     let (backend, namespace) = fresh_backend().await;
     assert!(backend.list_topics().await.unwrap().is_empty());
-    let plain = Connection::connect(URI, ConnectionProperties::default())
-        .await
-        .expect("a plain connection");
-    let channel = plain.create_channel().await.unwrap();
+    let (_plain, channel) = plain_channel(false).await;
     let catalog = format!("{namespace}.sluice.catalog");
     let passive = lapin::options::QueueDeclareOptions {
         passive: true,
@@ -219,14 +219,7 @@ async fn other_clients_headers_are_kept_and_no_routing_key_is_invented() {
     let subscriber = backend.subscribe(&name).await.unwrap();
 
     // A plain client's message with header types Sluice does not write.
-    let plain = Connection::connect(URI, ConnectionProperties::default())
-        .await
-        .expect("a plain connection");
-    let channel = plain.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_plain, channel) = plain_channel(true).await;
     let mut headers = FieldTable::default();
     headers.insert(
         "trace".into(),
