@@ -57,6 +57,7 @@ pub mod producer;
 pub mod rate_limit;
 mod recover;
 mod retry;
+pub mod schedule;
 pub mod shutdown;
 pub mod trace;
 mod worker;
