@@ -69,7 +69,7 @@ pub use handler::{
     HandlerError, HandlerResult, JsonHandler, RawHandler,
 };
 pub use idempotency::{Idempotency, InMemoryStore, DEFAULT_IDEMPOTENCY_TTL};
-pub use jobs::{Job, JobOptions, Jobs};
+pub use jobs::{Job, JobOptions, Jobs, ScheduleInfo, Upsert};
 pub use lease::{LeaseExtension, DEFAULT_MAX_EXTENSION};
 #[cfg(feature = "prometheus")]
 pub use metrics::install_prometheus;

@@ -5,23 +5,36 @@
 //! each job type is a topic and a subscription of the same name, a job is a JSON message of
 //! `type` = the job name, and its worker is an ordinary [`Worker`] with the job's defaults
 //! applied (and changeable on the returned builder).
+//!
+//! Recurring jobs (`schedule`, `unschedule`, `schedules`, `run_schedules`) are in
+//! `schedules.rs`, with the design that makes one job per tick on any number of replicas.
+
+mod schedules;
+
+pub use schedules::{
+    ScheduleInfo, Upsert, CATCH_UP_HORIZON, LEAD, TICK_CLAIMS, TICK_MEMORY, TICK_PENDING,
+};
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sluice_core::dedup::{Claims, DedupStore};
 use sluice_core::{
     Backend, Message, MessageBuilder, PublishReceipt, SubscriptionConfig, SubscriptionName,
     TopicConfig, TopicName,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::handler::{json_handler, Context, HandlerResult, JsonHandler};
 use crate::producer::{ProduceError, Producer};
+use crate::schedule::Schedule;
 use crate::worker::{Worker, WorkerBuilder};
+use schedules::Schedules;
 
 /// A background job type.
 ///
@@ -118,6 +131,7 @@ pub struct Jobs<B: Backend> {
     producer: Producer<B::Publisher>,
     // std Mutex: never held across an .await.
     ensured: Mutex<HashSet<&'static str>>,
+    schedules: Arc<Schedules>,
 }
 
 impl<B: Backend> std::fmt::Debug for Jobs<B> {
@@ -140,7 +154,107 @@ impl<B: Backend> Jobs<B> {
             backend,
             producer,
             ensured: Mutex::new(HashSet::new()),
+            schedules: Arc::new(Schedules::new(
+                Arc::new(Claims::default()),
+                Arc::new(SystemTime::now),
+            )),
         })
+    }
+
+    /// Where the replicas running the same schedules claim their ticks: a store every
+    /// replica shares (`sluice-redis`'s or `sluice-sql`'s) makes one job per tick across
+    /// processes; the default, in memory, within this process only. Set it before the first
+    /// [`schedule`](Self::schedule).
+    #[must_use]
+    pub fn tick_store(mut self, store: Arc<dyn DedupStore>) -> Self {
+        self.schedules = Arc::new(Schedules::new(store, self.schedules.clock.clone()));
+        self
+    }
+
+    /// The clock schedules read (the system's by default; tests inject one). Set it before
+    /// the first [`schedule`](Self::schedule).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.schedules = Arc::new(Schedules::new(
+            self.schedules.store.clone(),
+            Arc::new(clock),
+        ));
+        self
+    }
+
+    /// Registers a recurring job: `job` is enqueued at every tick of `schedule`, as the job
+    /// `schedule-<id>-<tick ms>`. An upsert by `id`: calling it again with the same
+    /// definition and job (at every start-up of every replica) changes nothing; another one
+    /// replaces it. Ticks are produced by [`run_schedules`](Self::run_schedules) (or
+    /// [`produce_due`](Self::produce_due)); every replica may run it, each tick becomes one
+    /// job (see `docs/jobs.md`, "Recurring jobs").
+    ///
+    /// # Errors
+    /// Creating the job's topic, or encoding the job.
+    pub async fn schedule<J: Job>(
+        &self,
+        id: &str,
+        schedule: Schedule,
+        job: &J,
+    ) -> Result<Upsert, ProduceError> {
+        let (topic, _) = self.ensure::<J>().await?;
+        let payload = serde_json::to_vec(job).map_err(|source| ProduceError::Encode {
+            type_name: std::any::type_name::<J>(),
+            source,
+        })?;
+        // The tick id must be a valid message id: check it once, here.
+        Message::builder(Vec::<u8>::new())
+            .id(schedules::probe_id(id))
+            .build()?;
+        Ok(self.schedules.upsert(id, schedule, J::NAME, topic, payload))
+    }
+
+    /// Removes a schedule; whether it existed. Jobs already produced for its ticks stay.
+    pub fn unschedule(&self, id: &str) -> bool {
+        self.schedules.remove(id)
+    }
+
+    /// Every schedule with its next due tick.
+    pub fn schedules(&self) -> Vec<ScheduleInfo> {
+        self.schedules.list()
+    }
+
+    /// One pass of the schedule producer: publishes every tick due within [`LEAD`] that no
+    /// replica produced yet. Returns how many ticks it finished.
+    ///
+    /// # Errors
+    /// The tick store or the backend failed; the tick is tried again on the next pass.
+    pub async fn produce_due(&self) -> Result<usize, ProduceError> {
+        Ok(self.schedules.produce_due(&self.producer).await?.0)
+    }
+
+    /// Produces the ticks of every schedule until `shutdown`: passes at each tick's time less
+    /// [`LEAD`], again within a second while another replica holds a tick's claim, again
+    /// after a second when a pass fails (logged).
+    pub async fn run_schedules(&self, shutdown: CancellationToken) {
+        loop {
+            let changed = self.schedules.changed.notified();
+            let again = match self.schedules.produce_due(&self.producer).await {
+                Ok((_, false)) => None,
+                Ok((_, true)) => Some(Duration::from_secs(1)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "producing scheduled jobs failed; trying again");
+                    Some(Duration::from_secs(1))
+                }
+            };
+            let now = (self.schedules.clock)();
+            let until_next = self
+                .schedules
+                .next_pass()
+                .map(|at| at.duration_since(now).unwrap_or_default())
+                .unwrap_or(Duration::from_secs(60));
+            let wait = again.map_or(until_next, |again| again.min(until_next));
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = changed => {}
+                () = tokio::time::sleep(wait.min(Duration::from_secs(60))) => {}
+            }
+        }
     }
 
     /// Creates the job type's topic and subscription if needed (done once per type; enqueue
