@@ -1,8 +1,11 @@
-//! Recurring jobs: three replicas of a service each register the same schedule and run the
-//! schedule producer; every tick still becomes one job, run once.
+//! Recurring and cancellable jobs: three replicas of a service each register the same
+//! schedules (a per-second report and a nightly one at 03:00 Paris time) and run the
+//! schedule producer; every tick still becomes one job, run once. A reminder is enqueued for
+//! later and cancelled: it never runs, and its status says so.
 //!
 //! The replicas share one tick store (in memory here, since they share a process; replicas in
-//! separate processes share `sluice-redis`'s or `sluice-sql`'s store). See `docs/jobs.md`.
+//! separate processes share `sluice-redis`'s or `sluice-sql`'s store), and job status lives in
+//! the `Jobs`' job store (in memory by default). See `docs/jobs.md`.
 //!
 //! `cargo run -p sluice-examples --example recurring_jobs`
 
@@ -24,6 +27,16 @@ impl Job for Report {
     const NAME: &'static str = "report";
 }
 
+/// A one-off job for later, which the user may cancel.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Reminder {
+    text: String,
+}
+
+impl Job for Reminder {
+    const NAME: &'static str = "reminder";
+}
+
 /// How long the example runs.
 const RUN: Duration = Duration::from_millis(4500);
 
@@ -35,14 +48,30 @@ async fn main() -> anyhow::Result<()> {
 
     // Three replicas: each registers the schedule at start-up and produces its ticks.
     let every_second = Schedule::cron("* * * * * *")?; // 6 fields: seconds first
+    let nightly = Schedule::cron("0 3 * * *")?.timezone("Europe/Paris")?;
     let mut replicas = Vec::new();
-    for _ in 0..3 {
+    for replica in 0..3 {
         let jobs = Arc::new(Jobs::new(backend.clone()).await?.tick_store(store.clone()));
         let report = Report {
             kind: "throughput".into(),
         };
         jobs.schedule("per-second-report", every_second.clone(), &report)
             .await?;
+        let sales = Report {
+            kind: "sales".into(),
+        };
+        jobs.schedule("nightly-report", nightly.clone(), &sales)
+            .await?;
+        if replica == 0 {
+            for info in jobs.schedules() {
+                let next = info.next_due.map(humantime::format_rfc3339_seconds);
+                println!(
+                    "schedule {}: next due {}",
+                    info.id,
+                    next.map_or("never".into(), |t| t.to_string())
+                );
+            }
+        }
         let (jobs, stop) = (jobs.clone(), shutdown.clone());
         replicas.push(tokio::spawn(async move { jobs.run_schedules(stop).await }));
     }
@@ -50,6 +79,42 @@ async fn main() -> anyhow::Result<()> {
     // One worker runs the jobs and counts the runs of each tick.
     let runs: Arc<Mutex<BTreeMap<String, u32>>> = Arc::default();
     let jobs = Jobs::new(backend.clone()).await?;
+
+    // Two reminders for later; the user cancels one of them before it is due.
+    let later = Duration::from_secs(2);
+    let kept = jobs
+        .enqueue_in(
+            later,
+            &Reminder {
+                text: "stand up".into(),
+            },
+        )
+        .await?;
+    let dropped = jobs
+        .enqueue_in(
+            later,
+            &Reminder {
+                text: "call Bob".into(),
+            },
+        )
+        .await?;
+    let cancelled = jobs.cancel(dropped.id.as_str()).await?;
+    println!(
+        "cancel {}: still pending, so cancelled = {}",
+        dropped.id,
+        cancelled.was_pending()
+    );
+    let reminded: Arc<Mutex<Vec<String>>> = Arc::default();
+    let r = reminded.clone();
+    let reminders = jobs
+        .worker(move |reminder: Reminder, _ctx: Context| {
+            println!("reminder: {}", reminder.text);
+            r.lock().expect("reminders").push(reminder.text);
+            async { Ok(()) }
+        })
+        .await?
+        .build()
+        .spawn(shutdown.clone());
     let counted = runs.clone();
     let worker = jobs
         .worker(move |report: Report, ctx: Context| {
@@ -75,7 +140,17 @@ async fn main() -> anyhow::Result<()> {
         replica.await?;
     }
     worker.await?;
+    reminders.await?;
 
+    for id in [&kept.id, &dropped.id] {
+        if let Some(status) = jobs.status(id.as_str()).await? {
+            println!("job {id}: {}", status.state.name());
+        }
+    }
+    anyhow::ensure!(
+        *reminded.lock().expect("reminders") == ["stand up"],
+        "the cancelled reminder never runs"
+    );
     let runs = runs.lock().expect("runs");
     let twice = runs.values().filter(|n| **n > 1).count();
     println!(

@@ -75,6 +75,9 @@ enum Command {
     /// Relays the transactional outbox of a PostgreSQL or SQLite database to the backend,
     /// shows its lag, or creates Sluice's tables.
     Outbox(ops::outbox::OutboxArgs),
+    /// Background jobs' status from the job store the application shares (`--store`):
+    /// list them, show one, cancel ones that have not started.
+    Jobs(ops::jobs::JobsArgs),
 }
 
 /// The log filter when `RUST_LOG` is not set. Quiet by default: Sluice's own warnings and
@@ -111,6 +114,7 @@ async fn main() {
         Command::Dlq(args) => ops::dlq::run(args).await,
         Command::Delays(args) => ops::delays::run(args).await,
         Command::Outbox(args) => ops::outbox::run(args).await,
+        Command::Jobs(args) => ops::jobs::run(args).await,
         Command::Check(args) => ops::check::check(args),
         Command::Repair(args) => ops::check::repair(args),
     };

@@ -17,6 +17,7 @@
 //! | [`dedup`] | the [`DedupStore`] contract of emulated dedup windows, its in-memory store, the pending claim a publish holds |
 //! | [`ops`] | stats, topic and subscription descriptions, DLQ types |
 //! | [`idempotency`] | the [`IdempotencyStore`] contract |
+//! | [`jobs`] | the [`JobStore`] contract (job status, cancellations, unique locks) and its in-memory store |
 //! | [`url`] | the backend URL parser |
 //! | [`dynamic`] | `Dyn*` wrappers to choose a backend at run time |
 //! | [`error`] | errors, one enum per concern |
@@ -34,6 +35,7 @@ pub mod envelope;
 pub mod error;
 pub mod filter;
 pub mod idempotency;
+pub mod jobs;
 pub mod message;
 pub mod name;
 pub mod ops;
@@ -51,6 +53,7 @@ pub use envelope::{DeadLetterReason, Envelope};
 pub use error::{BoxError, Error, MessageError, NameError, ObjectKind, Result, UrlError};
 pub use filter::Filter;
 pub use idempotency::{Claim, ClaimToken, IdempotencyKey, IdempotencyStore};
+pub use jobs::{JobStore, MemoryJobStore, Versioned};
 pub use message::{Headers, Message, MessageBuilder, MessageId, MessageParts};
 pub use name::{Namespace, Naming, SubscriptionName, TopicName};
 pub use ops::{

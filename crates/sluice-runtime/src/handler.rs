@@ -24,6 +24,8 @@ pub struct Context {
     pub(crate) subscription: SubscriptionName,
     pub(crate) lease_deadline: Instant,
     pub(crate) shutdown: CancellationToken,
+    // std Mutex: never held across an .await.
+    pub(crate) result: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
 }
 
 impl Context {
@@ -63,6 +65,14 @@ impl Context {
     /// it to stop early (the delivery is then released).
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
+    }
+    /// Leaves a small result for the job's status (`Jobs::status` shows it once the job
+    /// succeeded; keep it short, it is stored with the status). The last call wins; a value
+    /// that cannot be encoded as JSON is ignored.
+    pub fn set_result(&self, result: impl serde::Serialize) {
+        if let Ok(value) = serde_json::to_value(result) {
+            *self.result.lock().expect("result") = Some(value);
+        }
     }
 }
 

@@ -31,7 +31,7 @@
 //! |---|---|
 //! | [`handler`] | [`Handler`], [`Context`], [`HandlerError`], raw and JSON handlers |
 //! | [`events`] | typed [`Event`]s, the [`Router`] dispatching on the message type, [`UnknownType`] |
-//! | [`jobs`] | background [`Job`]s: [`Jobs`] enqueues them and builds their workers |
+//! | [`jobs`] | background [`Job`]s: [`Jobs`] enqueues them, builds their workers, runs recurring schedules, and tracks, cancels and reschedules them ([`JobStatus`], [`JobRecords`]) |
 //! | [`producer`] | [`Producer`]: publish with a span, trace context and metrics; typed events |
 //! | `worker` | [`Worker`] and its builder: the pull loop, backpressure, shutdown; `process.rs` is the pipeline, `settle.rs` applies verbs |
 //! | [`backoff`] | exponential backoff with jitter |
@@ -69,7 +69,7 @@ pub use handler::{
     HandlerError, HandlerResult, JsonHandler, RawHandler,
 };
 pub use idempotency::{Idempotency, InMemoryStore, DEFAULT_IDEMPOTENCY_TTL};
-pub use jobs::{Job, JobOptions, Jobs, ScheduleInfo, Upsert};
+pub use jobs::{Job, JobOptions, JobRecords, JobStatus, Jobs, ScheduleInfo, Unique, Upsert};
 pub use lease::{LeaseExtension, DEFAULT_MAX_EXTENSION};
 #[cfg(feature = "prometheus")]
 pub use metrics::install_prometheus;

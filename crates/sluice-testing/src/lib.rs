@@ -20,6 +20,7 @@
 //! | `verdict.rs` (private) | walking the chaos run against the clean run |
 //! | `report.rs` | [`Report`], [`DeliveryRecord`], [`Outcome`] |
 //! | `error.rs` | [`CheckError`], [`Finding`], [`FindingKind`] |
+//! | `job_store.rs` | [`check_job_store`]: the `JobStore` contract, for a store's own tests |
 //!
 //! # Writing a subject
 //!
@@ -130,6 +131,7 @@ mod chaos;
 mod checker;
 mod error;
 mod faults;
+mod job_store;
 mod report;
 mod run;
 mod subject;
@@ -138,6 +140,7 @@ mod verdict;
 pub use checker::{Checker, SEED_VAR};
 pub use error::{CheckError, Finding, FindingKind};
 pub use faults::{Crash, Faults};
+pub use job_store::check_job_store;
 pub use report::{DeliveryRecord, Outcome, Report};
 pub use subject::Subject;
 

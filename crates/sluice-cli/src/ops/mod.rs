@@ -8,6 +8,7 @@ pub(crate) mod check;
 pub(crate) mod consume;
 pub(crate) mod delays;
 pub(crate) mod dlq;
+pub(crate) mod jobs;
 pub(crate) mod outbox;
 pub(crate) mod publish;
 pub(crate) mod stats;

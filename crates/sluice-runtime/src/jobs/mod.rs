@@ -8,12 +8,20 @@
 //!
 //! Recurring jobs (`schedule`, `unschedule`, `schedules`, `run_schedules`) are in
 //! `schedules.rs`, with the design that makes one job per tick on any number of replicas.
+//! Job status, cancel, reschedule and unique jobs keep their records in a
+//! [`JobStore`]: the public types are in `status.rs`, the rules in
+//! `ledger.rs`, the calls on enqueued jobs in `control.rs`.
 
+mod control;
+mod ledger;
 mod schedules;
+mod status;
 
+pub use control::JobRecords;
 pub use schedules::{
     ScheduleInfo, Upsert, CATCH_UP_HORIZON, LEAD, TICK_CLAIMS, TICK_MEMORY, TICK_PENDING,
 };
+pub use status::{Cancelled, JobState, JobStatus, Rescheduled, Unique, UniqueHold, JOB_RETENTION};
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -23,9 +31,10 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sluice_core::dedup::{Claims, DedupStore};
+use sluice_core::jobs::{JobStore, MemoryJobStore};
 use sluice_core::{
-    Backend, Message, MessageBuilder, PublishReceipt, SubscriptionConfig, SubscriptionName,
-    TopicConfig, TopicName,
+    Backend, Message, MessageBuilder, MessageId, PublishOutcome, PublishReceipt,
+    SubscriptionConfig, SubscriptionName, TopicConfig, TopicName,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +43,7 @@ use crate::handler::{json_handler, Context, HandlerResult, JsonHandler};
 use crate::producer::{ProduceError, Producer};
 use crate::schedule::Schedule;
 use crate::worker::{Worker, WorkerBuilder};
+use ledger::Ledger;
 use schedules::Schedules;
 
 /// A background job type.
@@ -61,6 +71,12 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     fn options() -> JobOptions {
         JobOptions::default()
     }
+
+    /// The key of a unique job (see [`JobOptions::unique`]): jobs with the same key are one
+    /// while the first holds it. `None` (the default) makes the job's id the key.
+    fn unique_key(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Defaults of a job type. The subscription keeps `max_attempts` and `lease` (changing them
@@ -78,6 +94,8 @@ pub struct JobOptions {
     pub concurrency: usize,
     /// Lease of one run, extended while it runs (30 s).
     pub lease: Duration,
+    /// Makes the job type unique (none): see [`Unique`].
+    pub unique: Option<Unique>,
 }
 
 impl Default for JobOptions {
@@ -88,6 +106,7 @@ impl Default for JobOptions {
             timeout: None,
             concurrency: 8,
             lease: Duration::from_secs(30),
+            unique: None,
         }
     }
 }
@@ -123,6 +142,14 @@ impl JobOptions {
         self.lease = lease;
         self
     }
+    /// Makes the job type unique: an enqueue whose unique key (the job's
+    /// [`unique_key`](Job::unique_key), else its id) is held by another job is a no-op that
+    /// returns that job's id, as a [`PublishOutcome::Duplicate`].
+    #[must_use]
+    pub fn unique(mut self, unique: Unique) -> Self {
+        self.unique = Some(unique);
+        self
+    }
 }
 
 /// Enqueues jobs and builds their workers, over any backend.
@@ -132,6 +159,7 @@ pub struct Jobs<B: Backend> {
     // std Mutex: never held across an .await.
     ensured: Mutex<HashSet<&'static str>>,
     schedules: Arc<Schedules>,
+    ledger: Arc<Ledger>,
 }
 
 impl<B: Backend> std::fmt::Debug for Jobs<B> {
@@ -150,15 +178,30 @@ impl<B: Backend> Jobs<B> {
     /// Jobs over `backend` (with a publisher of its own).
     pub async fn new(backend: B) -> sluice_core::Result<Self> {
         let producer = Producer::new(backend.publisher().await?);
+        let clock: schedules::Clock = Arc::new(SystemTime::now);
         Ok(Self {
             backend,
             producer,
             ensured: Mutex::new(HashSet::new()),
-            schedules: Arc::new(Schedules::new(
-                Arc::new(Claims::default()),
-                Arc::new(SystemTime::now),
-            )),
+            schedules: Arc::new(Schedules::new(Arc::new(Claims::default()), clock.clone())),
+            ledger: Arc::new(Ledger {
+                store: Arc::new(MemoryJobStore::new()),
+                clock,
+            }),
         })
+    }
+
+    /// Where job status, cancellations and unique locks are kept: a store every process
+    /// enqueueing or running these jobs shares (`sluice-sql`'s `SqlJobStore` on PostgreSQL or
+    /// SQLite, `sluice-redis`'s `RedisStore`) makes `status`, `cancel` and unique jobs work
+    /// across processes and restarts; the default, in memory, within this process only.
+    #[must_use]
+    pub fn job_store(mut self, store: Arc<dyn JobStore>) -> Self {
+        self.ledger = Arc::new(Ledger {
+            store,
+            clock: self.ledger.clock.clone(),
+        });
+        self
     }
 
     /// Where the replicas running the same schedules claim their ticks: a store every
@@ -175,10 +218,12 @@ impl<B: Backend> Jobs<B> {
     /// the first [`schedule`](Self::schedule).
     #[must_use]
     pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
-        self.schedules = Arc::new(Schedules::new(
-            self.schedules.store.clone(),
-            Arc::new(clock),
-        ));
+        let clock: schedules::Clock = Arc::new(clock);
+        self.schedules = Arc::new(Schedules::new(self.schedules.store.clone(), clock.clone()));
+        self.ledger = Arc::new(Ledger {
+            store: self.ledger.store.clone(),
+            clock,
+        });
         self
     }
 
@@ -304,6 +349,10 @@ impl<B: Backend> Jobs<B> {
 
     /// Enqueues a job, letting `customize` set its id (a business key makes the job
     /// recognisable to an idempotent worker), ordering key, headers or delay.
+    ///
+    /// The job's status is recorded in the job store before the publish. A unique job type
+    /// ([`JobOptions::unique`]) whose key another job holds is not published: the receipt
+    /// is that job's id, as a [`PublishOutcome::Duplicate`].
     pub async fn enqueue_with<J: Job>(
         &self,
         job: &J,
@@ -314,8 +363,65 @@ impl<B: Backend> Jobs<B> {
             type_name: std::any::type_name::<J>(),
             source,
         })?;
+        let body = serde_json::from_slice(&payload).ok();
         let message = customize(Message::json_builder(payload).message_type(J::NAME)).build()?;
-        Ok(sluice_core::Publisher::publish(&self.producer, &topic, message).await?)
+        let id = message.id().as_str().to_owned();
+        let unique = match J::options().unique {
+            None => None,
+            Some(mode) => {
+                let key = ledger::lock_key(J::NAME, &job.unique_key().unwrap_or(id.clone()));
+                if let Some(holder) = self.ledger.lock(&key, &id, mode).await? {
+                    let holder = MessageId::new(holder)?;
+                    return Ok(PublishReceipt::new(holder, PublishOutcome::Duplicate));
+                }
+                Some(UniqueHold { key, mode })
+            }
+        };
+        let now = (self.ledger.clock)();
+        let status = JobStatus {
+            id,
+            job: J::NAME.to_owned(),
+            state: match message.deliver_at() {
+                Some(due_at) if due_at > now => JobState::Scheduled { due_at },
+                _ => JobState::Waiting,
+            },
+            attempt: 0,
+            enqueued_at: now,
+            updated_at: now,
+            result: None,
+            generation: 0,
+            unique,
+            payload: body,
+            published: false,
+        };
+        let version = match self.ledger.enqueuing(&status).await {
+            Ok(version) => version,
+            Err(err) => {
+                if let Some(hold) = &status.unique {
+                    self.ledger.unlock(hold, &status.id).await;
+                }
+                return Err(err.into());
+            }
+        };
+        match sluice_core::Publisher::publish(&self.producer, &topic, message).await {
+            Ok(receipt) => {
+                if let Some(version) = version {
+                    self.ledger.published(&status.id, version).await;
+                }
+                Ok(receipt)
+            }
+            Err(err) => {
+                match version {
+                    Some(version) => self.ledger.unpublished(&status, version).await,
+                    None => {
+                        if let Some(hold) = &status.unique {
+                            self.ledger.unlock(hold, &status.id).await;
+                        }
+                    }
+                }
+                Err(err.into())
+            }
+        }
     }
 
     /// A worker for job type `J` running `handler`, with the job's defaults (concurrency,
@@ -334,7 +440,8 @@ impl<B: Backend> Jobs<B> {
         let subscriber = self.backend.subscribe(&subscription).await?;
         let mut builder = Worker::builder(subscriber, json_handler(handler))
             .concurrency(options.concurrency)
-            .backoff(options.backoff);
+            .backoff(options.backoff)
+            .lifecycle(self.ledger.clone());
         if let Some(timeout) = options.timeout {
             builder = builder.timeout(timeout);
         }

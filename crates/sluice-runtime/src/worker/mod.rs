@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use sluice_core::{Delivery, Subscriber};
+use sluice_core::idempotency::BoxFuture;
+use sluice_core::{Delivery, Message, Subscriber};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,7 @@ use crate::backoff::Backoff;
 use crate::handler::Handler;
 use crate::idempotency::Idempotency;
 use crate::lease::LeaseExtension;
-use crate::observe::{Observer, StatsSnapshot, WorkerStats};
+use crate::observe::{Observer, OutcomeKind, StatsSnapshot, WorkerStats};
 use crate::rate_limit::{RateLimit, TokenBucket};
 
 /// Default number of handlers running at once.
@@ -35,6 +36,31 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default long-poll wait of one `receive`.
 pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether a job may run now (the job ledger's answer before the handler).
+pub(crate) enum Admit {
+    Run,
+    /// Acked without running (cancelled, superseded, already succeeded), with why.
+    Skip(String),
+    /// Tried again after this long (a reschedule's record change is not there yet).
+    Later(Duration),
+}
+
+/// What a job's status follows: asked before the handler runs, told every outcome before
+/// its verb is applied. `jobs::Ledger` is the one implementation.
+pub(crate) trait Lifecycle: Send + Sync + 'static {
+    fn admit<'a>(
+        &'a self,
+        message: &'a Message,
+        attempt: u32,
+    ) -> BoxFuture<'a, sluice_core::Result<Admit>>;
+    fn settled<'a>(
+        &'a self,
+        message: &'a Message,
+        kind: &'a OutcomeKind,
+        result: Option<serde_json::Value>,
+    ) -> BoxFuture<'a, ()>;
+}
 
 /// What the pipeline needs, shared by every delivery task.
 pub(crate) struct Pipeline<H> {
@@ -49,6 +75,7 @@ pub(crate) struct Pipeline<H> {
     pub(crate) lease: Duration,
     pub(crate) timeout: Option<Duration>,
     pub(crate) lease_extension: LeaseExtension,
+    pub(crate) lifecycle: Option<Arc<dyn Lifecycle>>,
 }
 
 /// Builds a [`Worker`]. Start with [`Worker::builder`].
@@ -66,9 +93,15 @@ pub struct WorkerBuilder<S, H> {
     seed: Option<u64>,
     timeout: Option<Duration>,
     lease_extension: LeaseExtension,
+    lifecycle: Option<Arc<dyn Lifecycle>>,
 }
 
 impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
+    /// Tracks job status (set by `Jobs::worker`).
+    pub(crate) fn lifecycle(mut self, lifecycle: Arc<dyn Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
+    }
     /// How many handlers run at once (16 by default).
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
@@ -142,6 +175,7 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
                 lease,
                 timeout: self.timeout,
                 lease_extension: self.lease_extension,
+                lifecycle: self.lifecycle,
             }),
             subscriber: self.subscriber,
             concurrency: self.concurrency,
@@ -178,6 +212,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             seed: None,
             timeout: None,
             lease_extension: LeaseExtension::default(),
+            lifecycle: None,
         }
     }
 

@@ -4,6 +4,8 @@
 //!    only defence against a message that crashes the process).
 //! 2. **decode** ([`Handler::decode`]) — an undecodable payload or an unknown type ⇒
 //!    dead-letter with the reason (or ack and skip, if the decoder says so).
+//!    **job status** (jobs only, `Lifecycle`) — a cancelled, superseded or finished job ⇒
+//!    ack without running; else the job is marked running.
 //! 3. **idempotency** ([`crate::idempotency`]) — done ⇒ ack and skip; in progress ⇒ retry
 //!    after the claim's remaining time; else claim for the lease.
 //! 4. **handler** under panic recovery ([`crate::recover`]) and its timeout, while
@@ -24,8 +26,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::settle::{settle, Verb};
-use super::Pipeline;
+use super::settle::{settle, settle_with, Verb};
+use super::{Admit, Pipeline};
 use crate::handler::{Context, Handler, HandlerError, HandlerResult};
 use crate::idempotency::Gate;
 use crate::lease::{keep_alive, LeaseExtension, Renewal};
@@ -130,6 +132,31 @@ async fn run<D: Delivery, H: Handler>(
         }
     };
 
+    // 2b. job status: a cancelled, superseded or finished job is acked without running
+    if let Some(lifecycle) = &pipeline.lifecycle {
+        match lifecycle.admit(delivery.message(), attempt).await {
+            Ok(Admit::Run) => {}
+            Ok(Admit::Skip(reason)) => {
+                let kind = OutcomeKind::Skipped { reason };
+                return settle(pipeline, delivery, Verb::Ack, kind).await;
+            }
+            Ok(Admit::Later(after)) => {
+                let kind = OutcomeKind::DuplicateInProgress { after };
+                return settle(pipeline, delivery, Verb::Retry(after), kind).await;
+            }
+            Err(err) => {
+                let after = backoff(pipeline, attempt);
+                let id = delivery.message().id().clone();
+                tracing::warn!(%id, %err, "job store failed; retrying the delivery");
+                let kind = OutcomeKind::Retried {
+                    after,
+                    error: format!("job store: {err}"),
+                };
+                return settle(pipeline, delivery, Verb::Retry(after), kind).await;
+            }
+        }
+    }
+
     // 3. idempotency gate
     let key = IdempotencyKey {
         subscription: delivery.subscription().clone(),
@@ -168,7 +195,9 @@ async fn run<D: Delivery, H: Handler>(
         subscription: delivery.subscription().clone(),
         lease_deadline: delivery.lease_deadline(),
         shutdown: hard_stop.clone(),
+        result: Arc::default(),
     };
+    let left = ctx.result.clone();
     let started = Instant::now();
     let ran = {
         let handler = timed(pipeline, pipeline.handler.handle(input, ctx));
@@ -237,7 +266,8 @@ async fn run<D: Delivery, H: Handler>(
                     tracing::warn!(%key, %err, "could not record the message as done");
                 }
             }
-            settle(pipeline, delivery, Verb::Ack, OutcomeKind::Acked).await;
+            let result = left.lock().expect("result").take();
+            settle_with(pipeline, delivery, Verb::Ack, OutcomeKind::Acked, result).await;
         }
         Disposition::Retry { after, error } => {
             release_claim(pipeline, &key, claim.as_ref()).await;

@@ -60,6 +60,22 @@ pub(crate) async fn settle<D: Delivery, H>(
     verb: Verb,
     kind: OutcomeKind,
 ) {
+    settle_with(pipeline, delivery, verb, kind, None).await;
+}
+
+/// [`settle`], with the result the handler left for the job's status. The job's status is
+/// written before the verb: a verb that fails brings the message back, and the status
+/// already says what its next delivery should do (skip a job that succeeded).
+pub(crate) async fn settle_with<D: Delivery, H>(
+    pipeline: &Pipeline<H>,
+    delivery: D,
+    verb: Verb,
+    kind: OutcomeKind,
+    result: Option<serde_json::Value>,
+) {
+    if let Some(lifecycle) = &pipeline.lifecycle {
+        lifecycle.settled(delivery.message(), &kind, result).await;
+    }
     let mut event = Outcome {
         topic: delivery.topic().to_string(),
         subscription: delivery.subscription().to_string(),

@@ -4,6 +4,9 @@
 //! |---|---|---|
 //! | `<prefix>:idem:<subscription>:<message id>` | `claim:<token>` or `done` | with the claim's lease, or the done marker's TTL |
 //! | `<prefix>:dedup:<topic>:<message id>` | `pending:<token>` or `done` | with the pending time, or at the end of the dedup window |
+//! | `<prefix>:job:<job store key>` | a hash: `val` (JSON), `ver` | with the entry's TTL |
+//! | `<prefix>:jobs-version` | the job store's version counter | never |
+//! | `<prefix>:jobs-recent` | sorted set of job store keys by version, for `scan` | never (members of expired entries are dropped as scans meet them) |
 //!
 //! Invariant: the segment between two `:` never holds a `:` itself, so the keys of one topic
 //! never match another topic's pattern. Subscription names (`[a-z0-9_-]`) and the topic names
@@ -46,6 +49,22 @@ pub(crate) fn dedup_pattern(prefix: &str, topic: &str) -> String {
     }
     pattern.push('*');
     pattern
+}
+
+/// The prefix of every job store entry: the entry's own key follows it as it is (the last
+/// segment, like a message id).
+pub(crate) fn jobs_entry_prefix(prefix: &str) -> String {
+    format!("{prefix}:job:")
+}
+
+/// The job store's version counter.
+pub(crate) fn jobs_version(prefix: &str) -> String {
+    format!("{prefix}:jobs-version")
+}
+
+/// The job store's keys, newest write first.
+pub(crate) fn jobs_recent(prefix: &str) -> String {
+    format!("{prefix}:jobs-recent")
 }
 
 /// A key segment with `%` and `:` percent-escaped (unchanged for every valid name).

@@ -1,7 +1,8 @@
-//! Durable Sluice stores on Redis: [`RedisStore`] is both an
+//! Durable Sluice stores on Redis: [`RedisStore`] is an
 //! [`IdempotencyStore`](sluice_core::IdempotencyStore) (which messages a subscription's
-//! consumers have handled) and a [`DedupStore`](sluice_core::DedupStore) (the claims of a
-//! topic's emulated dedup window), shared by every process connected to the same Redis with
+//! consumers have handled), a [`DedupStore`](sluice_core::DedupStore) (the claims of a
+//! topic's emulated dedup window) and a [`JobStore`](sluice_core::JobStore) (job status,
+//! cancellations and unique jobs: `Jobs::job_store`), shared by every process connected to the same Redis with
 //! the same key prefix. Its semantics are exactly those of the in-memory stores
 //! (`sluice_runtime::InMemoryStore`, `sluice_core::dedup::Claims`); only the reach differs.
 //!
@@ -62,10 +63,12 @@
 //! | `store.rs` | [`RedisStore`]: connecting, the prefix, Redis errors as Sluice errors |
 //! | `idempotency.rs` | the idempotency store: claims, renewals, done markers (Lua scripts) |
 //! | `dedup.rs` | the dedup store: pending and confirmed claims (Lua scripts), forgetting a topic with `SCAN` |
+//! | `jobs.rs` | the job store (`Jobs::job_store`): versioned entries, compare-and-swap in Lua |
 //! | `keys.rs` | the key layout: every key and `SCAN` pattern is built there |
 
 mod dedup;
 mod idempotency;
+mod jobs;
 mod keys;
 mod store;
 

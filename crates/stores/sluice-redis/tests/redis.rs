@@ -597,3 +597,9 @@ async fn two_consumers_racing_on_one_message_id_apply_its_effect_once() {
     let left = backend.stats(&subscription).await.unwrap();
     assert_eq!(left.backlog(), Some(0), "both copies are settled: {left:?}");
 }
+
+#[tokio::test]
+async fn the_redis_job_store_keeps_the_job_store_contract() {
+    let store: Arc<dyn sluice_core::JobStore> = Arc::new(store().await);
+    sluice_testing::check_job_store(store).await;
+}

@@ -717,7 +717,10 @@ dialect!(
     sqlx::Postgres,
     "PostgreSQL",
     "(extract(epoch from clock_timestamp()) * 1000)::bigint",
-    &[(1, include_str!("../migrations/postgres/0001_sluice.sql"))]
+    &[
+        (1, include_str!("../migrations/postgres/0001_sluice.sql")),
+        (2, include_str!("../migrations/postgres/0002_jobs.sql")),
+    ]
 );
 
 #[cfg(feature = "sqlite")]
@@ -726,5 +729,8 @@ dialect!(
     sqlx::Sqlite,
     "SQLite",
     "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-    &[(1, include_str!("../migrations/sqlite/0001_sluice.sql"))]
+    &[
+        (1, include_str!("../migrations/sqlite/0001_sluice.sql")),
+        (2, include_str!("../migrations/sqlite/0002_jobs.sql")),
+    ]
 );

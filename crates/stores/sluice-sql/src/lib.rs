@@ -6,6 +6,7 @@
 //! | [`SqlStore`] | the durable [`IdempotencyStore`](sluice_core::IdempotencyStore) (`Worker::idempotency`) and [`DedupStore`](sluice_core::DedupStore) (a broker backend's emulated dedup window) |
 //! | [`Inbox`] | the transactional inbox: the handler's writes and the inbox row commit together, then the ack — exactly-once effects |
 //! | [`Outbox`], [`Relay`] | the transactional outbox: events written with the business data, published in order by a relay |
+//! | [`SqlJobStore`] | the durable [`JobStore`](sluice_core::JobStore) of job status, cancellations and unique jobs (`Jobs::job_store`) |
 //! | [`migrate`] | creates Sluice's tables (`migrations/` in this crate, versioned in `sluice_schema_migrations`) |
 //! | [`sqlite`] | opening an SQLite file the way these need it (WAL, busy timeout): the embedded, serverless store |
 //!
@@ -44,24 +45,27 @@
 //! | `store.rs` | [`SqlStore`] |
 //! | `inbox.rs` | [`Inbox`], [`InboxHandler`] |
 //! | `outbox.rs` | [`Outbox`], [`Relay`] |
+//! | `jobs.rs` | [`SqlJobStore`] and its statements |
 //! | `error.rs` | sqlx errors as Sluice's (connection problems are retryable) |
 //! | `migrations/{postgres,sqlite}/` | the schema, one file per version |
 
 mod dialect;
 mod error;
 mod inbox;
+mod jobs;
 mod outbox;
 mod store;
 
 pub use dialect::{OutboxRow, SqlDatabase};
 pub use inbox::{Inbox, InboxHandler};
+pub use jobs::{JobSql, SqlJobStore};
 pub use outbox::{Outbox, OutboxLag, Relay, RelayStats, Round};
 /// The sqlx this crate is built on (pools and transactions in its API are sqlx's).
 pub use sqlx;
 pub use store::SqlStore;
 
 /// Creates or upgrades Sluice's tables (`sluice_idempotency`, `sluice_dedup`, `sluice_inbox`,
-/// `sluice_outbox`) on the pool's database; returns the versions applied now (empty when up
+/// `sluice_outbox`, `sluice_jobs`) on the pool's database; returns the versions applied now (empty when up
 /// to date). Safe to call from every process at start-up: concurrent callers wait for each
 /// other (PostgreSQL) or find the tables made (SQLite). Versions are kept in Sluice's own
 /// table, `sluice_schema_migrations`, so they never mix with the application's migrations.

@@ -1,0 +1,242 @@
+//! `sluice jobs list|status|cancel --store URL`: background jobs' status from the job store
+//! the application's `Jobs` share (`Jobs::job_store`): PostgreSQL (`postgres://…`), an SQLite
+//! file (`sqlite:PATH`) or Redis (`redis://…`, with the application's key prefix).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use sluice::runtime::jobs::{Cancelled, JobRecords, JobState, JobStatus};
+use sluice::JobStore;
+
+/// Arguments of `sluice jobs`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct JobsArgs {
+    #[command(subcommand)]
+    command: JobsCommand,
+    /// The job store: `postgres://USER@HOST:PORT/DB`, `sqlite:PATH` or `redis://HOST:PORT`.
+    #[arg(long, env = "SLUICE_JOB_STORE", global = true)]
+    store: Option<String>,
+    /// The key prefix of a Redis job store (the application's `RedisStore::with_prefix`).
+    #[arg(long, default_value = "sluice", global = true)]
+    redis_prefix: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum JobsCommand {
+    /// The most recently changed jobs, newest first.
+    List {
+        /// Only jobs of this type (the job's name).
+        #[arg(long = "job")]
+        job: Option<String>,
+        /// Only jobs in this state (`scheduled`, `waiting`, `running`, `retrying`,
+        /// `succeeded`, `dead_lettered`, `cancelled`).
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One job's status.
+    Status {
+        /// The job's id.
+        id: String,
+    },
+    /// Cancels jobs that have not started: they never run. Exits 1 if one was not pending.
+    Cancel {
+        /// The jobs' ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+const STATES: &[&str] = &[
+    "scheduled",
+    "waiting",
+    "running",
+    "retrying",
+    "succeeded",
+    "dead_lettered",
+    "cancelled",
+];
+
+/// Runs `sluice jobs`.
+pub(crate) async fn run(args: JobsArgs) -> anyhow::Result<()> {
+    let Some(url) = args.store.clone() else {
+        anyhow::bail!(
+            "sluice jobs reads the job store your application's Jobs share: give it with \
+             --store (or SLUICE_JOB_STORE): postgres://…, sqlite:PATH or redis://…"
+        );
+    };
+    let records = JobRecords::new(open(&url, &args.redis_prefix).await?);
+    match args.command {
+        JobsCommand::List { job, state, limit } => {
+            if let Some(state) = &state {
+                anyhow::ensure!(
+                    STATES.contains(&state.as_str()),
+                    "--state must be one of {}, not `{state}`",
+                    STATES.join(", ")
+                );
+            }
+            let read = if state.is_some() {
+                limit.saturating_mul(20)
+            } else {
+                limit
+            };
+            let mut jobs = records
+                .list(job.as_deref(), read)
+                .await
+                .with_context(|| format!("listing the jobs of {url}"))?;
+            jobs.retain(|j| state.as_deref().is_none_or(|s| j.state.name() == s));
+            jobs.truncate(limit);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                let rows: Vec<Vec<String>> = jobs.iter().map(row).collect();
+                super::table::print(
+                    &["ID", "JOB", "STATE", "ATTEMPT", "CHANGED", "DETAIL"],
+                    &rows,
+                );
+            }
+            Ok(())
+        }
+        JobsCommand::Status { id } => {
+            let status = records
+                .status(&id)
+                .await
+                .with_context(|| format!("reading job {id} from {url}"))?
+                .with_context(|| {
+                    format!("{url} knows no job `{id}` (never enqueued with this store, or forgotten after 7 days)")
+                })?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        JobsCommand::Cancel { ids } => {
+            let mut not_pending = Vec::new();
+            let mut outcomes = Vec::new();
+            for id in &ids {
+                let outcome = records
+                    .cancel(id)
+                    .await
+                    .with_context(|| format!("cancelling job {id} in {url}"))?;
+                let (word, state) = match &outcome {
+                    Cancelled::Cancelled(_) => ("cancelled", "cancelled".to_owned()),
+                    Cancelled::NotPending(s) => ("not pending", s.state.name().to_owned()),
+                    Cancelled::NotFound => ("not found", "unknown".to_owned()),
+                    _ => ("unknown", "unknown".to_owned()),
+                };
+                if !outcome.was_pending() {
+                    not_pending.push(id.clone());
+                }
+                if args.json {
+                    outcomes.push(serde_json::json!({
+                        "id": id, "cancelled": outcome.was_pending(), "state": state,
+                    }));
+                } else if outcome.was_pending() {
+                    println!("{id}: cancelled; it will not run");
+                } else {
+                    println!("{id}: {word} ({state}); nothing changed");
+                }
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&outcomes)?);
+            }
+            if !not_pending.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn open(url: &str, redis_prefix: &str) -> anyhow::Result<Arc<dyn JobStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = sluice::sql::sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        sluice::sql::migrate(&pool)
+            .await
+            .with_context(|| format!("migrating {url}"))?;
+        Ok(sluice::sql::SqlJobStore::new(pool).into_job_store())
+    } else if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.trim_start_matches("//");
+        let pool = sluice::sql::sqlite::open(path)
+            .await
+            .with_context(|| format!("opening {url}"))?;
+        Ok(sluice::sql::SqlJobStore::new(pool).into_job_store())
+    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let store = sluice::redis::RedisStore::connect(url)
+            .await
+            .with_context(|| "connecting to Redis".to_owned())?
+            .with_prefix(redis_prefix);
+        Ok(Arc::new(store))
+    } else {
+        anyhow::bail!("--store must be postgres://…, sqlite:PATH or redis://…, not `{url}`")
+    }
+}
+
+fn ago(at: SystemTime) -> String {
+    match SystemTime::now().duration_since(at) {
+        Ok(d) => format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(d.as_secs()))
+        ),
+        Err(e) => format!(
+            "in {}",
+            humantime::format_duration(Duration::from_secs(e.duration().as_secs()))
+        ),
+    }
+}
+
+fn detail(state: &JobState) -> String {
+    match state {
+        JobState::Scheduled { due_at } => format!("due {}", ago(*due_at)),
+        JobState::Running { since } => format!("since {}", ago(*since)),
+        JobState::Retrying {
+            next_attempt_at,
+            last_error,
+        } => format!("next attempt {}: {last_error}", ago(*next_attempt_at)),
+        JobState::DeadLettered { reason, .. } => reason.clone(),
+        _ => String::new(),
+    }
+}
+
+fn row(job: &JobStatus) -> Vec<String> {
+    vec![
+        job.id.clone(),
+        job.job.clone(),
+        job.state.name().to_owned(),
+        job.attempt.to_string(),
+        ago(job.updated_at),
+        detail(&job.state),
+    ]
+}
+
+fn print_status(job: &JobStatus) {
+    println!("id:        {}", job.id);
+    println!("job:       {}", job.job);
+    println!("state:     {}", job.state.name());
+    let detail = detail(&job.state);
+    if !detail.is_empty() {
+        println!("           {detail}");
+    }
+    println!("attempt:   {}", job.attempt);
+    println!("enqueued:  {}", ago(job.enqueued_at));
+    println!("changed:   {}", ago(job.updated_at));
+    if job.generation > 0 {
+        println!("rescheduled: {} time(s)", job.generation);
+    }
+    if let Some(result) = &job.result {
+        println!("result:    {result}");
+    }
+}

@@ -1,0 +1,104 @@
+//! `sluice jobs list|status|cancel` against the SQLite job store an application's `Jobs`
+//! share, as an operator runs them while the application holds its jobs.
+
+use std::time::Duration;
+
+mod support;
+
+use serde_json::Value;
+use sluice::runtime::jobs::JobState;
+use sluice::runtime::{Job, Jobs};
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Reminder {
+    user: u64,
+}
+
+impl Job for Reminder {
+    const NAME: &'static str = "reminder";
+}
+
+fn jobs_cli(store: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["jobs", "--store", store];
+    all.extend_from_slice(args);
+    support::run_sluice("embedded:/nonexistent-unused", &all, None)
+}
+
+fn json(store: &str, args: &[&str]) -> Value {
+    let (code, out, err) = jobs_cli(store, args);
+    assert_eq!(code, 0, "sluice jobs {args:?} failed:\n{out}\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{out}"))
+}
+
+#[tokio::test]
+async fn an_operator_lists_reads_and_cancels_jobs_from_the_shared_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let store_url = format!("sqlite:{}", db.display());
+    let backend = sluice::embedded::EmbeddedBackend::open(dir.path().join("engine"))
+        .await
+        .unwrap();
+    let pool = sluice::sql::sqlite::open(&db).await.unwrap();
+    let jobs = Jobs::new(backend)
+        .await
+        .unwrap()
+        .job_store(sluice::sql::SqlJobStore::new(pool).into_job_store());
+    let hour = Duration::from_secs(3600);
+    let first = jobs
+        .enqueue_in(hour, &Reminder { user: 1 })
+        .await
+        .unwrap()
+        .id;
+    let second = jobs
+        .enqueue_in(hour, &Reminder { user: 2 })
+        .await
+        .unwrap()
+        .id;
+
+    let listed = json(&store_url, &["list", "--json"]);
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![second.as_str(), first.as_str()], "newest first");
+    assert_eq!(listed[0]["state"], "scheduled");
+    assert_eq!(listed[0]["job"], "reminder");
+
+    let (code, out, err) = jobs_cli(&store_url, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ID"), "a table: {out}");
+    assert!(out.contains("scheduled") && out.contains("due in"), "{out}");
+
+    let (code, out, err) = jobs_cli(&store_url, &["cancel", first.as_str()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("cancelled; it will not run"), "{out}");
+    let status = json(&store_url, &["status", first.as_str(), "--json"]);
+    assert_eq!(status["state"], "cancelled", "{status}");
+    let seen = jobs.status(first.as_str()).await.unwrap().unwrap();
+    assert!(
+        matches!(seen.state, JobState::Cancelled { .. }),
+        "the application sees it"
+    );
+
+    let (code, out, _) = jobs_cli(&store_url, &["cancel", first.as_str()]);
+    assert_eq!(
+        code, 1,
+        "cancelling a job that is not pending exits 1: {out}"
+    );
+    assert!(out.contains("not pending (cancelled)"), "{out}");
+    let only = json(&store_url, &["list", "--state", "scheduled", "--json"]);
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    assert_eq!(only[0]["id"], second.as_str());
+
+    let (code, _, err) = jobs_cli(&store_url, &["status", "no-such-job"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("knows no job `no-such-job`"), "{err}");
+    let (code, _, err) = support::run_sluice("embedded:/unused", &["jobs", "list"], None);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--store"),
+        "a missing store is explained: {err}"
+    );
+}
