@@ -321,6 +321,18 @@ async fn a_delayed_publish_reaches_each_subscription_once_when_due() {
     }
 }
 
+/// The first delivery `subscriber` receives, or a failure at the deadline.
+async fn receive_one<S: Subscriber>(subscriber: &S) -> S::Delivery {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "nothing was delivered");
+        let mut got = subscriber.receive(1, Duration::from_secs(1)).await.unwrap();
+        if let Some(delivery) = got.pop() {
+            return delivery;
+        }
+    }
+}
+
 /// Waits until the subscription counts `count` unsettled records (what its topic holds past
 /// its commits), or fails at the deadline.
 async fn wait_unsettled(backend: &KafkaBackend, name: &SubscriptionName, count: u64) {
@@ -376,26 +388,31 @@ async fn an_ack_is_committed_when_close_returns() {
     let topic = topic(&backend).await;
     let name = subscription(&backend, SubscriptionConfig::new(topic.clone())).await;
     publish_labels(&backend, &topic, &["a".into(), "b".into()]).await;
-    wait_unsettled(&backend, &name, 2).await;
+    // Checked by what a consumer receives, not by the topic's high watermarks: Tansu's can
+    // report one record short after two appends to one partition (docs/kafka.md, Tansu).
     let subscriber = backend.subscribe(&name).await.unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let delivery = loop {
-        assert!(Instant::now() < deadline, "nothing was delivered");
-        let mut got = subscriber.receive(1, Duration::from_secs(1)).await.unwrap();
-        if let Some(delivery) = got.pop() {
-            break delivery;
-        }
-    };
-    delivery.ack().await.unwrap();
+    let first = receive_one(&subscriber).await;
+    let acked = label(first.message());
+    first.ack().await.unwrap();
     // What `sluice consume --count 1` does before it exits: the ack is committed once close
     // returns, not 200 ms later by a thread the exit would kill.
     subscriber.close().await.unwrap();
-    let stats = backend.stats(&name).await.unwrap();
-    assert_eq!(
-        stats.unsettled,
-        Some(1),
-        "the acked record is committed: {stats:?}"
+
+    let next = backend.subscribe(&name).await.unwrap();
+    let second = receive_one(&next).await;
+    let other = label(second.message());
+    assert_ne!(
+        other, acked,
+        "the acked record came back: its ack was not committed"
     );
+    second.ack().await.unwrap();
+    let again = next.receive(1, Duration::from_secs(3)).await.unwrap();
+    assert!(
+        again.is_empty(),
+        "nothing more: {:?}",
+        again.iter().map(|d| label(d.message())).collect::<Vec<_>>()
+    );
+    next.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
