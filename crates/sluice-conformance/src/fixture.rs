@@ -98,6 +98,9 @@ impl<'h, H: Harness> Fixture<'h, H> {
 
     /// `Some(Skipped)` (printed) if the backend's capabilities exclude this scenario.
     pub fn gate(&self) -> Option<Outcome> {
+        if let Some(defect) = self.harness.known_defect(self.scenario) {
+            return Some(self.skip(format!("open defect: {defect}")));
+        }
         skip_reason(self.scenario, self.caps()).map(|reason| self.skip(reason))
     }
 

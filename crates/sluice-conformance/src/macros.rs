@@ -49,6 +49,11 @@ macro_rules! __with_scenarios {
             consumer_close_loses_nothing,
             connection_loss_then_reconnect_loses_no_confirmed_message,
             broker_restart_keeps_topology_and_messages,
+            // jobs
+            jobs_one_job_per_tick_across_replicas_one_killed_mid_tick,
+            jobs_cancelled_before_due_never_run,
+            jobs_replaced_run_once_with_the_new_body,
+            jobs_unique_modes_hold_and_release,
         }
     };
 }

@@ -521,3 +521,35 @@ async fn a_batch_meeting_a_claim_in_progress_sends_what_came_before_and_nothing_
     publisher.close().await.unwrap();
     backend.delete_topic(&topic).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_publishes_of_two_publishers_of_one_topic_all_arrive() {
+    let first = support::connect().await;
+    let topic = topic(&first).await;
+    let name = subscription(&first, SubscriptionConfig::new(topic.clone())).await;
+    let subscriber = first.subscribe(&name).await.unwrap();
+    let a = first.publisher().await.unwrap();
+    a.publish_delayed(
+        &topic,
+        Message::builder(&b"a"[..]).build().unwrap(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = support::connect().await;
+    let b = second.publisher().await.unwrap();
+    b.publish_delayed(
+        &topic,
+        Message::builder(&b"b"[..]).build().unwrap(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let got = drain(&subscriber, 2).await;
+    let mut labels: Vec<String> = got.into_iter().map(|(l, _, _)| l).collect();
+    labels.sort();
+    assert_eq!(labels, ["a", "b"]);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -212,7 +212,13 @@ async fn a_consumer_killed_between_its_commit_and_its_ack_is_skipped_on_redelive
 
 #[tokio::test]
 async fn inbox_rows_expire_after_the_ttl_by_the_cleanup_task() {
-    let pool = postgres().await;
+    // A database of its own: the cleanup removes every row older than this inbox's 300 ms
+    // TTL, whichever subscription it belongs to, and would take the rows of the tests
+    // running beside it on the shared PostgreSQL.
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sluice_sql::sqlite::open(dir.path().join("inbox.db"))
+        .await
+        .unwrap();
     let subscription = unique("cleanup");
     let inbox = Inbox::new(pool.clone()).ttl(Duration::from_millis(300));
     let tx = inbox.begin(&subscription, "old").await.unwrap().unwrap();
