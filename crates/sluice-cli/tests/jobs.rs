@@ -42,7 +42,7 @@ async fn an_operator_lists_reads_and_cancels_jobs_from_the_shared_store() {
     let jobs = Jobs::new(backend)
         .await
         .unwrap()
-        .job_store(sluice::sql::SqlJobStore::new(pool).into_job_store());
+        .job_store(sluice::sql::SqlStore::new(pool).into_job_store());
     let hour = Duration::from_secs(3600);
     let first = jobs
         .enqueue_in(hour, &Reminder { user: 1 })

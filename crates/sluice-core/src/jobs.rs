@@ -128,7 +128,7 @@ impl JobStore for MemoryJobStore {
                     written: version,
                 },
             );
-            // Expired entries go when the map has grown by half since the last sweep.
+            // Past 1024 entries, every 512th write sweeps out the expired ones.
             if entries.len() > 1024 && version % 512 == 0 {
                 entries.retain(|_, e| e.expires > now);
             }

@@ -167,13 +167,13 @@ async fn open(url: &str, redis_prefix: &str) -> anyhow::Result<Arc<dyn JobStore>
         sluice::sql::migrate(&pool)
             .await
             .with_context(|| format!("migrating {url}"))?;
-        Ok(sluice::sql::SqlJobStore::new(pool).into_job_store())
+        Ok(sluice::sql::SqlStore::new(pool).into_job_store())
     } else if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.trim_start_matches("//");
         let pool = sluice::sql::sqlite::open(path)
             .await
             .with_context(|| format!("opening {url}"))?;
-        Ok(sluice::sql::SqlJobStore::new(pool).into_job_store())
+        Ok(sluice::sql::SqlStore::new(pool).into_job_store())
     } else if url.starts_with("redis://") || url.starts_with("rediss://") {
         let store = sluice::redis::RedisStore::connect(url)
             .await

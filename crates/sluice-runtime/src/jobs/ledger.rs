@@ -237,21 +237,13 @@ impl Ledger {
         Err(contended("the job", &status.id))
     }
 
-    /// The enqueue's publish was confirmed.
-    pub(crate) async fn published(&self, id: &str, version: u64) {
-        let result = async {
-            if let Some((mut status, v)) = self.read(id).await? {
-                if v == version {
-                    status.published = true;
-                    self.write(&status, Some(v)).await?;
-                }
-                // Else a worker already moved it on, which says as much.
-            }
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(err) = result {
-            tracing::debug!(%id, %err, "could not mark a job as published");
+    /// The enqueue's publish was confirmed: `status` as written at `version` is marked
+    /// published, unless a worker already moved it on (which says as much).
+    pub(crate) async fn published(&self, status: &JobStatus, version: u64) {
+        let mut status = status.clone();
+        status.published = true;
+        if let Err(err) = self.write(&status, Some(version)).await {
+            tracing::debug!(id = %status.id, %err, "could not mark a job as published");
         }
     }
 

@@ -192,7 +192,7 @@ impl<B: Backend> Jobs<B> {
     }
 
     /// Where job status, cancellations and unique locks are kept: a store every process
-    /// enqueueing or running these jobs shares (`sluice-sql`'s `SqlJobStore` on PostgreSQL or
+    /// enqueueing or running these jobs shares (`sluice-sql`'s `SqlStore` on PostgreSQL or
     /// SQLite, `sluice-redis`'s `RedisStore`) makes `status`, `cancel` and unique jobs work
     /// across processes and restarts; the default, in memory, within this process only.
     #[must_use]
@@ -363,6 +363,8 @@ impl<B: Backend> Jobs<B> {
             type_name: std::any::type_name::<J>(),
             source,
         })?;
+        // The record keeps the body as a value (parsed back: `to_value` would reorder the
+        // payload's fields, which other languages' consumers read as sent).
         let body = serde_json::from_slice(&payload).ok();
         let message = customize(Message::json_builder(payload).message_type(J::NAME)).build()?;
         let id = message.id().as_str().to_owned();
@@ -406,7 +408,7 @@ impl<B: Backend> Jobs<B> {
         match sluice_core::Publisher::publish(&self.producer, &topic, message).await {
             Ok(receipt) => {
                 if let Some(version) = version {
-                    self.ledger.published(&status.id, version).await;
+                    self.ledger.published(&status, version).await;
                 }
                 Ok(receipt)
             }

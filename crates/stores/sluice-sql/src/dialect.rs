@@ -497,7 +497,13 @@ macro_rules! dialect {
                     ))
                     .execute(pool)
                     .await?;
-                    Ok(a.rows_affected() + b.rows_affected())
+                    let c = sqlx::query(concat!(
+                        "DELETE FROM sluice_jobs WHERE expires_at <= ",
+                        $now
+                    ))
+                    .execute(pool)
+                    .await?;
+                    Ok(a.rows_affected() + b.rows_affected() + c.rows_affected())
                 })
             }
             fn inbox_insert<'a>(

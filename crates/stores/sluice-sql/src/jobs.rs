@@ -1,5 +1,6 @@
-//! [`SqlJobStore`]: the [`JobStore`] of job status, cancellations and unique locks on
-//! PostgreSQL or SQLite (table `sluice_jobs`, migration 2).
+//! [`SqlStore`] as the [`JobStore`] of job status, cancellations and unique locks on
+//! PostgreSQL or SQLite (table `sluice_jobs`, migration 2; expired rows go with
+//! [`SqlStore::purge_expired`]).
 //!
 //! Each write draws a fresh version (a PostgreSQL sequence; an SQLite AUTOINCREMENT table,
 //! which never hands out a number twice), then lands only if the row still has the version
@@ -13,11 +14,9 @@ use sluice_core::idempotency::{boxed, BoxFuture};
 use sluice_core::jobs::{JobStore, Versioned};
 use sluice_core::Result;
 use sqlx::Pool;
-use tokio_util::sync::CancellationToken;
 
 use crate::dialect::SqlDatabase;
-use crate::error::db_error;
-use crate::store::{millis, spawn_purging};
+use crate::store::{millis, SqlStore};
 
 type SqlFuture<'a, T> = crate::dialect::BoxFuture<'a, Result<T, sqlx::Error>>;
 
@@ -47,7 +46,6 @@ pub trait JobSql: SqlDatabase {
         prefix: &'a str,
         limit: i64,
     ) -> SqlFuture<'a, Vec<(String, String, i64)>>;
-    fn purge(pool: &Pool<Self>) -> SqlFuture<'_, u64>;
 }
 
 /// The job statements for one database: `$now` is its clock in ms (as in `dialect.rs`),
@@ -163,18 +161,6 @@ macro_rules! job_sql {
                     .await
                 })
             }
-
-            fn purge(pool: &Pool<Self>) -> SqlFuture<'_, u64> {
-                Box::pin(async move {
-                    let done = sqlx::query(concat!(
-                        "DELETE FROM sluice_jobs WHERE expires_at <= ",
-                        $now
-                    ))
-                    .execute(pool)
-                    .await?;
-                    Ok(done.rows_affected())
-                })
-            }
         }
     };
 }
@@ -196,63 +182,11 @@ job_sql!(
     "DELETE FROM sluice_jobs_version WHERE id < $1"
 );
 
-/// Job status, cancellations and unique locks in a SQL database, shared by every process
-/// enqueueing or running jobs against it (`Jobs::job_store`). Cheap to clone (a pool
-/// handle). Needs Sluice's tables: call [`migrate`](crate::migrate) once at start-up.
-pub struct SqlJobStore<DB: JobSql> {
-    pool: Pool<DB>,
-}
-
-impl<DB: JobSql> Clone for SqlJobStore<DB> {
-    fn clone(&self) -> Self {
-        Self {
-            pool: self.pool.clone(),
-        }
-    }
-}
-
-impl<DB: JobSql> std::fmt::Debug for SqlJobStore<DB> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlJobStore")
-            .field("database", &<DB as sqlx::Database>::NAME)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<DB: JobSql> SqlJobStore<DB> {
-    /// A job store on `pool`.
-    pub fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
-    }
-
-    /// The store as a shared [`JobStore`], for `Jobs::job_store`.
+impl<DB: JobSql> SqlStore<DB> {
+    /// The store as a shared [`JobStore`] (job status, cancellations and unique locks,
+    /// table `sluice_jobs`), for `Jobs::job_store`.
     pub fn into_job_store(self) -> Arc<dyn JobStore> {
         Arc::new(self)
-    }
-
-    /// Removes expired job records and locks; returns how many.
-    pub async fn purge_expired(&self) -> Result<u64> {
-        DB::purge(&self.pool)
-            .await
-            .map_err(self.failed("removing expired job records"))
-    }
-
-    /// Runs [`purge_expired`](Self::purge_expired) every `every` until `shutdown`.
-    pub fn spawn_cleanup(
-        &self,
-        every: Duration,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let store = self.clone();
-        spawn_purging(every, shutdown, "job store", move || {
-            let store = store.clone();
-            async move { store.purge_expired().await }
-        })
-    }
-
-    fn failed(&self, operation: &str) -> impl FnOnce(sqlx::Error) -> sluice_core::Error + '_ {
-        let operation = operation.to_owned();
-        move |e| db_error(<DB as sqlx::Database>::NAME, &operation, e)
     }
 }
 
@@ -266,12 +200,12 @@ fn text(value: &[u8]) -> Result<&str> {
     })
 }
 
-impl<DB: JobSql> JobStore for SqlJobStore<DB> {
+impl<DB: JobSql> JobStore for SqlStore<DB> {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>>> {
         boxed(async move {
-            let row = DB::load(&self.pool, key)
+            let row = DB::load(self.pool(), key)
                 .await
-                .map_err(self.failed(&format!("reading job record {key}")))?;
+                .map_err(self.failed(format!("reading job record {key}")))?;
             Ok(row.map(|(value, v)| Versioned {
                 value: value.into_bytes(),
                 version: version(v),
@@ -289,18 +223,18 @@ impl<DB: JobSql> JobStore for SqlJobStore<DB> {
         boxed(async move {
             let value = text(value)?;
             let what = format!("writing job record {key}");
-            let next = DB::next_version(&self.pool)
+            let next = DB::next_version(self.pool())
                 .await
-                .map_err(self.failed(&what))?;
+                .map_err(self.failed(what.clone()))?;
             let ttl = millis(ttl).max(1);
             let landed = match expected {
-                None => DB::create(&self.pool, key, value, next, ttl).await,
+                None => DB::create(self.pool(), key, value, next, ttl).await,
                 Some(expected) => {
                     let expected = i64::try_from(expected).unwrap_or(-1);
-                    DB::update(&self.pool, key, expected, value, next, ttl).await
+                    DB::update(self.pool(), key, expected, value, next, ttl).await
                 }
             }
-            .map_err(self.failed(&what))?;
+            .map_err(self.failed(what.clone()))?;
             Ok(landed.then_some(version(next)))
         })
     }
@@ -308,9 +242,9 @@ impl<DB: JobSql> JobStore for SqlJobStore<DB> {
     fn remove<'a>(&'a self, key: &'a str, expected: u64) -> BoxFuture<'a, Result<bool>> {
         boxed(async move {
             let expected = i64::try_from(expected).unwrap_or(-1);
-            DB::remove(&self.pool, key, expected)
+            DB::remove(self.pool(), key, expected)
                 .await
-                .map_err(self.failed(&format!("removing job record {key}")))
+                .map_err(self.failed(format!("removing job record {key}")))
         })
     }
 
@@ -321,9 +255,9 @@ impl<DB: JobSql> JobStore for SqlJobStore<DB> {
     ) -> BoxFuture<'a, Result<Vec<(String, Versioned)>>> {
         boxed(async move {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = DB::scan(&self.pool, prefix, limit)
+            let rows = DB::scan(self.pool(), prefix, limit)
                 .await
-                .map_err(self.failed(&format!("listing job records under {prefix}")))?;
+                .map_err(self.failed(format!("listing job records under {prefix}")))?;
             Ok(rows
                 .into_iter()
                 .map(|(key, value, v)| {

@@ -3,10 +3,9 @@
 //!
 //! | item | what it gives |
 //! |---|---|
-//! | [`SqlStore`] | the durable [`IdempotencyStore`](sluice_core::IdempotencyStore) (`Worker::idempotency`) and [`DedupStore`](sluice_core::DedupStore) (a broker backend's emulated dedup window) |
+//! | [`SqlStore`] | the durable [`IdempotencyStore`](sluice_core::IdempotencyStore) (`Worker::idempotency`), [`DedupStore`](sluice_core::DedupStore) (a broker backend's emulated dedup window) and [`JobStore`](sluice_core::JobStore) (job status, cancellations and unique jobs: `Jobs::job_store`) |
 //! | [`Inbox`] | the transactional inbox: the handler's writes and the inbox row commit together, then the ack — exactly-once effects |
 //! | [`Outbox`], [`Relay`] | the transactional outbox: events written with the business data, published in order by a relay |
-//! | [`SqlJobStore`] | the durable [`JobStore`](sluice_core::JobStore) of job status, cancellations and unique jobs (`Jobs::job_store`) |
 //! | [`migrate`] | creates Sluice's tables (`migrations/` in this crate, versioned in `sluice_schema_migrations`) |
 //! | [`sqlite`] | opening an SQLite file the way these need it (WAL, busy timeout): the embedded, serverless store |
 //!
@@ -45,7 +44,7 @@
 //! | `store.rs` | [`SqlStore`] |
 //! | `inbox.rs` | [`Inbox`], [`InboxHandler`] |
 //! | `outbox.rs` | [`Outbox`], [`Relay`] |
-//! | `jobs.rs` | [`SqlJobStore`] and its statements |
+//! | `jobs.rs` | [`SqlStore`] as the job store, and its statements |
 //! | `error.rs` | sqlx errors as Sluice's (connection problems are retryable) |
 //! | `migrations/{postgres,sqlite}/` | the schema, one file per version |
 
@@ -58,7 +57,7 @@ mod store;
 
 pub use dialect::{OutboxRow, SqlDatabase};
 pub use inbox::{Inbox, InboxHandler};
-pub use jobs::{JobSql, SqlJobStore};
+pub use jobs::JobSql;
 pub use outbox::{Outbox, OutboxLag, Relay, RelayStats, Round};
 /// The sqlx this crate is built on (pools and transactions in its API are sqlx's).
 pub use sqlx;

@@ -1,5 +1,6 @@
 //! [`SqlStore`]: the durable idempotency store and dedup-window store on PostgreSQL or
-//! SQLite, with the semantics of DESIGN §2 (the same as `InMemoryStore` and `Claims`).
+//! SQLite, with the semantics of DESIGN §2 (the same as `InMemoryStore` and `Claims`); its
+//! job store is in `jobs.rs`.
 //!
 //! A claim is a row with a token and an expiry; a done marker is the same row with no token.
 //! Every comparison uses the database's clock, so consumers on several hosts agree on when
@@ -88,7 +89,7 @@ impl<DB: SqlDatabase> SqlStore<DB> {
         &self.pool
     }
 
-    /// Removes expired claims, done markers and dedup claims; returns how many.
+    /// Removes expired claims, done markers, dedup claims and job records; returns how many.
     pub async fn purge_expired(&self) -> Result<u64> {
         DB::purge_expired(&self.pool).await.map_err(|e| {
             db_error(
@@ -119,7 +120,10 @@ impl<DB: SqlDatabase> SqlStore<DB> {
 }
 
 impl<DB: SqlDatabase> SqlStore<DB> {
-    fn failed(&self, operation: String) -> impl FnOnce(sqlx::Error) -> sluice_core::Error {
+    pub(crate) fn failed(
+        &self,
+        operation: String,
+    ) -> impl FnOnce(sqlx::Error) -> sluice_core::Error {
         move |e| db_error(<DB as sqlx::Database>::NAME, &operation, e)
     }
 }

@@ -12,11 +12,11 @@ use sluice_core::PublishOutcome;
 use sluice_embedded::EmbeddedBackend;
 use sluice_runtime::jobs::{JobState, Unique};
 use sluice_runtime::{CancellationToken, Context, Job, JobOptions, Jobs};
-use sluice_sql::SqlJobStore;
+use sluice_sql::SqlStore;
 
 #[tokio::test]
 async fn the_postgres_job_store_keeps_the_job_store_contract() {
-    sluice_testing::check_job_store(SqlJobStore::new(postgres().await).into_job_store()).await;
+    sluice_testing::check_job_store(SqlStore::new(postgres().await).into_job_store()).await;
 }
 
 #[tokio::test]
@@ -25,12 +25,12 @@ async fn the_sqlite_job_store_keeps_the_job_store_contract() {
     let pool = sluice_sql::sqlite::open(dir.path().join("jobs.db"))
         .await
         .unwrap();
-    sluice_testing::check_job_store(SqlJobStore::new(pool).into_job_store()).await;
+    sluice_testing::check_job_store(SqlStore::new(pool).into_job_store()).await;
 }
 
 #[tokio::test]
 async fn expired_job_records_are_purged() {
-    let store = SqlJobStore::new(postgres().await);
+    let store = SqlStore::new(postgres().await);
     let key = format!("purge/{}", common::unique("k"));
     let shared = store.clone().into_job_store();
     shared
@@ -66,7 +66,7 @@ async fn separate_jobs_sharing_an_sqlite_job_store_agree_on_status_cancel_and_un
     let pool = sluice_sql::sqlite::open(dir.path().join("jobs.db"))
         .await
         .unwrap();
-    let store = || SqlJobStore::new(pool.clone()).into_job_store();
+    let store = || SqlStore::new(pool.clone()).into_job_store();
     let web = Jobs::new(backend.clone()).await.unwrap().job_store(store());
     let admin = Jobs::new(backend.clone()).await.unwrap().job_store(store());
     let workers = Jobs::new(backend.clone()).await.unwrap().job_store(store());
