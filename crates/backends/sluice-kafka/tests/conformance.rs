@@ -26,14 +26,6 @@ impl Harness for KafkaHarness {
         KafkaBackend::connect(support::options(support::TANSU)).await
     }
 
-    fn known_defect(&self, scenario: &str) -> Option<&'static str> {
-        (scenario == "jobs_one_job_per_tick_across_replicas_one_killed_mid_tick").then_some(
-            "ticks published as delayed messages by three replicas' publishers (each running \
-             a delay mover of the job topic) do not all arrive within 90 s on Tansu \
-             (docs/kafka.md, open defects)",
-        )
-    }
-
     fn timing(&self) -> Timing {
         // A new group member gets its partitions after a rebalance of a few seconds.
         Timing::new(Duration::from_secs(2), Duration::from_secs(1))

@@ -187,6 +187,17 @@ pub async fn jobs_one_job_per_tick_across_replicas_one_killed_mid_tick<H: Harnes
     let store = Arc::new(Claims::default());
     let period = Duration::from_secs(1);
     let schedule = Schedule::every(period).must("an every-second schedule");
+
+    // The worker first: its subscription exists before any tick is produced. Then the three
+    // replicas' connections, before the checked ticks are chosen: a tick already past when
+    // the replicas register is a missed tick (skipped by the default policy), and joining a
+    // broker can take seconds.
+    let jobs = jobs_on(h).await;
+    let worker = Running::<Tick>::start(&jobs).await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Arc::new(jobs_on(h).await.tick_store(store.clone())));
+    }
     let first = schedule
         .next_after(SystemTime::now() + Duration::from_secs(2))
         .expect("an every-second schedule ticks");
@@ -197,22 +208,21 @@ pub async fn jobs_one_job_per_tick_across_replicas_one_killed_mid_tick<H: Harnes
     let claimed_at = std::time::Instant::now() - TICK_PENDING + Duration::from_millis(300);
     store.claim_at(TICK_CLAIMS, &ids[0], TICK_PENDING, claimed_at);
 
-    // The worker first: its subscription exists before any tick is produced.
-    let jobs = jobs_on(h).await;
-    let worker = Running::<Tick>::start(&jobs).await;
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        let jobs = Arc::new(jobs_on(h).await.tick_store(store.clone()));
-        jobs.schedule("ticks", schedule.clone(), &Tick::new("tick"))
-            .await
-            .must("registering the schedule");
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let (jobs, stop) = (jobs.clone(), stop.clone());
-            async move { jobs.run_schedules(stop).await }
-        });
-        replicas.push((stop, task));
-    }
+    let replicas: Vec<_> = {
+        let mut running = Vec::new();
+        for jobs in replicas {
+            jobs.schedule("ticks", schedule.clone(), &Tick::new("tick"))
+                .await
+                .must("registering the schedule");
+            let stop = CancellationToken::new();
+            let task = tokio::spawn({
+                let (jobs, stop) = (jobs.clone(), stop.clone());
+                async move { jobs.run_schedules(stop).await }
+            });
+            running.push((stop, task));
+        }
+        running
+    };
     // Another replica is killed outright.
     replicas[0].1.abort();
 
