@@ -69,7 +69,9 @@ pub use handler::{
     HandlerError, HandlerResult, JsonHandler, RawHandler,
 };
 pub use idempotency::{Idempotency, InMemoryStore, DEFAULT_IDEMPOTENCY_TTL};
-pub use jobs::{Job, JobOptions, JobRecords, JobStatus, Jobs, ScheduleInfo, Unique, Upsert};
+pub use jobs::{
+    Job, JobOptions, JobRecords, JobStatus, Jobs, ScheduleInfo, ScheduleRecord, Unique, Upsert,
+};
 pub use lease::{LeaseExtension, DEFAULT_MAX_EXTENSION};
 #[cfg(feature = "prometheus")]
 pub use metrics::install_prometheus;

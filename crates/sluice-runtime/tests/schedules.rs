@@ -3,16 +3,19 @@
 //! schedules' clock is a number the test moves, set hours in the past so the jobs produced
 //! for their tick are due at once.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sluice_core::dedup::Claims;
+use sluice_core::jobs::{JobStore, MemoryJobStore};
 use sluice_core::{Backend, Delivery, Subscriber, SubscriptionName};
 use sluice_memory::MemoryBackend;
-use sluice_runtime::jobs::{LEAD, TICK_CLAIMS, TICK_PENDING};
+use sluice_runtime::jobs::{JobState, LEAD, TICK_CLAIMS, TICK_PENDING};
 use sluice_runtime::schedule::{tick_id, Missed, Schedule};
-use sluice_runtime::{Job, Jobs, Upsert};
+use sluice_runtime::{Context, Job, JobRecords, Jobs, Upsert};
 
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Report {
@@ -255,7 +258,110 @@ async fn a_changed_definition_replaces_the_schedule_and_unschedule_removes_it() 
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].schedule, earlier);
     assert!(listed[0].next_due.is_some_and(|t| t > SystemTime::now()));
-    assert!(jobs.unschedule("n"));
-    assert!(!jobs.unschedule("n"));
+    assert!(jobs.unschedule("n").await);
+    assert!(!jobs.unschedule("n").await);
     assert!(jobs.schedules().is_empty());
+}
+
+/// The job store describes every replica's schedules to those who run none (`sluice jobs
+/// schedules`, the dashboard): next due tick, last runs (of that schedule only), and no
+/// record once unscheduled.
+#[tokio::test]
+async fn the_job_store_lists_the_schedules_with_their_next_due_tick_and_last_runs() {
+    let backend = MemoryBackend::new();
+    let claims = Arc::new(Claims::default());
+    let store: Arc<dyn JobStore> = Arc::new(MemoryJobStore::new());
+    let clock = Manual::new();
+    let base = clock.now();
+    let job = Report {
+        kind: "daily".into(),
+    };
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let jobs = replica(&backend, &claims, {
+            let clock = clock.clone();
+            move || clock.now()
+        })
+        .await
+        .job_store(store.clone());
+        jobs.schedule("report", Schedule::every(MINUTE).unwrap(), &job)
+            .await
+            .unwrap();
+        replicas.push(jobs);
+    }
+    // A schedule whose ticks share the first one's id prefix.
+    replicas[0]
+        .schedule("report-2", Schedule::every(MINUTE * 60).unwrap(), &job)
+        .await
+        .unwrap();
+    let records = JobRecords::new(store.clone());
+    let listed = records.schedules(10).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["report", "report-2"]);
+    assert_eq!(listed[0].job, Report::NAME);
+    assert_eq!(
+        listed[0].schedule,
+        Schedule::every(MINUTE).unwrap().to_string()
+    );
+    assert_eq!(
+        listed[0].next_due,
+        Some(base),
+        "the registration time is a tick"
+    );
+    assert!(listed[0].last_runs.is_empty());
+
+    // Both replicas pass; the tick is produced once and the next one is due.
+    clock.set(base - LEAD + Duration::from_secs(1));
+    for jobs in &replicas {
+        jobs.produce_due().await.unwrap();
+    }
+    let listed = records.schedules(10).await.unwrap();
+    assert_eq!(listed[0].next_due, Some(base + MINUTE));
+    assert!(listed[1].next_due.is_some_and(|due| due >= base));
+
+    // A worker runs the tick: its run is report's, not report-2's.
+    let worker = replicas[0]
+        .worker(|_: Report, _: Context| async { Ok(()) })
+        .await
+        .unwrap()
+        .build();
+    let running = common::Running::start(worker);
+    let tick = tick_id("report", base);
+    let deadline = Instant::now() + DEADLINE;
+    let runs = loop {
+        let listed = records.schedules(10).await.unwrap();
+        let done = listed[0]
+            .last_runs
+            .first()
+            .is_some_and(|run| matches!(run.state, JobState::Succeeded { .. }));
+        if done {
+            break listed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tick's run never recorded: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    running.stop().await;
+    let report_runs: Vec<&str> = runs[0].last_runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(report_runs, [tick.as_str()]);
+    assert!(
+        runs[1]
+            .last_runs
+            .iter()
+            .all(|r| r.id.starts_with("schedule-report-2-")),
+        "report-2's runs are its own: {:?}",
+        runs[1].last_runs
+    );
+
+    assert!(replicas[0].unschedule("report-2").await);
+    let ids: Vec<String> = records
+        .schedules(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["report"]);
 }

@@ -57,6 +57,16 @@ impl JobRecords {
         self.ledger.list(job, limit).await
     }
 
+    /// The schedules the replicas running them describe in this store (`limit` at most), by
+    /// id, each with its next due tick and its last [`LAST_RUNS`](super::LAST_RUNS) runs
+    /// (newest first).
+    ///
+    /// # Errors
+    /// The job store failed.
+    pub async fn schedules(&self, limit: usize) -> sluice_core::Result<Vec<super::ScheduleRecord>> {
+        self.ledger.schedules(limit).await
+    }
+
     /// As [`Jobs::cancel`].
     ///
     /// # Errors

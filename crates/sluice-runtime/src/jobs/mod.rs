@@ -7,23 +7,26 @@
 //! applied (and changeable on the returned builder).
 //!
 //! Recurring jobs (`schedule`, `unschedule`, `schedules`, `run_schedules`) are in
-//! `schedules.rs`, with the design that makes one job per tick on any number of replicas.
+//! `schedules.rs`, with the design that makes one job per tick on any number of replicas; the
+//! replicas describe them in the job store for those who do not run them (`registry.rs`).
 //! Job status, cancel, reschedule and unique jobs keep their records in a
 //! [`JobStore`]: the public types are in `status.rs`, the rules in
 //! `ledger.rs`, the calls on enqueued jobs in `control.rs`.
 
 mod control;
 mod ledger;
+mod registry;
 mod schedules;
 mod status;
 
 pub use control::JobRecords;
+pub use registry::{ScheduleRecord, LAST_RUNS};
 pub use schedules::{
     ScheduleInfo, Upsert, CATCH_UP_HORIZON, LEAD, TICK_CLAIMS, TICK_MEMORY, TICK_PENDING,
 };
 pub use status::{Cancelled, JobState, JobStatus, Rescheduled, Unique, UniqueHold, JOB_RETENTION};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -160,6 +163,8 @@ pub struct Jobs<B: Backend> {
     ensured: Mutex<HashSet<&'static str>>,
     schedules: Arc<Schedules>,
     ledger: Arc<Ledger>,
+    /// The next due tick of each schedule as this replica last wrote it to the job store.
+    recorded: Mutex<HashMap<String, Option<SystemTime>>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Jobs<B> {
@@ -188,6 +193,7 @@ impl<B: Backend> Jobs<B> {
                 store: Arc::new(MemoryJobStore::new()),
                 clock,
             }),
+            recorded: Mutex::new(HashMap::new()),
         })
     }
 
@@ -251,15 +257,26 @@ impl<B: Backend> Jobs<B> {
         Message::builder(Vec::<u8>::new())
             .id(schedules::probe_id(id))
             .build()?;
-        Ok(self.schedules.upsert(id, schedule, J::NAME, topic, payload))
+        let upsert = self.schedules.upsert(id, schedule, J::NAME, topic, payload);
+        self.recorded.lock().expect("jobs").remove(id);
+        self.record_schedules().await;
+        Ok(upsert)
     }
 
-    /// Removes a schedule; whether it existed. Jobs already produced for its ticks stay.
-    pub fn unschedule(&self, id: &str) -> bool {
-        self.schedules.remove(id)
+    /// Removes a schedule, here and from the job store's registry; whether this `Jobs` had
+    /// it. Jobs already produced for its ticks stay. Other replicas that registered it go on
+    /// producing it (and describing it) until they unschedule it too.
+    pub async fn unschedule(&self, id: &str) -> bool {
+        let removed = self.schedules.remove(id);
+        self.recorded.lock().expect("jobs").remove(id);
+        if let Err(err) = self.ledger.forget_schedule(id).await {
+            tracing::warn!(schedule = id, error = %err, "could not remove the schedule from the job store");
+        }
+        removed
     }
 
-    /// Every schedule with its next due tick.
+    /// Every schedule this `Jobs` runs, with its next due tick. The schedules of every
+    /// replica, with their last runs, are in the job store: [`JobRecords::schedules`].
     pub fn schedules(&self) -> Vec<ScheduleInfo> {
         self.schedules.list()
     }
@@ -270,7 +287,36 @@ impl<B: Backend> Jobs<B> {
     /// # Errors
     /// The tick store or the backend failed; the tick is tried again on the next pass.
     pub async fn produce_due(&self) -> Result<usize, ProduceError> {
-        Ok(self.schedules.produce_due(&self.producer).await?.0)
+        let produced = self.schedules.produce_due(&self.producer).await;
+        self.record_schedules().await;
+        Ok(produced?.0)
+    }
+
+    /// Writes to the job store the schedules whose next due tick moved since this replica
+    /// last wrote them (a failure is logged: the registry is for onlookers, the ticks do not
+    /// depend on it).
+    async fn record_schedules(&self) {
+        let moved: Vec<ScheduleInfo> = {
+            let recorded = self.recorded.lock().expect("jobs");
+            self.schedules
+                .list()
+                .into_iter()
+                .filter(|info| recorded.get(&info.id) != Some(&info.next_due))
+                .collect()
+        };
+        for info in moved {
+            match self.ledger.record_schedule(&info).await {
+                Ok(()) => {
+                    self.recorded
+                        .lock()
+                        .expect("jobs")
+                        .insert(info.id.clone(), info.next_due);
+                }
+                Err(err) => {
+                    tracing::warn!(schedule = info.id, error = %err, "could not describe the schedule in the job store");
+                }
+            }
+        }
     }
 
     /// Produces the ticks of every schedule until `shutdown`: passes at each tick's time less
@@ -279,7 +325,9 @@ impl<B: Backend> Jobs<B> {
     pub async fn run_schedules(&self, shutdown: CancellationToken) {
         loop {
             let changed = self.schedules.changed.notified();
-            let again = match self.schedules.produce_due(&self.producer).await {
+            let pass = self.schedules.produce_due(&self.producer).await;
+            self.record_schedules().await;
+            let again = match pass {
                 Ok((_, false)) => None,
                 Ok((_, true)) => Some(Duration::from_secs(1)),
                 Err(err) => {
