@@ -1,5 +1,5 @@
-//! `sluice jobs list|status|cancel` against the SQLite job store an application's `Jobs`
-//! share, as an operator runs them while the application holds its jobs.
+//! `sluice jobs list|status|cancel|schedules` against the SQLite job store an application's
+//! `Jobs` share, as an operator runs them while the application holds its jobs.
 
 use std::time::Duration;
 
@@ -101,4 +101,53 @@ async fn an_operator_lists_reads_and_cancels_jobs_from_the_shared_store() {
         err.contains("--store"),
         "a missing store is explained: {err}"
     );
+}
+
+#[tokio::test]
+async fn an_operator_lists_the_schedules_with_their_next_due_tick_and_last_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let store_url = format!("sqlite:{}", db.display());
+    let backend = sluice::embedded::EmbeddedBackend::open(dir.path().join("engine"))
+        .await
+        .unwrap();
+    let pool = sluice::sql::sqlite::open(&db).await.unwrap();
+    let jobs = Jobs::new(backend)
+        .await
+        .unwrap()
+        .job_store(sluice::sql::SqlStore::new(pool).into_job_store());
+    let nightly = sluice::runtime::schedule::Schedule::cron("0 3 * * *")
+        .unwrap()
+        .timezone("Europe/Paris")
+        .unwrap();
+    jobs.schedule("nightly", nightly, &Reminder { user: 0 })
+        .await
+        .unwrap();
+
+    let listed = json(&store_url, &["schedules", "--json"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], "nightly");
+    assert_eq!(listed[0]["job"], "reminder");
+    let due = listed[0]["next_due"].as_u64().expect("a next due time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        due > now && due <= now + 25 * 3600 * 1000,
+        "within a day: {due}"
+    );
+    let (code, out, err) = jobs_cli(&store_url, &["schedules"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ID"), "a table: {out}");
+    assert!(
+        out.contains("nightly") && out.contains("Europe/Paris") && out.contains("none yet"),
+        "{out}"
+    );
+
+    jobs.unschedule("nightly").await;
+    let (code, out, _) = jobs_cli(&store_url, &["schedules"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("has no schedules"), "{out}");
 }

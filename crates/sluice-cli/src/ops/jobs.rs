@@ -1,4 +1,4 @@
-//! `sluice jobs list|status|cancel --store URL`: background jobs' status from the job store
+//! `sluice jobs list|status|cancel|schedules --store URL`: background jobs' status from the job store
 //! the application's `Jobs` share (`Jobs::job_store`): PostgreSQL (`postgres://…`), an SQLite
 //! file (`sqlite:PATH`) or Redis (`redis://…`, with the application's key prefix).
 
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use sluice::runtime::jobs::{Cancelled, JobRecords, JobState, JobStatus};
+use sluice::runtime::jobs::{Cancelled, JobRecords, JobState, JobStatus, ScheduleRecord};
 use sluice::JobStore;
 
 /// Arguments of `sluice jobs`.
@@ -51,6 +51,13 @@ enum JobsCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// The recurring schedules the replicas running them describe in the store, with their
+    /// next due tick and their last runs.
+    Schedules {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 const STATES: &[&str] = &[
@@ -73,6 +80,24 @@ pub(crate) async fn run(args: JobsArgs) -> anyhow::Result<()> {
     };
     let records = JobRecords::new(open(&url, &args.redis_prefix).await?);
     match args.command {
+        JobsCommand::Schedules { limit } => {
+            let schedules = records
+                .schedules(limit)
+                .await
+                .with_context(|| format!("listing the schedules of {url}"))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&schedules)?);
+            } else if schedules.is_empty() {
+                println!(
+                    "{url} has no schedules: none registered by a Jobs using this store \
+                     (Jobs::job_store), or every one unscheduled"
+                );
+            } else {
+                let rows: Vec<Vec<String>> = schedules.iter().map(schedule_row).collect();
+                super::table::print(&["ID", "JOB", "SCHEDULE", "NEXT DUE", "LAST RUN"], &rows);
+            }
+            Ok(())
+        }
         JobsCommand::List { job, state, limit } => {
             if let Some(state) = &state {
                 anyhow::ensure!(
@@ -156,7 +181,8 @@ pub(crate) async fn run(args: JobsArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn open(url: &str, redis_prefix: &str) -> anyhow::Result<Arc<dyn JobStore>> {
+/// Opens the job store at `url` (`postgres://…`, `sqlite:PATH`, `redis://…`), migrated.
+pub(crate) async fn open(url: &str, redis_prefix: &str) -> anyhow::Result<Arc<dyn JobStore>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let pool = sluice::sql::sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
@@ -219,6 +245,21 @@ fn row(job: &JobStatus) -> Vec<String> {
         job.attempt.to_string(),
         ago(job.updated_at),
         detail(&job.state),
+    ]
+}
+
+fn schedule_row(schedule: &ScheduleRecord) -> Vec<String> {
+    let next = schedule.next_due.map_or_else(|| "never".to_owned(), ago);
+    let last = schedule.last_runs.first().map_or_else(
+        || "none yet".to_owned(),
+        |run| format!("{} {} ({})", run.state.name(), ago(run.updated_at), run.id),
+    );
+    vec![
+        schedule.id.clone(),
+        schedule.job.clone(),
+        schedule.schedule.clone(),
+        next,
+        last,
     ]
 }
 
