@@ -50,6 +50,14 @@ pub(crate) struct ServeArgs {
     /// Time a frame may take from its first byte to its last.
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     slow_frame_timeout: Duration,
+    /// The job store your applications' `Jobs` share (`Jobs::job_store`): the dashboard and
+    /// `/api/v1/jobs`, `/api/v1/schedules` then show their jobs and schedules, and cancel
+    /// pending jobs. `postgres://USER@HOST:PORT/DB`, `sqlite:PATH` or `redis://HOST:PORT`.
+    #[arg(long, env = "SLUICE_JOB_STORE")]
+    job_store: Option<String>,
+    /// The key prefix of a Redis job store (the applications' `RedisStore::with_prefix`).
+    #[arg(long, default_value = "sluice")]
+    redis_prefix: String,
 }
 
 /// A count of connections: a positive integer.
@@ -105,6 +113,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config = config.tls(cert, key);
     }
+    if let Some(url) = &args.job_store {
+        let store = crate::ops::jobs::open(url, &args.redis_prefix)
+            .await
+            .with_context(|| format!("opening the job store {url}"))?;
+        config = config.job_store(store);
+    }
     let (query, http_scheme) = if args.tls_cert.is_some() {
         ("?tls=true", "https")
     } else {
@@ -123,6 +137,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(http) = server.http_addr() {
         eprintln!("  dashboard  {http_scheme}://{http}/   (admin API /api/v1, metrics /metrics)");
     }
+    if let Some(url) = &args.job_store {
+        eprintln!("  jobs       {}", without_password(url));
+    }
     if token_count == 0 {
         eprintln!("  auth       none: no API tokens configured, so only this machine may connect (loopback addresses)");
     } else {
@@ -136,8 +153,35 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `url` with the password of its user info (`user:password@`) hidden.
+fn without_password(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[start..];
+    match (rest.find('@'), rest.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            format!("{}{}:***{}", &url[..start], &rest[..colon], &rest[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_job_store_url_is_printed_without_its_password() {
+        assert_eq!(
+            super::without_password("postgres://app:s3cret@db:5432/jobs"),
+            "postgres://app:***@db:5432/jobs"
+        );
+        assert_eq!(
+            super::without_password("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(super::without_password("sqlite:jobs.db"), "sqlite:jobs.db");
+    }
+
     use clap::Parser;
     use sluice_server::ConnectionLimits;
 

@@ -1,5 +1,6 @@
 //! The HTTP side of `sluice serve`: the admin API (JSON under `/api/v1`, described by
-//! `/api/v1/openapi.json`), Prometheus `/metrics`, and the dashboard at `/`.
+//! `/api/v1/openapi.json`), Prometheus `/metrics`, and the dashboard at `/`. The jobs and
+//! schedules of a job store given to the server are in `admin/jobs.rs`.
 //!
 //! Every handler's error becomes a JSON `{"error": …}` with the status its kind deserves
 //! (404 not found, 409 conflict, 400 invalid input, 503 retryable, 500 otherwise). With API
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
+mod jobs;
 mod render;
 
 /// The OpenAPI document of this API.
@@ -153,6 +155,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/api/v1/subscriptions/{subscription}/dlq/purge",
             post(dlq_purge),
         )
+        .route("/api/v1/jobs", get(jobs::list))
+        .route("/api/v1/jobs/{id}", get(jobs::status))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v1/schedules", get(jobs::schedules))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
     Router::new()
@@ -212,7 +218,7 @@ async fn authorize(
 }
 
 /// An error answer.
-pub(crate) struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
@@ -235,7 +241,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<Json<T>, ApiError>;
+pub(crate) type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// `?namespace=`: which namespace's view (none: every object, physical names).
 #[derive(Debug, Deserialize)]

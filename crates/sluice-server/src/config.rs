@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_core::jobs::JobStore;
 use sluice_embedded::SyncMode;
 use sluice_protocol::{DEFAULT_MAX_FRAME, DEFAULT_PORT};
 
@@ -88,6 +90,19 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// How many client connections the protocol listener holds, and for how long.
     pub limits: ConnectionLimits,
+    /// The job store the applications' `Jobs` share, shown and changed by the dashboard and
+    /// `/api/v1/jobs`, `/api/v1/schedules` (none: those answer 404).
+    pub(crate) job_store: Option<SharedJobStore>,
+}
+
+/// A job store, debug-printed by name.
+#[derive(Clone)]
+pub(crate) struct SharedJobStore(pub(crate) Arc<dyn JobStore>);
+
+impl std::fmt::Debug for SharedJobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobStore")
+    }
 }
 
 /// How many client connections `sluice serve` holds, and how long it waits for each one.
@@ -206,7 +221,17 @@ impl ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             tls: None,
             limits: ConnectionLimits::default(),
+            job_store: None,
         }
+    }
+
+    /// Shows the jobs and schedules of this job store (the one the applications' `Jobs`
+    /// share: `sluice-sql`'s or `sluice-redis`'s) on the dashboard and the admin API, which
+    /// can cancel pending jobs in it.
+    #[must_use]
+    pub fn job_store(mut self, store: Arc<dyn JobStore>) -> Self {
+        self.job_store = Some(SharedJobStore(store));
+        self
     }
 
     /// Serves TLS only, with this certificate chain and key.

@@ -1,0 +1,173 @@
+//! `/api/v1/jobs` and `/api/v1/schedules`: the background jobs and recurring schedules of the
+//! job store the applications' `Jobs` share ([`ServerConfig::job_store`](crate::ServerConfig::job_store)),
+//! read and cancelled with `sluice-runtime`'s [`JobRecords`], the same rules the applications
+//! follow. Without a job store every route answers 404, saying how to give one.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sluice_core::Error;
+use sluice_runtime::jobs::{Cancelled, JobRecords, JobStatus, ScheduleRecord};
+
+use super::{ApiError, ApiResult};
+use crate::Shared;
+
+/// The most jobs or schedules one answer lists.
+const MAX_LIMIT: usize = 1000;
+
+const STATES: &[&str] = &[
+    "scheduled",
+    "waiting",
+    "running",
+    "retrying",
+    "succeeded",
+    "dead_lettered",
+    "cancelled",
+];
+
+fn records(shared: &Shared) -> Result<JobRecords, ApiError> {
+    match &shared.config.job_store {
+        Some(store) => Ok(JobRecords::new(Arc::clone(&store.0))),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this server has no job store: start it with `sluice serve --job-store URL`, the \
+             store your applications' Jobs share (postgres://…, sqlite:PATH or redis://…)"
+                .into(),
+        )),
+    }
+}
+
+fn failed(what: &str, error: &Error) -> ApiError {
+    let status = if error.is_retryable() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    ApiError(status, format!("{what}: the job store failed: {error}"))
+}
+
+/// `GET /api/v1/jobs?job=&state=&limit=`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    job: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The most recently changed jobs, newest first.
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Vec<JobStatus>> {
+    let records = records(&shared)?;
+    let state = query.state.filter(|s| !s.is_empty());
+    if let Some(state) = &state {
+        if !STATES.contains(&state.as_str()) {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("state must be one of {}, not `{state}`", STATES.join(", ")),
+            ));
+        }
+    }
+    let limit = query.limit.unwrap_or(100).min(MAX_LIMIT);
+    // A state filter reads further back to fill the page.
+    let read = if state.is_some() {
+        limit.saturating_mul(20)
+    } else {
+        limit
+    };
+    let job = query.job.as_deref().filter(|j| !j.is_empty());
+    let mut jobs = records
+        .list(job, read)
+        .await
+        .map_err(|e| failed("listing jobs", &e))?;
+    jobs.retain(|j| state.as_deref().is_none_or(|s| j.state.name() == s));
+    jobs.truncate(limit);
+    Ok(Json(jobs))
+}
+
+/// One job's status.
+pub(crate) async fn status(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<JobStatus> {
+    let records = records(&shared)?;
+    match records
+        .status(&id)
+        .await
+        .map_err(|e| failed("reading a job", &e))?
+    {
+        Some(status) => Ok(Json(status)),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("the job store knows no job `{id}` (never enqueued with it, or forgotten after 7 days)"),
+        )),
+    }
+}
+
+/// What a cancel did.
+#[derive(Debug, Serialize)]
+pub(crate) struct CancelAnswer {
+    id: String,
+    /// Whether the job was still pending (it will not run).
+    cancelled: bool,
+    /// Its state now (`unknown` if the store knows no such job).
+    state: String,
+}
+
+/// Cancels a job that has not started. 200 either way; `cancelled` says whether it was
+/// pending. 404 if the store knows no such job.
+pub(crate) async fn cancel(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<CancelAnswer> {
+    let records = records(&shared)?;
+    let outcome = records
+        .cancel(&id)
+        .await
+        .map_err(|e| failed("cancelling a job", &e))?;
+    let state = match &outcome {
+        Cancelled::Cancelled(status) | Cancelled::NotPending(status) => {
+            status.state.name().to_owned()
+        }
+        Cancelled::NotFound => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("the job store knows no job `{id}`"),
+            ))
+        }
+        _ => "unknown".to_owned(),
+    };
+    if outcome.was_pending() {
+        tracing::info!(job = %id, "job cancelled from the admin API");
+    }
+    Ok(Json(CancelAnswer {
+        cancelled: outcome.was_pending(),
+        id,
+        state,
+    }))
+}
+
+/// `GET /api/v1/schedules?limit=`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SchedulesQuery {
+    limit: Option<usize>,
+}
+
+/// Every schedule described in the store, by id, with its next due tick and last runs.
+pub(crate) async fn schedules(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<SchedulesQuery>,
+) -> ApiResult<Vec<ScheduleRecord>> {
+    let records = records(&shared)?;
+    let limit = query.limit.unwrap_or(100).min(MAX_LIMIT);
+    Ok(Json(
+        records
+            .schedules(limit)
+            .await
+            .map_err(|e| failed("listing schedules", &e))?,
+    ))
+}
