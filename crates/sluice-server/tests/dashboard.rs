@@ -1,20 +1,25 @@
 //! The dashboard in a real headless browser (Debian's Chromium): the numbers the page shows
-//! after its scripts ran are the numbers the admin API reports.
+//! after its scripts ran are the numbers the admin API reports; its schedules are the job
+//! store's, and its Cancel button cancels the job the application then sees cancelled.
 
 mod support;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_core::jobs::{JobStore, MemoryJobStore};
 use sluice_core::{
     Backend, Message, Publisher, Subscriber, SubscriptionConfig, SubscriptionName, TopicConfig,
     TopicName,
 };
 use sluice_remote::{RemoteBackend, RemoteOptions};
+use sluice_runtime::jobs::JobState;
+use sluice_runtime::schedule::{Missed, Schedule};
+use sluice_runtime::{CancellationToken, Context, Job, Jobs};
 use sluice_server::{Server, ServerConfig};
+use support::browser::{Browser, CHROMIUM};
 use support::get_json;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// The page's DOM after its scripts ran, rendered by headless Chromium.
 async fn rendered(url: &str) -> String {
@@ -154,5 +159,155 @@ async fn the_dashboard_shows_the_numbers_of_the_admin_api_and_the_dlq() {
         "both reasons are shown"
     );
     drop(held);
+    server.shutdown().await.unwrap();
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Reminder {
+    user: u64,
+}
+
+impl Job for Reminder {
+    const NAME: &'static str = "reminder";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_schedules_and_its_cancel_button_cancels_a_pending_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn JobStore> = Arc::new(MemoryJobStore::new());
+    let server = Server::start(
+        ServerConfig::new(dir.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .http(Some("127.0.0.1:0".parse().unwrap()))
+            .job_store(store.clone()),
+    )
+    .await
+    .unwrap();
+    let http = server.http_addr().unwrap();
+    let client = RemoteBackend::connect(&server.addr().to_string(), RemoteOptions::default())
+        .await
+        .unwrap();
+    let jobs = Arc::new(Jobs::new(client).await.unwrap().job_store(store));
+    // A nightly schedule that catches up its last missed tick at once: one run to show.
+    let nightly = Schedule::cron("0 3 * * *")
+        .unwrap()
+        .timezone("Europe/Paris")
+        .unwrap()
+        .missed(Missed::CatchUp { at_most: 1 });
+    jobs.schedule("nightly", nightly, &Reminder { user: 0 })
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let producer = tokio::spawn({
+        let (jobs, stop) = (jobs.clone(), stop.clone());
+        async move { jobs.run_schedules(stop).await }
+    });
+    let worker = jobs
+        .worker(|_: Reminder, _: Context| async { Ok(()) })
+        .await
+        .unwrap()
+        .build();
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let schedules = jobs.records().schedules(10).await.unwrap();
+        let ran = schedules
+            .first()
+            .and_then(|s| s.last_runs.first())
+            .is_some_and(|run| matches!(run.state, JobState::Succeeded { .. }));
+        if ran {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the caught-up tick never ran: {schedules:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hour = Duration::from_secs(3600);
+    let kept = jobs
+        .enqueue_in(hour, &Reminder { user: 1 })
+        .await
+        .unwrap()
+        .id;
+    let doomed = jobs
+        .enqueue_in(hour, &Reminder { user: 2 })
+        .await
+        .unwrap()
+        .id;
+
+    let mut page = Browser::open(&format!("http://{http}/")).await;
+    page.until(
+        "document.body.dataset.jobsLoaded === 'true' && !document.getElementById('jobs-view').hidden",
+        "the page loaded the jobs",
+    )
+    .await;
+    // The schedule row shows what the API says: its next due tick and its run.
+    let api = get_json(http, "/api/v1/schedules").await;
+    let next_due = page
+        .eval("document.querySelector('tr[data-schedule=nightly] td[data-field=next_due]').dataset.ms")
+        .await;
+    assert_eq!(
+        next_due,
+        api[0]["next_due"].to_string(),
+        "next due on the page and in the API"
+    );
+    let runs = page
+        .eval("document.querySelector('tr[data-schedule=nightly] td[data-field=last_runs]').dataset.ids")
+        .await;
+    assert_eq!(
+        runs, api[0]["last_runs"][0]["id"],
+        "the last run on the page and in the API"
+    );
+    let shown = page
+        .eval("document.querySelector('tr[data-schedule=nightly] td[data-field=last_runs]').textContent")
+        .await;
+    assert!(shown.as_str().unwrap().starts_with("succeeded"), "{shown}");
+
+    // Both pending reminders have a Cancel button; one click cancels one.
+    for id in [&kept, &doomed] {
+        page.until(
+            &format!("!!document.querySelector('button[data-cancel=\"{id}\"]')"),
+            "a Cancel button for each pending job",
+        )
+        .await;
+    }
+    page.eval(&format!(
+        "document.querySelector('button[data-cancel=\"{doomed}\"]').click(); true"
+    ))
+    .await;
+    let said = page
+        .until(
+            "document.getElementById('jobs-status').dataset.cancelled",
+            "the page to report the cancel",
+        )
+        .await;
+    assert_eq!(said, doomed.as_str());
+    let status = jobs.status(doomed.as_str()).await.unwrap().unwrap();
+    assert!(
+        matches!(status.state, JobState::Cancelled { .. }),
+        "the application sees the job cancelled: {status:?}"
+    );
+    let other = jobs.status(kept.as_str()).await.unwrap().unwrap();
+    assert!(
+        matches!(other.state, JobState::Scheduled { .. }),
+        "the other job is untouched: {other:?}"
+    );
+    page.until(
+        &format!(
+            "document.querySelector('tr[data-job=\"{doomed}\"] td[data-field=state]')?.textContent === 'cancelled' \
+             && !document.querySelector('button[data-cancel=\"{doomed}\"]')"
+        ),
+        "the page to show the job cancelled, without its button",
+    )
+    .await;
+
+    drop(page);
+    stop.cancel();
+    producer.await.unwrap();
+    running.await.unwrap();
     server.shutdown().await.unwrap();
 }

@@ -1,6 +1,9 @@
 //! What the server's integration tests share: a plain HTTP/1.1 client for the admin API, a
-//! way to fill a dead-letter queue, and a wait for a condition with a deadline.
+//! way to fill a dead-letter queue, a wait for a condition with a deadline, and a headless
+//! browser to click in the dashboard (`browser.rs`).
 #![allow(dead_code)] // each test binary uses a part of it
+
+pub(crate) mod browser;
 
 use std::net::SocketAddr;
 use std::time::Duration;
