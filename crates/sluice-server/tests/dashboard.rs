@@ -18,31 +18,18 @@ use sluice_runtime::jobs::JobState;
 use sluice_runtime::schedule::{Missed, Schedule};
 use sluice_runtime::{CancellationToken, Context, Job, Jobs};
 use sluice_server::{Server, ServerConfig};
-use support::browser::{Browser, CHROMIUM};
+use support::browser::{Browser, CHROMIUM, HEADLESS};
 use support::get_json;
 
 /// The page's DOM after its scripts ran, rendered by headless Chromium.
 async fn rendered(url: &str) -> String {
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "this test drives Debian's Chromium at {CHROMIUM}: run scripts/services-up (it installs it) or `apt-get install chromium`"
-    );
+    support::browser::require_chromium();
     let profile = tempfile::tempdir().unwrap();
     let url = url.to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(CHROMIUM)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-            ])
+            .args(HEADLESS)
+            .args(["--virtual-time-budget=5000", "--dump-dom"])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
             .output()

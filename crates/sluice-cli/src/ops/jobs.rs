@@ -60,16 +60,6 @@ enum JobsCommand {
     },
 }
 
-const STATES: &[&str] = &[
-    "scheduled",
-    "waiting",
-    "running",
-    "retrying",
-    "succeeded",
-    "dead_lettered",
-    "cancelled",
-];
-
 /// Runs `sluice jobs`.
 pub(crate) async fn run(args: JobsArgs) -> anyhow::Result<()> {
     let Some(url) = args.store.clone() else {
@@ -99,24 +89,18 @@ pub(crate) async fn run(args: JobsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         JobsCommand::List { job, state, limit } => {
-            if let Some(state) = &state {
-                anyhow::ensure!(
-                    STATES.contains(&state.as_str()),
-                    "--state must be one of {}, not `{state}`",
-                    STATES.join(", ")
-                );
+            let jobs = match &state {
+                Some(state) => {
+                    anyhow::ensure!(
+                        JobState::NAMES.contains(&state.as_str()),
+                        "--state must be one of {}, not `{state}`",
+                        JobState::NAMES.join(", ")
+                    );
+                    records.list_in_state(job.as_deref(), state, limit).await
+                }
+                None => records.list(job.as_deref(), limit).await,
             }
-            let read = if state.is_some() {
-                limit.saturating_mul(20)
-            } else {
-                limit
-            };
-            let mut jobs = records
-                .list(job.as_deref(), read)
-                .await
-                .with_context(|| format!("listing the jobs of {url}"))?;
-            jobs.retain(|j| state.as_deref().is_none_or(|s| j.state.name() == s));
-            jobs.truncate(limit);
+            .with_context(|| format!("listing the jobs of {url}"))?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
             } else {

@@ -54,7 +54,21 @@ impl JobRecords {
         job: Option<&str>,
         limit: usize,
     ) -> sluice_core::Result<Vec<JobStatus>> {
-        self.ledger.list(job, limit).await
+        self.ledger.list(job, None, limit).await
+    }
+
+    /// As [`list`](Self::list), of the jobs in state `state` only (one of
+    /// [`JobState::NAMES`](super::JobState::NAMES); another name matches no job).
+    ///
+    /// # Errors
+    /// The job store failed.
+    pub async fn list_in_state(
+        &self,
+        job: Option<&str>,
+        state: &str,
+        limit: usize,
+    ) -> sluice_core::Result<Vec<JobStatus>> {
+        self.ledger.list(job, Some(state), limit).await
     }
 
     /// The schedules the replicas running them describe in this store (`limit` at most), by
@@ -103,7 +117,7 @@ impl<B: Backend> Jobs<B> {
         job: Option<&str>,
         limit: usize,
     ) -> sluice_core::Result<Vec<JobStatus>> {
-        self.ledger.list(job, limit).await
+        self.ledger.list(job, None, limit).await
     }
 
     /// Cancels job `id` if it has not started (scheduled, waiting, or waiting for a retry):

@@ -121,9 +121,14 @@ impl Ledger {
         Ok(self.read(id).await?.map(|(s, _)| self.seen(s)))
     }
 
-    pub(crate) async fn list(&self, job: Option<&str>, limit: usize) -> Result<Vec<JobStatus>> {
-        // Records of every type share the prefix: read more when filtering by type.
-        let read = if job.is_some() {
+    pub(crate) async fn list(
+        &self,
+        job: Option<&str>,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobStatus>> {
+        // Records of every type and state share the prefix: read more when filtering.
+        let read = if job.is_some() || state.is_some() {
             limit.saturating_mul(20).max(1000)
         } else {
             limit
@@ -131,7 +136,12 @@ impl Ledger {
         let mut out = Vec::new();
         for (key, found) in self.store.scan("job/", read).await? {
             match serde_json::from_slice::<JobStatus>(&found.value) {
-                Ok(status) if job.is_none_or(|j| status.job == j) => out.push(self.seen(status)),
+                Ok(status)
+                    if job.is_none_or(|j| status.job == j)
+                        && state.is_none_or(|s| status.state.name() == s) =>
+                {
+                    out.push(self.seen(status));
+                }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(%key, %err, "skipping an unreadable job record"),
             }

@@ -60,6 +60,17 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state's name, as [`name`](Self::name) gives them.
+    pub const NAMES: [&'static str; 7] = [
+        "scheduled",
+        "waiting",
+        "running",
+        "retrying",
+        "succeeded",
+        "dead_lettered",
+        "cancelled",
+    ];
+
     /// The state's name, as in JSON (`scheduled`, `waiting`, `running`, …).
     pub fn name(&self) -> &'static str {
         match self {

@@ -10,23 +10,13 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sluice_core::Error;
-use sluice_runtime::jobs::{Cancelled, JobRecords, JobStatus, ScheduleRecord};
+use sluice_runtime::jobs::{Cancelled, JobRecords, JobState, JobStatus, ScheduleRecord};
 
 use super::{ApiError, ApiResult};
 use crate::Shared;
 
 /// The most jobs or schedules one answer lists.
 const MAX_LIMIT: usize = 1000;
-
-const STATES: &[&str] = &[
-    "scheduled",
-    "waiting",
-    "running",
-    "retrying",
-    "succeeded",
-    "dead_lettered",
-    "cancelled",
-];
 
 fn records(shared: &Shared) -> Result<JobRecords, ApiError> {
     match &shared.config.job_store {
@@ -63,30 +53,22 @@ pub(crate) async fn list(
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Vec<JobStatus>> {
     let records = records(&shared)?;
-    let state = query.state.filter(|s| !s.is_empty());
-    if let Some(state) = &state {
-        if !STATES.contains(&state.as_str()) {
+    let limit = query.limit.unwrap_or(100).min(MAX_LIMIT);
+    let job = query.job.as_deref().filter(|j| !j.is_empty());
+    let jobs = match query.state.as_deref().filter(|s| !s.is_empty()) {
+        Some(state) if !JobState::NAMES.contains(&state) => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
-                format!("state must be one of {}, not `{state}`", STATES.join(", ")),
-            ));
+                format!(
+                    "state must be one of {}, not `{state}`",
+                    JobState::NAMES.join(", ")
+                ),
+            ))
         }
-    }
-    let limit = query.limit.unwrap_or(100).min(MAX_LIMIT);
-    // A state filter reads further back to fill the page.
-    let read = if state.is_some() {
-        limit.saturating_mul(20)
-    } else {
-        limit
+        Some(state) => records.list_in_state(job, state, limit).await,
+        None => records.list(job, limit).await,
     };
-    let job = query.job.as_deref().filter(|j| !j.is_empty());
-    let mut jobs = records
-        .list(job, read)
-        .await
-        .map_err(|e| failed("listing jobs", &e))?;
-    jobs.retain(|j| state.as_deref().is_none_or(|s| j.state.name() == s));
-    jobs.truncate(limit);
-    Ok(Json(jobs))
+    Ok(Json(jobs.map_err(|e| failed("listing jobs", &e))?))
 }
 
 /// One job's status.

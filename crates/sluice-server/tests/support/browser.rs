@@ -13,6 +13,26 @@ use tokio_tungstenite::tungstenite::Message;
 /// Where Debian installs Chromium (`scripts/services-up` installs it).
 pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// Headless, in a container, and quiet on the network.
+pub(crate) const HEADLESS: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
+/// Fails with what to do when Chromium is not installed.
+pub(crate) fn require_chromium() {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "this test drives Debian's Chromium at {CHROMIUM}: run scripts/services-up (it installs it) or `apt-get install chromium`"
+    );
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -35,21 +55,11 @@ impl Drop for Browser {
 impl Browser {
     /// Starts Chromium and opens `url` in a page.
     pub(crate) async fn open(url: &str) -> Self {
-        assert!(
-            std::path::Path::new(CHROMIUM).exists(),
-            "this test drives Debian's Chromium at {CHROMIUM}: run scripts/services-up (it installs it) or `apt-get install chromium`"
-        );
+        require_chromium();
         let profile = tempfile::tempdir().unwrap();
         let child = Command::new(CHROMIUM)
+            .args(HEADLESS)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
             ])
