@@ -66,6 +66,20 @@ pub async fn check_job_store(store: Arc<dyn JobStore>) {
     assert_eq!(listed.len(), 3, "every key under the prefix: {listed:?}");
     assert_eq!(listed[2].0, key, "the oldest write last: {listed:?}");
     assert_eq!(store.scan(&key, 1).await.unwrap().len(), 1, "limit");
+    // A prefix short of the first `/` reaches the same keys (stores may index by namespace).
+    let short: Vec<String> = store
+        .scan("chec", 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for k in [&key, &newer] {
+        assert!(
+            short.contains(k),
+            "a prefix without `/` lists {k}: {short:?}"
+        );
+    }
 
     assert!(
         store.remove(&key, v2).await.unwrap(),

@@ -9,17 +9,19 @@
 //! [`JOB_RETENTION`] past its next due tick: a schedule no replica runs any more drops out a
 //! week after the tick it never produced. `unschedule` removes it.
 //!
-//! The last runs are not stored twice: they are the job records of the schedule's ticks
-//! (`job/schedule-<id>-<tick ms>`), which the workers keep.
+//! The record names the schedule's latest produced ticks; their runs are not stored twice:
+//! they are the job records of those ticks (`job/schedule-<id>-<tick ms>`), which the
+//! workers keep, read one by one (no scan of the store's jobs).
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sluice_core::Result;
 
-use super::ledger::{record_key, Ledger};
+use super::ledger::Ledger;
 use super::schedules::ScheduleInfo;
 use super::status::{ms, JobStatus, JOB_RETENTION};
+use crate::schedule::tick_id;
 
 /// Compare-and-swap rounds before leaving a schedule's record to the replica that keeps
 /// changing it.
@@ -44,6 +46,9 @@ pub struct ScheduleRecord {
     /// When a replica last wrote this record.
     #[serde(with = "ms")]
     pub updated_at: SystemTime,
+    /// The latest ticks produced (ms since the epoch), newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ticks: Vec<u64>,
     /// The most recent runs of its ticks, newest first (filled when read, not stored).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_runs: Vec<JobStatus>,
@@ -54,59 +59,62 @@ pub(crate) fn schedule_key(id: &str) -> String {
 }
 
 impl ScheduleRecord {
-    fn of(info: &ScheduleInfo, now: SystemTime) -> Self {
+    /// What `info` says, with the ticks `stored` (the record as found) knew of.
+    fn of(info: &ScheduleInfo, stored: Option<&ScheduleRecord>, now: SystemTime) -> Self {
+        let mut ticks: Vec<u64> = info.recent_ticks.iter().map(|t| ms::to_ms(*t)).collect();
+        ticks.extend(
+            stored
+                .map(|s| s.ticks.iter().copied())
+                .into_iter()
+                .flatten(),
+        );
+        ticks.sort_unstable_by(|a, b| b.cmp(a));
+        ticks.dedup();
+        ticks.truncate(LAST_RUNS);
         Self {
             id: info.id.clone(),
             job: info.job.to_owned(),
             schedule: info.schedule.to_string(),
             next_due: info.next_due,
             updated_at: now,
+            ticks,
             last_runs: Vec::new(),
         }
     }
 
     /// Whether `self` says what `other` says (the write time aside).
     fn same_as(&self, other: &Self) -> bool {
-        self.job == other.job && self.schedule == other.schedule && self.next_due == other.next_due
+        self.job == other.job
+            && self.schedule == other.schedule
+            && self.next_due == other.next_due
+            && self.ticks == other.ticks
     }
-}
-
-/// Whether job id `id` is a tick of schedule `schedule` (`schedule-<id>-<digits>`).
-fn is_tick_of(id: &str, schedule: &str) -> bool {
-    id.strip_prefix("schedule-")
-        .and_then(|rest| rest.strip_prefix(schedule))
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Ledger {
     /// Writes the record of a schedule this replica runs, unless the store already says the
     /// same (or another replica wins the race to say it).
     pub(crate) async fn record_schedule(&self, info: &ScheduleInfo) -> Result<()> {
-        let now = (self.clock)();
-        let record = ScheduleRecord::of(info, now);
-        let value = serde_json::to_vec(&record).expect("a schedule record encodes");
-        let until_due = record
-            .next_due
-            .and_then(|due| due.duration_since(now).ok())
-            .unwrap_or(Duration::ZERO);
         let key = schedule_key(&info.id);
         for _ in 0..SWAP_TRIES {
+            let now = (self.clock)();
             let current = self.store.load(&key).await?;
-            let expected = match &current {
-                Some(stored) => {
-                    let old: Option<ScheduleRecord> = serde_json::from_slice(&stored.value).ok();
-                    if old.is_some_and(|old| old.same_as(&record)) {
-                        return Ok(());
-                    }
-                    Some(stored.version)
-                }
-                None => None,
-            };
-            let ttl = JOB_RETENTION + until_due;
+            let old: Option<ScheduleRecord> = current
+                .as_ref()
+                .and_then(|stored| serde_json::from_slice(&stored.value).ok());
+            let record = ScheduleRecord::of(info, old.as_ref(), now);
+            if old.is_some_and(|old| old.same_as(&record)) {
+                return Ok(());
+            }
+            let value = serde_json::to_vec(&record).expect("a schedule record encodes");
+            let until_due = record
+                .next_due
+                .and_then(|due| due.duration_since(now).ok())
+                .unwrap_or(Duration::ZERO);
+            let expected = current.map(|stored| stored.version);
             if self
                 .store
-                .swap(&key, expected, &value, ttl)
+                .swap(&key, expected, &value, JOB_RETENTION + until_due)
                 .await?
                 .is_some()
             {
@@ -142,18 +150,20 @@ impl Ledger {
             .collect();
         records.sort_by(|a, b| a.id.cmp(&b.id));
         for record in &mut records {
-            let prefix = record_key(&format!("schedule-{}-", record.id));
-            // Other schedules' ticks can share the prefix (`a` and `a-b`): read more, keep
-            // this one's.
-            record.last_runs = self
-                .store
-                .scan(&prefix, LAST_RUNS * 4)
-                .await?
-                .into_iter()
-                .filter_map(|(_, stored)| serde_json::from_slice::<JobStatus>(&stored.value).ok())
-                .filter(|status| is_tick_of(&status.id, &record.id))
-                .take(LAST_RUNS)
-                .collect();
+            let mut runs = Vec::new();
+            for tick in &record.ticks {
+                let at = UNIX_EPOCH + Duration::from_millis(*tick);
+                let id = tick_id(&record.id, at);
+                match self.status(&id).await {
+                    Ok(Some(status)) => runs.push(status),
+                    Ok(None) => {}
+                    Err(err) if err.is_retryable() => return Err(err),
+                    Err(err) => {
+                        tracing::warn!(job = id, error = %err, "skipping an unreadable job record")
+                    }
+                }
+            }
+            record.last_runs = runs;
         }
         Ok(records)
     }
@@ -180,19 +190,5 @@ mod opt_ms {
         d: D,
     ) -> Result<Option<SystemTime>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_tick_belongs_to_its_schedule_only() {
-        assert!(is_tick_of("schedule-report-1800000000000", "report"));
-        assert!(!is_tick_of("schedule-report-2-1800000000000", "report"));
-        assert!(is_tick_of("schedule-report-2-1800000000000", "report-2"));
-        assert!(!is_tick_of("schedule-report-", "report"));
-        assert!(!is_tick_of("report-1800000000000", "report"));
     }
 }

@@ -73,6 +73,9 @@ pub struct ScheduleInfo {
     pub schedule: Schedule,
     /// The next tick not produced yet.
     pub next_due: Option<SystemTime>,
+    /// The latest ticks this replica finished (published, or found produced by another
+    /// replica), newest first, at most [`LAST_RUNS`](super::LAST_RUNS).
+    pub recent_ticks: Vec<SystemTime>,
 }
 
 /// One registered schedule.
@@ -85,6 +88,8 @@ struct Entry {
     catch_up: VecDeque<SystemTime>,
     /// The next tick to produce.
     next: Option<SystemTime>,
+    /// The latest ticks finished, newest first.
+    recent: VecDeque<SystemTime>,
 }
 
 impl Entry {
@@ -156,6 +161,7 @@ impl Schedules {
         };
         let entry = Entry {
             next: schedule.next_after(just_before),
+            recent: VecDeque::new(),
             schedule,
             job,
             topic,
@@ -187,6 +193,7 @@ impl Schedules {
                 job: entry.job,
                 schedule: entry.schedule.clone(),
                 next_due: entry.first(),
+                recent_ticks: entry.recent.iter().copied().collect(),
             })
             .collect()
     }
@@ -234,6 +241,8 @@ impl Schedules {
                         done += 1;
                         let mut entries = self.lock();
                         if let Some(entry) = entries.get_mut(&id) {
+                            entry.recent.push_front(tick);
+                            entry.recent.truncate(super::LAST_RUNS);
                             if entry.catch_up.front() == Some(&tick) {
                                 entry.catch_up.pop_front();
                             } else if entry.next == Some(tick) {
