@@ -3,9 +3,11 @@
 //! schedule producer; every tick still becomes one job, run once. A reminder is enqueued for
 //! later and cancelled: it never runs, and its status says so.
 //!
-//! The replicas share one tick store (in memory here, since they share a process; replicas in
-//! separate processes share `sluice-redis`'s or `sluice-sql`'s store), and job status lives in
-//! the `Jobs`' job store (in memory by default). See `docs/jobs.md`.
+//! The replicas share one tick store and one job store (in memory here, since they share a
+//! process; replicas in separate processes share `sluice-redis`'s or `sluice-sql`'s stores).
+//! The job store holds job status and, written by the replicas, every schedule with its next
+//! due tick and last runs: what `sluice jobs schedules` and the `sluice serve` dashboard show,
+//! printed at the end. See `docs/jobs.md`.
 //!
 //! `cargo run -p sluice-examples --example recurring_jobs`
 
@@ -14,8 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice::dedup::{Claims, DedupStore};
+use sluice::jobs::{JobStore, MemoryJobStore};
 use sluice::prelude::*;
 use sluice::runtime::schedule::Schedule;
+use sluice::runtime::JobRecords;
 
 /// The recurring job: a report of the last second.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -44,6 +48,7 @@ const RUN: Duration = Duration::from_millis(4500);
 async fn main() -> anyhow::Result<()> {
     let backend = sluice::connect("memory:").await?;
     let store: Arc<dyn DedupStore> = Arc::new(Claims::default());
+    let job_store: Arc<dyn JobStore> = Arc::new(MemoryJobStore::new());
     let shutdown = CancellationToken::new();
 
     // Three replicas: each registers the schedule at start-up and produces its ticks.
@@ -51,7 +56,11 @@ async fn main() -> anyhow::Result<()> {
     let nightly = Schedule::cron("0 3 * * *")?.timezone("Europe/Paris")?;
     let mut replicas = Vec::new();
     for replica in 0..3 {
-        let jobs = Arc::new(Jobs::new(backend.clone()).await?.tick_store(store.clone()));
+        let jobs = Jobs::new(backend.clone())
+            .await?
+            .tick_store(store.clone())
+            .job_store(job_store.clone());
+        let jobs = Arc::new(jobs);
         let report = Report {
             kind: "throughput".into(),
         };
@@ -78,7 +87,9 @@ async fn main() -> anyhow::Result<()> {
 
     // One worker runs the jobs and counts the runs of each tick.
     let runs: Arc<Mutex<BTreeMap<String, u32>>> = Arc::default();
-    let jobs = Jobs::new(backend.clone()).await?;
+    let jobs = Jobs::new(backend.clone())
+        .await?
+        .job_store(job_store.clone());
 
     // Two reminders for later; the user cancels one of them before it is due.
     let later = Duration::from_secs(2);
@@ -151,6 +162,25 @@ async fn main() -> anyhow::Result<()> {
         *reminded.lock().expect("reminders") == ["stand up"],
         "the cancelled reminder never runs"
     );
+    // What an operator sees from outside the replicas (`sluice jobs schedules`).
+    for schedule in JobRecords::new(job_store).schedules(10).await? {
+        let runs: Vec<&str> = schedule.last_runs.iter().map(|r| r.state.name()).collect();
+        println!(
+            "schedule {} ({}): next due {}, last runs {runs:?}",
+            schedule.id,
+            schedule.schedule,
+            schedule
+                .next_due
+                .map_or("never".into(), |t| humantime::format_rfc3339_seconds(t)
+                    .to_string()),
+        );
+        if schedule.id == "per-second-report" {
+            anyhow::ensure!(
+                runs.contains(&"succeeded"),
+                "the store shows the per-second report's runs"
+            );
+        }
+    }
     let runs = runs.lock().expect("runs");
     let twice = runs.values().filter(|n| **n > 1).count();
     println!(

@@ -460,3 +460,35 @@ async fn a_job_unique_until_completed_is_held_while_it_runs_and_released_when_it
     go.add_permits(1);
     running.stop().await;
 }
+
+/// A listing filtered by state filters what it shows: a scheduled job past its time is
+/// waiting (no worker ran it), in the listing and in the filter alike.
+#[tokio::test(start_paused = true)]
+async fn a_state_filter_sees_a_scheduled_job_past_due_as_waiting() {
+    let jobs = jobs().await;
+    let id = jobs
+        .enqueue_in(Duration::from_secs(5), &remind(1, "later"))
+        .await
+        .unwrap()
+        .id;
+    let records = jobs.records();
+    let ids = |list: Vec<JobStatus>| list.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(records.list_in_state(None, "scheduled", 10).await.unwrap()),
+        [id.to_string()]
+    );
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(records
+        .list_in_state(None, "scheduled", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(records.list_in_state(None, "waiting", 10).await.unwrap()),
+        [id.to_string()]
+    );
+    assert_eq!(
+        records.list(None, 10).await.unwrap()[0].state,
+        JobState::Waiting
+    );
+}

@@ -15,7 +15,7 @@ use sluice_core::{Backend, Delivery, Subscriber, SubscriptionName};
 use sluice_memory::MemoryBackend;
 use sluice_runtime::jobs::{JobState, LEAD, TICK_CLAIMS, TICK_PENDING};
 use sluice_runtime::schedule::{tick_id, Missed, Schedule};
-use sluice_runtime::{Context, Job, JobRecords, Jobs, Upsert};
+use sluice_runtime::{Context, Job, Jobs, Upsert};
 
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Report {
@@ -273,6 +273,7 @@ async fn the_job_store_lists_the_schedules_with_their_next_due_tick_and_last_run
     let store: Arc<dyn JobStore> = Arc::new(MemoryJobStore::new());
     let clock = Manual::new();
     let base = clock.now();
+    let base_ms = base.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     let job = Report {
         kind: "daily".into(),
     };
@@ -294,7 +295,8 @@ async fn the_job_store_lists_the_schedules_with_their_next_due_tick_and_last_run
         .schedule("report-2", Schedule::every(MINUTE * 60).unwrap(), &job)
         .await
         .unwrap();
-    let records = JobRecords::new(store.clone());
+    // The registry as an onlooker reads it (with the replicas' clock, for the next due tick).
+    let records = replicas[0].records();
     let listed = records.schedules(10).await.unwrap();
     let ids: Vec<&str> = listed.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["report", "report-2"]);
@@ -316,7 +318,13 @@ async fn the_job_store_lists_the_schedules_with_their_next_due_tick_and_last_run
         jobs.produce_due().await.unwrap();
     }
     let listed = records.schedules(10).await.unwrap();
-    assert_eq!(listed[0].next_due, Some(base + MINUTE));
+    assert_eq!(
+        listed[0].next_due,
+        Some(base),
+        "produced ahead, the tick is still the next one due"
+    );
+    assert_eq!(listed[0].ticks, [base_ms]);
+    assert!(listed[0].last_runs.is_empty(), "not due, not run");
     assert!(listed[1].next_due.is_some_and(|due| due >= base));
 
     // A worker runs the tick: its run is report's, not report-2's.
@@ -327,6 +335,8 @@ async fn the_job_store_lists_the_schedules_with_their_next_due_tick_and_last_run
         .build();
     let running = common::Running::start(worker);
     let tick = tick_id("report", base);
+    // Past the tick: its run is shown, and the next tick is due.
+    clock.set(base + Duration::from_secs(1));
     let deadline = Instant::now() + DEADLINE;
     let runs = loop {
         let listed = records.schedules(10).await.unwrap();
@@ -344,6 +354,7 @@ async fn the_job_store_lists_the_schedules_with_their_next_due_tick_and_last_run
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     running.stop().await;
+    assert_eq!(runs[0].next_due, Some(base + MINUTE));
     let report_runs: Vec<&str> = runs[0].last_runs.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(report_runs, [tick.as_str()]);
     assert!(

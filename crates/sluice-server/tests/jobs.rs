@@ -152,3 +152,32 @@ async fn without_a_job_store_the_jobs_routes_say_how_to_give_one() {
     }
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn with_api_tokens_the_jobs_routes_need_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        ServerConfig::new(dir.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .http(Some("127.0.0.1:0".parse().unwrap()))
+            .auth(sluice_server::Auth::tokens(vec!["s3cret".to_owned()]))
+            .job_store(Arc::new(MemoryJobStore::new())),
+    )
+    .await
+    .unwrap();
+    let addr = server.http_addr().unwrap();
+    for (method, path) in [
+        ("GET", "/api/v1/jobs"),
+        ("GET", "/api/v1/schedules"),
+        ("POST", "/api/v1/jobs/x/cancel"),
+    ] {
+        assert_eq!(http(addr, method, path, None, "").await.0, 401, "{path}");
+    }
+    assert_eq!(
+        http(addr, "GET", "/api/v1/jobs", Some("s3cret"), "")
+            .await
+            .0,
+        200
+    );
+    server.shutdown().await.unwrap();
+}

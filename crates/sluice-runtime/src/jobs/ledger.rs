@@ -135,12 +135,13 @@ impl Ledger {
         };
         let mut out = Vec::new();
         for (key, found) in self.store.scan("job/", read).await? {
-            match serde_json::from_slice::<JobStatus>(&found.value) {
+            match serde_json::from_slice::<JobStatus>(&found.value).map(|s| self.seen(s)) {
+                // Filtered as shown (a scheduled job past due is waiting).
                 Ok(status)
                     if job.is_none_or(|j| status.job == j)
                         && state.is_none_or(|s| status.state.name() == s) =>
                 {
-                    out.push(self.seen(status));
+                    out.push(status);
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(%key, %err, "skipping an unreadable job record"),

@@ -22,7 +22,8 @@ mod status;
 pub use control::JobRecords;
 pub use registry::{ScheduleRecord, LAST_RUNS};
 pub use schedules::{
-    ScheduleInfo, Upsert, CATCH_UP_HORIZON, LEAD, TICK_CLAIMS, TICK_MEMORY, TICK_PENDING,
+    ScheduleInfo, Upsert, CATCH_UP_HORIZON, LEAD, RECENT_TICKS, TICK_CLAIMS, TICK_MEMORY,
+    TICK_PENDING,
 };
 pub use status::{Cancelled, JobState, JobStatus, Rescheduled, Unique, UniqueHold, JOB_RETENTION};
 
@@ -155,6 +156,10 @@ impl JobOptions {
     }
 }
 
+/// How often a replica writes its schedules' records even when nothing moved (so a record
+/// another replica removed, or one lost with its store, comes back).
+const REGISTRY_REFRESH: Duration = Duration::from_secs(3600);
+
 /// Enqueues jobs and builds their workers, over any backend.
 pub struct Jobs<B: Backend> {
     backend: B,
@@ -163,8 +168,9 @@ pub struct Jobs<B: Backend> {
     ensured: Mutex<HashSet<&'static str>>,
     schedules: Arc<Schedules>,
     ledger: Arc<Ledger>,
-    /// The next due tick of each schedule as this replica last wrote it to the job store.
-    recorded: Mutex<HashMap<String, Option<SystemTime>>>,
+    /// The next due tick of each schedule as this replica last wrote it to the job store, and
+    /// when. Held across the writes, so an `unschedule` never races a write of its record.
+    recorded: tokio::sync::Mutex<HashMap<String, (Option<SystemTime>, std::time::Instant)>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Jobs<B> {
@@ -193,7 +199,7 @@ impl<B: Backend> Jobs<B> {
                 store: Arc::new(MemoryJobStore::new()),
                 clock,
             }),
-            recorded: Mutex::new(HashMap::new()),
+            recorded: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -258,7 +264,7 @@ impl<B: Backend> Jobs<B> {
             .id(schedules::probe_id(id))
             .build()?;
         let upsert = self.schedules.upsert(id, schedule, J::NAME, topic, payload);
-        self.recorded.lock().expect("jobs").remove(id);
+        self.recorded.lock().await.remove(id);
         self.record_schedules().await;
         Ok(upsert)
     }
@@ -268,7 +274,8 @@ impl<B: Backend> Jobs<B> {
     /// producing it (and describing it) until they unschedule it too.
     pub async fn unschedule(&self, id: &str) -> bool {
         let removed = self.schedules.remove(id);
-        self.recorded.lock().expect("jobs").remove(id);
+        let mut recorded = self.recorded.lock().await;
+        recorded.remove(id);
         if let Err(err) = self.ledger.forget_schedule(id).await {
             tracing::warn!(schedule = id, error = %err, "could not remove the schedule from the job store");
         }
@@ -296,21 +303,19 @@ impl<B: Backend> Jobs<B> {
     /// last wrote them (a failure is logged: the registry is for onlookers, the ticks do not
     /// depend on it).
     async fn record_schedules(&self) {
-        let moved: Vec<ScheduleInfo> = {
-            let recorded = self.recorded.lock().expect("jobs");
-            self.schedules
-                .list()
-                .into_iter()
-                .filter(|info| recorded.get(&info.id) != Some(&info.next_due))
-                .collect()
-        };
-        for info in moved {
+        let mut recorded = self.recorded.lock().await;
+        // Under the lock, the schedules registered now: an `unschedule` waits for the lock,
+        // or has already removed its schedule from this list.
+        for info in self.schedules.list() {
+            let fresh = recorded
+                .get(&info.id)
+                .is_some_and(|(due, at)| *due == info.next_due && at.elapsed() < REGISTRY_REFRESH);
+            if fresh {
+                continue;
+            }
             match self.ledger.record_schedule(&info).await {
                 Ok(()) => {
-                    self.recorded
-                        .lock()
-                        .expect("jobs")
-                        .insert(info.id.clone(), info.next_due);
+                    recorded.insert(info.id.clone(), (info.next_due, std::time::Instant::now()));
                 }
                 Err(err) => {
                     tracing::warn!(schedule = info.id, error = %err, "could not describe the schedule in the job store");

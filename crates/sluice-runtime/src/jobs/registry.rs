@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sluice_core::Result;
 
 use super::ledger::Ledger;
-use super::schedules::ScheduleInfo;
+use super::schedules::{ScheduleInfo, RECENT_TICKS};
 use super::status::{ms, JobStatus, JOB_RETENTION};
 use crate::schedule::tick_id;
 
@@ -40,13 +40,15 @@ pub struct ScheduleRecord {
     pub job: String,
     /// When it ticks, in words (`cron `0 3 * * *` in Europe/Paris, missed ticks skipped`).
     pub schedule: String,
-    /// The next tick not produced yet (`None`: the schedule has no more ticks).
+    /// The next tick due: the earliest not due yet, whether already produced (ticks are
+    /// produced up to 30 s ahead) or not (`None`: the schedule has no more ticks).
     #[serde(default, with = "opt_ms", skip_serializing_if = "Option::is_none")]
     pub next_due: Option<SystemTime>,
     /// When a replica last wrote this record.
     #[serde(with = "ms")]
     pub updated_at: SystemTime,
-    /// The latest ticks produced (ms since the epoch), newest first.
+    /// Ticks produced (ms since the epoch), newest first: those produced ahead of their time
+    /// and the last [`LAST_RUNS`] due.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ticks: Vec<u64>,
     /// The most recent runs of its ticks, newest first (filled when read, not stored).
@@ -70,7 +72,12 @@ impl ScheduleRecord {
         );
         ticks.sort_unstable_by(|a, b| b.cmp(a));
         ticks.dedup();
-        ticks.truncate(LAST_RUNS);
+        // Keep the ticks not due yet (the earliest of them, if many) and the last due ones.
+        let now_ms = ms::to_ms(now);
+        let due = ticks.partition_point(|t| *t > now_ms);
+        let ahead = &ticks[due.saturating_sub(RECENT_TICKS)..due];
+        let past = &ticks[due..ticks.len().min(due + LAST_RUNS)];
+        let ticks = [ahead, past].concat();
         Self {
             id: info.id.clone(),
             job: info.job.to_owned(),
@@ -149,9 +156,19 @@ impl Ledger {
             .filter_map(|(_, stored)| serde_json::from_slice(&stored.value).ok())
             .collect();
         records.sort_by(|a, b| a.id.cmp(&b.id));
+        let now_ms = ms::to_ms((self.clock)());
         for record in &mut records {
+            // Stored: the next tick not produced yet; shown: the next one due.
+            if let Some(ahead) = record.ticks.iter().filter(|t| **t > now_ms).min() {
+                record.next_due = Some(UNIX_EPOCH + Duration::from_millis(*ahead));
+            }
             let mut runs = Vec::new();
-            for tick in &record.ticks {
+            let due = record
+                .ticks
+                .iter()
+                .filter(|t| **t <= now_ms)
+                .take(LAST_RUNS);
+            for tick in due {
                 let at = UNIX_EPOCH + Duration::from_millis(*tick);
                 let id = tick_id(&record.id, at);
                 match self.status(&id).await {

@@ -42,6 +42,8 @@ pub const TICK_PENDING: Duration = Duration::from_secs(15);
 pub const TICK_MEMORY: Duration = Duration::from_secs(8 * 24 * 3600);
 /// How far back a catch-up looks for missed ticks.
 pub const CATCH_UP_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How many finished ticks a schedule remembers (those produced ahead, and the last due).
+pub const RECENT_TICKS: usize = 256;
 /// The "topic" under which tick ids are claimed in the tick store.
 pub const TICK_CLAIMS: &str = "_sluice.schedules";
 
@@ -74,7 +76,8 @@ pub struct ScheduleInfo {
     /// The next tick not produced yet.
     pub next_due: Option<SystemTime>,
     /// The latest ticks this replica finished (published, or found produced by another
-    /// replica), newest first, at most [`LAST_RUNS`](super::LAST_RUNS).
+    /// replica), newest first, at most [`RECENT_TICKS`]. Ticks are produced up to [`LEAD`]
+    /// ahead, so the newest may not be due yet.
     pub recent_ticks: Vec<SystemTime>,
 }
 
@@ -242,7 +245,7 @@ impl Schedules {
                         let mut entries = self.lock();
                         if let Some(entry) = entries.get_mut(&id) {
                             entry.recent.push_front(tick);
-                            entry.recent.truncate(super::LAST_RUNS);
+                            entry.recent.truncate(RECENT_TICKS);
                             if entry.catch_up.front() == Some(&tick) {
                                 entry.catch_up.pop_front();
                             } else if entry.next == Some(tick) {

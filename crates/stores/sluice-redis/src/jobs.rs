@@ -8,10 +8,8 @@
 //!   version is never handed out twice, even to a key removed and written again.
 //! - Swap and remove compare the version and write in one Lua script each: of concurrent
 //!   writers expecting one version (or creating one key), exactly one lands.
-//! - Sorted sets (score = version) list the keys newest first for `scan`: every key in
-//!   `<prefix>:jobs-recent`, and each in the set of its namespace, the key up to its first `/`
-//!   (`<prefix>:jobs-recent:job/`, `…:schedule/`), so a scan under `schedule/` walks the few
-//!   schedules, not every job. Members whose entry expired are dropped as scans meet them.
+//! - A sorted set (`<prefix>:jobs-recent`, score = version) lists the keys newest first for
+//!   `scan`; members whose entry expired are dropped from it as scans meet them.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -24,9 +22,9 @@ use sluice_core::Result;
 use crate::keys;
 use crate::store::RedisStore;
 
-/// `KEYS`: the entry, the version counter, the recent set, the namespace's recent set;
-/// `ARGV`: the expected version (empty: create), the value, the TTL in ms, the entry's name
-/// in the recent sets. Returns the new version, or 0 when the entry changed.
+/// `KEYS`: the entry, the version counter, the recent set; `ARGV`: the expected version
+/// (empty: create), the value, the TTL in ms, the entry's name in the recent set. Returns
+/// the new version, or 0 when the entry changed.
 static SWAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -40,21 +38,18 @@ local version = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'val', ARGV[2], 'ver', version)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], version, ARGV[4])
-redis.call('ZADD', KEYS[4], version, ARGV[4])
 return version
 ",
     )
 });
 
-/// `KEYS`: the entry, the recent set, the namespace's recent set; `ARGV`: the expected
-/// version, the entry's name.
+/// `KEYS`: the entry, the recent set; `ARGV`: the expected version, the entry's name.
 static REMOVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('HGET', KEYS[1], 'ver') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
 ",
     )
@@ -121,7 +116,6 @@ impl RedisStore {
             .key(&entry)
             .key(keys::jobs_version(&self.prefix))
             .key(keys::jobs_recent(&self.prefix))
-            .key(keys::jobs_recent_in(&self.prefix, key))
             .arg(expected.map(|v| v.to_string()).unwrap_or_default())
             .arg(value)
             .arg(keys::millis(ttl))
@@ -137,7 +131,6 @@ impl RedisStore {
         let removed: i64 = REMOVE
             .key(&entry)
             .key(keys::jobs_recent(&self.prefix))
-            .key(keys::jobs_recent_in(&self.prefix, key))
             .arg(expected)
             .arg(key)
             .invoke_async(&mut self.connection())
@@ -147,12 +140,7 @@ impl RedisStore {
     }
 
     async fn scan_entries(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Versioned)>> {
-        // A prefix within one namespace walks that namespace's set only.
-        let recent = if prefix.contains('/') {
-            keys::jobs_recent_in(&self.prefix, prefix)
-        } else {
-            keys::jobs_recent(&self.prefix)
-        };
+        let recent = keys::jobs_recent(&self.prefix);
         let flat: Vec<redis::Value> = SCAN
             .key(&recent)
             .arg(keys::jobs_entry_prefix(&self.prefix))

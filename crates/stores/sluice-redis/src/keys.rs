@@ -67,15 +67,6 @@ pub(crate) fn jobs_recent(prefix: &str) -> String {
     format!("{prefix}:jobs-recent")
 }
 
-/// The recent set of `key`'s namespace, the key up to its first `/` (a key without one has
-/// only the store's set).
-pub(crate) fn jobs_recent_in(prefix: &str, key: &str) -> String {
-    match key.find('/') {
-        Some(slash) => format!("{prefix}:jobs-recent:{}", &key[..=slash]),
-        None => jobs_recent(prefix),
-    }
-}
-
 /// A key segment with `%` and `:` percent-escaped (unchanged for every valid name).
 fn segment(name: &str) -> Cow<'_, str> {
     if !name.contains([':', '%']) {
