@@ -30,12 +30,11 @@ fn json(store: &str, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{out}"))
 }
 
-#[tokio::test]
-async fn an_operator_lists_reads_and_cancels_jobs_from_the_shared_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("jobs.db");
-    let store_url = format!("sqlite:{}", db.display());
-    let backend = sluice::embedded::EmbeddedBackend::open(dir.path().join("engine"))
+/// The application: `Jobs` on the embedded engine in `dir`, with an SQLite job store there;
+/// and the store's URL for `sluice jobs --store`.
+async fn application(dir: &std::path::Path) -> (Jobs<sluice::embedded::EmbeddedBackend>, String) {
+    let db = dir.join("jobs.db");
+    let backend = sluice::embedded::EmbeddedBackend::open(dir.join("engine"))
         .await
         .unwrap();
     let pool = sluice::sql::sqlite::open(&db).await.unwrap();
@@ -43,6 +42,13 @@ async fn an_operator_lists_reads_and_cancels_jobs_from_the_shared_store() {
         .await
         .unwrap()
         .job_store(sluice::sql::SqlStore::new(pool).into_job_store());
+    (jobs, format!("sqlite:{}", db.display()))
+}
+
+#[tokio::test]
+async fn an_operator_lists_reads_and_cancels_jobs_from_the_shared_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jobs, store_url) = application(dir.path()).await;
     let hour = Duration::from_secs(3600);
     let first = jobs
         .enqueue_in(hour, &Reminder { user: 1 })
@@ -106,16 +112,7 @@ async fn an_operator_lists_reads_and_cancels_jobs_from_the_shared_store() {
 #[tokio::test]
 async fn an_operator_lists_the_schedules_with_their_next_due_tick_and_last_run() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("jobs.db");
-    let store_url = format!("sqlite:{}", db.display());
-    let backend = sluice::embedded::EmbeddedBackend::open(dir.path().join("engine"))
-        .await
-        .unwrap();
-    let pool = sluice::sql::sqlite::open(&db).await.unwrap();
-    let jobs = Jobs::new(backend)
-        .await
-        .unwrap()
-        .job_store(sluice::sql::SqlStore::new(pool).into_job_store());
+    let (jobs, store_url) = application(dir.path()).await;
     let nightly = sluice::runtime::schedule::Schedule::cron("0 3 * * *")
         .unwrap()
         .timezone("Europe/Paris")

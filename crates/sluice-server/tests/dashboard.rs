@@ -66,20 +66,29 @@ fn cell(dom: &str, subscription: &str, field: &str) -> String {
     text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_the_numbers_of_the_admin_api_and_the_dlq() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        ServerConfig::new(dir.path())
+/// A server on `dir` (on loopback ports of its own), its HTTP address, and a client of it.
+async fn serve(
+    dir: &std::path::Path,
+    config: impl FnOnce(ServerConfig) -> ServerConfig,
+) -> (Server, std::net::SocketAddr, RemoteBackend) {
+    let server = Server::start(config(
+        ServerConfig::new(dir)
             .listen("127.0.0.1:0".parse().unwrap())
             .http(Some("127.0.0.1:0".parse().unwrap())),
-    )
+    ))
     .await
     .unwrap();
     let http = server.http_addr().unwrap();
     let client = RemoteBackend::connect(&server.addr().to_string(), RemoteOptions::default())
         .await
         .unwrap();
+    (server, http, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_numbers_of_the_admin_api_and_the_dlq() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, http, client) = serve(dir.path(), |config| config).await;
     let topic = TopicName::new("orders").unwrap();
     client
         .ensure_topic(&topic, &TopicConfig::default())
@@ -162,18 +171,7 @@ impl Job for Reminder {
 async fn the_dashboard_shows_the_schedules_and_its_cancel_button_cancels_a_pending_job() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn JobStore> = Arc::new(MemoryJobStore::new());
-    let server = Server::start(
-        ServerConfig::new(dir.path())
-            .listen("127.0.0.1:0".parse().unwrap())
-            .http(Some("127.0.0.1:0".parse().unwrap()))
-            .job_store(store.clone()),
-    )
-    .await
-    .unwrap();
-    let http = server.http_addr().unwrap();
-    let client = RemoteBackend::connect(&server.addr().to_string(), RemoteOptions::default())
-        .await
-        .unwrap();
+    let (server, http, client) = serve(dir.path(), |config| config.job_store(store.clone())).await;
     let jobs = Arc::new(Jobs::new(client).await.unwrap().job_store(store));
     // A nightly schedule that catches up its last missed tick at once: one run to show.
     let nightly = Schedule::cron("0 3 * * *")
