@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use sluice::runtime::jobs::{Cancelled, JobRecords, JobState, JobStatus, ScheduleRecord};
+use sluice::runtime::jobs::{JobRecords, JobState, JobStatus, ScheduleRecord};
 use sluice::JobStore;
 
 /// Arguments of `sluice jobs`.
@@ -135,11 +135,10 @@ pub(crate) async fn run(args: JobsArgs) -> anyhow::Result<()> {
                     .cancel(id)
                     .await
                     .with_context(|| format!("cancelling job {id} in {url}"))?;
-                let (word, state) = match &outcome {
-                    Cancelled::Cancelled(_) => ("cancelled", "cancelled".to_owned()),
-                    Cancelled::NotPending(s) => ("not pending", s.state.name().to_owned()),
-                    Cancelled::NotFound => ("not found", "unknown".to_owned()),
-                    _ => ("unknown", "unknown".to_owned()),
+                let (word, state) = match outcome.status() {
+                    Some(s) if outcome.was_pending() => ("cancelled", s.state.name()),
+                    Some(s) => ("not pending", s.state.name()),
+                    None => ("not found", "unknown"),
                 };
                 if !outcome.was_pending() {
                     not_pending.push(id.clone());

@@ -42,7 +42,7 @@ pub struct ScheduleRecord {
     pub schedule: String,
     /// The next tick due: the earliest not due yet, whether already produced (ticks are
     /// produced up to 30 s ahead) or not (`None`: the schedule has no more ticks).
-    #[serde(default, with = "opt_ms", skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "ms::option", skip_serializing_if = "Option::is_none")]
     pub next_due: Option<SystemTime>,
     /// When a replica last wrote this record.
     #[serde(with = "ms")]
@@ -183,29 +183,5 @@ impl Ledger {
             record.last_runs = runs;
         }
         Ok(records)
-    }
-}
-
-/// Optional times as milliseconds since the epoch.
-mod opt_ms {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    #[allow(clippy::ref_option)] // serde's `with` passes a reference
-    pub(super) fn serialize<S: Serializer>(
-        at: &Option<SystemTime>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match at {
-            Some(at) => s.serialize_some(&super::ms::to_ms(*at)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<SystemTime>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
     }
 }

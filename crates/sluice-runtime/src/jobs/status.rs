@@ -188,6 +188,14 @@ impl Cancelled {
     pub fn was_pending(&self) -> bool {
         matches!(self, Cancelled::Cancelled(_))
     }
+
+    /// The job's status after the call (`None`: the store knows no such job).
+    pub fn status(&self) -> Option<&JobStatus> {
+        match self {
+            Cancelled::Cancelled(status) | Cancelled::NotPending(status) => Some(status),
+            Cancelled::NotFound => None,
+        }
+    }
 }
 
 /// What [`Jobs::reschedule`](super::Jobs::reschedule) and
@@ -221,6 +229,30 @@ pub(crate) mod ms {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         Ok(UNIX_EPOCH + Duration::from_millis(u64::deserialize(d)?))
+    }
+
+    /// Optional times, the same way (`null` for none).
+    pub(crate) mod option {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        #[allow(clippy::ref_option)] // serde's `with` passes a reference
+        pub(crate) fn serialize<S: Serializer>(
+            at: &Option<SystemTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => s.serialize_some(&super::to_ms(*at)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            Ok(Option::<u64>::deserialize(d)?.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
+        }
     }
 }
 

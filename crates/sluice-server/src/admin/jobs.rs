@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sluice_core::Error;
-use sluice_runtime::jobs::{Cancelled, JobRecords, JobState, JobStatus, ScheduleRecord};
+use sluice_runtime::jobs::{JobRecords, JobState, JobStatus, ScheduleRecord};
 
 use super::{ApiError, ApiResult};
 use crate::Shared;
@@ -30,13 +30,10 @@ fn records(shared: &Shared) -> Result<JobRecords, ApiError> {
     }
 }
 
-fn failed(what: &str, error: &Error) -> ApiError {
-    let status = if error.is_retryable() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    ApiError(status, format!("{what}: the job store failed: {error}"))
+/// A job store failure, with the status `From<Error>` gives it and what was being done.
+fn failed(what: &str, error: Error) -> ApiError {
+    let ApiError(status, message) = ApiError::from(error);
+    ApiError(status, format!("{what}: the job store failed: {message}"))
 }
 
 /// `GET /api/v1/jobs?job=&state=&limit=`.
@@ -68,7 +65,7 @@ pub(crate) async fn list(
         Some(state) => records.list_in_state(job, state, limit).await,
         None => records.list(job, limit).await,
     };
-    Ok(Json(jobs.map_err(|e| failed("listing jobs", &e))?))
+    Ok(Json(jobs.map_err(|e| failed("listing jobs", e))?))
 }
 
 /// One job's status.
@@ -80,7 +77,7 @@ pub(crate) async fn status(
     match records
         .status(&id)
         .await
-        .map_err(|e| failed("reading a job", &e))?
+        .map_err(|e| failed("reading a job", e))?
     {
         Some(status) => Ok(Json(status)),
         None => Err(ApiError(
@@ -110,19 +107,14 @@ pub(crate) async fn cancel(
     let outcome = records
         .cancel(&id)
         .await
-        .map_err(|e| failed("cancelling a job", &e))?;
-    let state = match &outcome {
-        Cancelled::Cancelled(status) | Cancelled::NotPending(status) => {
-            status.state.name().to_owned()
-        }
-        Cancelled::NotFound => {
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!("the job store knows no job `{id}`"),
-            ))
-        }
-        _ => "unknown".to_owned(),
+        .map_err(|e| failed("cancelling a job", e))?;
+    let Some(status) = outcome.status() else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("the job store knows no job `{id}`"),
+        ));
     };
+    let state = status.state.name().to_owned();
     if outcome.was_pending() {
         tracing::info!(job = %id, "job cancelled from the admin API");
     }
@@ -150,6 +142,6 @@ pub(crate) async fn schedules(
         records
             .schedules(limit)
             .await
-            .map_err(|e| failed("listing schedules", &e))?,
+            .map_err(|e| failed("listing schedules", e))?,
     ))
 }
