@@ -2,11 +2,13 @@
 //! publishers and subscribers, and the topology and operations every backend offers.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::capabilities::Capabilities;
 use crate::config::{SubscriptionConfig, TopicConfig};
 use crate::delivery::Subscriber;
 use crate::error::Result;
+use crate::jobs::JobStore;
 use crate::name::{Naming, SubscriptionName, TopicName};
 use crate::ops::{
     DeadLetteredMessage, RedriveOptions, RedriveReport, SubscriptionInfo, SubscriptionStats,
@@ -111,4 +113,12 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         subscription: &SubscriptionName,
     ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Where this backend keeps job status, cancellations, unique locks and the schedule
+    /// registry natively and durably, if it does: the embedded engine in its data directory,
+    /// `sluice://` in the server's. `Jobs` uses it unless given a store; the brokers have
+    /// none (`None`, the default) and `Jobs` falls back to memory.
+    fn job_store(&self) -> Option<Arc<dyn JobStore>> {
+        None
+    }
 }

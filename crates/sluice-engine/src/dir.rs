@@ -201,6 +201,21 @@ impl DataDir {
         Ok(self.subscription_dir(subscription)?.join("checkpoint"))
     }
 
+    /// `DATA/kv`: the keyed store (job status, cancellations, schedules).
+    pub fn kv_dir(&self) -> PathBuf {
+        self.path.join("kv")
+    }
+
+    /// `DATA/kv/journal`: the keyed store's journal.
+    pub fn kv_journal_dir(&self) -> PathBuf {
+        self.kv_dir().join("journal")
+    }
+
+    /// `DATA/kv/checkpoint`: the keyed store's checkpoint.
+    pub fn kv_checkpoint_path(&self) -> PathBuf {
+        self.kv_dir().join("checkpoint")
+    }
+
     /// Removes a directory of this data directory (a deleted topic or subscription) and
     /// makes the removal durable. Missing is fine.
     pub fn remove_dir(&self, dir: &Path) -> Result<()> {

@@ -13,6 +13,7 @@
 //! | [`dir`] | the data directory: lock, `FORMAT`, catalog |
 //! | [`commit`] | group commit: one flusher thread, sync modes, poisoning |
 //! | [`subscription`] | a subscription's state machine, its journal records and checkpoint |
+//! | [`kv`] | the keyed store's state (a versioned map with a time to live: job status, cancellations, schedules), its journal records and checkpoint |
 //! | [`engine`] | the [`Engine`](engine::Engine): topics, subscriptions, publish, receive, verbs, DLQ tools, checkpoints, retention (and its maintenance thread), backlog bounds |
 //! | [`check`] | offline `check` and `repair` of a data directory (`sluice check`, `sluice repair`) |
 //! | [`catalog`] | topics and subscriptions with their options (JSON, replaced atomically) |
@@ -32,6 +33,7 @@ pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod io;
+pub mod kv;
 pub mod log;
 pub mod record;
 pub mod segment;

@@ -429,4 +429,14 @@ impl Backend for EmbeddedBackend {
             .dlq_purge(&self.shared.subscription(subscription), done);
         purged.await
     }
+
+    /// The engine's keyed store, under this view's namespace: job status, cancellations
+    /// and schedules are durable in the data directory.
+    fn job_store(&self) -> Option<Arc<dyn sluice_core::JobStore>> {
+        let namespace = self.shared.naming.namespace().map(|ns| ns.as_str());
+        Some(Arc::new(crate::jobs::EngineJobStore::new(
+            self.shared.engine.clone(),
+            namespace,
+        )))
+    }
 }

@@ -21,6 +21,7 @@
 //! | `publisher.rs` | [`EmbeddedPublisher`] |
 //! | `subscriber.rs` | [`EmbeddedSubscriber`]: receive, waiting on the engine's wake-ups |
 //! | `delivery.rs` | [`EmbeddedDelivery`]: the verbs |
+//! | `jobs.rs` | [`EngineJobStore`]: job status, cancellations and schedules in the engine's keyed store |
 //! | `bridge.rs` | the engine's completion callbacks as futures |
 //! | `convert.rs` | messages, configurations, times and errors between contract and engine |
 
@@ -28,11 +29,13 @@ mod backend;
 mod bridge;
 mod convert;
 mod delivery;
+mod jobs;
 mod publisher;
 mod subscriber;
 
 pub use backend::{capabilities, EmbeddedBackend, EmbeddedOptions, MAX_MESSAGE_SIZE};
 pub use delivery::EmbeddedDelivery;
+pub use jobs::EngineJobStore;
 pub use publisher::EmbeddedPublisher;
 pub use sluice_engine::commit::SyncMode;
 pub use subscriber::EmbeddedSubscriber;

@@ -12,6 +12,7 @@
 //! Invariants: [`check`] writes nothing (beyond taking the lock); [`repair`] never deletes a
 //! byte it did not first copy to `quarantine/` (and sync), and replaces each file atomically.
 
+mod kv;
 mod repair;
 mod scan;
 
@@ -268,6 +269,37 @@ fn check_log(
     }
 }
 
+/// Where a checkpoint continues (`from`) against its checked journal: before the journal's
+/// first record is damage, past its end recoverable.
+pub(crate) fn check_position(
+    report: &mut CheckReport,
+    checkpoint: &Path,
+    from: u64,
+    journal: &LogCheck,
+) {
+    if from < journal.first {
+        report.push(
+            Severity::Damage,
+            checkpoint,
+            None,
+            format!(
+                "continues at journal record {from} but the journal starts at {}",
+                journal.first
+            ),
+        );
+    } else if from > journal.end {
+        report.push(
+            Severity::Recoverable,
+            checkpoint,
+            None,
+            format!(
+                "continues at journal record {from} past the journal's end {} (its tail was lost); open checkpoints again",
+                journal.end
+            ),
+        );
+    }
+}
+
 /// The journal records of a checked journal, in order (damaged stretches skipped).
 pub(crate) fn journal_records(storage: &dyn Storage, log: &LogCheck) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
@@ -349,27 +381,7 @@ pub fn check_with(storage: Arc<dyn Storage>, path: &Path, real_lock: bool) -> Re
                 Ok((restored, position)) => {
                     state = restored;
                     from = position.position;
-                    if from < journal.first {
-                        report.push(
-                            Severity::Damage,
-                            &checkpoint_path,
-                            None,
-                            format!(
-                                "continues at journal record {from} but the journal starts at {}",
-                                journal.first
-                            ),
-                        );
-                    } else if from > journal.end {
-                        report.push(
-                            Severity::Recoverable,
-                            &checkpoint_path,
-                            None,
-                            format!(
-                                "continues at journal record {from} past the journal's end {} (its tail was lost); open checkpoints again",
-                                journal.end
-                            ),
-                        );
-                    }
+                    check_position(&mut report, &checkpoint_path, from, &journal);
                 }
                 Err(err) => report.push(Severity::Damage, &checkpoint_path, None, err.to_string()),
             }
@@ -424,6 +436,7 @@ pub fn check_with(storage: Arc<dyn Storage>, path: &Path, real_lock: bool) -> Re
             );
         }
     }
+    kv::check(&dir, &mut report)?;
     // Directories the catalog does not know: leftovers of deletes cut short.
     for (parent, known) in [
         (

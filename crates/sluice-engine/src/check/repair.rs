@@ -48,17 +48,26 @@ impl fmt::Display for RepairReport {
 
 const QUARANTINE: &str = "quarantine";
 
-struct Repairer<'a> {
-    storage: &'a dyn Storage,
+/// A journal record's sequence and body.
+pub(super) type SeqRecord = (u64, Vec<u8>);
+
+pub(super) struct Repairer<'a> {
+    pub(super) storage: &'a dyn Storage,
     data: &'a Path,
-    report: RepairReport,
-    now: u64,
+    pub(super) report: RepairReport,
+    pub(super) now: u64,
 }
 
 impl Repairer<'_> {
     /// Copies `bytes` (from `file` at `from`) to the quarantine folder, durably, with a line
     /// in its REPORT.
-    fn quarantine(&mut self, file: &Path, from: u64, bytes: &[u8], why: &str) -> Result<()> {
+    pub(super) fn quarantine(
+        &mut self,
+        file: &Path,
+        from: u64,
+        bytes: &[u8],
+        why: &str,
+    ) -> Result<()> {
         let folder = self.data.join(QUARANTINE);
         create_dir_durable(self.storage, &folder)
             .context(|| format!("create {}", folder.display()))?;
@@ -213,9 +222,65 @@ impl Repairer<'_> {
 }
 
 impl Repairer<'_> {
+    /// Every readable record of the journal in `journal_dir` with its sequence, and the
+    /// sequence of its first damage (`u64::MAX` if none); each segment is copied to the
+    /// quarantine first.
+    pub(super) fn take_journal(&mut self, journal_dir: &Path) -> Result<(Vec<SeqRecord>, u64)> {
+        let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut first_damage = u64::MAX;
+        for base in segment_bases(self.storage, journal_dir) {
+            let path = segment_path(journal_dir, base);
+            let file = self
+                .storage
+                .open(&path, false)
+                .context(|| format!("open {}", path.display()))?;
+            let bytes = read_all(file.as_ref()).context(|| format!("read {}", path.display()))?;
+            let scan = super::scan_bytes(&bytes, &path, SegmentKind::Journal, base);
+            if scan.bad_header.is_some() {
+                first_damage = first_damage.min(base);
+            }
+            for d in &scan.damage {
+                let seq = scan
+                    .frames
+                    .iter()
+                    .filter(|(pos, _, _)| *pos < d.from)
+                    .map(|(_, _, seq)| seq + 1)
+                    .max()
+                    .unwrap_or(base);
+                first_damage = first_damage.min(seq);
+            }
+            for &(pos, len, seq) in &scan.frames {
+                records.push((
+                    seq,
+                    bytes[(pos + 8) as usize..(pos + len) as usize].to_vec(),
+                ));
+            }
+            self.quarantine(
+                &path,
+                0,
+                &bytes,
+                "journal segment replaced by a rebuilt checkpoint",
+            )?;
+        }
+        Ok((records, first_damage))
+    }
+
+    /// Removes every file of `dir` (copied to the quarantine before) and syncs it.
+    pub(super) fn clear_dir(&self, dir: &Path) -> Result<()> {
+        for name in self.storage.list_dir(dir).unwrap_or_default() {
+            let file = dir.join(&name);
+            self.storage
+                .remove_file(&file)
+                .context(|| format!("remove {}", file.display()))?;
+        }
+        self.storage
+            .sync_dir(dir)
+            .context(|| format!("fsync directory {}", dir.display()))
+    }
+
     /// Whether any segment of the journal in `dir` holds damage (a bad header, damaged frames
     /// with records after them, a sealed segment cut short).
-    fn journal_damaged(&self, dir: &Path) -> Result<bool> {
+    pub(super) fn journal_damaged(&self, dir: &Path) -> Result<bool> {
         let bases = segment_bases(self.storage, dir);
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(dir, base);
@@ -282,42 +347,7 @@ impl Repairer<'_> {
         // Records before the first damage keep their sequence: replay from the checkpoint's
         // position if the damage is after it, else every readable record (replaying one
         // the checkpoint includes is harmless; skipping one is not).
-        let mut records: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut first_damage = u64::MAX;
-        for base in segment_bases(self.storage, journal_dir) {
-            let path = segment_path(journal_dir, base);
-            let file = self
-                .storage
-                .open(&path, false)
-                .context(|| format!("open {}", path.display()))?;
-            let bytes = read_all(file.as_ref()).context(|| format!("read {}", path.display()))?;
-            let scan = super::scan_bytes(&bytes, &path, SegmentKind::Journal, base);
-            if scan.bad_header.is_some() {
-                first_damage = first_damage.min(base);
-            }
-            for d in &scan.damage {
-                let seq = scan
-                    .frames
-                    .iter()
-                    .filter(|(pos, _, _)| *pos < d.from)
-                    .map(|(_, _, seq)| seq + 1)
-                    .max()
-                    .unwrap_or(base);
-                first_damage = first_damage.min(seq);
-            }
-            for &(pos, len, seq) in &scan.frames {
-                records.push((
-                    seq,
-                    bytes[(pos + 8) as usize..(pos + len) as usize].to_vec(),
-                ));
-            }
-            self.quarantine(
-                &path,
-                0,
-                &bytes,
-                "journal segment replaced by a rebuilt checkpoint",
-            )?;
-        }
+        let (records, first_damage) = self.take_journal(journal_dir)?;
         let from = if first_damage >= position {
             position
         } else {
@@ -342,15 +372,7 @@ impl Repairer<'_> {
             checkpoint_path,
             &crate::engine::checkpoint_frame(&body),
         )?;
-        for name in self.storage.list_dir(journal_dir).unwrap_or_default() {
-            let file = journal_dir.join(&name);
-            self.storage
-                .remove_file(&file)
-                .context(|| format!("remove {}", file.display()))?;
-        }
-        self.storage
-            .sync_dir(journal_dir)
-            .context(|| format!("fsync directory {}", journal_dir.display()))?;
+        self.clear_dir(journal_dir)?;
         self.report.actions.push(format!(
             "{}: damaged; the state was rebuilt from {} and {replayed} readable journal record(s) into a new checkpoint, and the journal starts again (messages whose records were lost may be delivered again)",
             journal_dir.display(),
@@ -451,6 +473,7 @@ pub fn repair_with(
                 ));
             }
         }
+        repairer.keyed_store(&dir, &report)?;
     }
     // The engine's own open does the rest (torn tails, indexes, states past their logs), and
     // proves the directory opens.

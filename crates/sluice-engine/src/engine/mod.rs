@@ -25,6 +25,7 @@ mod backlog;
 mod checkpoint;
 mod data;
 mod dlq;
+mod kv;
 mod maintenance;
 mod open;
 mod retention;
@@ -244,6 +245,8 @@ pub(crate) struct Inner {
     pub(crate) any_backlog_bound: AtomicBool,
     /// The maintenance thread, while it runs.
     maintenance: Mutex<Option<maintenance::Maintenance>>,
+    /// The keyed store (`kv.rs`), `None` until something is written to it.
+    pub(crate) kv: Mutex<Option<kv::Kv>>,
 }
 
 /// The embedded engine. Cheap to clone: clones share one open data directory.
@@ -294,6 +297,7 @@ impl Engine {
             subs.insert(name.clone(), sub);
         }
         open::fit_topics(&topics, &subs, now)?;
+        let kv = kv::open_kv(&dir, &options, now)?;
         let publish_index = topics
             .iter()
             .map(|(name, topic): (&String, &Topic)| (name.clone(), topic.publish_handle()))
@@ -330,6 +334,7 @@ impl Engine {
                 closed: AtomicBool::new(false),
                 any_backlog_bound: AtomicBool::new(any_backlog_bound),
                 maintenance: Mutex::new(None),
+                kv: Mutex::new(kv),
             }),
         };
         if let Some(every) = maintenance_interval {
@@ -419,22 +424,27 @@ impl Engine {
         self.submit(batch);
         if sub.since_checkpoint >= self.inner.options.checkpoint_every && !sub.checkpointing {
             sub.checkpointing = true;
-            let engine = self.clone();
             let name = name.to_owned();
-            let handle = std::thread::spawn(move || {
+            self.spawn_checkpoint(move |engine| {
                 if let Err(err) = engine.checkpoint(&name) {
                     tracing::warn!(subscription = %name, %err, "checkpoint failed; the journal keeps growing until the next one");
                 }
             });
-            // `close` joins it: no checkpoint may be written after the engine closed.
-            let mut threads = self
-                .inner
-                .checkpoints
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            threads.retain(|t| !t.is_finished());
-            threads.push(handle);
         }
+    }
+
+    /// Runs a checkpoint on a thread of its own, which `close` joins: no checkpoint may be
+    /// written after the engine closed.
+    pub(crate) fn spawn_checkpoint(&self, checkpoint: impl FnOnce(&Engine) + Send + 'static) {
+        let engine = self.clone();
+        let handle = std::thread::spawn(move || checkpoint(&engine));
+        let mut threads = self
+            .inner
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        threads.retain(|t| !t.is_finished());
+        threads.push(handle);
     }
 
     /// Waits until everything submitted so far is complete (batches complete in submission
@@ -486,6 +496,11 @@ impl Engine {
         let mut first_error = None;
         for name in names {
             if let Err(err) = self.checkpoint(&name) {
+                first_error.get_or_insert(err);
+            }
+        }
+        if self.kv_dirty() {
+            if let Err(err) = self.kv_checkpoint() {
                 first_error.get_or_insert(err);
             }
         }

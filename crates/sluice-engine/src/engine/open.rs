@@ -92,6 +92,20 @@ pub(crate) fn open_topic(
     })
 }
 
+/// A checkpoint at `at` whose journal starts later: the records between are gone.
+pub(crate) fn gone_before(checkpoint: &std::path::Path, at: u64, journal: &SegmentedLog) -> Error {
+    Error::corrupt(
+        checkpoint,
+        0,
+        format!(
+            "the checkpoint continues at journal record {at} but the journal starts at {}: the \
+             records between are gone. Nothing was changed; see \"Damage on disk\" in \
+             docs/durability.md",
+            journal.first()
+        ),
+    )
+}
+
 /// Appends placeholders to `log` for the sequences `log.end()..to` and commits them.
 fn fill(log: &mut SegmentedLog, to: u64, now: u64, reason: &str) -> Result<u64> {
     let from = log.written_end();
@@ -158,16 +172,7 @@ pub(crate) fn open_subscription(
             })?;
             let at = position.position;
             if at < journal.first() {
-                return Err(Error::corrupt(
-                    &checkpoint_path,
-                    0,
-                    format!(
-                        "the checkpoint continues at journal record {at} but the journal starts at \
-                         {}: the records between are gone. Nothing was changed; see \"Damage \
-                         on disk\" in docs/durability.md",
-                        journal.first()
-                    ),
-                ));
+                return Err(gone_before(&checkpoint_path, at, &journal));
             }
             if at > journal.end() {
                 rewrite = Some(format!(

@@ -369,8 +369,11 @@ fn plausible_body(kind: SegmentKind, body: &[u8], expected: u64) -> bool {
         SegmentKind::TopicLog | SegmentKind::Dlq => {
             peek_offset(body).is_some_and(|offset| offset >= expected)
         }
-        // Journal record types are 16 to 23 (the CRC decides).
-        SegmentKind::Journal => body.first().is_some_and(|t| (16..=23).contains(t)),
+        // Journal record types: a subscription's 16 to 23, the keyed store's 40 and 41 (the
+        // CRC decides).
+        SegmentKind::Journal => body
+            .first()
+            .is_some_and(|t| (16..=23).contains(t) || (40..=41).contains(t)),
     }
 }
 

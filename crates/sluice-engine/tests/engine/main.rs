@@ -7,6 +7,7 @@ mod crash;
 mod dedup;
 mod durability;
 mod faults;
+mod kv;
 mod model;
 mod repair;
 mod retention;

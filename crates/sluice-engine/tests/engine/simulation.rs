@@ -26,47 +26,16 @@ use std::sync::Arc;
 use sluice_engine::catalog::{Start, SubscriptionOptions, TopicOptions};
 use sluice_engine::clock::ManualClock;
 use sluice_engine::engine::{Engine, EngineOptions, Leased, Published};
-use sluice_engine::io::{FaultyStorage, MemStorage, Storage, StorageFile};
+use sluice_engine::io::{FaultyStorage, MemStorage, Storage};
 use sluice_engine::log::LogOptions;
 use sluice_engine::record::MessageRecord;
 use sluice_engine::segment::HEADER_LEN;
 use sluice_engine::Error;
 
-use crate::support::{wait, DATA, T0};
+use crate::support::{wait, SharedMem, DATA, T0};
 
 const SUBS: [&str; 2] = ["a", "b"];
 const TOPIC_DIR: &str = "/data/topics/orders";
-
-/// One [`MemStorage`] seen through several [`FaultyStorage`] wrappers (one per engine).
-#[derive(Debug)]
-struct Shared(Arc<MemStorage>);
-
-impl Storage for Shared {
-    fn open(&self, path: &Path, create: bool) -> std::io::Result<Arc<dyn StorageFile>> {
-        self.0.open(path, create)
-    }
-    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        self.0.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
-        self.0.list_dir(path)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        self.0.remove_file(path)
-    }
-    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        self.0.remove_dir_all(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        self.0.rename(from, to)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        self.0.sync_dir(path)
-    }
-    fn exists(&self, path: &Path) -> std::io::Result<bool> {
-        self.0.exists(path)
-    }
-}
 
 /// SplitMix64: small, deterministic.
 struct Rng(u64);
@@ -117,7 +86,7 @@ struct Sim {
     /// This incarnation's view of `mem`: broken for good at a crash, so threads of the dead
     /// engine (a checkpoint in progress) can never write into the next one's files, as the
     /// threads of a killed process cannot.
-    faulty: Arc<FaultyStorage<Shared>>,
+    faulty: Arc<FaultyStorage<SharedMem>>,
     clock: Arc<ManualClock>,
     engine: Option<Engine>,
     leased: Vec<(&'static str, Leased)>,
@@ -178,7 +147,7 @@ impl Sim {
             let seed = self.rng.next();
             self.mem().crash_torn(seed);
             drop(engine);
-            self.faulty = Arc::new(FaultyStorage::new(Shared(self.mem.clone())));
+            self.faulty = Arc::new(FaultyStorage::new(SharedMem(self.mem.clone())));
         }
         self.open();
     }
@@ -640,7 +609,7 @@ fn real_records(engine: &Engine, end: u64) -> u64 {
 
 fn run(seed: u64) -> (u64, u64) {
     let mem = Arc::new(MemStorage::new());
-    let faulty = Arc::new(FaultyStorage::new(Shared(mem.clone())));
+    let faulty = Arc::new(FaultyStorage::new(SharedMem(mem.clone())));
     let clock = Arc::new(ManualClock::new(T0));
     let mut sim = Sim {
         seed,

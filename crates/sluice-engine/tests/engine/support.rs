@@ -9,10 +9,11 @@ use bytes::Bytes;
 use sluice_engine::catalog::{Start, SubscriptionOptions, TopicOptions};
 use sluice_engine::clock::ManualClock;
 use sluice_engine::engine::{Completion, Engine, EngineOptions, Leased, Published};
-use sluice_engine::io::{MemStorage, Storage};
+use sluice_engine::io::{MemStorage, Storage, StorageFile};
 use sluice_engine::log::LogOptions;
 use sluice_engine::record::MessageRecord;
 use sluice_engine::Result;
+use std::path::Path;
 
 /// Where the data directory lives in a [`MemStorage`].
 pub(crate) const DATA: &str = "/data";
@@ -140,5 +141,36 @@ pub(crate) fn drain(engine: &Engine, subscription: &str) -> Vec<String> {
             ack(engine, subscription, lease).expect("the ack is confirmed");
             ids.push(lease.record.id.clone());
         }
+    }
+}
+
+/// One [`MemStorage`] seen through several [`FaultyStorage`] wrappers (one per engine).
+#[derive(Debug)]
+pub(crate) struct SharedMem(pub(crate) Arc<MemStorage>);
+
+impl Storage for SharedMem {
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<Arc<dyn StorageFile>> {
+        self.0.open(path, create)
+    }
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.0.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.0.list_dir(path)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.0.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.0.remove_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.0.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.0.sync_dir(path)
+    }
+    fn exists(&self, path: &Path) -> std::io::Result<bool> {
+        self.0.exists(path)
     }
 }

@@ -190,15 +190,15 @@ impl<B: Backend> Jobs<B> {
     pub async fn new(backend: B) -> sluice_core::Result<Self> {
         let producer = Producer::new(backend.publisher().await?);
         let clock: schedules::Clock = Arc::new(SystemTime::now);
+        let store = backend
+            .job_store()
+            .unwrap_or_else(|| Arc::new(MemoryJobStore::new()));
         Ok(Self {
             backend,
             producer,
             ensured: Mutex::new(HashSet::new()),
             schedules: Arc::new(Schedules::new(Arc::new(Claims::default()), clock.clone())),
-            ledger: Arc::new(Ledger {
-                store: Arc::new(MemoryJobStore::new()),
-                clock,
-            }),
+            ledger: Arc::new(Ledger { store, clock }),
             recorded: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -206,7 +206,9 @@ impl<B: Backend> Jobs<B> {
     /// Where job status, cancellations and unique locks are kept: a store every process
     /// enqueueing or running these jobs shares (`sluice-sql`'s `SqlStore` on PostgreSQL or
     /// SQLite, `sluice-redis`'s `RedisStore`) makes `status`, `cancel` and unique jobs work
-    /// across processes and restarts; the default, in memory, within this process only.
+    /// across processes and restarts. The default is the backend's own store where it has
+    /// one ([`Backend::job_store`]: the embedded engine's data directory, or the server's for
+    /// `sluice://`), else memory, within this process only (RabbitMQ, SQS, Kafka).
     #[must_use]
     pub fn job_store(mut self, store: Arc<dyn JobStore>) -> Self {
         self.ledger = Arc::new(Ledger {
