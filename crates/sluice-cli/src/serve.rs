@@ -50,9 +50,11 @@ pub(crate) struct ServeArgs {
     /// Time a frame may take from its first byte to its last.
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     slow_frame_timeout: Duration,
-    /// The job store your applications' `Jobs` share (`Jobs::job_store`): the dashboard and
-    /// `/api/v1/jobs`, `/api/v1/schedules` then show their jobs and schedules, and cancel
-    /// pending jobs. `postgres://USER@HOST:PORT/DB`, `sqlite:PATH` or `redis://HOST:PORT`.
+    /// The job store your applications' `Jobs` share when they give one (`Jobs::job_store`,
+    /// on RabbitMQ, SQS or Kafka): the dashboard and `/api/v1/jobs`, `/api/v1/schedules` then
+    /// show their jobs and schedules, and cancel pending jobs. Without it they show the
+    /// server's own store, which `Jobs` over `sluice://` uses by default.
+    /// `postgres://USER@HOST:PORT/DB`, `sqlite:PATH` or `redis://HOST:PORT`.
     #[arg(long, env = "SLUICE_JOB_STORE")]
     job_store: Option<String>,
     /// The key prefix of a Redis job store (the applications' `RedisStore::with_prefix`).

@@ -148,3 +148,32 @@ async fn an_operator_lists_the_schedules_with_their_next_due_tick_and_last_run()
     assert_eq!(code, 0);
     assert!(out.contains("has no schedules"), "{out}");
 }
+
+#[tokio::test]
+async fn with_no_job_store_given_the_operator_reads_the_embedded_engine_s_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = dir.path().join("engine");
+    let id = {
+        let backend = sluice::embedded::EmbeddedBackend::open(&engine)
+            .await
+            .unwrap();
+        let jobs = Jobs::new(backend.clone()).await.unwrap();
+        let id = jobs
+            .enqueue_in(Duration::from_secs(3600), &Reminder { user: 7 })
+            .await
+            .unwrap()
+            .id;
+        drop(jobs);
+        // The engine is one process's at a time: the application stops first.
+        backend.close().await.unwrap();
+        id
+    };
+    let store = format!("embedded:{}", engine.display());
+    let listed = json(&store, &["list", "--json"]);
+    assert_eq!(listed[0]["id"], id.as_str(), "{listed}");
+    let (code, out, err) = jobs_cli(&store, &["cancel", id.as_str()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    let seen = json(&store, &["status", id.as_str(), "--json"]);
+    assert_eq!(seen["state"], "cancelled", "{seen}");
+}

@@ -15,6 +15,7 @@ use crate::delivery::{Delivery, Subscriber, VerbError, VerbResult};
 use crate::envelope::DeadLetterReason;
 use crate::error::Result;
 use crate::idempotency::{boxed, BoxFuture};
+use crate::jobs::JobStore;
 use crate::message::Message;
 use crate::name::{Naming, SubscriptionName, TopicName};
 use crate::ops::{
@@ -60,6 +61,7 @@ trait ErasedBackend: Send + Sync {
         o: &'a RedriveOptions,
     ) -> BoxFuture<'a, Result<RedriveReport>>;
     fn dlq_purge<'a>(&'a self, s: &'a SubscriptionName) -> BoxFuture<'a, Result<u64>>;
+    fn job_store(&self) -> Option<Arc<dyn JobStore>>;
 }
 
 impl<B: Backend> ErasedBackend for B {
@@ -126,6 +128,9 @@ impl<B: Backend> ErasedBackend for B {
     }
     fn dlq_purge<'a>(&'a self, s: &'a SubscriptionName) -> BoxFuture<'a, Result<u64>> {
         boxed(Backend::dlq_purge(self, s))
+    }
+    fn job_store(&self) -> Option<Arc<dyn JobStore>> {
+        Backend::job_store(self)
     }
 }
 
@@ -360,6 +365,9 @@ impl Backend for DynBackend {
     }
     async fn dlq_purge(&self, s: &SubscriptionName) -> Result<u64> {
         self.0.dlq_purge(s).await
+    }
+    fn job_store(&self) -> Option<Arc<dyn JobStore>> {
+        self.0.job_store()
     }
 }
 

@@ -202,6 +202,38 @@ pub enum Request {
         /// How many were taken.
         n: u32,
     },
+    /// `JobStore::load` on the server's job store (in the connection's namespace): answered
+    /// with [`Response::JobEntry`].
+    JobLoad {
+        /// The key.
+        key: String,
+    },
+    /// `JobStore::swap`: answered with [`Response::Swapped`].
+    JobSwap {
+        /// The key.
+        key: String,
+        /// The version the write expects (`None`: no live entry).
+        expected: Option<u64>,
+        /// The document.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Kept this long, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// `JobStore::remove`: answered with [`Response::Removed`].
+    JobRemove {
+        /// The key.
+        key: String,
+        /// The version it must still have.
+        expected: u64,
+    },
+    /// `JobStore::scan`: answered with [`Response::JobEntries`].
+    JobScan {
+        /// Key prefix.
+        prefix: String,
+        /// Most entries.
+        limit: u64,
+    },
 }
 
 /// A delivery verb.
@@ -269,6 +301,36 @@ pub enum Response {
     Purged(u64),
     /// Answer to `SettleBatch`: one result per item, in order.
     Settled(Vec<Result<(), WireError>>),
+    /// Answer to `JobLoad`: the live entry, if any.
+    JobEntry(Option<WireVersioned>),
+    /// Answer to `JobSwap`: the new version, or none when the entry changed since it was read.
+    Swapped(Option<u64>),
+    /// Answer to `JobRemove`: whether it removed the entry.
+    Removed(bool),
+    /// Answer to `JobScan`: the entries, the most recently written first.
+    JobEntries(Vec<WireJobEntry>),
+}
+
+/// A job store document and its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireVersioned {
+    /// The document (JSON).
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Its version.
+    pub version: u64,
+}
+
+/// One entry of a `JobScan` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireJobEntry {
+    /// The key.
+    pub key: String,
+    /// The document (JSON).
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Its version.
+    pub version: u64,
 }
 
 /// One confirmed publish.

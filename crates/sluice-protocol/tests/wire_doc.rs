@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::de::{self, DeserializeOwned, Visitor};
 use sluice_protocol::message::{
     Body, Frame, Hello, Published, Request, Response, Verb, Welcome, WireBacklogBound,
-    WireDelivery, WireError, WireKind, WireMessage, WireStart, WireStats, WireSubscriptionConfig,
-    WireTopicConfig, WireTopicInfo,
+    WireDelivery, WireError, WireJobEntry, WireKind, WireMessage, WireStart, WireStats,
+    WireSubscriptionConfig, WireTopicConfig, WireTopicInfo, WireVersioned,
 };
 
 /// A deserializer that only records the variant or field names serde asks it for.
@@ -147,6 +147,8 @@ fn every_table_of_the_protocol_doc_is_the_wire_order_of_the_code() {
         ("WireSubscriptionConfig", names::<WireSubscriptionConfig>()),
         ("WireTopicInfo", names::<WireTopicInfo>()),
         ("WireStats", names::<WireStats>()),
+        ("WireVersioned", names::<WireVersioned>()),
+        ("WireJobEntry", names::<WireJobEntry>()),
     ];
     let doc = documented();
     for (name, in_code) in &code {

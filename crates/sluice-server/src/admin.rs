@@ -250,7 +250,7 @@ pub(crate) struct View {
 }
 
 impl View {
-    fn backend(&self, shared: &Shared) -> Result<EmbeddedBackend, ApiError> {
+    pub(crate) fn backend(&self, shared: &Shared) -> Result<EmbeddedBackend, ApiError> {
         let namespace = match self.namespace.as_deref().filter(|n| !n.is_empty()) {
             Some(ns) => Some(Namespace::new(ns).map_err(Error::from)?),
             None => None,

@@ -15,6 +15,7 @@
 //!   warnings throttled per address.
 //! - `session.rs`: a connection's subscribers and leased deliveries, and each request mapped
 //!   onto the embedded backend.
+//! - `job_requests.rs`: the job store requests, on the engine's own job store.
 //! - `admin.rs`: the HTTP admin API, `/metrics` and the dashboard page.
 //! - `prefetch.rs`: deliveries pushed to clients and not yet taken (counted as ready).
 //! - [`metrics`]: the server's own counters.
@@ -42,6 +43,7 @@ mod admin;
 pub mod config;
 mod connection;
 mod frames;
+mod job_requests;
 mod limits;
 pub mod metrics;
 mod prefetch;

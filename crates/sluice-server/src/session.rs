@@ -193,6 +193,10 @@ impl Session {
             Request::Consume { .. } | Request::Credit { .. } => Err(WireError::Invalid {
                 message: "Consume and Credit are handled by the connection".into(),
             }),
+            request @ (Request::JobLoad { .. }
+            | Request::JobSwap { .. }
+            | Request::JobRemove { .. }
+            | Request::JobScan { .. }) => crate::job_requests::answer(&self.backend, request).await,
             other => self.topology(other).await,
         }
     }

@@ -1,7 +1,7 @@
 //! `/api/v1/jobs` and `/api/v1/schedules`: the jobs and schedules of the job store an
-//! application's `Jobs` share with the server (`ServerConfig::job_store`), enqueued by the
-//! application over a real `sluice://` connection; cancel through the API is what the
-//! application then sees.
+//! application's `Jobs` share with the server (`ServerConfig::job_store`, or by default the
+//! server's own, which `Jobs` over `sluice://` uses), enqueued by the application over a real
+//! `sluice://` connection; cancel through the API is what the application then sees.
 
 mod support;
 
@@ -139,17 +139,85 @@ async fn the_admin_api_lists_reads_and_cancels_the_applications_jobs_and_schedul
 }
 
 #[tokio::test]
-async fn without_a_job_store_the_jobs_routes_say_how_to_give_one() {
-    let (_dir, server) = start(None).await;
+async fn by_default_sluice_clients_keep_their_jobs_in_the_server_s_own_store_durably_and_per_namespace(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        ServerConfig::new(dir.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .http(Some("127.0.0.1:0".parse().unwrap()))
+    };
+    let server = Server::start(config()).await.unwrap();
+    let connect = |namespace: Option<&str>| {
+        let addr = server.addr().to_string();
+        let namespace = namespace.map(|n| sluice_core::Namespace::new(n).unwrap());
+        async move {
+            RemoteBackend::connect(&addr, RemoteOptions::default().namespace(namespace))
+                .await
+                .unwrap()
+        }
+    };
+    // No job store given anywhere: `Jobs` over `sluice://` uses the server's.
+    let jobs = Jobs::new(connect(None).await).await.unwrap();
+    let team = Jobs::new(connect(Some("team-a")).await).await.unwrap();
+    let hour = Duration::from_secs(3600);
+    let mine = jobs
+        .enqueue_in(hour, &Reminder { user: 1 })
+        .await
+        .unwrap()
+        .id;
+    let theirs = team
+        .enqueue_in(hour, &Reminder { user: 2 })
+        .await
+        .unwrap()
+        .id;
+    assert!(jobs.cancel(mine.as_str()).await.unwrap().was_pending());
+    assert!(
+        jobs.status(theirs.as_str()).await.unwrap().is_none(),
+        "another namespace's job is not seen"
+    );
+
     let http_addr = server.http_addr().unwrap();
-    for path in ["/api/v1/jobs", "/api/v1/schedules", "/api/v1/jobs/x"] {
-        let (status, error) = json(http_addr, "GET", path).await;
-        assert_eq!(status, 404, "{path}");
-        assert!(
-            error["error"].as_str().unwrap().contains("--job-store"),
-            "{path}: {error}"
-        );
-    }
+    let (status, listed) = json(http_addr, "GET", "/api/v1/jobs").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], mine.as_str());
+    assert_eq!(listed[0]["state"], "cancelled");
+    let (status, listed) = json(http_addr, "GET", "/api/v1/jobs?namespace=team-a").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed[0]["id"], theirs.as_str());
+    let (status, error) = json(http_addr, "GET", "/api/v1/jobs?namespace=Bad.Name").await;
+    assert_eq!(status, 400, "{error}");
+    drop((jobs, team));
+    server.shutdown().await.unwrap();
+
+    // The server restarts: what the store held is still there.
+    let server = Server::start(config()).await.unwrap();
+    let (status, one) = json(
+        server.http_addr().unwrap(),
+        "GET",
+        &format!("/api/v1/jobs/{mine}"),
+    )
+    .await;
+    assert_eq!(
+        (status, &one["state"]),
+        (200, &Value::from("cancelled")),
+        "{one}"
+    );
+    let team = Jobs::new(
+        RemoteBackend::connect(
+            &server.addr().to_string(),
+            RemoteOptions::default()
+                .namespace(Some(sluice_core::Namespace::new("team-a").unwrap())),
+        )
+        .await
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let seen = team.status(theirs.as_str()).await.unwrap().unwrap();
+    assert!(matches!(seen.state, JobState::Scheduled { .. }), "{seen:?}");
+    drop(team);
     server.shutdown().await.unwrap();
 }
 

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::{Backend, JobStore, Namespace, Naming};
+use sluice_core::{Backend, DynBackend, JobStore, Namespace, Naming};
 use sluice_embedded::EmbeddedBackend;
 use sluice_runtime::jobs::JobState;
 use sluice_runtime::{Job, Jobs};
@@ -92,7 +92,8 @@ async fn by_default_jobs_keep_a_cancel_and_a_status_across_a_restart() {
         (kept.id, dropped.id)
     };
     let backend = EmbeddedBackend::open(dir.path()).await.unwrap();
-    let jobs = Jobs::new(backend.clone()).await.unwrap();
+    // As `sluice::connect("embedded:PATH")` hands it out: erased, the store is still there.
+    let jobs = Jobs::new(DynBackend::new(backend.clone())).await.unwrap();
     let status = |id: String| {
         let jobs = &jobs;
         async move { jobs.status(&id).await.unwrap().expect("known").state }

@@ -287,4 +287,13 @@ impl Backend for RemoteBackend {
             other => Err(unexpected(other)),
         }
     }
+
+    /// The server's own job store, in this connection's namespace: job status,
+    /// cancellations and schedules are durable in the server's data directory, where its
+    /// dashboard reads them.
+    fn job_store(&self) -> Option<Arc<dyn sluice_core::JobStore>> {
+        Some(Arc::new(crate::jobs::RemoteJobStore::new(
+            self.link.clone(),
+        )))
+    }
 }

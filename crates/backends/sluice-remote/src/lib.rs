@@ -12,14 +12,17 @@
 //!   reconnection.
 //! - [`backend`]: [`RemoteBackend`], topology and operations as one request each.
 //! - `publisher.rs`, `subscriber.rs`, `delivery.rs`: the contract's three roles.
+//! - `jobs.rs`: [`RemoteJobStore`], the server's job store (`Backend::job_store`).
 
 pub mod backend;
 mod delivery;
+mod jobs;
 mod link;
 mod publisher;
 mod subscriber;
 
 pub use backend::{capabilities, RemoteBackend, RemoteOptions};
 pub use delivery::RemoteDelivery;
+pub use jobs::RemoteJobStore;
 pub use publisher::RemotePublisher;
 pub use subscriber::RemoteSubscriber;

@@ -1,6 +1,8 @@
 //! `sluice jobs list|status|cancel|schedules --store URL`: background jobs' status from the job store
-//! the application's `Jobs` share (`Jobs::job_store`): PostgreSQL (`postgres://…`), an SQLite
-//! file (`sqlite:PATH`) or Redis (`redis://…`, with the application's key prefix).
+//! the application's `Jobs` share: the embedded engine's own (`embedded:PATH`, the default of
+//! `Jobs` on the embedded backend), `sluice serve`'s (`sluice://HOST:PORT`, the default over
+//! `sluice://`), or the one given with `Jobs::job_store`: PostgreSQL (`postgres://…`), an
+//! SQLite file (`sqlite:PATH`) or Redis (`redis://…`, with the application's key prefix).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,7 +16,8 @@ use sluice::JobStore;
 pub(crate) struct JobsArgs {
     #[command(subcommand)]
     command: JobsCommand,
-    /// The job store: `postgres://USER@HOST:PORT/DB`, `sqlite:PATH` or `redis://HOST:PORT`.
+    /// The job store: `embedded:PATH` or `sluice://HOST:PORT` (the backend's own, the default of
+    /// `Jobs` there), `postgres://USER@HOST:PORT/DB`, `sqlite:PATH` or `redis://HOST:PORT`.
     #[arg(long, env = "SLUICE_JOB_STORE", global = true)]
     store: Option<String>,
     /// The key prefix of a Redis job store (the application's `RedisStore::with_prefix`).
@@ -65,7 +68,8 @@ pub(crate) async fn run(args: JobsArgs) -> anyhow::Result<()> {
     let Some(url) = args.store.clone() else {
         anyhow::bail!(
             "sluice jobs reads the job store your application's Jobs share: give it with \
-             --store (or SLUICE_JOB_STORE): postgres://…, sqlite:PATH or redis://…"
+             --store (or SLUICE_JOB_STORE): embedded:PATH, sluice://HOST:PORT, postgres://…, \
+             sqlite:PATH or redis://…"
         );
     };
     let records = JobRecords::new(open(&url, &args.redis_prefix).await?);
@@ -164,9 +168,16 @@ pub(crate) async fn run(args: JobsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Opens the job store at `url` (`postgres://…`, `sqlite:PATH`, `redis://…`), migrated.
+/// Opens the job store at `url` (`embedded:PATH`, `sluice://…`, `postgres://…`, `sqlite:PATH`,
+/// `redis://…`), migrated.
 pub(crate) async fn open(url: &str, redis_prefix: &str) -> anyhow::Result<Arc<dyn JobStore>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if url.starts_with("embedded:") || url.starts_with("sluice://") {
+        let backend = sluice::connect(url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        sluice::Backend::job_store(&backend)
+            .with_context(|| format!("{url} has no job store of its own"))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let pool = sluice::sql::sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))
@@ -190,7 +201,10 @@ pub(crate) async fn open(url: &str, redis_prefix: &str) -> anyhow::Result<Arc<dy
             .with_prefix(redis_prefix);
         Ok(Arc::new(store))
     } else {
-        anyhow::bail!("--store must be postgres://…, sqlite:PATH or redis://…, not `{url}`")
+        anyhow::bail!(
+            "--store must be embedded:PATH, sluice://HOST:PORT, postgres://…, sqlite:PATH or \
+             redis://…, not `{url}`"
+        )
     }
 }
 

@@ -1,7 +1,9 @@
 //! `/api/v1/jobs` and `/api/v1/schedules`: the background jobs and recurring schedules of the
-//! job store the applications' `Jobs` share ([`ServerConfig::job_store`](crate::ServerConfig::job_store)),
-//! read and cancelled with `sluice-runtime`'s [`JobRecords`], the same rules the applications
-//! follow. Without a job store every route answers 404, saying how to give one.
+//! job store the applications' `Jobs` share, read and cancelled with `sluice-runtime`'s
+//! [`JobRecords`], the same rules the applications follow. That store is the one given with
+//! [`ServerConfig::job_store`](crate::ServerConfig::job_store) (`--job-store`: applications
+//! that keep theirs in PostgreSQL, SQLite or Redis), else the engine's own, which `Jobs` over
+//! `sluice://` uses by default, in the namespace `?namespace=` names (none: the default).
 
 use std::sync::Arc;
 
@@ -9,25 +11,26 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sluice_core::Error;
+use sluice_core::{Backend, Error};
 use sluice_runtime::jobs::{JobRecords, JobState, JobStatus, ScheduleRecord};
 
-use super::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, View};
 use crate::Shared;
 
 /// The most jobs or schedules one answer lists.
 const MAX_LIMIT: usize = 1000;
 
-fn records(shared: &Shared) -> Result<JobRecords, ApiError> {
-    match &shared.config.job_store {
-        Some(store) => Ok(JobRecords::new(Arc::clone(&store.0))),
-        None => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "this server has no job store: start it with `sluice serve --job-store URL`, the \
-             store your applications' Jobs share (postgres://…, sqlite:PATH or redis://…)"
-                .into(),
-        )),
+fn records(shared: &Shared, view: &View) -> Result<JobRecords, ApiError> {
+    if let Some(store) = &shared.config.job_store {
+        return Ok(JobRecords::new(Arc::clone(&store.0)));
     }
+    let store = view.backend(shared)?.job_store().ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "this server has no job store: start it with `sluice serve --job-store URL`".into(),
+        )
+    })?;
+    Ok(JobRecords::new(store))
 }
 
 /// A job store failure, with the status `From<Error>` gives it and what was being done.
@@ -48,8 +51,9 @@ pub(crate) struct ListQuery {
 pub(crate) async fn list(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<ListQuery>,
+    Query(view): Query<View>,
 ) -> ApiResult<Vec<JobStatus>> {
-    let records = records(&shared)?;
+    let records = records(&shared, &view)?;
     let limit = query.limit.unwrap_or(100).min(MAX_LIMIT);
     let job = query.job.as_deref().filter(|j| !j.is_empty());
     let jobs = match query.state.as_deref().filter(|s| !s.is_empty()) {
@@ -72,8 +76,9 @@ pub(crate) async fn list(
 pub(crate) async fn status(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
+    Query(view): Query<View>,
 ) -> ApiResult<JobStatus> {
-    let records = records(&shared)?;
+    let records = records(&shared, &view)?;
     match records
         .status(&id)
         .await
@@ -102,8 +107,9 @@ pub(crate) struct CancelAnswer {
 pub(crate) async fn cancel(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
+    Query(view): Query<View>,
 ) -> ApiResult<CancelAnswer> {
-    let records = records(&shared)?;
+    let records = records(&shared, &view)?;
     let outcome = records
         .cancel(&id)
         .await
@@ -135,8 +141,9 @@ pub(crate) struct SchedulesQuery {
 pub(crate) async fn schedules(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<SchedulesQuery>,
+    Query(view): Query<View>,
 ) -> ApiResult<Vec<ScheduleRecord>> {
-    let records = records(&shared)?;
+    let records = records(&shared, &view)?;
     let limit = query.limit.unwrap_or(100).min(MAX_LIMIT);
     Ok(Json(
         records
