@@ -58,6 +58,14 @@ fn create_kv(dir: &DataDir, options: &EngineOptions, now: u64) -> Result<Kv> {
     if !report.is_clean() {
         tracing::warn!(%report, "recovered the keyed store's journal");
     }
+    // Every directory entry on the way to its segments must be durable before a write in them
+    // is confirmed, even one left by a creation that failed half-way (whose syncs never ran)
+    // in an earlier process: sync the three directories whenever the store is opened.
+    for parent in [dir.path().to_path_buf(), dir.kv_dir(), dir.kv_journal_dir()] {
+        dir.storage()
+            .sync_dir(&parent)
+            .map_err(|e| Error::io(format!("fsync directory {}", parent.display()), e))?;
+    }
     let checkpoint_path = dir.kv_checkpoint_path();
     let mut rewrite = None;
     let (mut state, from) = match dir.read(&checkpoint_path)? {
@@ -173,7 +181,11 @@ impl Engine {
             let created = {
                 let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
                 match dir.as_ref() {
-                    Some(dir) => create_kv(dir, &self.inner.options, now),
+                    // What an earlier attempt that failed half-way left holds nothing
+                    // confirmed (the engine opened without a store): start afresh.
+                    Some(dir) => dir
+                        .remove_dir(&dir.kv_dir())
+                        .and_then(|()| create_kv(dir, &self.inner.options, now)),
                     None => Err(Error::Closed),
                 }
             };

@@ -15,7 +15,8 @@
 //! Operations: publishes (batches, ordering keys, delays, repeated ids), receive, ack, retry,
 //! release, dead-letter, redrive, purge, extend, checkpoints (also automatic, every few
 //! journal records), segment rolls (small segments), delete and re-create of a
-//! subscription, crashes at random points (unsynced writes lost or torn per file), failed
+//! subscription, swaps and removes in the keyed store (each key holds its last confirmed
+//! state, or what an unconfirmed write since left, after every crash), crashes at random points (unsynced writes lost or torn per file), failed
 //! writes and syncs. `SLUICE_SIM_SEEDS=N` runs N seeds (2 000 by default);
 //! `SLUICE_SIM_SEED=S` replays one; a failure prints the command that replays it.
 
@@ -77,6 +78,18 @@ struct Model {
     /// Ids published without a confirmation (they may or may not exist).
     maybe: BTreeSet<String>,
     subs: BTreeMap<&'static str, SubModel>,
+    /// The keyed store, by key.
+    kv: BTreeMap<String, KvModel>,
+}
+
+/// One key of the keyed store: its last confirmed state, and what writes that failed (and
+/// so may or may not have reached the disk) since then would have left.
+#[derive(Debug, Default)]
+struct KvModel {
+    /// `(value, version)`, or `None` when absent.
+    confirmed: Option<(String, u64)>,
+    /// Values of unconfirmed writes (`None`: an unconfirmed remove).
+    maybe: BTreeSet<Option<String>>,
 }
 
 struct Sim {
@@ -150,6 +163,91 @@ impl Sim {
             self.faulty = Arc::new(FaultyStorage::new(SharedMem(self.mem.clone())));
         }
         self.open();
+        self.check_kv();
+    }
+
+    /// A swap over the version read, or a remove, of one of a few keys of the keyed store.
+    fn kv(&mut self) {
+        let engine = self.engine().clone();
+        let key = format!("job/{}", self.rng.below(6));
+        let current = match engine.kv_get(&key) {
+            Ok(entry) => entry.map(|e| e.version),
+            Err(err) => self.fail(format!("kv_get {key}: {err}")),
+        };
+        if let (Some(version), true) = (current, self.rng.chance(25)) {
+            let removed = wait(|done| engine.kv_remove(&key, version, done));
+            self.trace(format_args!("kv remove {key} at {version}: {removed:?}"));
+            let model = self.model.kv.entry(key.clone()).or_default();
+            match removed {
+                Ok(true) => *model = KvModel::default(),
+                Ok(false) => self.fail(format!("remove of {key} at its current version refused")),
+                Err(_) => {
+                    model.maybe.insert(None);
+                }
+            }
+            return;
+        }
+        self.next_id += 1;
+        let value = format!("v{}", self.next_id);
+        let swapped =
+            wait(|done| engine.kv_swap(&key, current, value.as_bytes(), 86_400_000, done));
+        self.trace(format_args!(
+            "kv swap {key} over {current:?} = {value}: {swapped:?}"
+        ));
+        let model = self.model.kv.entry(key.clone()).or_default();
+        match swapped {
+            Ok(Some(version)) => {
+                *model = KvModel {
+                    confirmed: Some((value, version)),
+                    maybe: BTreeSet::new(),
+                };
+            }
+            Ok(None) => self.fail(format!("swap of {key} over its current version refused")),
+            Err(_) => {
+                model.maybe.insert(Some(value));
+            }
+        }
+    }
+
+    /// After a reopen: each key holds its last confirmed state or what an unconfirmed write
+    /// since would have left; what it holds is durable from now on.
+    fn check_kv(&mut self) {
+        let engine = self.engine().clone();
+        let mut found_all = BTreeMap::new();
+        for key in self.model.kv.keys() {
+            match engine.kv_get(key) {
+                Ok(found) => {
+                    found_all.insert(key.clone(), found);
+                }
+                Err(err) => self.fail(format!("kv_get {key} after reopen: {err}")),
+            }
+        }
+        for (key, found) in found_all {
+            let model = &self.model.kv[&key];
+            let value = found
+                .as_ref()
+                .map(|e| String::from_utf8_lossy(&e.value).into_owned());
+            let as_confirmed = match (&model.confirmed, &found) {
+                (Some((v, version)), Some(e)) => {
+                    *v == value.clone().unwrap_or_default() && *version == e.version
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            if !as_confirmed && !model.maybe.contains(&value) {
+                self.fail(format!(
+                    "keyed store: {key} holds {value:?} after a crash; confirmed {:?}, unconfirmed {:?}",
+                    model.confirmed, model.maybe
+                ));
+            }
+            self.model.kv.insert(
+                key,
+                KvModel {
+                    confirmed: found.map(|e| (value.unwrap_or_default(), e.version)),
+                    maybe: BTreeSet::new(),
+                },
+            );
+        }
     }
 
     fn new_id(&mut self) -> String {
@@ -426,8 +524,9 @@ impl Sim {
                 let _ = self.engine().checkpoint(sub);
             }
             87..=88 => self.recreate_b(),
-            89..=92 => self.clock.advance(self.rng.below(4_000)),
-            93..=95 => self.fault(),
+            89..=90 => self.clock.advance(self.rng.below(4_000)),
+            91..=93 => self.kv(),
+            94..=95 => self.fault(),
             _ => self.crash(),
         }
         if self.engine().poisoned().is_some() {
