@@ -46,6 +46,9 @@ enum Command {
     /// Measures backends side by side: end-to-end throughput and latency percentiles, with
     /// the disk's own append + fdatasync limit measured in the same run.
     Bench(bench::BenchArgs),
+    /// Measures how closely a global rate limit holds across worker processes sharing it
+    /// (the aggregate rate against the limit).
+    BenchLimit(bench::limit::LimitArgs),
     /// Serves the embedded engine to other processes (`sluice://HOST:PORT`), with an HTTP
     /// admin API, Prometheus metrics and a dashboard.
     Serve(serve::ServeArgs),
@@ -105,6 +108,7 @@ async fn main() {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchLimit(args) => bench::limit::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Topics(args) => ops::topics::run(args).await,
         Command::Stats(args) => ops::stats::run(args).await,

@@ -134,4 +134,11 @@ pub trait Subscriber: Send + Sync + 'static {
 
     /// Stops receiving.
     fn close(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Where global rate limits keep their buckets, if the backend keeps them itself: the
+    /// embedded engine (in its process), `sluice serve` (for every client). `None` (the
+    /// default) on the brokers: a worker with a global limit is then given a store.
+    fn limiter(&self) -> Option<std::sync::Arc<dyn crate::limit::LimiterStore>> {
+        None
+    }
 }

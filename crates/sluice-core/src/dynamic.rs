@@ -16,6 +16,7 @@ use crate::envelope::DeadLetterReason;
 use crate::error::Result;
 use crate::idempotency::{boxed, BoxFuture};
 use crate::jobs::JobStore;
+use crate::limit::LimiterStore;
 use crate::message::Message;
 use crate::name::{Naming, SubscriptionName, TopicName};
 use crate::ops::{
@@ -170,9 +171,13 @@ trait ErasedSubscriber: Send + Sync {
     fn config(&self) -> &SubscriptionConfig;
     fn receive(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<DynDelivery>>>;
     fn close(&self) -> BoxFuture<'_, Result<()>>;
+    fn limiter(&self) -> Option<Arc<dyn LimiterStore>>;
 }
 
 impl<S: Subscriber> ErasedSubscriber for S {
+    fn limiter(&self) -> Option<Arc<dyn LimiterStore>> {
+        Subscriber::limiter(self)
+    }
     fn subscription(&self) -> &SubscriptionName {
         Subscriber::subscription(self)
     }
@@ -396,6 +401,9 @@ impl Subscriber for DynSubscriber {
     }
     async fn close(&self) -> Result<()> {
         self.0.close().await
+    }
+    fn limiter(&self) -> Option<Arc<dyn LimiterStore>> {
+        self.0.limiter()
     }
 }
 

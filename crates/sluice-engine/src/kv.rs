@@ -1,7 +1,8 @@
 //! The keyed store: a small versioned map of documents with a time to live, where the
 //! runtime keeps job status, cancellations, unique locks and the schedule registry (the
 //! `JobStore` contract of `sluice-core`). Its journal records are types 40 and 41, its
-//! checkpoint type 42 (`docs/engine-format.md`, "Keyed store").
+//! checkpoint a file of frames: a header (type 42) and chunks of entries (type 43), so it
+//! has no size limit (`docs/engine-format.md`, "Keyed store").
 //!
 //! Invariants:
 //! - Versions are one counter for the whole store, never reused, also across restarts and
@@ -11,16 +12,22 @@
 //!   record the checkpoint already includes changes nothing, so a repair may replay every
 //!   readable record.
 //! - [`KvRecord::decode`] and [`decode_checkpoint`] accept exactly what the encoders produce
-//!   and never panic on other input.
+//!   and never panic on other input, nor allocate more than the input's size warrants.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::codec::{CodecError, Decoder, Encoder};
+use crate::segment::{encode_frame, le_u32, FRAME_HEADER_LEN};
 
 const PUT: u8 = 40;
 const REMOVE: u8 = 41;
-/// Record type of a keyed-store checkpoint body.
+/// Record type of a keyed-store checkpoint's header frame.
 pub const KV_CHECKPOINT: u8 = 42;
+/// Record type of a keyed-store checkpoint's chunk of entries.
+pub const KV_CHUNK: u8 = 43;
+/// A checkpoint chunk is closed once its body passes this many bytes (an entry is at most
+/// about 1 MiB, so a chunk stays far below the 16 MiB frame limit).
+pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// Longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -209,15 +216,41 @@ impl KvState {
         Some(record)
     }
 
-    /// Up to `limit` live entries whose key starts with `prefix`, newest first.
-    pub fn scan(&self, prefix: &str, limit: usize, now_ms: u64) -> Vec<(String, KvEntry)> {
-        self.by_version
-            .values()
-            .rev()
-            .filter(|key| key.starts_with(prefix))
-            .filter_map(|key| self.get(key, now_ms).map(|e| (key.clone(), e.clone())))
-            .take(limit)
-            .collect()
+    /// Up to `limit` live entries whose key starts with `prefix`, newest first, stopping
+    /// before the keys and values copied pass `max_bytes` (at least one entry is returned
+    /// when one matches).
+    pub fn scan(
+        &self,
+        prefix: &str,
+        limit: usize,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> Vec<(String, KvEntry)> {
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        for key in self.by_version.values().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            let Some(entry) = self.get(key, now_ms) else {
+                continue;
+            };
+            bytes = bytes.saturating_add(key.len() + entry.value.len());
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push((key.clone(), entry.clone()));
+        }
+        out
+    }
+
+    /// The encoded size of a put of `value` at `key` (to check it against the journal's
+    /// largest record before anything changes).
+    pub fn put_len(key: &str, value: &[u8]) -> usize {
+        1 + 2 + key.len() + 8 + 8 + 4 + value.len()
     }
 
     /// Applies a journal record; whether it changed anything (see the module docs).
@@ -271,74 +304,150 @@ impl KvState {
         expired.len()
     }
 
-    /// The checkpoint body: the live entries at `now_ms` (in key order) and the journal
-    /// position the state includes everything before.
-    pub fn checkpoint(&self, position: u64, now_ms: u64) -> Vec<u8> {
+    /// The checkpoint file: the live entries at `now_ms` (in key order) and the journal
+    /// position the state includes everything before, as frames of at most about
+    /// `chunk_bytes` ([`CHUNK_BYTES`] in use).
+    pub fn checkpoint(&self, position: u64, now_ms: u64, chunk_bytes: usize) -> Vec<u8> {
         let live: BTreeMap<&String, &KvEntry> = self
             .entries
             .iter()
             .filter(|(_, e)| e.expires_ms > now_ms)
             .collect();
-        let size: usize = live.iter().map(|(k, e)| 24 + k.len() + e.value.len()).sum();
-        let mut e = Encoder::with_capacity(32 + size);
-        e.u8(KV_CHECKPOINT)
-            .u64(position)
-            .u64(self.last_version)
-            .u64(live.len() as u64);
-        for (key, entry) in live {
-            e.str(key)
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let mut chunk = Encoder::new();
+        let mut in_chunk = 0u64;
+        let close = |chunk: &mut Encoder, in_chunk: &mut u64, chunks: &mut Vec<Vec<u8>>| {
+            let mut body = Encoder::with_capacity(chunk.len() + 9);
+            body.u8(KV_CHUNK).u64(*in_chunk);
+            let mut body = body.finish();
+            body.extend_from_slice(&std::mem::take(chunk).finish());
+            chunks.push(body);
+            *in_chunk = 0;
+        };
+        for (key, entry) in &live {
+            chunk
+                .str(key)
                 .u64(entry.version)
                 .u64(entry.expires_ms)
                 .bytes(&entry.value);
+            in_chunk += 1;
+            if chunk.len() >= chunk_bytes {
+                close(&mut chunk, &mut in_chunk, &mut chunks);
+            }
         }
-        e.finish()
+        if in_chunk > 0 {
+            close(&mut chunk, &mut in_chunk, &mut chunks);
+        }
+        let mut header = Encoder::with_capacity(33);
+        header
+            .u8(KV_CHECKPOINT)
+            .u64(position)
+            .u64(self.last_version)
+            .u64(live.len() as u64)
+            .u64(chunks.len() as u64);
+        let size: usize = chunks.iter().map(|c| c.len() + 8).sum();
+        let mut out = Vec::with_capacity(size + 48);
+        encode_frame(&header.finish(), &mut out);
+        for chunk in &chunks {
+            encode_frame(chunk, &mut out);
+        }
+        out
     }
 }
 
-/// Decodes a checkpoint body written by [`KvState::checkpoint`]: the state and the journal
-/// position to replay from. Checks keys in order, versions distinct and not past the newest.
-pub fn decode_checkpoint(body: &[u8]) -> Result<(KvState, u64), CodecError> {
-    let mut d = Decoder::new(body);
+/// The frames of a checkpoint file: bodies whose CRC matches, in order; an error naming the
+/// byte of the first that does not.
+fn frames(bytes: &[u8]) -> Result<Vec<&[u8]>, CodecError> {
+    let header = FRAME_HEADER_LEN as usize;
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at < bytes.len() {
+        if bytes.len() - at < header {
+            return Err(CodecError("a checkpoint frame cut short"));
+        }
+        let len = le_u32(&bytes[at..]) as usize;
+        let body = bytes
+            .get(at + header..at + header + len)
+            .ok_or(CodecError("a checkpoint frame longer than the file"))?;
+        if len == 0 || crc32c::crc32c(body) != le_u32(&bytes[at + 4..]) {
+            return Err(CodecError(
+                "a checkpoint frame's CRC does not match: damaged at rest",
+            ));
+        }
+        out.push(body);
+        at += header + len;
+    }
+    Ok(out)
+}
+
+/// Decodes a checkpoint file written by [`KvState::checkpoint`]: the state and the journal
+/// position to replay from. Checks every frame's CRC, the chunk and entry counts, keys in
+/// order, versions distinct and not past the newest.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<(KvState, u64), CodecError> {
+    let frames = frames(bytes)?;
+    let (first, chunks) = frames
+        .split_first()
+        .ok_or(CodecError("an empty checkpoint file"))?;
+    let mut d = Decoder::new(first);
     if d.u8()? != KV_CHECKPOINT {
         return Err(CodecError("not a keyed-store checkpoint (type 42)"));
     }
     let position = d.u64()?;
     let last_version = d.u64()?;
     let count = d.u64()?;
-    // Each entry takes at least 22 bytes: a count beyond that is damage, not an allocation.
-    if count > (d.remaining() / 22) as u64 {
-        return Err(CodecError("entry count larger than the body"));
+    let chunk_count = d.u64()?;
+    d.finish()?;
+    if chunk_count != chunks.len() as u64 {
+        return Err(CodecError(
+            "the checkpoint's chunk count does not match its frames",
+        ));
     }
     let mut state = KvState {
         last_version,
         ..KvState::default()
     };
     let mut previous: Option<String> = None;
-    for _ in 0..count {
-        let key = d.str()?.to_owned();
-        let version = nonzero(d.u64()?)?;
-        let expires_ms = d.u64()?;
-        let value = d.bytes()?.to_vec();
-        if previous.as_ref().is_some_and(|p| *p >= key) {
-            return Err(CodecError("checkpoint keys out of order"));
+    for chunk in chunks {
+        let mut d = Decoder::new(chunk);
+        if d.u8()? != KV_CHUNK {
+            return Err(CodecError("not a keyed-store checkpoint chunk (type 43)"));
         }
-        if version > last_version {
-            return Err(CodecError("an entry newer than the newest version"));
+        let in_chunk = d.u64()?;
+        // Each entry takes at least 22 bytes: a count beyond that is damage, not an allocation.
+        if in_chunk > (d.remaining() / 22) as u64 {
+            return Err(CodecError("entry count larger than the chunk"));
         }
-        if state.by_version.insert(version, key.clone()).is_some() {
-            return Err(CodecError("two entries with one version"));
+        for _ in 0..in_chunk {
+            let key = d.str()?.to_owned();
+            let version = nonzero(d.u64()?)?;
+            let expires_ms = d.u64()?;
+            let value = d.bytes()?.to_vec();
+            if previous.as_ref().is_some_and(|p| *p >= key) {
+                return Err(CodecError("checkpoint keys out of order"));
+            }
+            if version > last_version {
+                return Err(CodecError("an entry newer than the newest version"));
+            }
+            if state.by_version.insert(version, key.clone()).is_some() {
+                return Err(CodecError("two entries with one version"));
+            }
+            previous = Some(key.clone());
+            state.entries.insert(
+                key,
+                KvEntry {
+                    value,
+                    version,
+                    expires_ms,
+                },
+            );
         }
-        previous = Some(key.clone());
-        state.entries.insert(
-            key,
-            KvEntry {
-                value,
-                version,
-                expires_ms,
-            },
-        );
+        d.finish()?;
     }
-    d.finish()?;
+    if state.entries.len() as u64 != count {
+        return Err(CodecError(
+            "the checkpoint's entry count does not match its chunks",
+        ));
+    }
     Ok((state, position))
 }
 
@@ -380,7 +489,7 @@ mod tests {
         s.swap("k", None, b"v", 100, 0).unwrap();
         assert!(s.get("k", 99).is_some());
         assert!(s.get("k", 100).is_none(), "expired at its time");
-        assert!(s.scan("", 10, 100).is_empty());
+        assert!(s.scan("", 10, usize::MAX, 100).is_empty());
         assert!(s.swap("k", None, b"w", 200, 100).is_some(), "absent");
         s.swap("gone", None, b"v", 50, 0).unwrap();
         assert_eq!(s.sweep(150), 1);
@@ -395,9 +504,16 @@ mod tests {
         }
         let v = s.get("job/a", 0).unwrap().version;
         s.swap("job/a", Some(v), b"again", 1_000, 0).unwrap();
-        let keys: Vec<String> = s.scan("job/", 3, 0).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["job/a", "job/c", "job/b"]);
-        assert_eq!(s.scan("job/", 1, 0).len(), 1);
+        let keys = |limit, max_bytes| -> Vec<String> {
+            s.scan("job/", limit, max_bytes, 0)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys(3, usize::MAX), ["job/a", "job/c", "job/b"]);
+        assert_eq!(keys(1, usize::MAX), ["job/a"]);
+        assert_eq!(keys(3, 22), ["job/a", "job/c"], "stops at the byte budget");
+        assert_eq!(keys(3, 0), ["job/a"], "one entry at least");
     }
 
     #[test]
@@ -409,8 +525,11 @@ mod tests {
             s.swap("short", None, b"x", 10, 0).unwrap(),
             s.remove("a", 1, 0).unwrap(),
         ];
-        let body = s.checkpoint(4, 20);
+        let body = s.checkpoint(4, 20, CHUNK_BYTES);
         let (mut restored, position) = decode_checkpoint(&body).unwrap();
+        // One entry a chunk: the same state.
+        let (chunked, _) = decode_checkpoint(&s.checkpoint(4, 20, 1)).unwrap();
+        assert_eq!(chunked, restored);
         assert_eq!(position, 4);
         assert!(
             restored.get("short", 0).is_none(),
@@ -435,14 +554,45 @@ mod tests {
         let mut s = KvState::new();
         s.swap("a", None, b"1", 1_000, 0).unwrap();
         s.swap("b", None, b"2", 1_000, 0).unwrap();
-        let body = s.checkpoint(2, 0);
-        let mut huge = body.clone();
-        huge[17..25].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(decode_checkpoint(&huge).is_err(), "count past the body");
-        let mut old = body.clone();
-        old[9..17].copy_from_slice(&1u64.to_le_bytes());
-        assert!(decode_checkpoint(&old).is_err(), "entry newer than newest");
-        assert!(decode_checkpoint(&body[..body.len() - 1]).is_err());
+        let file = s.checkpoint(2, 0, 1);
+        for at in [3, 20, file.len() - 2] {
+            let mut flipped = file.clone();
+            flipped[at] ^= 0x40;
+            assert!(decode_checkpoint(&flipped).is_err(), "byte {at} flipped");
+        }
+        assert!(
+            decode_checkpoint(&file[..file.len() - 1]).is_err(),
+            "cut short"
+        );
+        // Two chunks of one entry each, 41 bytes framed: without the last.
+        let second_chunk = file.len() - 41;
+        assert!(
+            decode_checkpoint(&file[..second_chunk]).is_err(),
+            "a chunk missing"
+        );
+        // Frames whose CRCs match but whose contents lie.
+        let forged = |header: &[u8], chunks: &[&[u8]]| {
+            let mut out = Vec::new();
+            encode_frame(header, &mut out);
+            for chunk in chunks {
+                encode_frame(chunk, &mut out);
+            }
+            decode_checkpoint(&out)
+        };
+        let mut header = Encoder::new();
+        header.u8(KV_CHECKPOINT).u64(0).u64(1).u64(5).u64(0);
+        assert!(
+            forged(&header.finish(), &[]).is_err(),
+            "5 entries, none given"
+        );
+        let mut chunk = Encoder::new();
+        chunk.u8(KV_CHUNK).u64(u64::MAX);
+        let mut header = Encoder::new();
+        header.u8(KV_CHECKPOINT).u64(0).u64(1).u64(1).u64(1);
+        assert!(
+            forged(&header.finish(), &[&chunk.finish()]).is_err(),
+            "a count past the chunk"
+        );
     }
 
     #[test]
@@ -469,9 +619,11 @@ mod tests {
         fn decoding_arbitrary_bytes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..96)) {
             let _ = KvRecord::decode(&body);
             let _ = decode_checkpoint(&body);
+            let mut framed = Vec::new();
             let mut tagged = body.clone();
             tagged.insert(0, KV_CHECKPOINT);
-            let _ = decode_checkpoint(&tagged);
+            encode_frame(&tagged, &mut framed);
+            let _ = decode_checkpoint(&framed);
         }
     }
 }

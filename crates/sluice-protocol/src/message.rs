@@ -234,6 +234,21 @@ pub enum Request {
         /// Most entries.
         limit: u64,
     },
+    /// `LimiterStore::take` on the server's limiter (in the connection's namespace): gives back
+    /// `give_back` unused tokens of the global rate limit `name`, then takes up to `want`.
+    /// Answered with [`Response::Granted`].
+    LimitTake {
+        /// The limit's name.
+        name: String,
+        /// Its rate, tokens per second (finite, above zero).
+        per_second: f64,
+        /// Its burst (at least 1).
+        burst: u32,
+        /// Unused tokens returned.
+        give_back: u32,
+        /// Most tokens to take.
+        want: u32,
+    },
 }
 
 /// A delivery verb.
@@ -309,6 +324,13 @@ pub enum Response {
     Removed(bool),
     /// Answer to `JobScan`: the entries, the most recently written first.
     JobEntries(Vec<WireJobEntry>),
+    /// Answer to `LimitTake`.
+    Granted {
+        /// Tokens granted (`0..=want`).
+        granted: u32,
+        /// When none was: how long until one is, in milliseconds.
+        retry_after_ms: u64,
+    },
 }
 
 /// A job store document and its version.

@@ -1,20 +1,29 @@
 //! Rate limit: a token bucket the worker draws from *before pulling*, so a limited
 //! subscription leaves its backlog in the broker (load levelling) instead of holding it in
-//! memory. Tokens refill continuously at `rate` per second up to `burst`. Time is tokio's
-//! clock.
+//! memory. Tokens refill continuously at `rate` per second up to `burst`.
+//!
+//! A limit is this worker's own ([`RateLimit::per_second`], tokio's clock), or shared by every
+//! worker that names it, in any process ([`RateLimit::global`]): its bucket then lives in a
+//! [`LimiterStore`] — the backend's own where it has one (the embedded engine; `sluice serve`,
+//! which hands out tokens to its clients), else the one given with
+//! `WorkerBuilder::limiter` (Redis, for RabbitMQ, SQS and Kafka).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sluice_core::limit::{LimiterStore, Rate};
 use tokio::time::Instant;
 
 /// A rate limit of `per_second` messages, allowing bursts of `burst`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimit {
     /// Sustained messages per second.
     pub per_second: f64,
     /// Largest burst (bucket size), at least 1.
     pub burst: u32,
+    /// The name every worker sharing this limit gives it; `None`: this worker's own.
+    pub global: Option<String>,
 }
 
 impl RateLimit {
@@ -31,6 +40,22 @@ impl RateLimit {
         Self {
             per_second,
             burst: (per_second.ceil() as u32).max(1),
+            global: None,
+        }
+    }
+
+    /// `per_second` messages per second across every worker that names this limit `name`, in
+    /// any process: `RateLimit::global("stripe", 100.0)` on five replicas is 100/s in all,
+    /// not 500/s. Its bucket lives in the backend's limiter (the embedded engine, `sluice
+    /// serve`) or the one given with `WorkerBuilder::limiter`; the burst is one second's
+    /// worth unless set.
+    ///
+    /// # Panics
+    /// As [`per_second`](Self::per_second).
+    pub fn global(name: impl Into<String>, per_second: f64) -> Self {
+        Self {
+            global: Some(name.into()),
+            ..Self::per_second(per_second)
         }
     }
     /// The same limit with another burst.
@@ -53,6 +78,102 @@ struct Bucket {
     updated: Instant,
 }
 
+/// What enforces a [`RateLimit`] in a worker: its own bucket, or a share of a global one.
+pub(crate) enum Limiter {
+    /// This worker's own bucket.
+    Local(TokenBucket),
+    /// A bucket in a store every worker naming it shares.
+    Shared(SharedBucket),
+}
+
+impl Limiter {
+    /// The limiter of `limit`; a global one takes its bucket from `store`.
+    ///
+    /// # Panics
+    /// A global limit without a store: it would silently become a per-process one, the very
+    /// thing it exists to prevent.
+    pub(crate) fn new(limit: RateLimit, store: Option<Arc<dyn LimiterStore>>) -> Self {
+        let Some(name) = limit.global.clone() else {
+            return Limiter::Local(TokenBucket::new(limit));
+        };
+        let store = store.unwrap_or_else(|| {
+            panic!(
+                "RateLimit::global(\"{name}\") needs a limiter every worker sharing it reaches: this \
+                 backend has none of its own (the embedded engine and sluice:// have); give one \
+                 with WorkerBuilder::limiter (sluice-redis's RedisStore)"
+            )
+        });
+        Limiter::Shared(SharedBucket {
+            store,
+            name,
+            rate: Rate {
+                per_second: limit.per_second,
+                burst: limit.burst.max(1),
+            },
+            unused: AtomicU32::new(0),
+        })
+    }
+
+    /// Takes between 1 and `want` tokens, waiting until at least one is available.
+    pub(crate) async fn acquire(&self, want: u32) -> u32 {
+        match self {
+            Limiter::Local(bucket) => bucket.acquire(want).await,
+            Limiter::Shared(shared) => shared.acquire(want).await,
+        }
+    }
+
+    /// Gives back tokens taken but not used (fewer deliveries than asked for).
+    pub(crate) fn give_back(&self, unused: u32) {
+        match self {
+            Limiter::Local(bucket) => bucket.give_back(unused),
+            // Returned with the next take: one round trip, not two.
+            Limiter::Shared(shared) => {
+                shared.unused.fetch_add(unused, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The longest a worker waits before asking a shared limiter again.
+const MAX_LIMITER_WAIT: Duration = Duration::from_secs(1);
+
+/// A worker's side of a global limit.
+pub(crate) struct SharedBucket {
+    store: Arc<dyn LimiterStore>,
+    name: String,
+    rate: Rate,
+    /// Tokens taken and not used, returned with the next take.
+    unused: AtomicU32,
+}
+
+impl SharedBucket {
+    async fn acquire(&self, want: u32) -> u32 {
+        let want = want.max(1);
+        let mut failures = 0u32;
+        loop {
+            let back = self.unused.swap(0, Ordering::Relaxed);
+            let wait = match self.store.take(&self.name, self.rate, back, want).await {
+                Ok(grant) if grant.granted > 0 => return grant.granted,
+                Ok(grant) => {
+                    failures = 0;
+                    grant
+                        .retry_after
+                        .clamp(Duration::from_millis(1), MAX_LIMITER_WAIT)
+                }
+                Err(err) => {
+                    // Not granted, so not spent: keep the tokens to give back for next time.
+                    self.unused.fetch_add(back, Ordering::Relaxed);
+                    failures += 1;
+                    let pause = Duration::from_millis(50 * 2u64.pow(failures.min(5)));
+                    tracing::warn!(limit = %self.name, %err, ?pause, "the limiter failed; nothing is pulled until it answers");
+                    pause
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// The token bucket enforcing a [`RateLimit`].
 pub(crate) struct TokenBucket {
     limit: RateLimit,
@@ -62,10 +183,11 @@ pub(crate) struct TokenBucket {
 
 impl TokenBucket {
     pub(crate) fn new(limit: RateLimit) -> Self {
+        let burst = limit.burst.max(1);
         Self {
             limit,
             bucket: Mutex::new(Bucket {
-                tokens: f64::from(limit.burst.max(1)),
+                tokens: f64::from(burst),
                 updated: Instant::now(),
             }),
         }

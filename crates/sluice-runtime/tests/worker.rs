@@ -511,3 +511,56 @@ async fn a_message_already_done_past_max_attempts_is_skipped_not_dead_lettered()
         Some(0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_global_rate_limit_is_shared_by_every_worker_naming_it() {
+    let s = setup(|c| c).await;
+    for i in 0..30 {
+        s.publish(Message::builder("x").id(format!("m{i}")).build().unwrap())
+            .await;
+    }
+    let start = tokio::time::Instant::now();
+    let limiter: Arc<dyn sluice_core::LimiterStore> =
+        Arc::new(sluice_core::MemoryLimiter::with_clock(Box::new(
+            move || start.elapsed().as_secs_f64() * 1000.0,
+        )));
+    let mut workers = Vec::new();
+    let mut all_stats = Vec::new();
+    for _ in 0..3 {
+        let worker = Worker::builder(
+            s.backend.subscribe(&s.subscription).await.unwrap(),
+            raw_handler(|_b, _c| async { Ok(()) }),
+        )
+        .rate_limit(RateLimit::global("stripe", 10.0))
+        .limiter(limiter.clone())
+        .build();
+        all_stats.push(worker.stats());
+        workers.push(Running::start(worker));
+    }
+    let start = tokio::time::Instant::now();
+    wait_until("all acked", Duration::from_secs(20), || {
+        all_stats.iter().map(|s| s.snapshot().acked).sum::<u64>() == 30
+    })
+    .await;
+    let took = start.elapsed();
+    for running in workers {
+        running.stop().await;
+    }
+    // Three workers, one limit: a burst of 10, then 20 more at 10/s in all (not 30/s).
+    assert!(
+        took >= Duration::from_millis(1900) && took <= Duration::from_millis(2600),
+        "30 messages at 10/s shared by three workers took {took:?}"
+    );
+}
+
+#[tokio::test]
+#[should_panic(expected = "needs a limiter every worker sharing it reaches")]
+async fn a_global_rate_limit_without_a_limiter_is_refused_at_build() {
+    let s = setup(|c| c).await;
+    let _ = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(|_b, _c| async { Ok(()) }),
+    )
+    .rate_limit(RateLimit::global("stripe", 10.0))
+    .build();
+}

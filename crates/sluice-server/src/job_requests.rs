@@ -47,17 +47,14 @@ pub(crate) async fn answer(
         }
         Request::JobScan { prefix, limit } => {
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            let mut bytes = 0;
+            // The budget is applied while the engine walks its entries, under its lock: a
+            // client asking for everything costs no more than one answer.
             Response::JobEntries(
-                store
-                    .scan(&prefix, limit)
-                    .await
+                backend
+                    .engine_job_store()
+                    .scan_within(&prefix, limit, MAX_SCAN_BYTES)
                     .map_err(w)?
                     .into_iter()
-                    .take_while(|(key, v)| {
-                        bytes += key.len() + v.value.len() + 16;
-                        bytes <= MAX_SCAN_BYTES
-                    })
                     .map(|(key, v)| WireJobEntry {
                         key,
                         value: v.value,

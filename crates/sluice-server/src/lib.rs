@@ -16,6 +16,7 @@
 //! - `session.rs`: a connection's subscribers and leased deliveries, and each request mapped
 //!   onto the embedded backend.
 //! - `job_requests.rs`: the job store requests, on the engine's own job store.
+//! - `limit_requests.rs`: global rate limits' tokens, from the engine's limiter.
 //! - `admin.rs`: the HTTP admin API, `/metrics` and the dashboard page.
 //! - `prefetch.rs`: deliveries pushed to clients and not yet taken (counted as ready).
 //! - [`metrics`]: the server's own counters.
@@ -44,6 +45,7 @@ pub mod config;
 mod connection;
 mod frames;
 mod job_requests;
+mod limit_requests;
 mod limits;
 pub mod metrics;
 mod prefetch;

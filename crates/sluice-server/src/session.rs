@@ -197,6 +197,23 @@ impl Session {
             | Request::JobSwap { .. }
             | Request::JobRemove { .. }
             | Request::JobScan { .. }) => crate::job_requests::answer(&self.backend, request).await,
+            Request::LimitTake {
+                name,
+                per_second,
+                burst,
+                give_back,
+                want,
+            } => {
+                crate::limit_requests::take(
+                    &self.backend,
+                    &name,
+                    per_second,
+                    burst,
+                    give_back,
+                    want,
+                )
+                .await
+            }
             other => self.topology(other).await,
         }
     }

@@ -132,6 +132,7 @@ mod checker;
 mod error;
 mod faults;
 mod job_store;
+mod limiter;
 mod report;
 mod run;
 mod subject;
@@ -141,6 +142,7 @@ pub use checker::{Checker, SEED_VAR};
 pub use error::{CheckError, Finding, FindingKind};
 pub use faults::{Crash, Faults};
 pub use job_store::check_job_store;
+pub use limiter::check_limiter;
 pub use report::{DeliveryRecord, Outcome, Report};
 pub use subject::Subject;
 

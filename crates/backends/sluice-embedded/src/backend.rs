@@ -77,10 +77,18 @@ pub(crate) struct Shared {
     pub(crate) notify: Arc<Notify>,
     /// Shared by every view of one engine: holder ids are unique per engine.
     next_holder: Arc<AtomicU64>,
+    /// Global rate limits' buckets, shared by every view of one engine.
+    limits: Arc<sluice_core::MemoryLimiter>,
     path: PathBuf,
 }
 
 impl Shared {
+    /// The engine's limiter under this view's namespace.
+    pub(crate) fn limiter(&self) -> crate::limits::EngineLimiter {
+        let namespace = self.naming.namespace().map(|ns| ns.as_str());
+        crate::limits::EngineLimiter::new(self.limits.clone(), namespace)
+    }
+
     pub(crate) fn holder(&self) -> u64 {
         self.next_holder.fetch_add(1, Ordering::Relaxed)
     }
@@ -140,6 +148,7 @@ impl EmbeddedBackend {
                 naming: options.naming.with_separator('-'),
                 notify,
                 next_holder: Arc::new(AtomicU64::new(1)),
+                limits: Arc::default(),
                 path,
             }),
         })
@@ -167,9 +176,22 @@ impl EmbeddedBackend {
                 naming: naming.with_separator('-'),
                 notify: shared.notify.clone(),
                 next_holder: shared.next_holder.clone(),
+                limits: shared.limits.clone(),
                 path: shared.path.clone(),
             }),
         }
+    }
+
+    /// The engine's limiter under this view's namespace: where global rate limits of workers
+    /// on this engine keep their buckets (what `sluice serve` hands out tokens from).
+    pub fn limiter(&self) -> Arc<dyn sluice_core::LimiterStore> {
+        Arc::new(self.shared.limiter())
+    }
+
+    /// The engine's job store under this view's namespace ([`Backend::job_store`], typed).
+    pub fn engine_job_store(&self) -> crate::jobs::EngineJobStore {
+        let namespace = self.shared.naming.namespace().map(|ns| ns.as_str());
+        crate::jobs::EngineJobStore::new(self.shared.engine.clone(), namespace)
     }
 
     /// The data directory.
@@ -433,10 +455,6 @@ impl Backend for EmbeddedBackend {
     /// The engine's keyed store, under this view's namespace: job status, cancellations
     /// and schedules are durable in the data directory.
     fn job_store(&self) -> Option<Arc<dyn sluice_core::JobStore>> {
-        let namespace = self.shared.naming.namespace().map(|ns| ns.as_str());
-        Some(Arc::new(crate::jobs::EngineJobStore::new(
-            self.shared.engine.clone(),
-            namespace,
-        )))
+        Some(Arc::new(self.engine_job_store()))
     }
 }

@@ -1,7 +1,8 @@
 //! [`EngineJobStore`]: the job store contract over the engine's keyed store (`DATA/kv`), so
 //! job status, cancellations, unique locks and the schedule registry are durable in the data
-//! directory with nothing else to run. A namespace prefixes its keys (`<namespace>:`), so
-//! namespaces sharing one engine (`sluice serve`) never see each other's jobs.
+//! directory with nothing else to run. Every key is prefixed with its namespace and a colon
+//! (`<namespace>:`, just `:` without one), so namespaces sharing one engine (`sluice serve`)
+//! never see each other's jobs, the default namespace included.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::convert::error;
 #[derive(Clone)]
 pub struct EngineJobStore {
     engine: Engine,
-    /// `<namespace>:`, or empty.
+    /// `<namespace>:`, or `:`.
     prefix: Arc<str>,
 }
 
@@ -31,7 +32,7 @@ impl std::fmt::Debug for EngineJobStore {
 
 impl EngineJobStore {
     pub(crate) fn new(engine: Engine, namespace: Option<&str>) -> Self {
-        let prefix = namespace.map(|ns| format!("{ns}:")).unwrap_or_default();
+        let prefix = format!("{}:", namespace.unwrap_or_default());
         Self {
             engine,
             prefix: prefix.into(),
@@ -91,10 +92,23 @@ impl JobStore for EngineJobStore {
         prefix: &'a str,
         limit: usize,
     ) -> BoxFuture<'a, sluice_core::Result<Vec<(String, Versioned)>>> {
-        boxed(async move {
+        boxed(async move { self.scan_within(prefix, limit, usize::MAX) })
+    }
+}
+
+impl EngineJobStore {
+    /// [`JobStore::scan`], stopping before the keys and values found pass `max_bytes` (one
+    /// entry at least): what `sluice serve` answers a client's scan with.
+    pub fn scan_within(
+        &self,
+        prefix: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> sluice_core::Result<Vec<(String, Versioned)>> {
+        {
             let found = self
                 .engine
-                .kv_scan(&self.key(prefix), limit)
+                .kv_scan(&self.key(prefix), limit, max_bytes)
                 .map_err(error)?;
             found
                 .into_iter()
@@ -111,6 +125,6 @@ impl JobStore for EngineJobStore {
                     ))
                 })
                 .collect()
-        })
+        }
     }
 }

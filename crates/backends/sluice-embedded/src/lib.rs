@@ -22,6 +22,7 @@
 //! | `subscriber.rs` | [`EmbeddedSubscriber`]: receive, waiting on the engine's wake-ups |
 //! | `delivery.rs` | [`EmbeddedDelivery`]: the verbs |
 //! | `jobs.rs` | [`EngineJobStore`]: job status, cancellations and schedules in the engine's keyed store |
+//! | `limits.rs` | [`EngineLimiter`]: global rate limits' buckets in the engine's process |
 //! | `bridge.rs` | the engine's completion callbacks as futures |
 //! | `convert.rs` | messages, configurations, times and errors between contract and engine |
 
@@ -30,12 +31,14 @@ mod bridge;
 mod convert;
 mod delivery;
 mod jobs;
+mod limits;
 mod publisher;
 mod subscriber;
 
 pub use backend::{capabilities, EmbeddedBackend, EmbeddedOptions, MAX_MESSAGE_SIZE};
 pub use delivery::EmbeddedDelivery;
 pub use jobs::EngineJobStore;
+pub use limits::EngineLimiter;
 pub use publisher::EmbeddedPublisher;
 pub use sluice_engine::commit::SyncMode;
 pub use subscriber::EmbeddedSubscriber;

@@ -119,4 +119,9 @@ impl Subscriber for EmbeddedSubscriber {
         self.shared.notify.notify_waiters();
         Ok(())
     }
+
+    /// The engine's limiter: global rate limits are shared by every worker on this engine.
+    fn limiter(&self) -> Option<Arc<dyn sluice_core::LimiterStore>> {
+        Some(Arc::new(self.shared.limiter()))
+    }
 }

@@ -211,3 +211,27 @@ async fn confirmed_job_store_writes_survive_sigkill() {
         "the children confirmed {total} writes: too few to test anything"
     );
 }
+
+#[tokio::test]
+async fn the_engine_limiter_keeps_the_limiter_contract_and_namespaces_have_their_own_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EmbeddedBackend::open(dir.path()).await.unwrap();
+    sluice_testing::check_limiter(backend.limiter()).await;
+    let team = backend.with_naming(Naming::new(Some(Namespace::new("team-a").unwrap())));
+    sluice_testing::check_limiter(team.limiter()).await;
+    let rate = sluice_core::Rate {
+        per_second: 0.001,
+        burst: 2,
+    };
+    let take = |store: Arc<dyn sluice_core::LimiterStore>| async move {
+        store.take("stripe", rate, 0, 5).await.unwrap().granted
+    };
+    assert_eq!(take(backend.limiter()).await, 2);
+    assert_eq!(take(team.limiter()).await, 2, "another namespace's limit");
+    assert_eq!(
+        take(backend.limiter()).await,
+        0,
+        "every view shares one bucket"
+    );
+    backend.close().await.unwrap();
+}

@@ -13,10 +13,12 @@
 //! - [`backend`]: [`RemoteBackend`], topology and operations as one request each.
 //! - `publisher.rs`, `subscriber.rs`, `delivery.rs`: the contract's three roles.
 //! - `jobs.rs`: [`RemoteJobStore`], the server's job store (`Backend::job_store`).
+//! - `limits.rs`: [`RemoteLimiter`], the server's limiter (`Subscriber::limiter`).
 
 pub mod backend;
 mod delivery;
 mod jobs;
+mod limits;
 mod link;
 mod publisher;
 mod subscriber;
@@ -24,5 +26,6 @@ mod subscriber;
 pub use backend::{capabilities, RemoteBackend, RemoteOptions};
 pub use delivery::RemoteDelivery;
 pub use jobs::RemoteJobStore;
+pub use limits::RemoteLimiter;
 pub use publisher::RemotePublisher;
 pub use subscriber::RemoteSubscriber;

@@ -239,6 +239,13 @@ impl Subscriber for RemoteSubscriber {
         futures::future::join_all(releases).await;
         Ok(())
     }
+
+    /// The server's limiter: global rate limits are shared by every client of the server.
+    fn limiter(&self) -> Option<Arc<dyn sluice_core::LimiterStore>> {
+        Some(Arc::new(crate::limits::RemoteLimiter::new(
+            self.link.clone(),
+        )))
+    }
 }
 
 /// Whether an error that ended a delivery stream means "open a new one" — the server closed

@@ -7,6 +7,7 @@ mod chart;
 mod disk;
 mod kafka_baseline;
 mod lapin_baseline;
+pub(crate) mod limit;
 mod nats_baseline;
 mod preset;
 mod recovery;

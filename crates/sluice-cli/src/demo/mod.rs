@@ -350,16 +350,26 @@ fn spawn_worker(
         }};
     }
     match name {
-        "email" => start!(
-            subscriber,
-            json_handler(move |o: OrderPlaced, _c: Context| services::send_email(
-                effects.clone(),
-                o
-            )),
-            |b| b
-                .concurrency(8)
-                .rate_limit(RateLimit::per_second(f64::from(args.email_rate)).burst(10))
-        ),
+        "email" => {
+            // A limit every email worker shares, in any process: the backend's limiter
+            // (embedded, sluice://), else this process's (the demo's workers share it).
+            let limiter = sluice::Subscriber::limiter(&subscriber).unwrap_or_else(|| {
+                Arc::new(sluice::MemoryLimiter::new()) as Arc<dyn sluice::LimiterStore>
+            });
+            start!(
+                subscriber,
+                json_handler(move |o: OrderPlaced, _c: Context| services::send_email(
+                    effects.clone(),
+                    o
+                )),
+                |b| b
+                    .concurrency(8)
+                    .rate_limit(
+                        RateLimit::global("demo-email", f64::from(args.email_rate)).burst(10)
+                    )
+                    .limiter(limiter)
+            )
+        }
         "billing" => start!(
             chaos::LostAcks {
                 inner: subscriber,

@@ -2,13 +2,13 @@
 //! against the journal, every record after the checkpoint decoding. Repair rebuilds the
 //! state from the checkpoint (if sound) and every readable record — replay is idempotent
 //! (`crate::kv`), so replaying records the checkpoint includes is harmless — and starts its
-//! versions past the clock's milliseconds, above any version given before the damage.
+//! versions past the clock's microseconds, above any version given before the damage.
 
 use super::repair::Repairer;
 use super::{check_log, check_position, journal_records, CheckReport, Severity};
 use crate::dir::{write_atomic, DataDir};
 use crate::error::{Error, Result};
-use crate::kv::{decode_checkpoint, KvRecord, KvState};
+use crate::kv::{decode_checkpoint, KvRecord, KvState, CHUNK_BYTES};
 use crate::segment::SegmentKind;
 
 /// Checks the keyed store of `dir`, if it was ever written.
@@ -22,9 +22,8 @@ pub(super) fn check(dir: &DataDir, report: &mut CheckReport) -> Result<()> {
     let checkpoint_path = dir.kv_checkpoint_path();
     let mut from = journal.first;
     if let Some(bytes) = dir.read(&checkpoint_path)? {
-        let restored = crate::engine::checkpoint_body(&checkpoint_path, &bytes).and_then(|body| {
-            decode_checkpoint(body).map_err(|e| Error::corrupt(&checkpoint_path, 0, e.to_string()))
-        });
+        let restored = decode_checkpoint(&bytes)
+            .map_err(|e| Error::corrupt(&checkpoint_path, 0, e.to_string()));
         match restored {
             Ok((_, position)) => {
                 from = position;
@@ -63,9 +62,7 @@ impl Repairer<'_> {
         let mut state = KvState::new();
         let mut from_checkpoint = false;
         if let Some(bytes) = dir.read(&checkpoint_path)? {
-            let restored = crate::engine::checkpoint_body(&checkpoint_path, &bytes)
-                .ok()
-                .and_then(|body| decode_checkpoint(body).ok());
+            let restored = decode_checkpoint(&bytes).ok();
             match restored {
                 Some((restored, _)) => {
                     state = restored;
@@ -83,11 +80,11 @@ impl Repairer<'_> {
                 replayed += 1;
             }
         }
-        state.skip_versions_to(self.now);
+        state.skip_versions_to(self.now.saturating_mul(1000));
         write_atomic(
             self.storage,
             &checkpoint_path,
-            &crate::engine::checkpoint_frame(&state.checkpoint(0, self.now)),
+            &state.checkpoint(0, self.now, CHUNK_BYTES),
         )?;
         self.clear_dir(&journal_dir)?;
         self.report.actions.push(format!(

@@ -10,6 +10,12 @@
 //!   committer's completions never take it.
 //! - `DATA/kv` exists only once something was written: an engine that never stores a key
 //!   leaves no trace of the store.
+//! - Versions never come back, even when writes that were applied in memory (and seen by a
+//!   load) are lost in a crash before they were durable: every open starts versions past
+//!   the clock's microseconds, beyond any version given before (one write per microsecond
+//!   would be needed to catch up with the clock).
+//! - A write the journal cannot hold (larger than its largest record) is refused before
+//!   anything changes.
 //! - A checkpoint is written only after every record it includes is committed, then the
 //!   journal before it is deleted; a checkpoint past the journal's end (an OS crash kept the
 //!   checkpoint and lost the journal's tail) is written again at the end before anything is
@@ -18,11 +24,11 @@
 use crate::commit::{Batch, LogHandle};
 use crate::dir::DataDir;
 use crate::error::{Error, Result};
-use crate::kv::{check_entry, decode_checkpoint, KvEntry, KvRecord, KvState};
+use crate::kv::{check_entry, decode_checkpoint, KvEntry, KvRecord, KvState, CHUNK_BYTES};
 use crate::log::SegmentedLog;
 use crate::segment::SegmentKind;
 
-use super::{checkpoint, Completion, Engine, EngineOptions};
+use super::{Completion, Engine, EngineOptions};
 
 /// The open keyed store.
 pub(crate) struct Kv {
@@ -70,8 +76,7 @@ fn create_kv(dir: &DataDir, options: &EngineOptions, now: u64) -> Result<Kv> {
     let mut rewrite = None;
     let (mut state, from) = match dir.read(&checkpoint_path)? {
         Some(bytes) => {
-            let body = checkpoint::unframe(&checkpoint_path, &bytes)?;
-            let (state, at) = decode_checkpoint(body).map_err(|err| {
+            let (state, at) = decode_checkpoint(&bytes).map_err(|err| {
                 Error::corrupt(
                     &checkpoint_path,
                     0,
@@ -103,11 +108,12 @@ fn create_kv(dir: &DataDir, options: &EngineOptions, now: u64) -> Result<Kv> {
             replayed += 1;
         }
     }
+    state.skip_versions_to(now.saturating_mul(1000));
     let journal_next = journal.end();
     if let Some(at) = rewrite {
         dir.write_atomic(
             &checkpoint_path,
-            &checkpoint::frame(&state.checkpoint(journal_next, now)),
+            &state.checkpoint(journal_next, now, CHUNK_BYTES),
         )?;
         tracing::warn!(
             "the keyed store's checkpoint continues at journal record {at} but the journal ends \
@@ -147,14 +153,19 @@ impl Engine {
     }
 
     /// Up to `limit` live entries whose key starts with `prefix`, the most recently written
-    /// first.
-    pub fn kv_scan(&self, prefix: &str, limit: usize) -> Result<Vec<(String, KvEntry)>> {
+    /// first, stopping before their keys and values pass `max_bytes` (one entry at least).
+    pub fn kv_scan(
+        &self,
+        prefix: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(String, KvEntry)>> {
         self.check_open()?;
         let now = self.now_ms();
         Ok(self
             .kv_lock()
             .as_ref()
-            .map(|kv| kv.state.scan(prefix, limit, now))
+            .map(|kv| kv.state.scan(prefix, limit, max_bytes, now))
             .unwrap_or_default())
     }
 
@@ -198,6 +209,15 @@ impl Engine {
             }
         }
         let kv = guard.as_mut().expect("created above");
+        let max = kv.journal.lock().max_body_len();
+        if KvState::put_len(key, value) > max {
+            drop(guard);
+            return done(Err(invalid(format!(
+                "a key and value of {} bytes: this engine's journal holds records of at most {max} \
+                 bytes (its segment size)",
+                KvState::put_len(key, value)
+            ))));
+        }
         let expires = now.saturating_add(ttl_ms);
         match kv.state.swap(key, expected, value, expires, now) {
             None => {
@@ -278,7 +298,7 @@ impl Engine {
             kv.state.sweep(now);
             kv.since_checkpoint = 0;
             (
-                kv.state.checkpoint(kv.journal_next, now),
+                kv.state.checkpoint(kv.journal_next, now, CHUNK_BYTES),
                 kv.journal_next,
                 kv.journal.clone(),
             )
@@ -288,7 +308,7 @@ impl Engine {
             {
                 let dir = self.inner.dir.lock().unwrap_or_else(|e| e.into_inner());
                 let dir = dir.as_ref().ok_or(Error::Closed)?;
-                dir.write_atomic(&dir.kv_checkpoint_path(), &checkpoint::frame(&body))?;
+                dir.write_atomic(&dir.kv_checkpoint_path(), &body)?;
             }
             journal.lock().remove_segments_before(position)?;
             Ok(())

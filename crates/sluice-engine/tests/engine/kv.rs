@@ -36,7 +36,7 @@ fn remove(engine: &Engine, key: &str, expected: u64) -> sluice_engine::Result<bo
 /// Every live entry, by key: value and version.
 fn contents(engine: &Engine) -> BTreeMap<String, (String, u64)> {
     engine
-        .kv_scan("", usize::MAX)
+        .kv_scan("", usize::MAX, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|(k, e)| (k, (String::from_utf8(e.value).unwrap(), e.version)))
@@ -71,7 +71,7 @@ fn churn(engine: &Engine, model: &mut BTreeMap<String, (String, u64)>, seed: u64
 fn an_engine_that_never_stores_a_key_has_no_keyed_store_on_disk() {
     let (storage, _clock, engine) = mem_engine();
     assert!(engine.kv_get("job/a").unwrap().is_none());
-    assert!(engine.kv_scan("", 10).unwrap().is_empty());
+    assert!(engine.kv_scan("", 10, usize::MAX).unwrap().is_empty());
     assert!(!remove(&engine, "job/a", 1).unwrap());
     engine.close().unwrap();
     assert!(!storage.exists(Path::new("/data/kv")).unwrap());
@@ -320,4 +320,51 @@ fn a_damaged_journal_record_with_records_after_it_is_refused_and_repair_keeps_th
     assert!(check_with(storage.clone(), Path::new(DATA), false)
         .unwrap()
         .is_clean());
+}
+
+#[test]
+fn a_write_the_journal_cannot_hold_is_refused_before_anything_changes() {
+    let (storage, clock, engine) = mem_engine();
+    let first = swap(&engine, "job/a", None, "small").unwrap().unwrap();
+    let big = "x".repeat(SEGMENT as usize);
+    let err = swap(&engine, "job/a", Some(first), &big).unwrap_err();
+    assert!(
+        err.to_string().contains("journal holds records of at most"),
+        "{err}"
+    );
+    assert_eq!(
+        contents(&engine).get("job/a"),
+        Some(&("small".to_owned(), first)),
+        "the refused write left nothing behind"
+    );
+    let second = swap(&engine, "job/a", Some(first), "next")
+        .unwrap()
+        .unwrap();
+    engine.kv_checkpoint().unwrap();
+    let third = swap(&engine, "job/b", None, "after").unwrap().unwrap();
+    storage.crash();
+    drop(engine);
+    let engine = Engine::open(DATA, options(storage.clone(), &clock)).unwrap();
+    let now = contents(&engine);
+    assert_eq!(now.get("job/a"), Some(&("next".to_owned(), second)));
+    assert_eq!(now.get("job/b"), Some(&("after".to_owned(), third)));
+}
+
+#[test]
+fn after_a_restart_versions_start_past_the_clock_s_microseconds() {
+    let (storage, clock, engine) = mem_engine();
+    let before = swap(&engine, "job/a", None, "1").unwrap().unwrap();
+    assert!(
+        before > T0 * 1000,
+        "a new store starts past the clock too: {before}"
+    );
+    // A write applied in memory, seen by a load, then lost with the power: its version must
+    // never be given again.
+    storage.crash();
+    drop(engine);
+    clock.advance(1);
+    let engine = Engine::open(DATA, options(storage.clone(), &clock)).unwrap();
+    let after = swap(&engine, "job/b", None, "2").unwrap().unwrap();
+    assert!(after > (T0 + 1) * 1000, "{after}");
+    assert!(after > before);
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use sluice_core::idempotency::BoxFuture;
+use sluice_core::limit::LimiterStore;
 use sluice_core::{Delivery, Message, Subscriber};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -28,7 +29,7 @@ use crate::handler::Handler;
 use crate::idempotency::Idempotency;
 use crate::lease::LeaseExtension;
 use crate::observe::{Observer, OutcomeKind, StatsSnapshot, WorkerStats};
-use crate::rate_limit::{RateLimit, TokenBucket};
+use crate::rate_limit::{Limiter, RateLimit};
 
 /// Default number of handlers running at once.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -85,6 +86,7 @@ pub struct WorkerBuilder<S, H> {
     handler: H,
     concurrency: usize,
     rate_limit: Option<RateLimit>,
+    limiter: Option<Arc<dyn LimiterStore>>,
     backoff: Backoff,
     idempotency: Option<Idempotency>,
     observer: Option<Arc<dyn Observer>>,
@@ -107,9 +109,17 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
         self.concurrency = concurrency.max(1);
         self
     }
-    /// Limits how many deliveries per second are pulled (none by default).
+    /// Limits how many deliveries per second are pulled (none by default): this worker's own
+    /// limit, or one shared by every worker naming it ([`RateLimit::global`]).
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+    /// Where global rate limits keep their buckets, when the backend has no limiter of its
+    /// own (RabbitMQ, SQS, Kafka): a store every worker sharing the limits reaches
+    /// (`sluice-redis`'s `RedisStore`). The embedded engine and `sluice://` need none.
+    pub fn limiter(mut self, store: Arc<dyn LimiterStore>) -> Self {
+        self.limiter = Some(store);
         self
     }
     /// The backoff between attempts (1 s doubling to 5 min, full jitter, by default).
@@ -163,6 +173,10 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_entropy(),
         };
+        let rate_limit = self.rate_limit.map(|limit| {
+            let store = self.limiter.clone().or_else(|| self.subscriber.limiter());
+            Limiter::new(limit, store)
+        });
         Worker {
             pipeline: Arc::new(Pipeline {
                 handler: self.handler,
@@ -179,7 +193,7 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
             }),
             subscriber: self.subscriber,
             concurrency: self.concurrency,
-            rate_limit: self.rate_limit.map(TokenBucket::new),
+            rate_limit,
             shutdown_grace: self.shutdown_grace,
             poll_wait: self.poll_wait,
         }
@@ -191,7 +205,7 @@ pub struct Worker<S, H> {
     subscriber: S,
     pipeline: Arc<Pipeline<H>>,
     concurrency: usize,
-    rate_limit: Option<TokenBucket>,
+    rate_limit: Option<Limiter>,
     shutdown_grace: Duration,
     poll_wait: Duration,
 }
@@ -204,6 +218,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             handler,
             concurrency: DEFAULT_CONCURRENCY,
             rate_limit: None,
+            limiter: None,
             backoff: Backoff::default(),
             idempotency: None,
             observer: None,

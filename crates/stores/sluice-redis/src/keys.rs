@@ -7,6 +7,7 @@
 //! | `<prefix>:job:<job store key>` | a hash: `val` (JSON), `ver` | with the entry's TTL |
 //! | `<prefix>:jobs-version` | the job store's version counter | never |
 //! | `<prefix>:jobs-recent` | sorted set of job store keys by version, for `scan` | never (members of expired entries are dropped as scans meet them) |
+//! | `<prefix>:limit:<name>` | a hash: `tokens`, `at` (a global rate limit's bucket) | once a full bucket would have refilled, plus 1 s |
 //!
 //! Invariant: the segment between two `:` never holds a `:` itself, so the keys of one topic
 //! never match another topic's pattern. Subscription names (`[a-z0-9_-]`) and the topic names
@@ -30,6 +31,11 @@ pub(crate) fn idempotency(prefix: &str, key: &IdempotencyKey) -> String {
         segment(key.subscription.as_str()),
         key.id
     )
+}
+
+/// Key of a global rate limit's bucket.
+pub(crate) fn limit(prefix: &str, name: &str) -> String {
+    format!("{prefix}:limit:{}", segment(name))
 }
 
 /// Key of a dedup claim.

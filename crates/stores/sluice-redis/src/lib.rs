@@ -64,12 +64,14 @@
 //! | `idempotency.rs` | the idempotency store: claims, renewals, done markers (Lua scripts) |
 //! | `dedup.rs` | the dedup store: pending and confirmed claims (Lua scripts), forgetting a topic with `SCAN` |
 //! | `jobs.rs` | the job store (`Jobs::job_store`): versioned entries, compare-and-swap in Lua |
+//! | `limits.rs` | global rate limits (`RateLimit::global`): a token bucket per limit, taken from in Lua on Redis's clock |
 //! | `keys.rs` | the key layout: every key and `SCAN` pattern is built there |
 
 mod dedup;
 mod idempotency;
 mod jobs;
 mod keys;
+mod limits;
 mod store;
 
 pub use store::{

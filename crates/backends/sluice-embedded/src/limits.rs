@@ -1,0 +1,40 @@
+//! The embedded engine's limiter: global rate limits' buckets in the engine's process, shared
+//! by every worker on the engine (and, through `sluice serve`, by every client of it). A
+//! namespace prefixes its limits' names (`<namespace>:`).
+
+use std::sync::Arc;
+
+use sluice_core::idempotency::BoxFuture;
+use sluice_core::limit::{Grant, LimiterStore, MemoryLimiter, Rate};
+
+/// The engine's buckets under one namespace.
+#[derive(Debug, Clone)]
+pub struct EngineLimiter {
+    buckets: Arc<MemoryLimiter>,
+    /// `<namespace>:`, or empty.
+    prefix: Arc<str>,
+}
+
+impl EngineLimiter {
+    pub(crate) fn new(buckets: Arc<MemoryLimiter>, namespace: Option<&str>) -> Self {
+        let prefix = namespace.map(|ns| format!("{ns}:")).unwrap_or_default();
+        Self {
+            buckets,
+            prefix: prefix.into(),
+        }
+    }
+}
+
+impl LimiterStore for EngineLimiter {
+    fn take<'a>(
+        &'a self,
+        name: &'a str,
+        rate: Rate,
+        give_back: u32,
+        want: u32,
+    ) -> BoxFuture<'a, sluice_core::Result<Grant>> {
+        let name = format!("{}{name}", self.prefix);
+        let buckets = self.buckets.clone();
+        Box::pin(async move { buckets.take(&name, rate, give_back, want).await })
+    }
+}

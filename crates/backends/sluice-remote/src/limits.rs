@@ -1,0 +1,62 @@
+//! [`RemoteLimiter`]: global rate limits' tokens from `sluice serve`'s limiter (`LimitTake`),
+//! so workers in every process connected to one server share one bucket per limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::idempotency::{boxed, BoxFuture};
+use sluice_core::limit::{Grant, LimiterStore, Rate};
+use sluice_core::Result;
+use sluice_protocol::{Request, Response};
+
+use crate::link::{unexpected, Link};
+
+/// The server's limiter (see the module docs).
+#[derive(Clone)]
+pub struct RemoteLimiter {
+    link: Arc<Link>,
+}
+
+impl std::fmt::Debug for RemoteLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteLimiter")
+            .field("addr", &self.link.addr())
+            .finish()
+    }
+}
+
+impl RemoteLimiter {
+    pub(crate) fn new(link: Arc<Link>) -> Self {
+        Self { link }
+    }
+}
+
+impl LimiterStore for RemoteLimiter {
+    fn take<'a>(
+        &'a self,
+        name: &'a str,
+        rate: Rate,
+        give_back: u32,
+        want: u32,
+    ) -> BoxFuture<'a, Result<Grant>> {
+        boxed(async move {
+            let request = Request::LimitTake {
+                name: name.to_owned(),
+                per_second: rate.per_second,
+                burst: rate.burst,
+                give_back,
+                want,
+            };
+            match self.link.call(request).await? {
+                Response::Granted {
+                    granted,
+                    retry_after_ms,
+                } => Ok(Grant {
+                    granted,
+                    retry_after: Duration::from_millis(retry_after_ms),
+                }),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+}

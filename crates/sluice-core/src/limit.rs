@@ -1,0 +1,204 @@
+//! The limiter contract: rate limits shared by every worker that names them, in any process.
+//!
+//! A limit is a token bucket known by name: tokens refill at `per_second` up to `burst`, and
+//! a worker takes tokens *before it pulls*, so the backlog stays in the broker. A
+//! [`LimiterStore`] keeps the buckets where every worker sharing a limit reaches them: the
+//! embedded engine in its process ([`MemoryLimiter`]), `sluice serve` for its clients (the
+//! server hands out tokens), Redis (`sluice-redis`, one atomic script per take) for workers
+//! on RabbitMQ, SQS or Kafka.
+//!
+//! The rules live here once: refill, the cap at `burst`, tokens given back never past it,
+//! and the wait before the next token ([`Bucket`]); a store keeps a bucket per name.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::idempotency::{boxed, BoxFuture};
+
+/// A limit: `per_second` sustained, bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Tokens per second (finite, above zero).
+    pub per_second: f64,
+    /// Bucket size (at least 1).
+    pub burst: u32,
+}
+
+/// What a take got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Tokens granted, `0..=want`.
+    pub granted: u32,
+    /// When nothing was granted: how long until a token is there.
+    pub retry_after: Duration,
+}
+
+/// Where the buckets of shared limits live.
+pub trait LimiterStore: Send + Sync + 'static {
+    /// Returns `give_back` unused tokens of the limit `name` (never past its burst), then
+    /// takes up to `want` (`0`: only give back). A limit seen for the first time starts full.
+    fn take<'a>(
+        &'a self,
+        name: &'a str,
+        rate: Rate,
+        give_back: u32,
+        want: u32,
+    ) -> BoxFuture<'a, Result<Grant>>;
+}
+
+/// One token bucket: the arithmetic every store applies (the Redis script mirrors it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    /// Tokens now (fractional).
+    pub tokens: f64,
+    /// When `tokens` was computed, in ms of the store's clock.
+    pub at_ms: f64,
+}
+
+impl Bucket {
+    /// A full bucket at `now_ms`.
+    pub fn full(rate: Rate, now_ms: f64) -> Self {
+        Self {
+            tokens: f64::from(rate.burst.max(1)),
+            at_ms: now_ms,
+        }
+    }
+
+    /// Refills to `now_ms`, returns `give_back`, takes up to `want`.
+    pub fn take(&mut self, rate: Rate, now_ms: f64, give_back: u32, want: u32) -> Grant {
+        let burst = f64::from(rate.burst.max(1));
+        let elapsed = (now_ms - self.at_ms).max(0.0);
+        self.tokens =
+            (self.tokens + elapsed * rate.per_second / 1000.0 + f64::from(give_back)).min(burst);
+        self.at_ms = now_ms.max(self.at_ms);
+        let granted = (self.tokens.floor().max(0.0) as u32).min(want);
+        self.tokens -= f64::from(granted);
+        let retry_after = if granted == 0 && want > 0 {
+            let missing = (1.0 - self.tokens).max(0.0);
+            Duration::from_secs_f64(missing / rate.per_second.max(1e-9))
+        } else {
+            Duration::ZERO
+        };
+        Grant {
+            granted,
+            retry_after,
+        }
+    }
+}
+
+/// A clock in milliseconds from an arbitrary start.
+pub type MillisClock = Box<dyn Fn() -> f64 + Send + Sync>;
+
+/// Buckets in this process's memory: shared by the workers of one process (the embedded
+/// engine's limiter; the one `sluice serve` hands out tokens from).
+pub struct MemoryLimiter {
+    clock: MillisClock,
+    // std Mutex: never held across an .await.
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl std::fmt::Debug for MemoryLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryLimiter").finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryLimiter {
+    /// No limit taken yet, on the system's monotonic clock.
+    pub fn new() -> Self {
+        let start = Instant::now();
+        Self::with_clock(Box::new(move || start.elapsed().as_secs_f64() * 1000.0))
+    }
+
+    /// No limit taken yet, on `clock` (tests: tokio's paused clock).
+    pub fn with_clock(clock: MillisClock) -> Self {
+        Self {
+            clock,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// [`LimiterStore::take`] without the future, at `now_ms` of this limiter's clock.
+    pub fn take_at(&self, name: &str, rate: Rate, give_back: u32, want: u32, now_ms: f64) -> Grant {
+        let mut buckets = self.buckets.lock().expect("limiter");
+        // Past 4096 limits, forget the ones full again (they start full anyway).
+        if buckets.len() > 4096 {
+            buckets.retain(|_, b| b.tokens < f64::from(rate.burst) || now_ms - b.at_ms < 60_000.0);
+        }
+        buckets
+            .entry(name.to_owned())
+            .or_insert_with(|| Bucket::full(rate, now_ms))
+            .take(rate, now_ms, give_back, want)
+    }
+}
+
+impl LimiterStore for MemoryLimiter {
+    fn take<'a>(
+        &'a self,
+        name: &'a str,
+        rate: Rate,
+        give_back: u32,
+        want: u32,
+    ) -> BoxFuture<'a, Result<Grant>> {
+        let now_ms = (self.clock)();
+        let grant = self.take_at(name, rate, give_back, want, now_ms);
+        boxed(async move { Ok(grant) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEN: Rate = Rate {
+        per_second: 10.0,
+        burst: 10,
+    };
+
+    #[test]
+    fn a_new_limit_grants_its_burst_then_its_rate() {
+        let limiter = MemoryLimiter::new();
+        assert_eq!(limiter.take_at("a", TEN, 0, 100, 0.0).granted, 10);
+        let empty = limiter.take_at("a", TEN, 0, 5, 0.0);
+        assert_eq!(empty.granted, 0);
+        assert_eq!(empty.retry_after, Duration::from_millis(100));
+        assert_eq!(
+            limiter.take_at("a", TEN, 0, 5, 250.0).granted,
+            2,
+            "2.5 tokens"
+        );
+        assert_eq!(
+            limiter.take_at("b", TEN, 0, 3, 250.0).granted,
+            3,
+            "another name, another bucket"
+        );
+    }
+
+    #[test]
+    fn tokens_given_back_never_pass_the_burst() {
+        let limiter = MemoryLimiter::new();
+        assert_eq!(limiter.take_at("a", TEN, 0, 4, 0.0).granted, 4);
+        assert_eq!(limiter.take_at("a", TEN, 50, 0, 0.0).granted, 0);
+        assert_eq!(limiter.take_at("a", TEN, 0, 100, 0.0).granted, 10);
+    }
+
+    #[test]
+    fn over_a_long_run_the_grants_follow_the_rate() {
+        let limiter = MemoryLimiter::new();
+        let mut granted = 0;
+        let mut now = 0.0;
+        while now <= 60_000.0 {
+            granted += limiter.take_at("a", TEN, 0, 7, now).granted;
+            now += 13.0;
+        }
+        assert!((600..=611).contains(&granted), "{granted} in 60 s at 10/s");
+    }
+}

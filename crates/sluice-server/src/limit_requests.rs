@@ -1,0 +1,52 @@
+//! `LimitTake`: global rate limits' tokens handed out from the engine's limiter, in the
+//! connection's namespace, so workers in every process connected to this server share one
+//! bucket per limit.
+
+use sluice_core::limit::Rate;
+use sluice_embedded::EmbeddedBackend;
+use sluice_protocol::convert;
+use sluice_protocol::message::WireError;
+use sluice_protocol::Response;
+
+/// The most tokens one take may ask for or give back (a worker asks for its free permits).
+pub(crate) const MAX_TOKENS: u32 = 1_000_000;
+
+/// Answers a `LimitTake`.
+pub(crate) async fn take(
+    backend: &EmbeddedBackend,
+    name: &str,
+    per_second: f64,
+    burst: u32,
+    give_back: u32,
+    want: u32,
+) -> Result<Response, WireError> {
+    if name.is_empty() || name.len() > 256 {
+        return Err(WireError::Invalid {
+            message: format!("a limit's name is 1 to 256 bytes, not {}", name.len()),
+        });
+    }
+    if !per_second.is_finite() || per_second <= 0.0 {
+        return Err(WireError::Invalid {
+            message: format!("a limit's rate must be a finite number above zero, not {per_second}"),
+        });
+    }
+    if burst == 0 || want > MAX_TOKENS || give_back > MAX_TOKENS {
+        return Err(WireError::Invalid {
+            message: format!(
+                "burst must be at least 1 and want and give_back at most {MAX_TOKENS} (got {burst}, {want}, {give_back})"
+            ),
+        });
+    }
+    let rate = Rate { per_second, burst };
+    let grant = backend
+        .limiter()
+        .take(name, rate, give_back, want)
+        .await
+        .map_err(|e| convert::error_to_wire(&e))?;
+    Ok(Response::Granted {
+        granted: grant.granted,
+        retry_after_ms: u64::try_from(grant.retry_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(u64::from(grant.granted == 0 && want > 0)),
+    })
+}

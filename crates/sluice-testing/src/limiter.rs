@@ -1,0 +1,53 @@
+//! [`check_limiter`]: the behaviour every [`LimiterStore`] must have, for a store's own tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::limit::{LimiterStore, Rate};
+
+/// Checks `store` against the [`LimiterStore`] contract and panics on the first difference:
+/// a new limit starts full and grants at most its burst, an empty one names the wait for the
+/// next token, tokens given back never pass the burst, and of 32 concurrent takes on a fresh
+/// limit exactly its burst is granted (no token taken twice). Uses fresh random names, so
+/// it can run against a shared store. The rates are so slow that no token refills meanwhile.
+pub async fn check_limiter(store: Arc<dyn LimiterStore>) {
+    let slow = Rate {
+        per_second: 0.001,
+        burst: 10,
+    };
+    let name = format!("check-{}", uuid::Uuid::now_v7());
+    let take = |give_back: u32, want: u32| {
+        let store = store.clone();
+        let name = name.clone();
+        async move { store.take(&name, slow, give_back, want).await.unwrap() }
+    };
+    assert_eq!(take(0, 4).await.granted, 4, "a new limit starts full");
+    assert_eq!(take(0, 10).await.granted, 6, "at most the burst in all");
+    let empty = take(0, 1).await;
+    assert_eq!(empty.granted, 0, "an empty limit grants nothing");
+    assert!(
+        empty.retry_after > Duration::from_secs(500),
+        "the next token of 0.001/s is far off: {:?}",
+        empty.retry_after
+    );
+    assert_eq!(take(3, 0).await.granted, 0, "want 0 only gives back");
+    assert_eq!(take(0, 10).await.granted, 3, "what was given back");
+    assert_eq!(take(50, 0).await.granted, 0);
+    assert_eq!(take(0, 100).await.granted, 10, "never past the burst");
+
+    let fresh = format!("check-{}", uuid::Uuid::now_v7());
+    let five = Rate {
+        per_second: 0.001,
+        burst: 5,
+    };
+    let takes = (0..32).map(|_| {
+        let store = store.clone();
+        let fresh = fresh.clone();
+        tokio::spawn(async move { store.take(&fresh, five, 0, 1).await.unwrap().granted })
+    });
+    let mut granted = 0;
+    for take in takes {
+        granted += take.await.unwrap();
+    }
+    assert_eq!(granted, 5, "32 concurrent takes share the burst of 5");
+}
