@@ -43,6 +43,10 @@ pub(crate) struct LimitArgs {
     /// Handlers per worker.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Give each process its own limit of `--rate` instead of one shared limit (what a
+    /// global limit replaces: N processes, N times the rate).
+    #[arg(long)]
+    local: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -69,12 +73,18 @@ pub(crate) async fn run(args: LimitArgs) -> anyhow::Result<()> {
         .ensure_topic(&topic, &TopicConfig::default())
         .await?;
     backend
-        .ensure_subscription(
-            &subscription,
-            &SubscriptionConfig::new(topic.clone()).start(StartPosition::Earliest),
-        )
+        // Created before anything is published: the default start (latest) holds all of it,
+        // on every backend.
+        .ensure_subscription(&subscription, &SubscriptionConfig::new(topic.clone()))
         .await?;
-    let total = ((args.warmup + args.duration).as_secs_f64() * args.rate * 1.3) as u64 + 1000;
+    // More than the run can drain: with `--local` each process drains at the full rate.
+    let drainers = if args.local {
+        f64::from(args.processes)
+    } else {
+        1.0
+    };
+    let total =
+        ((args.warmup + args.duration).as_secs_f64() * args.rate * drainers * 1.3) as u64 + 1000;
     eprintln!("filling the backlog with {total} messages…");
     let publisher = backend.publisher().await?;
     let mut sent = 0;
@@ -100,6 +110,9 @@ pub(crate) async fn run(args: LimitArgs) -> anyhow::Result<()> {
             .stderr(Stdio::inherit());
         if let Some(limiter) = &args.limiter {
             command.args(["--limiter", limiter]);
+        }
+        if args.local {
+            command.arg("--local");
         }
         let mut child = command.spawn().context("starting a worker process")?;
         let stdout = child.stdout.take().expect("piped");
@@ -135,6 +148,7 @@ pub(crate) async fn run(args: LimitArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "url": args.url, "limiter": args.limiter, "processes": args.processes,
+                "local": args.local,
                 "limit_per_second": args.rate, "measured_seconds": took,
                 "aggregate_per_second": aggregate, "ratio": ratio,
                 "per_process_per_second": shares,
@@ -142,9 +156,13 @@ pub(crate) async fn run(args: LimitArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{} process(es) sharing RateLimit::global(_, {}) on {}{}: {aggregate:.1}/s over {took:.1} s = {:.1} % of the limit (per process: {})",
+            "{} process(es) {} on {}{}: {aggregate:.1}/s over {took:.1} s = {:.1} % of the limit (per process: {})",
             args.processes,
-            args.rate,
+            if args.local {
+                format!("each with RateLimit::per_second({})", args.rate)
+            } else {
+                format!("sharing RateLimit::global(_, {})", args.rate)
+            },
             args.url,
             args.limiter
                 .as_deref()
@@ -184,7 +202,11 @@ async fn worker(args: LimitArgs) -> anyhow::Result<()> {
         }),
     )
     .concurrency(args.concurrency)
-    .rate_limit(sluice::runtime::RateLimit::global("bench-limit", args.rate));
+    .rate_limit(if args.local {
+        sluice::runtime::RateLimit::per_second(args.rate)
+    } else {
+        sluice::runtime::RateLimit::global("bench-limit", args.rate)
+    });
     if let Some(limiter) = limiter {
         builder = builder.limiter(limiter);
     }
