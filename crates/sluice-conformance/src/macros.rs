@@ -54,6 +54,8 @@ macro_rules! __with_scenarios {
             jobs_cancelled_before_due_never_run,
             jobs_replaced_run_once_with_the_new_body,
             jobs_unique_modes_hold_and_release,
+            // flow control
+            global_rate_limit_is_one_bucket_across_connections,
         }
     };
 }

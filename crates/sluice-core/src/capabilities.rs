@@ -74,6 +74,9 @@ pub struct Capabilities {
     pub max_batch: usize,
     /// Smallest granularity of leases and delays (SQS counts whole seconds).
     pub time_granularity: Duration,
+    /// Global rate limits (`RateLimit::global`): `Native` where the backend keeps the buckets
+    /// itself (`Subscriber::limiter`), `Emulated` where the worker is given a store (Redis).
+    pub global_rate_limits: Support,
 }
 
 impl Capabilities {
@@ -97,6 +100,7 @@ impl Capabilities {
             max_message_size: 1024 * 1024,
             max_batch: 1000,
             time_granularity: Duration::from_millis(1),
+            global_rate_limits: Support::Native,
         }
     }
 }

@@ -46,6 +46,7 @@
 //! | [`shutdown`] | [`shutdown_on_signals`] for binaries |
 
 pub mod backoff;
+pub mod breaker;
 pub mod events;
 pub mod handler;
 pub mod idempotency;
@@ -63,6 +64,7 @@ pub mod trace;
 mod worker;
 
 pub use backoff::{Backoff, Jitter};
+pub use breaker::{CircuitBreaker, CircuitState};
 pub use events::{event_message, Event, Routed, Router, UnknownType};
 pub use handler::{
     decode_json, json_handler, json_message, raw_handler, Context, DecodeError, ErrorKind, Handler,

@@ -39,6 +39,8 @@ pub const LEASE_EXTENSIONS: &str = "sluice_lease_extensions_total";
 pub const HANDLER_DURATION: &str = "sluice_handler_duration_seconds";
 /// Deliveries being handled now.
 pub const IN_FLIGHT: &str = "sluice_in_flight";
+/// A worker's circuit breaker: 0 closed, 1 half-open, 2 open.
+pub const CIRCUIT_STATE: &str = "sluice_circuit_state";
 
 /// The labels of a consumer-side series.
 #[derive(Debug, Clone)]
@@ -94,6 +96,10 @@ pub(crate) fn handler_ran(labels: &Labels, outcome: &'static str, took: Duration
     let mut pairs = labels.pairs().to_vec();
     pairs.push(("outcome", outcome.to_owned()));
     histogram!(HANDLER_DURATION, &pairs).record(took.as_secs_f64());
+}
+
+pub(crate) fn circuit(subscription: &str, state: f64) {
+    gauge!(CIRCUIT_STATE, "subscription" => subscription.to_owned()).set(state);
 }
 
 pub(crate) fn lease_extended(labels: &Labels) {

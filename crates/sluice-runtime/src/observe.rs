@@ -22,7 +22,8 @@ pub enum OutcomeKind {
         /// Why.
         reason: String,
     },
-    /// Released at shutdown, unhandled.
+    /// Given back for another delivery without spending an attempt: unhandled at shutdown,
+    /// or failed while the circuit breaker was open.
     Released,
     /// A duplicate already handled: acked without running the handler.
     DuplicateSkipped,

@@ -564,3 +564,91 @@ async fn a_global_rate_limit_without_a_limiter_is_refused_at_build() {
     .rate_limit(RateLimit::global("stripe", 10.0))
     .build();
 }
+
+/// A downstream down for 20 s: the handler fails for every message meanwhile.
+struct Downstream {
+    down: std::sync::atomic::AtomicBool,
+    calls_while_down: AtomicU32,
+}
+
+async fn outage(
+    breaker: Option<sluice_runtime::CircuitBreaker>,
+) -> (u32, sluice_runtime::observe::StatsSnapshot, u64) {
+    let s = setup(|c| c.max_attempts(3)).await;
+    for i in 0..50 {
+        s.publish(Message::builder("x").id(format!("m{i}")).build().unwrap())
+            .await;
+    }
+    let downstream = Arc::new(Downstream {
+        down: std::sync::atomic::AtomicBool::new(true),
+        calls_while_down: AtomicU32::new(0),
+    });
+    let d = downstream.clone();
+    let mut builder = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(move |_b, _c| {
+            let d = d.clone();
+            async move {
+                if d.down.load(Ordering::SeqCst) {
+                    d.calls_while_down.fetch_add(1, Ordering::SeqCst);
+                    return Err(HandlerError::transient(std::io::Error::other("503")));
+                }
+                Ok(())
+            }
+        }),
+    )
+    .concurrency(1)
+    .backoff(fast_backoff());
+    if let Some(breaker) = breaker {
+        builder = builder.circuit_breaker(breaker);
+    }
+    let worker = builder.build();
+    let stats = worker.stats();
+    let running = Running::start(worker);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    downstream.down.store(false, Ordering::SeqCst);
+    let recovered = tokio::time::Instant::now();
+    wait_until("every message settled", Duration::from_secs(60), || {
+        let snap = stats.snapshot();
+        snap.acked + snap.dead_lettered == 50
+    })
+    .await;
+    let took = recovered.elapsed();
+    let snapshot = running.stop().await;
+    (
+        downstream.calls_while_down.load(Ordering::SeqCst),
+        snapshot,
+        took.as_millis() as u64,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_circuit_spends_only_its_probes_and_nothing_reaches_the_dlq() {
+    let breaker = sluice_runtime::CircuitBreaker::new()
+        .min_calls(5)
+        .window(Duration::from_secs(10))
+        .cool_down(Duration::from_secs(5))
+        .probes(1);
+    let (calls, stats, recovery_ms) = outage(Some(breaker)).await;
+    // 5 failures open it, then one probe per 5 s cool-down over the 20 s outage.
+    assert!(
+        calls <= 5 + 4 + 1,
+        "{calls} handler calls while the downstream was down: the failures that opened the circuit and the probes only"
+    );
+    assert_eq!(stats.dead_lettered, 0, "nothing reaches the DLQ: {stats:?}");
+    assert_eq!(stats.acked, 50);
+    assert!(
+        recovery_ms <= 5_000 + 2_000,
+        "everything handled {recovery_ms} ms after the downstream came back: within one cool-down"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_circuit_breaker_an_outage_burns_the_attempts_into_the_dlq() {
+    let (calls, stats, _) = outage(None).await;
+    assert!(
+        calls >= 150,
+        "{calls}: every message's three attempts spent"
+    );
+    assert_eq!(stats.dead_lettered, 50, "{stats:?}");
+}

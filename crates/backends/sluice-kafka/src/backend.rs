@@ -41,6 +41,8 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub fn capabilities() -> Capabilities {
     let mut caps = Capabilities::full("kafka");
     caps.delay = Support::Emulated;
+    // Its workers take global rate limits from a store they are given (Redis).
+    caps.global_rate_limits = Support::Emulated;
     caps.max_delay = Some(MAX_DELAY);
     caps.ordering = OrderingLevel::UntilRetry;
     caps.dedup_window = Support::Emulated;

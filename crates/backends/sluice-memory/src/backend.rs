@@ -90,6 +90,8 @@ pub fn capabilities() -> Capabilities {
     let mut capabilities = Capabilities::full("memory");
     capabilities.survives_restart = false;
     capabilities.reconnects = false;
+    // Global rate limits: workers are given a limiter (a `MemoryLimiter` in one process).
+    capabilities.global_rate_limits = sluice_core::Support::Emulated;
     capabilities.max_message_size = MAX_MESSAGE_SIZE;
     capabilities.max_batch = MAX_BATCH;
     capabilities

@@ -44,6 +44,8 @@ pub const DELIVERY_LIMIT_MARGIN: u32 = 10;
 pub fn capabilities() -> Capabilities {
     let mut caps = Capabilities::full("rabbitmq");
     caps.delay = Support::Emulated;
+    // Its workers take global rate limits from a store they are given (Redis).
+    caps.global_rate_limits = Support::Emulated;
     caps.max_delay = Some(MAX_DELAY);
     caps.ordering = OrderingLevel::None;
     caps.dedup_window = Support::Emulated;

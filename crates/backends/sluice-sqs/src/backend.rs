@@ -67,6 +67,8 @@ const HOLD_BACK_HOPS: u32 = (MAX_DELAY.as_secs() / MAX_VISIBILITY.as_secs()) as 
 pub fn capabilities() -> Capabilities {
     let mut caps = Capabilities::full("sqs");
     caps.delay = Support::Emulated;
+    // Its workers take global rate limits from a store they are given (Redis).
+    caps.global_rate_limits = Support::Emulated;
     caps.max_delay = Some(MAX_DELAY);
     caps.ordering = OrderingLevel::Strict;
     caps.dedup_window = Support::Native;

@@ -22,6 +22,7 @@ mod backlog;
 mod basic;
 mod connection;
 mod dlq;
+mod flow;
 mod jobs;
 mod lease;
 mod ordering;
@@ -33,6 +34,7 @@ pub use backlog::*;
 pub use basic::*;
 pub use connection::*;
 pub use dlq::*;
+pub use flow::*;
 pub use jobs::*;
 pub use lease::*;
 pub use ordering::*;
@@ -78,6 +80,11 @@ pub fn skip_reason(scenario: &str, caps: &Capabilities) -> Option<String> {
         "broker_restart_keeps_topology_and_messages" if !caps.survives_restart => {
             "the backend does not survive a restart (capabilities.survives_restart = false)"
         }
+        "global_rate_limit_is_one_bucket_across_connections"
+            if caps.global_rate_limits != sluice_core::Support::Native =>
+        {
+            "the backend keeps no limiter: workers are given one (Redis), tested with it"
+        }
         _ => return None,
     };
     Some(reason.to_owned())
@@ -98,12 +105,13 @@ mod tests {
         none.replay = false;
         none.reconnects = false;
         none.survives_restart = false;
+        none.global_rate_limits = sluice_core::Support::Emulated;
         let gated = SCENARIOS
             .iter()
             .filter(|s| skip_reason(s, &none).is_some())
             .count();
-        // 8 gates; the delay gate also covers the three job scenarios that wait for a time.
-        assert_eq!(gated, 11, "each gated name is a listed scenario");
+        // 9 gates; the delay gate also covers the three job scenarios that wait for a time.
+        assert_eq!(gated, 12, "each gated name is a listed scenario");
         let full = Capabilities::full("full");
         assert!(SCENARIOS.iter().all(|s| skip_reason(s, &full).is_none()));
     }

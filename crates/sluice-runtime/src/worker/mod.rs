@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::breaker::{Breaker, CircuitBreaker};
 use crate::handler::Handler;
 use crate::idempotency::Idempotency;
 use crate::lease::LeaseExtension;
@@ -77,6 +78,7 @@ pub(crate) struct Pipeline<H> {
     pub(crate) timeout: Option<Duration>,
     pub(crate) lease_extension: LeaseExtension,
     pub(crate) lifecycle: Option<Arc<dyn Lifecycle>>,
+    pub(crate) breaker: Option<Arc<Breaker>>,
 }
 
 /// Builds a [`Worker`]. Start with [`Worker::builder`].
@@ -87,6 +89,7 @@ pub struct WorkerBuilder<S, H> {
     concurrency: usize,
     rate_limit: Option<RateLimit>,
     limiter: Option<Arc<dyn LimiterStore>>,
+    breaker: Option<CircuitBreaker>,
     backoff: Backoff,
     idempotency: Option<Idempotency>,
     observer: Option<Arc<dyn Observer>>,
@@ -113,6 +116,12 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
     /// limit, or one shared by every worker naming it ([`RateLimit::global`]).
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+    /// Stops pulling while the handler keeps failing (a downstream is down) instead of
+    /// spending every message's attempts: see [`CircuitBreaker`]. Off by default.
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
         self
     }
     /// Where global rate limits keep their buckets, when the backend has no limiter of its
@@ -190,6 +199,12 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
                 timeout: self.timeout,
                 lease_extension: self.lease_extension,
                 lifecycle: self.lifecycle,
+                breaker: self.breaker.map(|config| {
+                    Arc::new(Breaker::new(
+                        config,
+                        self.subscriber.subscription().to_string(),
+                    ))
+                }),
             }),
             subscriber: self.subscriber,
             concurrency: self.concurrency,
@@ -219,6 +234,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             concurrency: DEFAULT_CONCURRENCY,
             rate_limit: None,
             limiter: None,
+            breaker: None,
             backoff: Backoff::default(),
             idempotency: None,
             observer: None,
@@ -257,6 +273,13 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             while let Ok(permit) = semaphore.clone().try_acquire_owned() {
                 permits.push(permit);
             }
+            if let Some(breaker) = &self.pipeline.breaker {
+                let admitted = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    admitted = breaker.admit(permits.len() as u32) => admitted,
+                };
+                permits.truncate(admitted as usize);
+            }
             if let Some(bucket) = &self.rate_limit {
                 let granted = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -284,6 +307,9 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                     if let Some(bucket) = &self.rate_limit {
                         bucket.give_back(want as u32);
                     }
+                    if let Some(breaker) = &self.pipeline.breaker {
+                        breaker.unused(want as u32);
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(pause) => continue,
@@ -293,6 +319,9 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             failures = 0;
             if let Some(bucket) = &self.rate_limit {
                 bucket.give_back(want.saturating_sub(deliveries.len()) as u32);
+            }
+            if let Some(breaker) = &self.pipeline.breaker {
+                breaker.unused(want.saturating_sub(deliveries.len()) as u32);
             }
             for delivery in deliveries {
                 if stopping {

@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use super::settle::{settle, settle_with, Verb};
 use super::{Admit, Pipeline};
-use crate::handler::{Context, Handler, HandlerError, HandlerResult};
+use crate::handler::{Context, ErrorKind, Handler, HandlerError, HandlerResult};
 use crate::idempotency::Gate;
 use crate::lease::{keep_alive, LeaseExtension, Renewal};
 use crate::metrics::{self, Labels};
@@ -251,6 +251,20 @@ async fn run<D: Delivery, H: Handler>(
         }
     };
     metrics::handler_ran(labels, handler_outcome(&result), started.elapsed());
+    // The breaker counts transient failures (the downstream's); one while the circuit is not
+    // closed is given back without spending an attempt: the outage is not the message's.
+    if let Some(breaker) = &pipeline.breaker {
+        let transient =
+            matches!(&result, Err(e) if matches!(e.kind(), ErrorKind::Transient { .. }));
+        if result.is_ok() || transient {
+            let closed = breaker.record(result.is_ok());
+            if transient && !closed {
+                tracing::debug!(%key, attempt, "handler failed with the circuit open; releasing the delivery");
+                release_claim(pipeline, &key, claim.as_ref()).await;
+                return settle(pipeline, delivery, Verb::Release, OutcomeKind::Released).await;
+            }
+        }
+    }
 
     // 5. retry policy, 6. idempotency bookkeeping
     match decide(result, attempt, max_attempts, || backoff(pipeline, attempt)) {

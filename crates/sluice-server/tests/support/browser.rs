@@ -145,6 +145,14 @@ impl Browser {
 
     /// Evaluates `expression` in the page (awaiting a promise); its value, as JSON.
     pub(crate) async fn eval(&mut self, expression: &str) -> Value {
+        match self.try_eval(expression).await {
+            Ok(value) => value,
+            Err(exception) => panic!("`{expression}` threw: {exception}"),
+        }
+    }
+
+    /// Evaluates `expression`; its value, or the exception it threw.
+    async fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
         let result = self
             .call(
                 "Runtime.evaluate",
@@ -152,19 +160,24 @@ impl Browser {
                 true,
             )
             .await;
-        if let Some(exception) = result.get("exceptionDetails") {
-            panic!("`{expression}` threw: {exception}");
+        match result.get("exceptionDetails") {
+            Some(exception) => Err(exception.clone()),
+            None => Ok(result["result"]["value"].clone()),
         }
-        result["result"]["value"].clone()
     }
 
-    /// Evaluates `expression` until it is truthy (deadline 30 s); its last value.
+    /// Evaluates `expression` until it is truthy (deadline 30 s); its last value. An
+    /// expression that throws is not true yet (the page may still be loading: no
+    /// `document.body` before its first parse).
     pub(crate) async fn until(&mut self, expression: &str, what: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let value = self.eval(expression).await;
+            let value = self.try_eval(expression).await.unwrap_or_else(
+                |exception| json!({ "threw": exception["exception"]["description"].clone() }),
+            );
             let truthy = match &value {
                 Value::Null => false,
+                Value::Object(o) if o.contains_key("threw") => false,
                 Value::Bool(b) => *b,
                 Value::String(s) => !s.is_empty(),
                 Value::Array(a) => !a.is_empty(),
