@@ -91,12 +91,21 @@ impl Bucket {
 /// A clock in milliseconds from an arbitrary start.
 pub type MillisClock = Box<dyn Fn() -> f64 + Send + Sync>;
 
+/// Limits a [`MemoryLimiter`] holds before it forgets the ones full again.
+const SWEEP_ABOVE: usize = 4096;
+
+/// A bucket, and when it will be full again if nobody takes from it (ms).
+struct Held {
+    bucket: Bucket,
+    full_at_ms: f64,
+}
+
 /// Buckets in this process's memory: shared by the workers of one process (the embedded
 /// engine's limiter; the one `sluice serve` hands out tokens from).
 pub struct MemoryLimiter {
     clock: MillisClock,
-    // std Mutex: never held across an .await.
-    buckets: Mutex<HashMap<String, Bucket>>,
+    // std Mutex: never held across an .await. The time of the last sweep beside the map.
+    buckets: Mutex<(HashMap<String, Held>, f64)>,
 }
 
 impl std::fmt::Debug for MemoryLimiter {
@@ -122,21 +131,28 @@ impl MemoryLimiter {
     pub fn with_clock(clock: MillisClock) -> Self {
         Self {
             clock,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new((HashMap::new(), f64::MIN)),
         }
     }
 
     /// [`LimiterStore::take`] without the future, at `now_ms` of this limiter's clock.
     pub fn take_at(&self, name: &str, rate: Rate, give_back: u32, want: u32, now_ms: f64) -> Grant {
-        let mut buckets = self.buckets.lock().expect("limiter");
-        // Past 4096 limits, forget the ones full again (they start full anyway).
-        if buckets.len() > 4096 {
-            buckets.retain(|_, b| b.tokens < f64::from(rate.burst) || now_ms - b.at_ms < 60_000.0);
+        let mut guard = self.buckets.lock().expect("limiter");
+        let (buckets, swept_at) = &mut *guard;
+        // Past 4096 limits, at most once a second, forget the ones full again: a limit seen
+        // anew starts full, so forgetting them changes nothing.
+        if buckets.len() > SWEEP_ABOVE && now_ms - *swept_at >= 1000.0 {
+            buckets.retain(|_, held| held.full_at_ms > now_ms);
+            *swept_at = now_ms;
         }
-        buckets
-            .entry(name.to_owned())
-            .or_insert_with(|| Bucket::full(rate, now_ms))
-            .take(rate, now_ms, give_back, want)
+        let held = buckets.entry(name.to_owned()).or_insert_with(|| Held {
+            bucket: Bucket::full(rate, now_ms),
+            full_at_ms: now_ms,
+        });
+        let grant = held.bucket.take(rate, now_ms, give_back, want);
+        let missing = f64::from(rate.burst.max(1)) - held.bucket.tokens;
+        held.full_at_ms = now_ms + missing.max(0.0) * 1000.0 / rate.per_second.max(1e-9);
+        grant
     }
 }
 
@@ -188,6 +204,30 @@ mod tests {
         assert_eq!(limiter.take_at("a", TEN, 0, 4, 0.0).granted, 4);
         assert_eq!(limiter.take_at("a", TEN, 50, 0, 0.0).granted, 0);
         assert_eq!(limiter.take_at("a", TEN, 0, 100, 0.0).granted, 10);
+    }
+
+    #[test]
+    fn past_4096_limits_the_ones_full_again_are_forgotten_and_no_other() {
+        let limiter = MemoryLimiter::new();
+        for i in 0..5000 {
+            assert_eq!(
+                limiter.take_at(&format!("n{i}"), TEN, 0, 10, 0.0).granted,
+                10
+            );
+        }
+        assert_eq!(limiter.take_at("half", TEN, 0, 10, 500.0).granted, 10);
+        // At 1 s every drained bucket is full again: forgetting it changes nothing.
+        assert_eq!(limiter.take_at("x", TEN, 0, 1, 1000.0).granted, 1);
+        let held = limiter.buckets.lock().unwrap().0.len();
+        assert_eq!(
+            held, 2,
+            "only `half` (full again at 1.5 s) and `x` are kept"
+        );
+        assert_eq!(
+            limiter.take_at("half", TEN, 0, 100, 1000.0).granted,
+            5,
+            "drained at 0.5 s, 5 refilled by 1 s: not a full bucket again"
+        );
     }
 
     #[test]

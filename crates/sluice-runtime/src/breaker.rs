@@ -4,16 +4,19 @@
 //! - **Closed**: deliveries are pulled as usual; each handler outcome is counted over the
 //!   last `window`. Once at least `min_calls` outcomes are in the window and the share of
 //!   failures reaches `failure_ratio`, it opens.
-//! - **Open**: nothing is pulled for `cool_down`. A delivery that fails while the breaker is
-//!   not closed is released (given back without spending an attempt where the backend does
-//!   not count releases), not retried: the outage is not the message's fault.
+//! - **Open**: nothing is pulled for `cool_down`. A delivery pulled before and failing while
+//!   the circuit is open is released (given back without spending an attempt where the
+//!   backend does not count releases), not retried: the outage is not the message's fault.
 //! - **Half-open**: `probes` deliveries are let through; one failure opens it again for
-//!   another cool-down, `probes` successes close it.
+//!   another cool-down, `probes` successes close it. A probe's failure is retried as any
+//!   failure (it spends an attempt): a message that fails whatever the downstream does still
+//!   reaches its DLQ. A probe that never reports (a duplicate skipped, a cancelled job) frees
+//!   its slot after a cool-down.
 //!
 //! Only transient failures count (errors, timeouts, panics); a permanent failure is the
 //! message's own (it goes to the DLQ) and says nothing about the downstream. Time is tokio's
-//! clock. The state is in the worker's stats, the `sluice_circuit_state` gauge (0 closed, 1
-//! half-open, 2 open) and the logs.
+//! clock. The state is in the `sluice_circuit_state` gauge (0 closed, 1 half-open, 2 open)
+//! and the logs.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -117,8 +120,9 @@ impl CircuitState {
 
 struct Inner {
     state: CircuitState,
-    /// Closed: the outcomes in the window (when, succeeded).
+    /// Closed: the outcomes in the window (when, succeeded), and how many failed.
     outcomes: VecDeque<(Instant, bool)>,
+    failures: u32,
     opened_at: Instant,
     /// Half-open: probes let through, how many succeeded, and when the last went out.
     probes_out: u32,
@@ -139,12 +143,27 @@ pub(crate) struct Breaker {
 impl Breaker {
     pub(crate) fn new(config: CircuitBreaker, subscription: String) -> Self {
         crate::metrics::circuit(&subscription, CircuitState::Closed.gauge());
+        // The fields are public: normalise what the builder methods would have.
+        let config = CircuitBreaker {
+            window: config.window.max(Duration::from_millis(1)),
+            min_calls: config.min_calls.max(1),
+            failure_ratio: if config.failure_ratio.is_nan() {
+                0.5
+            } else {
+                config.failure_ratio.clamp(0.0, 1.0)
+            },
+            cool_down: config
+                .cool_down
+                .clamp(Duration::from_millis(10), Duration::from_secs(86_400)),
+            probes: config.probes.max(1),
+        };
         Self {
             config,
             subscription,
             inner: Mutex::new(Inner {
                 state: CircuitState::Closed,
                 outcomes: VecDeque::new(),
+                failures: 0,
                 opened_at: Instant::now(),
                 probes_out: 0,
                 probe_successes: 0,
@@ -161,6 +180,7 @@ impl Breaker {
     fn set(&self, inner: &mut Inner, state: CircuitState, now: Instant) {
         inner.state = state;
         inner.outcomes.clear();
+        inner.failures = 0;
         inner.probes_out = 0;
         inner.probe_successes = 0;
         if state == CircuitState::Open {
@@ -233,26 +253,28 @@ impl Breaker {
         }
     }
 
-    /// A handler outcome (only transient failures count as failures). Returns whether the
-    /// circuit is closed after it: a failure while it is not is released, not retried.
+    /// A handler outcome (only transient failures count as failures). Returns whether a
+    /// failure is to be released rather than retried: a delivery pulled before the circuit
+    /// opened, failing while it is open.
     pub(crate) fn record(&self, succeeded: bool) -> bool {
         let mut inner = self.lock();
         let now = Instant::now();
+        let release = inner.state == CircuitState::Open && !succeeded;
         match inner.state {
             CircuitState::Closed => {
                 inner.outcomes.push_back((now, succeeded));
-                while inner
-                    .outcomes
-                    .front()
-                    .is_some_and(|(at, _)| now.duration_since(*at) > self.config.window)
-                {
+                inner.failures += u32::from(!succeeded);
+                while let Some(&(at, ok)) = inner.outcomes.front() {
+                    if now.duration_since(at) <= self.config.window {
+                        break;
+                    }
                     inner.outcomes.pop_front();
+                    inner.failures -= u32::from(!ok);
                 }
                 let calls = inner.outcomes.len() as u32;
-                let failures = inner.outcomes.iter().filter(|(_, ok)| !ok).count() as f64;
                 if !succeeded
                     && calls >= self.config.min_calls
-                    && failures / f64::from(calls) >= self.config.failure_ratio
+                    && f64::from(inner.failures) / f64::from(calls) >= self.config.failure_ratio
                 {
                     self.set(&mut inner, CircuitState::Open, now);
                 }
@@ -270,9 +292,65 @@ impl Breaker {
             // A delivery pulled before the circuit opened: it says nothing new.
             CircuitState::Open => {}
         }
-        let closed = inner.state == CircuitState::Closed;
         drop(inner);
         self.changed.notify_waiters();
-        closed
+        release
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn public_fields_out_of_range_are_normalised() {
+        let breaker = Breaker::new(
+            CircuitBreaker {
+                window: Duration::ZERO,
+                min_calls: 0,
+                failure_ratio: f64::NAN,
+                cool_down: Duration::MAX,
+                probes: 0,
+            },
+            "orders".into(),
+        );
+        assert!(
+            !breaker.record(false),
+            "the failure that opens it is retried"
+        );
+        assert!(breaker.record(false), "one while it is open is released");
+        let start = Instant::now();
+        assert_eq!(breaker.admit(5).await, 1, "at least one probe");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(86_400),
+            "a day at most"
+        );
+        assert!(!breaker.record(true), "a probe's outcome is never released");
+        assert_eq!(
+            breaker.admit(5).await,
+            5,
+            "one success of one probe closes it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_never_reports_frees_its_slot_after_a_cool_down() {
+        let breaker = Breaker::new(
+            CircuitBreaker::new()
+                .min_calls(1)
+                .probes(1)
+                .cool_down(Duration::from_secs(5)),
+            "orders".into(),
+        );
+        breaker.record(false);
+        assert_eq!(breaker.admit(3).await, 1, "half-open after the cool-down");
+        let start = Instant::now();
+        assert_eq!(
+            breaker.admit(3).await,
+            1,
+            "another probe once the first is stale"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 }

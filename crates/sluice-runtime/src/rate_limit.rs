@@ -50,11 +50,21 @@ impl RateLimit {
     /// serve`) or the one given with `WorkerBuilder::limiter`; the burst is one second's
     /// worth unless set.
     ///
+    /// Every worker naming a limit must give it the same rate and burst: each take refills
+    /// the bucket at the rate it names, so replicas disagreeing (a rolling configuration
+    /// change) get a rate between theirs while they do.
+    ///
     /// # Panics
-    /// As [`per_second`](Self::per_second).
+    /// As [`per_second`](Self::per_second), and if `name` is not 1 to 200 bytes.
     pub fn global(name: impl Into<String>, per_second: f64) -> Self {
+        let name = name.into();
+        assert!(
+            !name.is_empty() && name.len() <= 200,
+            "a global rate limit's name is 1 to 200 bytes, got {} bytes",
+            name.len()
+        );
         Self {
-            global: Some(name.into()),
+            global: Some(name),
             ..Self::per_second(per_second)
         }
     }
@@ -148,7 +158,8 @@ pub(crate) struct SharedBucket {
 
 impl SharedBucket {
     async fn acquire(&self, want: u32) -> u32 {
-        let want = want.max(1);
+        // A worker never needs more than a million at once (the server refuses more).
+        let want = want.clamp(1, 1_000_000);
         let mut failures = 0u32;
         loop {
             let back = self.unused.swap(0, Ordering::Relaxed);

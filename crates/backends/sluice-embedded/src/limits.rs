@@ -1,6 +1,7 @@
 //! The embedded engine's limiter: global rate limits' buckets in the engine's process, shared
-//! by every worker on the engine (and, through `sluice serve`, by every client of it). A
-//! namespace prefixes its limits' names (`<namespace>:`).
+//! by every worker on the engine (and, through `sluice serve`, by every client of it). Every
+//! limit's name is prefixed with its namespace and a colon (`<namespace>:`, just `:` without
+//! one), so no namespace reaches another's limits, the default one included.
 
 use std::sync::Arc;
 
@@ -11,13 +12,13 @@ use sluice_core::limit::{Grant, LimiterStore, MemoryLimiter, Rate};
 #[derive(Debug, Clone)]
 pub struct EngineLimiter {
     buckets: Arc<MemoryLimiter>,
-    /// `<namespace>:`, or empty.
+    /// `<namespace>:`, or `:`.
     prefix: Arc<str>,
 }
 
 impl EngineLimiter {
     pub(crate) fn new(buckets: Arc<MemoryLimiter>, namespace: Option<&str>) -> Self {
-        let prefix = namespace.map(|ns| format!("{ns}:")).unwrap_or_default();
+        let prefix = format!("{}:", namespace.unwrap_or_default());
         Self {
             buckets,
             prefix: prefix.into(),

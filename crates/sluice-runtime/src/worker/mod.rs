@@ -281,11 +281,15 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                 permits.truncate(admitted as usize);
             }
             if let Some(bucket) = &self.rate_limit {
+                let admitted = permits.len() as u32;
                 let granted = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    granted = bucket.acquire(permits.len() as u32) => granted,
+                    granted = bucket.acquire(admitted) => granted,
                 };
                 permits.truncate(granted as usize);
+                if let Some(breaker) = &self.pipeline.breaker {
+                    breaker.unused(admitted.saturating_sub(granted));
+                }
             }
             let want = permits.len();
 

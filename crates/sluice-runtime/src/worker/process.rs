@@ -251,14 +251,15 @@ async fn run<D: Delivery, H: Handler>(
         }
     };
     metrics::handler_ran(labels, handler_outcome(&result), started.elapsed());
-    // The breaker counts transient failures (the downstream's); one while the circuit is not
-    // closed is given back without spending an attempt: the outage is not the message's.
+    // The breaker counts transient failures (the downstream's); one of a delivery pulled
+    // before the circuit opened is given back without spending an attempt: the outage is not
+    // the message's.
     if let Some(breaker) = &pipeline.breaker {
         let transient =
             matches!(&result, Err(e) if matches!(e.kind(), ErrorKind::Transient { .. }));
         if result.is_ok() || transient {
-            let closed = breaker.record(result.is_ok());
-            if transient && !closed {
+            let release = breaker.record(result.is_ok());
+            if release {
                 tracing::debug!(%key, attempt, "handler failed with the circuit open; releasing the delivery");
                 release_claim(pipeline, &key, claim.as_ref()).await;
                 return settle(pipeline, delivery, Verb::Release, OutcomeKind::Released).await;

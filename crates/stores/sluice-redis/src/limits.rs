@@ -6,8 +6,9 @@
 //!   `TIME`), changed by one Lua script per take: refill, give back, take, exactly the
 //!   arithmetic of `sluice_core::limit::Bucket`, atomically, so concurrent workers never
 //!   take the same token. Redis's clock is the one clock every worker shares.
-//! - The key expires once a full bucket would have refilled (plus a second): an idle limit
-//!   starts full again, as a new one does.
+//! - The key expires once a full bucket would have refilled (plus a second; at most about 30
+//!   years): an idle limit starts full again, as a new one does. Needs Redis 5 or later
+//!   (scripts that read `TIME` and then write are replicated by their effects).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -37,9 +38,11 @@ tokens = math.min(tokens + elapsed * rate / 1000 + back, burst)
 local granted = math.min(math.max(math.floor(tokens), 0), want)
 tokens = tokens - granted
 local retry = 0
-if granted == 0 and want > 0 then retry = math.ceil((1 - tokens) / rate * 1000000) end
+if granted == 0 and want > 0 then
+  retry = math.min(math.ceil((1 - tokens) / rate * 1000000), 1e15)
+end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(math.max(now, at)))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+redis.call('PEXPIRE', KEYS[1], math.min(math.ceil(burst / rate * 1000) + 1000, 1e15))
 return {granted, retry}
 ",
     )
