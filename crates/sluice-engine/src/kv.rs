@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::codec::{CodecError, Decoder, Encoder};
-use crate::segment::{encode_frame, le_u32, FRAME_HEADER_LEN};
+use crate::segment::{encode_frame, frame_body, FrameFault, FRAME_HEADER_LEN};
 
 const PUT: u8 = 40;
 const REMOVE: u8 = 41;
@@ -358,24 +358,20 @@ impl KvState {
 /// The frames of a checkpoint file: bodies whose CRC matches, in order; an error naming the
 /// byte of the first that does not.
 fn frames(bytes: &[u8]) -> Result<Vec<&[u8]>, CodecError> {
-    let header = FRAME_HEADER_LEN as usize;
     let mut at = 0;
     let mut out = Vec::new();
     while at < bytes.len() {
-        if bytes.len() - at < header {
-            return Err(CodecError("a checkpoint frame cut short"));
-        }
-        let len = le_u32(&bytes[at..]) as usize;
-        let body = bytes
-            .get(at + header..at + header + len)
-            .ok_or(CodecError("a checkpoint frame longer than the file"))?;
-        if len == 0 || crc32c::crc32c(body) != le_u32(&bytes[at + 4..]) {
-            return Err(CodecError(
-                "a checkpoint frame's CRC does not match: damaged at rest",
-            ));
-        }
+        let body = frame_body(bytes, at).map_err(|fault| match fault {
+            FrameFault::Truncated => CodecError("a checkpoint frame cut short"),
+            FrameFault::End | FrameFault::Length(_) => {
+                CodecError("a checkpoint frame longer than the file")
+            }
+            FrameFault::Crc => {
+                CodecError("a checkpoint frame's CRC does not match: damaged at rest")
+            }
+        })?;
         out.push(body);
-        at += header + len;
+        at += FRAME_HEADER_LEN as usize + body.len();
     }
     Ok(out)
 }

@@ -245,6 +245,9 @@ impl Breaker {
 
     /// Admitted deliveries the backend did not return (fewer than asked).
     pub(crate) fn unused(&self, n: u32) {
+        if n == 0 {
+            return;
+        }
         let mut inner = self.lock();
         if inner.state == CircuitState::HalfOpen {
             inner.probes_out = inner.probes_out.saturating_sub(n);

@@ -83,10 +83,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The prefix of this view's keys and limits in the engine: `<namespace>:`, or `:`, so
+    /// no namespace reaches another's, the default one included.
+    pub(crate) fn key_prefix(&self) -> Arc<str> {
+        let namespace = self.naming.namespace().map(|ns| ns.as_str());
+        format!("{}:", namespace.unwrap_or_default()).into()
+    }
+
     /// The engine's limiter under this view's namespace.
     pub(crate) fn limiter(&self) -> crate::limits::EngineLimiter {
-        let namespace = self.naming.namespace().map(|ns| ns.as_str());
-        crate::limits::EngineLimiter::new(self.limits.clone(), namespace)
+        crate::limits::EngineLimiter::new(self.limits.clone(), self.key_prefix())
     }
 
     pub(crate) fn holder(&self) -> u64 {
@@ -190,8 +196,7 @@ impl EmbeddedBackend {
 
     /// The engine's job store under this view's namespace ([`Backend::job_store`], typed).
     pub fn engine_job_store(&self) -> crate::jobs::EngineJobStore {
-        let namespace = self.shared.naming.namespace().map(|ns| ns.as_str());
-        crate::jobs::EngineJobStore::new(self.shared.engine.clone(), namespace)
+        crate::jobs::EngineJobStore::new(self.shared.engine.clone(), self.shared.key_prefix())
     }
 
     /// The data directory.

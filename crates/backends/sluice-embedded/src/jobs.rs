@@ -31,12 +31,8 @@ impl std::fmt::Debug for EngineJobStore {
 }
 
 impl EngineJobStore {
-    pub(crate) fn new(engine: Engine, namespace: Option<&str>) -> Self {
-        let prefix = format!("{}:", namespace.unwrap_or_default());
-        Self {
-            engine,
-            prefix: prefix.into(),
-        }
+    pub(crate) fn new(engine: Engine, prefix: Arc<str>) -> Self {
+        Self { engine, prefix }
     }
 
     fn key(&self, key: &str) -> String {

@@ -17,12 +17,8 @@ pub struct EngineLimiter {
 }
 
 impl EngineLimiter {
-    pub(crate) fn new(buckets: Arc<MemoryLimiter>, namespace: Option<&str>) -> Self {
-        let prefix = format!("{}:", namespace.unwrap_or_default());
-        Self {
-            buckets,
-            prefix: prefix.into(),
-        }
+    pub(crate) fn new(buckets: Arc<MemoryLimiter>, prefix: Arc<str>) -> Self {
+        Self { buckets, prefix }
     }
 }
 
