@@ -56,6 +56,7 @@ macro_rules! __with_scenarios {
             jobs_unique_modes_hold_and_release,
             // flow control
             global_rate_limit_is_one_bucket_across_connections,
+            key_limit_keeps_one_keys_backlog_from_holding_up_another,
         }
     };
 }

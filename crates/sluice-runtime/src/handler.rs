@@ -86,6 +86,12 @@ pub enum ErrorKind {
     },
     /// Will never succeed: dead-lettered at once.
     Permanent,
+    /// The downstream is rate limiting (an HTTP 429): the delivery's key waits this long, then
+    /// the delivery runs again, without spending an attempt (see [`crate::key_limit`]).
+    RateLimited {
+        /// How long the key (or, without one, the worker) waits.
+        retry_after: Duration,
+    },
 }
 
 /// A handler's failure, classified. Any `std::error::Error` converts into a transient one
@@ -110,6 +116,16 @@ impl HandlerError {
                 retry_after: Some(delay),
             },
             error: error.into(),
+        }
+    }
+    /// The downstream said "too many requests" (HTTP 429 with `Retry-After`): nothing of this
+    /// delivery's key runs for `retry_after` (of the whole worker, when the worker has no
+    /// [`KeyLimit`](crate::KeyLimit) or the message no key); then the delivery runs again. It
+    /// does not spend an attempt, and does not count as a failure for the circuit breaker.
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        Self {
+            kind: ErrorKind::RateLimited { retry_after },
+            error: format!("rate limited by the downstream for {retry_after:?}").into(),
         }
     }
     /// A permanent failure: dead-lettered at once.

@@ -33,13 +33,15 @@
 //! | [`events`] | typed [`Event`]s, the [`Router`] dispatching on the message type, [`UnknownType`] |
 //! | [`jobs`] | background [`Job`]s: [`Jobs`] enqueues them, builds their workers, runs recurring schedules, and tracks, cancels and reschedules them ([`JobStatus`], [`JobRecords`]) |
 //! | [`producer`] | [`Producer`]: publish with a span, trace context and metrics; typed events |
-//! | `worker` | [`Worker`] and its builder: the pull loop, backpressure, shutdown; `process.rs` is the pipeline, `settle.rs` applies verbs |
+//! | `worker` | [`Worker`] and its builder: the pull loop, backpressure, shutdown; `keyed.rs` takes one delivery through its key's gate (`gate.rs`) and the pipeline (`process.rs`); `settle.rs` applies verbs |
 //! | [`backoff`] | exponential backoff with jitter |
 //! | `retry` (private) | handler result ⇒ verb |
 //! | `recover` (private) | panic ⇒ transient error |
 //! | [`lease`] | automatic lease extension and its hard cap |
 //! | [`idempotency`] | the idempotency stage and [`InMemoryStore`] |
 //! | [`rate_limit`] | [`RateLimit`], a token bucket drawn before pulling |
+//! | [`key_limit`] | [`KeyLimit`]: a rate and a number in flight per key, parking and deferring so one key's backlog never holds up another |
+//! | [`breaker`] | [`CircuitBreaker`]: stop pulling while the downstream fails |
 //! | [`trace`] | spans and W3C trace context in headers |
 //! | [`metrics`] | metric names and recording (`docs/observability.md`) |
 //! | [`observe`] | [`WorkerStats`] and the [`Observer`] outcome stream |
@@ -51,6 +53,7 @@ pub mod events;
 pub mod handler;
 pub mod idempotency;
 pub mod jobs;
+pub mod key_limit;
 pub mod lease;
 pub mod metrics;
 pub mod observe;
@@ -74,6 +77,7 @@ pub use idempotency::{Idempotency, InMemoryStore, DEFAULT_IDEMPOTENCY_TTL};
 pub use jobs::{
     Job, JobOptions, JobRecords, JobStatus, Jobs, ScheduleInfo, ScheduleRecord, Unique, Upsert,
 };
+pub use key_limit::{KeyLimit, KeyOf};
 pub use lease::{LeaseExtension, DEFAULT_MAX_EXTENSION};
 #[cfg(feature = "prometheus")]
 pub use metrics::install_prometheus;

@@ -35,12 +35,17 @@ pub const SKIPPED: &str = "sluice_skipped_total";
 pub const VERB_FAILURES: &str = "sluice_verb_failures_total";
 /// Lease extensions made while handlers ran.
 pub const LEASE_EXTENSIONS: &str = "sluice_lease_extensions_total";
-/// Handler run time in seconds (`outcome` = `ok`, `error`, `panic`, `timeout`).
+/// Handler run time in seconds (`outcome` = `ok`, `error`, `panic`, `timeout`, `abandoned`,
+/// `rate_limited`).
 pub const HANDLER_DURATION: &str = "sluice_handler_duration_seconds";
 /// Deliveries being handled now.
 pub const IN_FLIGHT: &str = "sluice_in_flight";
 /// A worker's circuit breaker: 0 closed, 1 half-open, 2 open.
 pub const CIRCUIT_STATE: &str = "sluice_circuit_state";
+/// Deliveries deferred to the broker because their key was at its limit.
+pub const DEFERRED: &str = "sluice_deferred_total";
+/// Deliveries a worker holds parked until their key's limits let them run.
+pub const PARKED: &str = "sluice_parked";
 
 /// The labels of a consumer-side series.
 #[derive(Debug, Clone)]
@@ -102,6 +107,10 @@ pub(crate) fn circuit(subscription: &str, state: f64) {
     gauge!(CIRCUIT_STATE, "subscription" => subscription.to_owned()).set(state);
 }
 
+pub(crate) fn parked(subscription: &str, now: usize) {
+    gauge!(PARKED, "subscription" => subscription.to_owned()).set(now as f64);
+}
+
 pub(crate) fn lease_extended(labels: &Labels) {
     counter!(LEASE_EXTENSIONS, &labels.pairs()).increment(1);
 }
@@ -118,6 +127,7 @@ pub(crate) fn outcome(event: &Outcome) {
         OutcomeKind::Acked => ACKED,
         OutcomeKind::Retried { .. } => RETRIED,
         OutcomeKind::Released => RELEASED,
+        OutcomeKind::Deferred { .. } => DEFERRED,
         OutcomeKind::DeadLettered { reason } => {
             pairs.push(("reason", reason_label(reason).to_owned()));
             DEAD_LETTERED
@@ -174,6 +184,9 @@ mod tests {
             super::ACKED,
             super::RETRIED,
             super::RELEASED,
+            super::DEFERRED,
+            super::PARKED,
+            super::CIRCUIT_STATE,
             super::DEAD_LETTERED,
             super::DUPLICATES_SKIPPED,
             super::DUPLICATES_IN_PROGRESS,

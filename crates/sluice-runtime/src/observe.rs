@@ -25,6 +25,12 @@ pub enum OutcomeKind {
     /// Given back for another delivery without spending an attempt: unhandled at shutdown,
     /// or failed while the circuit breaker was open.
     Released,
+    /// Its key was at its limit ([`KeyLimit`](crate::KeyLimit)) and the worker held as many
+    /// parked deliveries as it may: retried after `after`, when the key's limits let it run.
+    Deferred {
+        /// When it comes back.
+        after: Duration,
+    },
     /// A duplicate already handled: acked without running the handler.
     DuplicateSkipped,
     /// Acked without running a handler (a message type no handler is registered for, under
@@ -86,6 +92,7 @@ pub struct WorkerStats {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     released: AtomicU64,
+    deferred: AtomicU64,
     duplicates_skipped: AtomicU64,
     duplicates_in_progress: AtomicU64,
     skipped: AtomicU64,
@@ -110,6 +117,8 @@ pub struct StatsSnapshot {
     pub dead_lettered: u64,
     /// Released at shutdown.
     pub released: u64,
+    /// Deferred to the broker while their key was at its limit.
+    pub deferred: u64,
     /// Duplicates acked without running the handler.
     pub duplicates_skipped: u64,
     /// Duplicates retried because the first copy was in progress.
@@ -138,6 +147,7 @@ impl WorkerStats {
             retried: l(&self.retried),
             dead_lettered: l(&self.dead_lettered),
             released: l(&self.released),
+            deferred: l(&self.deferred),
             duplicates_skipped: l(&self.duplicates_skipped),
             duplicates_in_progress: l(&self.duplicates_in_progress),
             skipped: l(&self.skipped),
@@ -176,6 +186,7 @@ impl WorkerStats {
             OutcomeKind::Retried { .. } => &self.retried,
             OutcomeKind::DeadLettered { .. } => &self.dead_lettered,
             OutcomeKind::Released => &self.released,
+            OutcomeKind::Deferred { .. } => &self.deferred,
             OutcomeKind::DuplicateSkipped => &self.duplicates_skipped,
             OutcomeKind::DuplicateInProgress { .. } => &self.duplicates_in_progress,
             OutcomeKind::Skipped { .. } => &self.skipped,

@@ -49,6 +49,11 @@ pub(crate) fn decide(
             after: retry_after.unwrap_or_else(backoff),
             error: text,
         },
+        // The pipeline parks these before asking; a retry that waits as long, if one comes.
+        ErrorKind::RateLimited { retry_after } => Disposition::Retry {
+            after: retry_after,
+            error: text,
+        },
     }
 }
 

@@ -1,7 +1,13 @@
-//! Flow control: a global rate limit is one bucket, whichever connection takes from it.
+//! Flow control: a global rate limit is one bucket, whichever connection takes from it; a
+//! key's backlog does not hold up another key.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sluice_core::limit::Rate;
-use sluice_core::{Backend, Subscriber, SubscriptionConfig};
+use sluice_core::{Backend, Message, Subscriber, SubscriptionConfig};
+use sluice_runtime::{raw_handler, CancellationToken, Context, KeyLimit, Worker};
+use tokio::time::Instant;
 
 use crate::fixture::{Fixture, Outcome};
 use crate::harness::Harness;
@@ -57,5 +63,95 @@ pub async fn global_rate_limit_is_one_bucket_across_connections<H: Harness>(h: &
     assert_eq!(take(&one, 1).await, 0, "the burst is spent for both");
     let _ = first.close().await;
     let _ = second.close().await;
+    f.finish().await
+}
+
+/// Tenant `a` floods the subscription (300 messages, 60 s at its 5/s), then tenant `b`
+/// sends 10: a worker with a per-key limit handles `b`'s within seconds — it parks and
+/// defers `a`'s backlog in the broker instead of serving it first — and never runs `a` past
+/// its own limit. Every backend: the limit is the runtime's, the deferral a `retry`.
+pub async fn key_limit_keeps_one_keys_backlog_from_holding_up_another<H: Harness>(
+    h: &H,
+) -> Outcome {
+    let f = Fixture::new(
+        h,
+        "key_limit_keeps_one_keys_backlog_from_holding_up_another",
+    )
+    .await;
+    if let Some(skip) = f.gate() {
+        return skip;
+    }
+    let topic = f.topic("tenants").await;
+    let (_, subscriber) = f
+        .subscribe_with(
+            "fair",
+            SubscriptionConfig::new(topic.clone()).max_attempts(10),
+        )
+        .await;
+    let tenant = |tenant: &str, i: usize| {
+        Message::builder("x")
+            .id(format!("{tenant}-{i}"))
+            .header("tenant", tenant)
+            .build()
+            .must("building a message")
+    };
+    for i in 0..300 {
+        f.publish(&topic, tenant("a", i)).await;
+    }
+    for i in 0..10 {
+        f.publish(&topic, tenant("b", i)).await;
+    }
+    let calls: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let c = calls.clone();
+    let worker = Worker::builder(
+        subscriber,
+        raw_handler(move |_p, ctx: Context| {
+            let t = ctx.message().header("tenant").unwrap_or("").to_owned();
+            c.lock().unwrap().push((t, Instant::now()));
+            async { Ok(()) }
+        }),
+    )
+    .key_limit(KeyLimit::header("tenant").per_second(5.0).max_parked(16))
+    .build();
+    let live = worker.stats();
+    let start = Instant::now();
+    let stop = CancellationToken::new();
+    let running = worker.spawn(stop.clone());
+    let count = |who: &str| {
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == who)
+            .count()
+    };
+    let deadline = start + Duration::from_secs(30);
+    while count("b") < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "tenant b's 10 messages not handled 30 s after the start ({} were, and {} of a's): \
+             they wait behind a's backlog; worker: {:?}",
+            count("b"),
+            count("a"),
+            live.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b_done = start.elapsed();
+    let a_ran = count("a");
+    stop.cancel();
+    let stats = running.await.must("the worker task");
+    // a's burst of 5, then 5/s (and slack for the clock's granularity).
+    let a_limit = 5.0 + 5.0 * b_done.as_secs_f64() + 2.0;
+    assert!(
+        a_ran as f64 <= a_limit,
+        "tenant a ran {a_ran} times in {b_done:?}: over its 5/s"
+    );
+    println!(
+        "{}: tenant b's 10 handled {b_done:.2?} after the start",
+        h.name()
+    );
+    assert!(stats.deferred > 0, "a's backlog was deferred: {stats:?}");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
     f.finish().await
 }

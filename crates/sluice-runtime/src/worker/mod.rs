@@ -8,6 +8,8 @@
 //! Shutdown (the token is cancelled): stop pulling, let in-flight handlers finish within the
 //! grace period, then cancel what is left and `release` those deliveries.
 
+mod gate;
+mod keyed;
 mod process;
 pub use process::TimedOut;
 mod settle;
@@ -28,6 +30,7 @@ use crate::backoff::Backoff;
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::handler::Handler;
 use crate::idempotency::Idempotency;
+use crate::key_limit::KeyLimit;
 use crate::lease::LeaseExtension;
 use crate::observe::{Observer, OutcomeKind, StatsSnapshot, WorkerStats};
 use crate::rate_limit::{Limiter, RateLimit};
@@ -79,6 +82,29 @@ pub(crate) struct Pipeline<H> {
     pub(crate) lease_extension: LeaseExtension,
     pub(crate) lifecycle: Option<Arc<dyn Lifecycle>>,
     pub(crate) breaker: Option<Arc<Breaker>>,
+    /// Nothing is pulled before this (a handler without a key was told to wait).
+    // std Mutex: never held across an .await.
+    pub(crate) paused: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl<H> Pipeline<H> {
+    /// Nothing is pulled before `until`.
+    pub(crate) fn pause_until(&self, until: tokio::time::Instant) {
+        let mut paused = self.paused.lock().expect("pause");
+        *paused = Some(paused.map_or(until, |at| at.max(until)));
+    }
+
+    /// Until when pulling waits, if it does.
+    fn paused(&self) -> Option<tokio::time::Instant> {
+        let mut paused = self.paused.lock().expect("pause");
+        match *paused {
+            Some(until) if until > tokio::time::Instant::now() => Some(until),
+            _ => {
+                *paused = None;
+                None
+            }
+        }
+    }
 }
 
 /// Builds a [`Worker`]. Start with [`Worker::builder`].
@@ -90,6 +116,7 @@ pub struct WorkerBuilder<S, H> {
     rate_limit: Option<RateLimit>,
     limiter: Option<Arc<dyn LimiterStore>>,
     breaker: Option<CircuitBreaker>,
+    key_limit: Option<KeyLimit>,
     backoff: Backoff,
     idempotency: Option<Idempotency>,
     observer: Option<Arc<dyn Observer>>,
@@ -122,6 +149,12 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
     /// spending every message's attempts: see [`CircuitBreaker`]. Off by default.
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = Some(breaker);
+        self
+    }
+    /// Limits each key (a tenant, an ordering key) to its own rate and number in flight, so
+    /// one key's backlog never holds up the others: see [`KeyLimit`]. None by default.
+    pub fn key_limit(mut self, limit: KeyLimit) -> Self {
+        self.key_limit = Some(limit);
         self
     }
     /// Where global rate limits keep their buckets, when the backend has no limiter of its
@@ -182,9 +215,16 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_entropy(),
         };
-        let rate_limit = self.rate_limit.map(|limit| {
-            let store = self.limiter.clone().or_else(|| self.subscriber.limiter());
-            Limiter::new(limit, store)
+        let store = self.limiter.clone().or_else(|| self.subscriber.limiter());
+        let rate_limit = self
+            .rate_limit
+            .map(|limit| Limiter::new(limit, store.clone()));
+        // Parked deliveries count towards the prefetch: past it the worker could not pull
+        // the other keys' messages it parks them for.
+        let room = (self.subscriber.config().prefetch as usize).saturating_sub(self.concurrency);
+        let gate = self.key_limit.map(|mut limit| {
+            limit.max_parked = limit.max_parked.min(room);
+            gate::Gate::new(limit, store, self.subscriber.subscription().to_string())
         });
         Worker {
             pipeline: Arc::new(Pipeline {
@@ -205,7 +245,9 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
                         self.subscriber.subscription().to_string(),
                     ))
                 }),
+                paused: Mutex::new(None),
             }),
+            gate,
             subscriber: self.subscriber,
             concurrency: self.concurrency,
             rate_limit,
@@ -221,6 +263,7 @@ pub struct Worker<S, H> {
     pipeline: Arc<Pipeline<H>>,
     concurrency: usize,
     rate_limit: Option<Limiter>,
+    gate: Option<Arc<gate::Gate>>,
     shutdown_grace: Duration,
     poll_wait: Duration,
 }
@@ -235,6 +278,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             rate_limit: None,
             limiter: None,
             breaker: None,
+            key_limit: None,
             backoff: Backoff::default(),
             idempotency: None,
             observer: None,
@@ -257,6 +301,13 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
     pub async fn run(self, shutdown: CancellationToken) -> StatsSnapshot {
         let semaphore = Arc::new(Semaphore::new(self.concurrency));
         let hard_stop = CancellationToken::new();
+        let shared = Arc::new(keyed::Shared {
+            pipeline: self.pipeline.clone(),
+            gate: self.gate.clone(),
+            slots: semaphore.clone(),
+            stop: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+        });
         let mut tasks = JoinSet::new();
         let mut failures: u32 = 0;
         let subscription = self.subscriber.subscription().clone();
@@ -272,6 +323,15 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             let mut permits = vec![first];
             while let Ok(permit) = semaphore.clone().try_acquire_owned() {
                 permits.push(permit);
+            }
+            // A handler without a key was told to wait: so is pulling (checked with the
+            // permits in hand, which the handler's own gave back).
+            if let Some(until) = self.pipeline.paused() {
+                tracing::debug!(%subscription, "the downstream is rate limiting; pulling waits");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(until) => {}
+                }
             }
             if let Some(breaker) = &self.pipeline.breaker {
                 let admitted = tokio::select! {
@@ -335,12 +395,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                 let permit = permits
                     .pop()
                     .expect("a backend returned more deliveries than asked");
-                let pipeline = self.pipeline.clone();
-                let hard_stop = hard_stop.clone();
-                tasks.spawn(async move {
-                    process::process(&pipeline, delivery, hard_stop).await;
-                    drop(permit);
-                });
+                tasks.spawn(keyed::run(shared.clone(), delivery, permit));
             }
         }
 

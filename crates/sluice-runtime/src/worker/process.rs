@@ -48,18 +48,38 @@ fn dead_letter_kind(reason: &DeadLetterReason) -> OutcomeKind {
     }
 }
 
-/// Runs one delivery through the pipeline. Never fails: every outcome is a verb.
+/// A delivery the handler could not run because the downstream is rate limiting
+/// ([`HandlerError::rate_limited`]): unsettled, its idempotency claim dropped, to run again
+/// after `after` without spending an attempt.
+pub(crate) struct Throttled<D> {
+    pub(crate) delivery: D,
+    pub(crate) after: Duration,
+}
+
+/// Runs one delivery through the pipeline. Never fails: every outcome is a verb, or the
+/// delivery handed back [`Throttled`].
 pub(crate) async fn process<D: Delivery, H: Handler>(
     pipeline: &Pipeline<H>,
     delivery: D,
     hard_stop: CancellationToken,
-) {
+) -> Option<Throttled<D>> {
     let labels = Labels::of(&delivery);
     let span = crate::trace::delivery_span(&delivery);
     let _in_flight = InFlight::start(pipeline, labels.clone());
     run(pipeline, delivery, hard_stop, &labels)
         .instrument(span)
-        .await;
+        .await
+}
+
+/// Settles the delivery: nothing handed back.
+async fn settled<D: Delivery, H>(
+    pipeline: &Pipeline<H>,
+    delivery: D,
+    verb: Verb,
+    kind: OutcomeKind,
+) -> Option<Throttled<D>> {
+    settle(pipeline, delivery, verb, kind).await;
+    None
 }
 
 /// Counts a delivery in flight until dropped, so a panic anywhere cannot leave the gauge up.
@@ -98,7 +118,7 @@ async fn run<D: Delivery, H: Handler>(
     mut delivery: D,
     hard_stop: CancellationToken,
     labels: &Labels,
-) {
+) -> Option<Throttled<D>> {
     let attempt = delivery.attempt();
     let max_attempts = pipeline.max_attempts;
 
@@ -107,13 +127,13 @@ async fn run<D: Delivery, H: Handler>(
         // A message whose effect is already done (its ack was lost on the last attempt) is
         // a duplicate, not a poison message.
         if already_done(pipeline, &delivery).await {
-            return settle(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
+            return settled(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
         }
         let reason = DeadLetterReason::new(format!(
             "max attempts exceeded (delivered {attempt} times, limit {max_attempts})"
         ));
         let kind = dead_letter_kind(&reason);
-        return settle(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
+        return settled(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
     }
 
     // 2. decode
@@ -123,12 +143,12 @@ async fn run<D: Delivery, H: Handler>(
             let kind = OutcomeKind::Skipped {
                 reason: err.to_string(),
             };
-            return settle(pipeline, delivery, Verb::Ack, kind).await;
+            return settled(pipeline, delivery, Verb::Ack, kind).await;
         }
         Err(err) => {
             let reason = DeadLetterReason::new(err.reason()).with_last_error(err.detail());
             let kind = dead_letter_kind(&reason);
-            return settle(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
+            return settled(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
         }
     };
 
@@ -138,11 +158,11 @@ async fn run<D: Delivery, H: Handler>(
             Ok(Admit::Run) => {}
             Ok(Admit::Skip(reason)) => {
                 let kind = OutcomeKind::Skipped { reason };
-                return settle(pipeline, delivery, Verb::Ack, kind).await;
+                return settled(pipeline, delivery, Verb::Ack, kind).await;
             }
             Ok(Admit::Later(after)) => {
                 let kind = OutcomeKind::DuplicateInProgress { after };
-                return settle(pipeline, delivery, Verb::Retry(after), kind).await;
+                return settled(pipeline, delivery, Verb::Retry(after), kind).await;
             }
             Err(err) => {
                 let after = backoff(pipeline, attempt);
@@ -152,7 +172,7 @@ async fn run<D: Delivery, H: Handler>(
                     after,
                     error: format!("job store: {err}"),
                 };
-                return settle(pipeline, delivery, Verb::Retry(after), kind).await;
+                return settled(pipeline, delivery, Verb::Retry(after), kind).await;
             }
         }
     }
@@ -167,11 +187,11 @@ async fn run<D: Delivery, H: Handler>(
         Some(idempotency) => match idempotency.gate(&key, lease_remaining(&delivery)).await {
             Ok(Gate::Run(token)) => token,
             Ok(Gate::Done) => {
-                return settle(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
+                return settled(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
             }
             Ok(Gate::InProgress(remaining)) => {
                 let kind = OutcomeKind::DuplicateInProgress { after: remaining };
-                return settle(pipeline, delivery, Verb::Retry(remaining), kind).await;
+                return settled(pipeline, delivery, Verb::Retry(remaining), kind).await;
             }
             Err(err) => {
                 // The store is unreachable: running the handler could apply the effect twice.
@@ -181,7 +201,7 @@ async fn run<D: Delivery, H: Handler>(
                     after,
                     error: format!("idempotency store: {err}"),
                 };
-                return settle(pipeline, delivery, Verb::Retry(after), kind).await;
+                return settled(pipeline, delivery, Verb::Retry(after), kind).await;
             }
         },
     };
@@ -247,10 +267,26 @@ async fn run<D: Delivery, H: Handler>(
             tracing::warn!(%key, why, "handler abandoned; releasing the delivery");
             metrics::handler_ran(labels, "abandoned", started.elapsed());
             release_claim(pipeline, &key, claim.as_ref()).await;
-            return settle(pipeline, delivery, Verb::Release, OutcomeKind::Released).await;
+            return settled(pipeline, delivery, Verb::Release, OutcomeKind::Released).await;
         }
     };
     metrics::handler_ran(labels, handler_outcome(&result), started.elapsed());
+    // Rate limited by the downstream: handed back to wait, no attempt spent, not a failure
+    // for the breaker.
+    if let Err(ErrorKind::RateLimited { retry_after }) = result.as_ref().map_err(HandlerError::kind)
+    {
+        tracing::debug!(%key, attempt, ?retry_after, "the downstream is rate limiting; the delivery waits");
+        release_claim(pipeline, &key, claim.as_ref()).await;
+        if let Some(lifecycle) = &pipeline.lifecycle {
+            lifecycle
+                .settled(delivery.message(), &OutcomeKind::Released, None)
+                .await;
+        }
+        return Some(Throttled {
+            delivery,
+            after: retry_after,
+        });
+    }
     // The breaker counts transient failures (the downstream's); one of a delivery pulled
     // before the circuit opened is given back without spending an attempt: the outage is not
     // the message's.
@@ -262,7 +298,7 @@ async fn run<D: Delivery, H: Handler>(
             if release {
                 tracing::debug!(%key, attempt, "handler failed with the circuit open; releasing the delivery");
                 release_claim(pipeline, &key, claim.as_ref()).await;
-                return settle(pipeline, delivery, Verb::Release, OutcomeKind::Released).await;
+                return settled(pipeline, delivery, Verb::Release, OutcomeKind::Released).await;
             }
         }
     }
@@ -283,12 +319,14 @@ async fn run<D: Delivery, H: Handler>(
             }
             let result = left.lock().expect("result").take();
             settle_with(pipeline, delivery, Verb::Ack, OutcomeKind::Acked, result).await;
+            None
         }
         Disposition::Retry { after, error } => {
             release_claim(pipeline, &key, claim.as_ref()).await;
             tracing::debug!(%key, attempt, ?after, %error, "handler failed; retrying");
             let kind = OutcomeKind::Retried { after, error };
             settle(pipeline, delivery, Verb::Retry(after), kind).await;
+            None
         }
         Disposition::DeadLetter { reason, last_error } => {
             release_claim(pipeline, &key, claim.as_ref()).await;
@@ -296,6 +334,7 @@ async fn run<D: Delivery, H: Handler>(
             reason.last_error = last_error;
             let kind = dead_letter_kind(&reason);
             settle(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
+            None
         }
     }
 }
@@ -327,6 +366,7 @@ fn handler_outcome(result: &HandlerResult) -> &'static str {
         Ok(()) => "ok",
         Err(err) if err.error().is::<TimedOut>() => "timeout",
         Err(err) if err.error().is::<crate::recover::Panicked>() => "panic",
+        Err(err) if matches!(err.kind(), ErrorKind::RateLimited { .. }) => "rate_limited",
         Err(_) => "error",
     }
 }
