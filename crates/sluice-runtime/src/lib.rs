@@ -42,11 +42,13 @@
 //! | [`rate_limit`] | [`RateLimit`], a token bucket drawn before pulling |
 //! | [`key_limit`] | [`KeyLimit`]: a rate and a number in flight per key, parking and deferring so one key's backlog never holds up another |
 //! | [`breaker`] | [`CircuitBreaker`]: stop pulling while the downstream fails |
+//! | [`adaptive`] | [`AdaptiveConcurrency`]: the number of handlers at once, found from the downstream's latency |
 //! | [`trace`] | spans and W3C trace context in headers |
 //! | [`metrics`] | metric names and recording (`docs/observability.md`) |
 //! | [`observe`] | [`WorkerStats`] and the [`Observer`] outcome stream |
 //! | [`shutdown`] | [`shutdown_on_signals`] for binaries |
 
+pub mod adaptive;
 pub mod backoff;
 pub mod breaker;
 pub mod events;
@@ -66,6 +68,7 @@ pub mod shutdown;
 pub mod trace;
 mod worker;
 
+pub use adaptive::AdaptiveConcurrency;
 pub use backoff::{Backoff, Jitter};
 pub use breaker::{CircuitBreaker, CircuitState};
 pub use events::{event_message, Event, Routed, Router, UnknownType};

@@ -46,6 +46,8 @@ pub const CIRCUIT_STATE: &str = "sluice_circuit_state";
 pub const DEFERRED: &str = "sluice_deferred_total";
 /// Deliveries a worker holds parked until their key's limits let them run.
 pub const PARKED: &str = "sluice_parked";
+/// How many handlers a worker with adaptive concurrency lets run at once now.
+pub const CONCURRENCY_LIMIT: &str = "sluice_concurrency_limit";
 
 /// The labels of a consumer-side series.
 #[derive(Debug, Clone)]
@@ -105,6 +107,10 @@ pub(crate) fn handler_ran(labels: &Labels, outcome: &'static str, took: Duration
 
 pub(crate) fn circuit(subscription: &str, state: f64) {
     gauge!(CIRCUIT_STATE, "subscription" => subscription.to_owned()).set(state);
+}
+
+pub(crate) fn concurrency_limit(subscription: &str, limit: usize) {
+    gauge!(CONCURRENCY_LIMIT, "subscription" => subscription.to_owned()).set(limit as f64);
 }
 
 pub(crate) fn parked(subscription: &str, now: usize) {
@@ -186,6 +192,7 @@ mod tests {
             super::RELEASED,
             super::DEFERRED,
             super::PARKED,
+            super::CONCURRENCY_LIMIT,
             super::CIRCUIT_STATE,
             super::DEAD_LETTERED,
             super::DUPLICATES_SKIPPED,

@@ -101,6 +101,7 @@ pub struct WorkerStats {
     panics: AtomicU64,
     verb_failures: AtomicU64,
     in_flight: AtomicU64,
+    concurrency_limit: AtomicU64,
 }
 
 /// A snapshot of [`WorkerStats`].
@@ -135,6 +136,9 @@ pub struct StatsSnapshot {
     pub verb_failures: u64,
     /// Deliveries being handled now.
     pub in_flight: u64,
+    /// How many handlers may run at once now: the worker's concurrency, or where
+    /// [`AdaptiveConcurrency`](crate::AdaptiveConcurrency) has taken it.
+    pub concurrency_limit: u64,
 }
 
 impl WorkerStats {
@@ -156,12 +160,18 @@ impl WorkerStats {
             panics: l(&self.panics),
             verb_failures: l(&self.verb_failures),
             in_flight: l(&self.in_flight),
+            concurrency_limit: l(&self.concurrency_limit),
         }
     }
 
     pub(crate) fn delivered(&self) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_concurrency_limit(&self, limit: usize) {
+        self.concurrency_limit
+            .store(limit as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn finished(&self) {

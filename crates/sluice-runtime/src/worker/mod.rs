@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::adaptive::{AdaptiveConcurrency, Controller};
 use crate::backoff::Backoff;
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::handler::Handler;
@@ -82,6 +83,7 @@ pub(crate) struct Pipeline<H> {
     pub(crate) lease_extension: LeaseExtension,
     pub(crate) lifecycle: Option<Arc<dyn Lifecycle>>,
     pub(crate) breaker: Option<Arc<Breaker>>,
+    pub(crate) adaptive: Option<Arc<Controller>>,
     /// Nothing is pulled before this (a handler without a key was told to wait).
     // std Mutex: never held across an .await.
     pub(crate) paused: Mutex<Option<tokio::time::Instant>>,
@@ -117,6 +119,7 @@ pub struct WorkerBuilder<S, H> {
     limiter: Option<Arc<dyn LimiterStore>>,
     breaker: Option<CircuitBreaker>,
     key_limit: Option<KeyLimit>,
+    adaptive: Option<AdaptiveConcurrency>,
     backoff: Backoff,
     idempotency: Option<Idempotency>,
     observer: Option<Arc<dyn Observer>>,
@@ -134,9 +137,17 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
         self.lifecycle = Some(lifecycle);
         self
     }
-    /// How many handlers run at once (16 by default).
+    /// How many handlers run at once (16 by default); with
+    /// [`adaptive_concurrency`](Self::adaptive_concurrency), how many at first.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
+        self
+    }
+    /// Finds how many handlers the downstream takes at once from the latency it observes,
+    /// between `min` and `max`, starting at [`concurrency`](Self::concurrency): see
+    /// [`AdaptiveConcurrency`]. Off by default.
+    pub fn adaptive_concurrency(mut self, adaptive: AdaptiveConcurrency) -> Self {
+        self.adaptive = Some(adaptive);
         self
     }
     /// Limits how many deliveries per second are pulled (none by default): this worker's own
@@ -219,19 +230,34 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
         let rate_limit = self
             .rate_limit
             .map(|limit| Limiter::new(limit, store.clone()));
+        let stats = Arc::new(WorkerStats::default());
+        let subscription = self.subscriber.subscription().to_string();
+        stats.set_concurrency_limit(self.concurrency);
+        let adaptive = self.adaptive.map(|config| {
+            Arc::new(Controller::new(
+                config,
+                self.concurrency,
+                subscription.clone(),
+                stats.clone(),
+            ))
+        });
+        // The most handler slots: the adaptive limit's maximum, or the concurrency.
+        let slots = self
+            .adaptive
+            .map_or(self.concurrency, |config| config.max.max(1));
         // Parked deliveries count towards the prefetch: past it the worker could not pull
         // the other keys' messages it parks them for.
-        let room = (self.subscriber.config().prefetch as usize).saturating_sub(self.concurrency);
+        let room = (self.subscriber.config().prefetch as usize).saturating_sub(slots);
         let gate = self.key_limit.map(|mut limit| {
             limit.max_parked = limit.max_parked.min(room);
-            gate::Gate::new(limit, store, self.subscriber.subscription().to_string())
+            gate::Gate::new(limit, store, subscription.clone())
         });
         Worker {
             pipeline: Arc::new(Pipeline {
                 handler: self.handler,
                 backoff: self.backoff,
                 idempotency: self.idempotency,
-                stats: Arc::new(WorkerStats::default()),
+                stats,
                 observer: self.observer,
                 rng: Mutex::new(rng),
                 max_attempts,
@@ -239,17 +265,15 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
                 timeout: self.timeout,
                 lease_extension: self.lease_extension,
                 lifecycle: self.lifecycle,
-                breaker: self.breaker.map(|config| {
-                    Arc::new(Breaker::new(
-                        config,
-                        self.subscriber.subscription().to_string(),
-                    ))
-                }),
+                breaker: self
+                    .breaker
+                    .map(|config| Arc::new(Breaker::new(config, subscription))),
+                adaptive,
                 paused: Mutex::new(None),
             }),
             gate,
             subscriber: self.subscriber,
-            concurrency: self.concurrency,
+            concurrency: slots,
             rate_limit,
             shutdown_grace: self.shutdown_grace,
             poll_wait: self.poll_wait,
@@ -279,6 +303,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             limiter: None,
             breaker: None,
             key_limit: None,
+            adaptive: None,
             backoff: Backoff::default(),
             idempotency: None,
             observer: None,
@@ -332,6 +357,23 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep_until(until) => {}
                 }
+            }
+            // Adaptive concurrency: no more than its limit pulled and not yet settled.
+            if let Some(adaptive) = &self.pipeline.adaptive {
+                let finished = adaptive.finished.notified();
+                tokio::pin!(finished);
+                finished.as_mut().enable();
+                let room = adaptive.room();
+                if room == 0 {
+                    drop(permits);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = finished => {}
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                    continue;
+                }
+                permits.truncate(room);
             }
             if let Some(breaker) = &self.pipeline.breaker {
                 let admitted = tokio::select! {
@@ -387,6 +429,10 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             if let Some(breaker) = &self.pipeline.breaker {
                 breaker.unused(want.saturating_sub(deliveries.len()) as u32);
             }
+            let mut claims = match &self.pipeline.adaptive {
+                Some(adaptive) if !stopping => adaptive.claim(deliveries.len()),
+                _ => Vec::new(),
+            };
             for delivery in deliveries {
                 if stopping {
                     settle::release_unhandled(&self.pipeline, delivery).await;
@@ -395,7 +441,12 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                 let permit = permits
                     .pop()
                     .expect("a backend returned more deliveries than asked");
-                tasks.spawn(keyed::run(shared.clone(), delivery, permit));
+                let claim = claims.pop();
+                let shared = shared.clone();
+                tasks.spawn(async move {
+                    keyed::run(shared, delivery, permit).await;
+                    drop(claim);
+                });
             }
         }
 

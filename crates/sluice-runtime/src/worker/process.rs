@@ -261,6 +261,14 @@ async fn run<D: Delivery, H: Handler>(
             _ = cap_reached => Ran::Abandoned("handler outlived the lease extension's hard cap"),
         }
     };
+    if let Some(adaptive) = &pipeline.adaptive {
+        let failed = match &ran {
+            Ran::Finished(Err(e)) => matches!(e.kind(), ErrorKind::Transient { .. }),
+            Ran::Finished(Ok(())) => false,
+            Ran::Abandoned(_) => true,
+        };
+        adaptive.sample(started.elapsed(), failed);
+    }
     let result = match ran {
         Ran::Finished(result) => result,
         Ran::Abandoned(why) => {
