@@ -97,10 +97,12 @@ const ROWS: &[Row] = &[
     ("max message size", |c| bytes(c.max_message_size)),
     ("max batch", |c| c.max_batch.to_string()),
     ("time granularity", |c| duration(c.time_granularity)),
-    ("global rate limits", |c| match c.global_rate_limits {
-        Support::Native => "native".to_owned(),
-        Support::Emulated => "store (Redis)".to_owned(),
-        Support::Unsupported => "no".to_owned(),
+    ("global limits (rate, concurrency)", |c| {
+        match c.global_rate_limits {
+            Support::Native => "native".to_owned(),
+            Support::Emulated => "store (Redis, SQL)".to_owned(),
+            Support::Unsupported => "no".to_owned(),
+        }
     }),
 ];
 

@@ -75,7 +75,7 @@ pub struct Capabilities {
     /// Smallest granularity of leases and delays (SQS counts whole seconds).
     pub time_granularity: Duration,
     /// Global rate limits (`RateLimit::global`): `Native` where the backend keeps the buckets
-    /// itself (`Subscriber::limiter`), `Emulated` where the worker is given a store (Redis).
+    /// itself (`Subscriber::limiter`), `Emulated` where the worker is given a store (Redis, PostgreSQL, SQLite).
     pub global_rate_limits: Support,
 }
 

@@ -55,7 +55,7 @@ pub use error::{BoxError, Error, MessageError, NameError, ObjectKind, Result, Ur
 pub use filter::Filter;
 pub use idempotency::{Claim, ClaimToken, IdempotencyKey, IdempotencyStore};
 pub use jobs::{JobStore, MemoryJobStore, Versioned};
-pub use limit::{Grant, LimiterStore, MemoryLimiter, Rate};
+pub use limit::{Grant, LimiterStore, MemoryLimiter, Rate, SlotsRequest};
 pub use message::{Headers, Message, MessageBuilder, MessageId, MessageParts};
 pub use name::{Namespace, Naming, SubscriptionName, TopicName};
 pub use ops::{

@@ -35,6 +35,19 @@ pub struct Grant {
     pub retry_after: Duration,
 }
 
+/// A call on a global concurrency bound's slots ([`LimiterStore::slots`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotsRequest {
+    /// The most slots held at once by every holder together (at least 1).
+    pub max: u32,
+    /// Slots of this holder given back first.
+    pub release: u32,
+    /// Most slots to take.
+    pub want: u32,
+    /// How long this holder's slots stay held without another call (its lease).
+    pub ttl: Duration,
+}
+
 /// Where the buckets of shared limits live.
 pub trait LimiterStore: Send + Sync + 'static {
     /// Returns `give_back` unused tokens of the limit `name` (never past its burst), then
@@ -46,6 +59,68 @@ pub trait LimiterStore: Send + Sync + 'static {
         give_back: u32,
         want: u32,
     ) -> BoxFuture<'a, Result<Grant>>;
+
+    /// Global concurrency: gives back `release` of the slots `holder` holds of the bound
+    /// `name`, keeps the rest held for `ttl` more, then takes up to `want` while fewer than
+    /// `max` are held by every holder together. Returns how many it took. A holder that stops
+    /// calling (a crashed process) loses its slots once its `ttl` has passed. Stores without
+    /// slots refuse with [`Error::Unsupported`](crate::Error::Unsupported).
+    fn slots<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        request: SlotsRequest,
+    ) -> BoxFuture<'a, Result<u32>> {
+        let _ = (name, holder, request);
+        boxed(async {
+            Err(crate::Error::Unsupported(
+                "this limiter keeps no global concurrency slots".into(),
+            ))
+        })
+    }
+}
+
+/// The arithmetic of a slots call: the holder had `had`, the others hold `others`; returns
+/// the slots taken and the holder's slots after the call (release first, never below 0).
+pub fn grant_slots(others: u64, had: u32, request: SlotsRequest) -> (u32, u32) {
+    let mine = had.saturating_sub(request.release);
+    let free = u64::from(request.max.max(1)).saturating_sub(others + u64::from(mine));
+    let taken = u32::try_from(free.min(u64::from(request.want))).unwrap_or(u32::MAX);
+    (taken, mine + taken)
+}
+
+/// One bound's holders: slots held, and until when (ms of the store's clock).
+#[derive(Debug, Default)]
+pub struct SlotHolders {
+    holders: HashMap<String, (u32, f64)>,
+}
+
+impl SlotHolders {
+    /// Forgets expired holders, applies `request` for `holder` at `now_ms`, returns the slots
+    /// taken (the rules every store applies; the Redis script mirrors them).
+    pub fn apply(&mut self, holder: &str, request: SlotsRequest, now_ms: f64) -> u32 {
+        self.holders.retain(|_, (_, until)| *until > now_ms);
+        let until = now_ms + request.ttl.as_secs_f64() * 1000.0;
+        let had = self.holders.get(holder).map_or(0, |(n, _)| *n);
+        let others: u64 = self
+            .holders
+            .iter()
+            .filter(|(h, _)| h.as_str() != holder)
+            .map(|(_, (n, _))| u64::from(*n))
+            .sum();
+        let (taken, now_held) = grant_slots(others, had, request);
+        if now_held == 0 {
+            self.holders.remove(holder);
+        } else {
+            self.holders.insert(holder.to_owned(), (now_held, until));
+        }
+        taken
+    }
+
+    /// Whether no holder holds a slot.
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty()
+    }
 }
 
 /// One token bucket: the arithmetic every store applies (the Redis script mirrors it).
@@ -106,6 +181,8 @@ pub struct MemoryLimiter {
     clock: MillisClock,
     // std Mutex: never held across an .await. The time of the last sweep beside the map.
     buckets: Mutex<(HashMap<String, Held>, f64)>,
+    // std Mutex: never held across an .await.
+    slots: Mutex<HashMap<String, SlotHolders>>,
 }
 
 impl std::fmt::Debug for MemoryLimiter {
@@ -132,6 +209,7 @@ impl MemoryLimiter {
         Self {
             clock,
             buckets: Mutex::new((HashMap::new(), f64::MIN)),
+            slots: Mutex::new(HashMap::new()),
         }
     }
 
@@ -156,6 +234,19 @@ impl MemoryLimiter {
     }
 }
 
+impl MemoryLimiter {
+    /// [`LimiterStore::slots`] without the future, at `now_ms` of this limiter's clock.
+    pub fn slots_at(&self, name: &str, holder: &str, request: SlotsRequest, now_ms: f64) -> u32 {
+        let mut bounds = self.slots.lock().expect("limiter");
+        let holders = bounds.entry(name.to_owned()).or_default();
+        let taken = holders.apply(holder, request, now_ms);
+        if holders.is_empty() {
+            bounds.remove(name);
+        }
+        taken
+    }
+}
+
 impl LimiterStore for MemoryLimiter {
     fn take<'a>(
         &'a self,
@@ -167,6 +258,17 @@ impl LimiterStore for MemoryLimiter {
         let now_ms = (self.clock)();
         let grant = self.take_at(name, rate, give_back, want, now_ms);
         boxed(async move { Ok(grant) })
+    }
+
+    fn slots<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        request: SlotsRequest,
+    ) -> BoxFuture<'a, Result<u32>> {
+        let now_ms = (self.clock)();
+        let taken = self.slots_at(name, holder, request, now_ms);
+        boxed(async move { Ok(taken) })
     }
 }
 
@@ -228,6 +330,56 @@ mod tests {
             5,
             "drained at 0.5 s, 5 refilled by 1 s: not a full bucket again"
         );
+    }
+
+    fn slots(max: u32, release: u32, want: u32) -> SlotsRequest {
+        SlotsRequest {
+            max,
+            release,
+            want,
+            ttl: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn slots_are_bounded_across_holders_given_back_and_lost_with_a_silent_holder() {
+        let limiter = MemoryLimiter::new();
+        assert_eq!(limiter.slots_at("pdf", "w1", slots(3, 0, 2), 0.0), 2);
+        assert_eq!(
+            limiter.slots_at("pdf", "w2", slots(3, 0, 5), 0.0),
+            1,
+            "3 in all"
+        );
+        assert_eq!(limiter.slots_at("pdf", "w2", slots(3, 0, 1), 1.0), 0);
+        assert_eq!(
+            limiter.slots_at("pdf", "w1", slots(3, 1, 0), 2.0),
+            0,
+            "one back"
+        );
+        assert_eq!(limiter.slots_at("pdf", "w2", slots(3, 0, 5), 3.0), 1);
+        assert_eq!(
+            limiter.slots_at("other", "w2", slots(1, 0, 5), 3.0),
+            1,
+            "another bound"
+        );
+        // w2 renews at 9 s; w1 (1 slot, last call at 2 ms) says nothing and loses it 10 s on.
+        assert_eq!(limiter.slots_at("pdf", "w2", slots(3, 0, 0), 9_000.0), 0);
+        assert_eq!(
+            limiter.slots_at("pdf", "w3", slots(3, 0, 5), 10_001.0),
+            0,
+            "w1's lease still runs"
+        );
+        assert_eq!(
+            limiter.slots_at("pdf", "w3", slots(3, 0, 5), 10_002.0),
+            1,
+            "w1's slot"
+        );
+        assert_eq!(
+            limiter.slots_at("pdf", "w2", slots(3, 50, 0), 10_002.0),
+            0,
+            "never below 0"
+        );
+        assert_eq!(limiter.slots_at("pdf", "w3", slots(3, 0, 5), 10_002.0), 2);
     }
 
     #[test]

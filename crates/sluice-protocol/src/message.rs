@@ -249,6 +249,24 @@ pub enum Request {
         /// Most tokens to take.
         want: u32,
     },
+    /// `LimiterStore::slots` on the server's limiter (in the connection's namespace): gives
+    /// back `release` of `holder`'s slots of the global concurrency bound `name`, keeps the
+    /// rest held for `ttl_ms`, then takes up to `want` while fewer than `max` are held in all.
+    /// Answered with [`Response::Slots`].
+    SlotsTake {
+        /// The bound's name.
+        name: String,
+        /// The holder (a worker's id).
+        holder: String,
+        /// Most slots held by every holder together (at least 1).
+        max: u32,
+        /// Slots given back.
+        release: u32,
+        /// Most slots to take.
+        want: u32,
+        /// How long the holder's slots stay held without another call, in ms.
+        ttl_ms: u64,
+    },
 }
 
 /// A delivery verb.
@@ -331,6 +349,8 @@ pub enum Response {
         /// When none was: how long until one is, in milliseconds.
         retry_after_ms: u64,
     },
+    /// Answer to `SlotsTake`: the slots taken.
+    Slots(u32),
 }
 
 /// A job store document and its version.

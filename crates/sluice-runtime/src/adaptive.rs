@@ -91,6 +91,7 @@ const FAILURE_SHARE: f64 = 0.1;
 struct Window {
     started: Instant,
     runs: usize,
+    successes: usize,
     failures: usize,
     total: Duration,
     least: Option<Duration>,
@@ -105,6 +106,7 @@ impl Window {
         Self {
             started: Instant::now(),
             runs: 0,
+            successes: 0,
             failures: 0,
             total: Duration::ZERO,
             least: None,
@@ -153,6 +155,9 @@ impl Controller {
         subscription: String,
         stats: Arc<WorkerStats>,
     ) -> Self {
+        let mut config = config;
+        config.min = config.min.max(1);
+        config.max = config.max.max(config.min);
         let initial = initial.clamp(config.min, config.max);
         crate::metrics::concurrency_limit(&subscription, initial);
         stats.set_concurrency_limit(initial);
@@ -193,16 +198,23 @@ impl Controller {
         (0..n).map(|_| Claim(self.clone())).collect()
     }
 
-    /// A handler ran for `took`; `failed`: a transient failure (a timeout, an error).
+    /// A handler ran for `took`; `failed`: a transient failure (a timeout, an error). Only
+    /// successes say what the downstream's latency is.
     pub(crate) fn sample(&self, took: Duration, failed: bool) {
         let mut guard = self.state.lock().expect("adaptive");
         let state = &mut *guard;
         let window = &mut state.window;
+        // A probe measures runs started at half the limit, not those before it.
+        let started = Instant::now().checked_sub(took);
+        if window.probing && started.is_none_or(|at| at < window.started) {
+            return;
+        }
         window.runs += 1;
-        window.total += took;
         if failed {
             window.failures += 1;
         } else {
+            window.successes += 1;
+            window.total += took;
             window.least = Some(window.least.map_or(took, |l| l.min(took)));
         }
         let full = window.runs >= (state.limit as usize).max(MIN_WINDOW_RUNS);
@@ -214,9 +226,11 @@ impl Controller {
     fn close_window(&self, state: &mut State) {
         let config = self.config;
         let window = std::mem::replace(&mut state.window, Window::new(false));
-        let mean = window.total / window.runs.max(1) as u32;
+        let mean = window.total / window.successes.max(1) as u32;
         let was = state.limit;
-        if window.probing {
+        if window.runs < MIN_WINDOW_RUNS && !window.probing {
+            // Closed by time with too few runs to say anything (after an idle spell).
+        } else if window.probing {
             // The least latency at half the limit replaces the one kept.
             if window.least.is_some() {
                 state.least = window.least;

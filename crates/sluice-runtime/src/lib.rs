@@ -91,5 +91,6 @@ pub use recover::Panicked;
 pub use shutdown::shutdown_on_signals;
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{
-    TimedOut, Worker, WorkerBuilder, DEFAULT_CONCURRENCY, DEFAULT_POLL_WAIT, DEFAULT_SHUTDOWN_GRACE,
+    TimedOut, Worker, WorkerBuilder, DEFAULT_CONCURRENCY, DEFAULT_POLL_WAIT,
+    DEFAULT_SHUTDOWN_GRACE, SLOT_LEASE,
 };

@@ -95,6 +95,10 @@ pub(crate) fn delivered(labels: &Labels) {
     gauge!(IN_FLIGHT, "topic" => labels.topic.clone(), "subscription" => labels.subscription.clone()).increment(1.0);
 }
 
+pub(crate) fn resumed(labels: &Labels) {
+    gauge!(IN_FLIGHT, "topic" => labels.topic.clone(), "subscription" => labels.subscription.clone()).increment(1.0);
+}
+
 pub(crate) fn finished(labels: &Labels) {
     gauge!(IN_FLIGHT, "topic" => labels.topic.clone(), "subscription" => labels.subscription.clone()).decrement(1.0);
 }

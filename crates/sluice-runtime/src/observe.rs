@@ -174,6 +174,10 @@ impl WorkerStats {
             .store(limit as u64, Ordering::Relaxed);
     }
 
+    pub(crate) fn resumed(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn finished(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }

@@ -330,3 +330,52 @@ async fn shutdown_releases_parked_deliveries_and_loses_nothing() {
     running.stop().await;
     assert_eq!(done + rest.load(Ordering::SeqCst), 100);
 }
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_blocks_a_key_limited_only_in_flight() {
+    // No rate: the key's state looks idle the moment its handler returns; the 429 must
+    // still block it.
+    let s = setup(|c| c).await;
+    for i in 0..3 {
+        s.publish(tenant("a", i)).await;
+    }
+    let calls = Calls::default();
+    let throttled = Arc::new(AtomicBool::new(false));
+    let (c, t) = (calls.clone(), throttled.clone());
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(move |_p, ctx: Context| {
+            c.record(&ctx);
+            let first = !t.swap(true, Ordering::SeqCst);
+            async move {
+                if first {
+                    return Err(HandlerError::rate_limited(Duration::from_secs(10)));
+                }
+                Ok(())
+            }
+        }),
+    )
+    .key_limit(KeyLimit::header("tenant").in_flight(1))
+    .build();
+    let stats = worker.stats();
+    let start = Instant::now();
+    let running = Running::start(worker);
+    wait_until("all 3 acked", Duration::from_secs(30), || {
+        stats.snapshot().acked == 3
+    })
+    .await;
+    running.stop().await;
+    let a = calls.of("a");
+    assert_eq!(a.len(), 4, "{a:?}");
+    assert!(
+        a[1..]
+            .iter()
+            .all(|(_, at)| *at - start >= Duration::from_secs(10)),
+        "the key waited its 10 s: {a:?}"
+    );
+    assert_eq!(
+        stats.snapshot().delivered,
+        3,
+        "a run again is not a delivery again"
+    );
+}

@@ -1,8 +1,10 @@
 //! `LimitTake`: global rate limits' tokens handed out from the engine's limiter, in the
 //! connection's namespace, so workers in every process connected to this server share one
-//! bucket per limit.
+//! bucket per limit. `SlotsTake`: global concurrency bounds' slots, from the same limiter.
 
-use sluice_core::limit::Rate;
+use std::time::Duration;
+
+use sluice_core::limit::{Rate, SlotsRequest};
 use sluice_embedded::EmbeddedBackend;
 use sluice_protocol::convert;
 use sluice_protocol::message::WireError;
@@ -10,6 +12,55 @@ use sluice_protocol::Response;
 
 /// The most tokens one take may ask for or give back (a worker asks for its free permits).
 pub(crate) const MAX_TOKENS: u32 = 1_000_000;
+
+/// The longest a holder's slots stay held without another call.
+const MAX_SLOT_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// Answers a `SlotsTake`.
+pub(crate) async fn slots(
+    backend: &EmbeddedBackend,
+    name: &str,
+    holder: &str,
+    max: u32,
+    release: u32,
+    want: u32,
+    ttl_ms: u64,
+) -> Result<Response, WireError> {
+    if name.is_empty() || name.len() > 256 || holder.is_empty() || holder.len() > 256 {
+        return Err(WireError::Invalid {
+            message: format!(
+                "a bound's name and holder are 1 to 256 bytes, not {} and {}",
+                name.len(),
+                holder.len()
+            ),
+        });
+    }
+    if max == 0
+        || want > MAX_TOKENS
+        || release > MAX_TOKENS
+        || ttl_ms == 0
+        || ttl_ms > MAX_SLOT_TTL_MS
+    {
+        return Err(WireError::Invalid {
+            message: format!(
+                "max must be at least 1, want and release at most {MAX_TOKENS}, ttl_ms 1 to \
+                 {MAX_SLOT_TTL_MS} (got {max}, {want}, {release}, {ttl_ms})"
+            ),
+        });
+    }
+    let request = SlotsRequest {
+        max,
+        release,
+        want,
+        ttl: Duration::from_millis(ttl_ms),
+    };
+    let taken = backend
+        .limiter()
+        .slots(name, holder, request)
+        .await
+        .map_err(|e| convert::error_to_wire(&e))?;
+    Ok(Response::Slots(taken))
+}
 
 /// Answers a `LimitTake`.
 pub(crate) async fn take(

@@ -197,6 +197,25 @@ impl Session {
             | Request::JobSwap { .. }
             | Request::JobRemove { .. }
             | Request::JobScan { .. }) => crate::job_requests::answer(&self.backend, request).await,
+            Request::SlotsTake {
+                name,
+                holder,
+                max,
+                release,
+                want,
+                ttl_ms,
+            } => {
+                crate::limit_requests::slots(
+                    &self.backend,
+                    &name,
+                    &holder,
+                    max,
+                    release,
+                    want,
+                    ttl_ms,
+                )
+                .await
+            }
             Request::LimitTake {
                 name,
                 per_second,

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::limit::{LimiterStore, Rate};
+use sluice_core::limit::{LimiterStore, Rate, SlotsRequest};
 
 /// Checks `store` against the [`LimiterStore`] contract and panics on the first difference:
 /// a new limit starts full and grants at most its burst, an empty one names the wait for the
 /// next token, tokens given back never pass the burst, and of 32 concurrent takes on a fresh
 /// limit exactly its burst is granted (no token taken twice). Uses fresh random names, so
 /// it can run against a shared store. The rates are so slow that no token refills meanwhile.
+/// Then its global concurrency slots ([`LimiterStore::slots`]): see `check_slots`.
 pub async fn check_limiter(store: Arc<dyn LimiterStore>) {
     let slow = Rate {
         per_second: 0.001,
@@ -50,4 +51,71 @@ pub async fn check_limiter(store: Arc<dyn LimiterStore>) {
         granted += take.await.unwrap();
     }
     assert_eq!(granted, 5, "32 concurrent takes share the burst of 5");
+
+    check_slots(store).await;
+}
+
+/// Global concurrency slots ([`LimiterStore::slots`]): bounded across holders, given back,
+/// shared exactly by concurrent takers, and lost by a holder that stops calling.
+async fn check_slots(store: Arc<dyn LimiterStore>) {
+    let name = format!("check-slots-{}", uuid::Uuid::now_v7());
+    let call = |holder: &'static str, release: u32, want: u32, ttl: Duration| {
+        let (store, name) = (store.clone(), name.clone());
+        async move {
+            let request = SlotsRequest {
+                max: 3,
+                release,
+                want,
+                ttl,
+            };
+            store.slots(&name, holder, request).await.unwrap()
+        }
+    };
+    let long = Duration::from_secs(60);
+    assert_eq!(call("w1", 0, 2, long).await, 2);
+    assert_eq!(
+        call("w2", 0, 5, long).await,
+        1,
+        "3 at most, every holder together"
+    );
+    assert_eq!(call("w2", 0, 1, long).await, 0);
+    assert_eq!(call("w1", 1, 0, long).await, 0, "w1 gives one back");
+    assert_eq!(call("w2", 0, 5, long).await, 1);
+    assert_eq!(
+        call("w2", 50, 0, long).await,
+        0,
+        "a release never goes below 0"
+    );
+    assert_eq!(call("w1", 1, 0, long).await, 0);
+    // Every slot is free again: 32 concurrent takers get exactly 3.
+    let takes = (0..32).map(|i| {
+        let (store, name) = (store.clone(), name.clone());
+        tokio::spawn(async move {
+            let request = SlotsRequest {
+                max: 3,
+                release: 0,
+                want: 1,
+                ttl: Duration::from_millis(300),
+            };
+            store.slots(&name, &format!("t{i}"), request).await.unwrap()
+        })
+    });
+    let mut taken = 0;
+    for take in takes {
+        taken += take.await.unwrap();
+    }
+    assert_eq!(taken, 3, "32 concurrent takers share 3 slots");
+    // The takers never call again: their leases (300 ms) run out and the slots are free.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if call("w3", 0, 3, long).await == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slots of holders silent past their lease were never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(call("w3", 3, 0, long).await, 0);
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use sluice_core::idempotency::BoxFuture;
-use sluice_core::limit::{Grant, LimiterStore, MemoryLimiter, Rate};
+use sluice_core::limit::{Grant, LimiterStore, MemoryLimiter, Rate, SlotsRequest};
 
 /// The engine's buckets under one namespace.
 #[derive(Debug, Clone)]
@@ -33,5 +33,16 @@ impl LimiterStore for EngineLimiter {
         let name = format!("{}{name}", self.prefix);
         let buckets = self.buckets.clone();
         Box::pin(async move { buckets.take(&name, rate, give_back, want).await })
+    }
+
+    fn slots<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        request: SlotsRequest,
+    ) -> BoxFuture<'a, sluice_core::Result<u32>> {
+        let name = format!("{}{name}", self.prefix);
+        let buckets = self.buckets.clone();
+        Box::pin(async move { buckets.slots(&name, holder, request).await })
     }
 }

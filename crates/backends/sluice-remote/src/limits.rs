@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::idempotency::{boxed, BoxFuture};
-use sluice_core::limit::{Grant, LimiterStore, Rate};
+use sluice_core::limit::{Grant, LimiterStore, Rate, SlotsRequest};
 use sluice_core::Result;
 use sluice_protocol::{Request, Response};
 
@@ -55,6 +55,30 @@ impl LimiterStore for RemoteLimiter {
                     granted,
                     retry_after: Duration::from_millis(retry_after_ms),
                 }),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn slots<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        request: SlotsRequest,
+    ) -> BoxFuture<'a, Result<u32>> {
+        boxed(async move {
+            let request = Request::SlotsTake {
+                name: name.to_owned(),
+                holder: holder.to_owned(),
+                max: request.max,
+                release: request.release,
+                want: request.want,
+                ttl_ms: u64::try_from(request.ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            };
+            match self.link.call(request).await? {
+                Response::Slots(taken) => Ok(taken),
                 other => Err(unexpected(other)),
             }
         })

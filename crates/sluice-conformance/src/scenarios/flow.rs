@@ -15,7 +15,7 @@ use crate::wait::Must;
 
 /// Two connections' subscribers take tokens of one limit: the second sees what the first
 /// took (the backend keeps one bucket), never its own full burst. Tokens refill at 0.001/s,
-/// so none does during the scenario.
+/// so none does during the scenario. The same for a global concurrency bound's slots.
 pub async fn global_rate_limit_is_one_bucket_across_connections<H: Harness>(h: &H) -> Outcome {
     let f = Fixture::new(h, "global_rate_limit_is_one_bucket_across_connections").await;
     if let Some(skip) = f.gate() {
@@ -61,6 +61,29 @@ pub async fn global_rate_limit_is_one_bucket_across_connections<H: Harness>(h: &
         "the second connection shares the first's bucket"
     );
     assert_eq!(take(&one, 1).await, 0, "the burst is spent for both");
+    // Global concurrency slots live in the same limiter: one bound for both connections.
+    let slots = |limiter: &std::sync::Arc<dyn sluice_core::LimiterStore>, holder, want| {
+        let limiter = limiter.clone();
+        async move {
+            let request = sluice_core::SlotsRequest {
+                max: 2,
+                release: 0,
+                want,
+                ttl: std::time::Duration::from_secs(60),
+            };
+            limiter
+                .slots(name, holder, request)
+                .await
+                .must("taking slots")
+        }
+    };
+    assert_eq!(slots(&one, "first", 1).await, 1);
+    assert_eq!(
+        slots(&two, "second", 5).await,
+        1,
+        "the second connection sees the first's slot"
+    );
+    assert_eq!(slots(&one, "third", 1).await, 0, "2 held in all");
     let _ = first.close().await;
     let _ = second.close().await;
     f.finish().await

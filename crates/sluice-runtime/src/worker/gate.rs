@@ -38,16 +38,10 @@ impl Drop for Pass {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ticket(u64);
 
-/// What [`Gate::enter`] answered.
-pub(crate) enum Entered {
-    /// Run now.
-    Pass(Pass),
-    /// Wait for this ticket's turn ([`Gate::wait`]), or give it up ([`Gate::leave`]).
-    Queued(Ticket),
-}
-
 struct Key {
     bucket: Option<Bucket>,
+    /// Tokens of a shared bucket taken for a ticket that was no longer next when they came.
+    banked: u32,
     in_flight: u32,
     blocked_until: Option<Instant>,
     queue: VecDeque<u64>,
@@ -56,6 +50,21 @@ struct Key {
     /// Mean time a delivery of this key is handled (for deferrals without a rate).
     service: Duration,
     notify: Arc<Notify>,
+}
+
+impl Key {
+    fn new() -> Self {
+        Self {
+            bucket: None,
+            banked: 0,
+            in_flight: 0,
+            blocked_until: None,
+            queue: VecDeque::new(),
+            horizon: Instant::now(),
+            service: Duration::from_millis(100),
+            notify: Arc::new(Notify::new()),
+        }
+    }
 }
 
 pub(crate) struct Gate {
@@ -115,31 +124,24 @@ impl Gate {
         self.start.elapsed().as_secs_f64() * 1000.0
     }
 
-    /// Queues a delivery of `key` (at the front: one that was running and was told to wait),
-    /// and lets it through at once when it is the key's next and its limits allow.
-    pub(crate) async fn enter(self: &Arc<Self>, key: &str, front: bool) -> Entered {
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed) as u64;
-        {
-            let mut keys = self.keys.lock().expect("gate");
-            self.sweep(&mut keys);
-            let state = keys.entry(key.to_owned()).or_insert_with(|| Key {
-                bucket: None,
-                in_flight: 0,
-                blocked_until: None,
-                queue: VecDeque::new(),
-                horizon: Instant::now(),
-                service: Duration::from_millis(100),
-                notify: Arc::new(Notify::new()),
-            });
-            if front {
-                state.queue.push_front(ticket);
-            } else {
-                state.queue.push_back(ticket);
+    /// Queues a delivery of `key`: a new ticket at the back (the pull loop takes them in the
+    /// order the broker gave the deliveries), or `again` — the ticket of one that ran and was
+    /// told to wait — back in its place by number, ahead of every later one.
+    pub(crate) fn ticket(&self, key: &str, again: Option<Ticket>) -> Ticket {
+        let mut keys = self.keys.lock().expect("gate");
+        self.sweep(&mut keys);
+        let state = keys.entry(key.to_owned()).or_insert_with(Key::new);
+        match again {
+            Some(ticket) => {
+                let at = state.queue.partition_point(|t| *t < ticket.0);
+                state.queue.insert(at, ticket.0);
+                ticket
             }
-        }
-        match self.try_turn(key, Ticket(ticket)).await {
-            Ok(pass) => Entered::Pass(pass),
-            Err(_) => Entered::Queued(Ticket(ticket)),
+            None => {
+                let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed) as u64;
+                state.queue.push_back(ticket);
+                Ticket(ticket)
+            }
         }
     }
 
@@ -167,29 +169,41 @@ impl Gate {
         }
     }
 
-    /// Lets `ticket` through, or says how long to wait (and what wakes it sooner).
-    async fn try_turn(self: &Arc<Self>, key: &str, ticket: Ticket) -> Result<Pass, Duration> {
+    /// Whether `ticket` is next of its key, the key not blocked and under its number in
+    /// flight; else how long to wait.
+    fn next_in_line(state: &mut Key, cap: Option<u32>, ticket: Ticket) -> Result<(), Duration> {
+        if state.queue.front() != Some(&ticket.0) {
+            // Woken when the one ahead of it goes.
+            return Err(MAX_NAP);
+        }
+        if let Some(until) = state.blocked_until {
+            let now = Instant::now();
+            if until > now {
+                return Err(until - now);
+            }
+            state.blocked_until = None;
+        }
+        if cap.is_some_and(|cap| state.in_flight >= cap) {
+            return Err(MAX_NAP);
+        }
+        Ok(())
+    }
+
+    /// Lets `ticket` through, or says how long to wait.
+    pub(crate) async fn try_turn(
+        self: &Arc<Self>,
+        key: &str,
+        ticket: Ticket,
+    ) -> Result<Pass, Duration> {
         let rate = self.rate();
+        let cap = self.limit.in_flight;
         {
             let mut keys = self.keys.lock().expect("gate");
             let state = keys.get_mut(key).expect("a queued key is kept");
-            let now = Instant::now();
-            if state.queue.front() != Some(&ticket.0) {
-                // Woken when the one ahead of it goes.
-                return Err(MAX_NAP);
-            }
-            if let Some(until) = state.blocked_until {
-                if until > now {
-                    return Err(until - now);
-                }
-                state.blocked_until = None;
-            }
-            if self
-                .limit
-                .in_flight
-                .is_some_and(|cap| state.in_flight >= cap)
-            {
-                return Err(MAX_NAP);
+            Self::next_in_line(state, cap, ticket)?;
+            if state.banked > 0 {
+                state.banked -= 1;
+                return Ok(self.admit(state, key, ticket));
             }
             match (rate, &self.store) {
                 (None, _) => {}
@@ -207,7 +221,7 @@ impl Gate {
                 (Some(_), Some(_)) => {}
             }
             if self.store.is_none() || rate.is_none() {
-                return Ok(self.admit(state, key));
+                return Ok(self.admit(state, key, ticket));
             }
         }
         let (Some(rate), Some(store)) = (rate, &self.store) else {
@@ -216,9 +230,19 @@ impl Gate {
         let name = shared_name(self.limit.global.as_deref().unwrap_or(""), key);
         match store.take(&name, rate, 0, 1).await {
             Ok(grant) if grant.granted > 0 => {
+                // Looked at again: while the store answered, one told to wait may have come
+                // back ahead of it, or the key been blocked. The token is then kept for the
+                // next in line.
                 let mut keys = self.keys.lock().expect("gate");
                 let state = keys.get_mut(key).expect("a queued key is kept");
-                Ok(self.admit(state, key))
+                match Self::next_in_line(state, cap, ticket) {
+                    Ok(()) => Ok(self.admit(state, key, ticket)),
+                    Err(nap) => {
+                        state.banked += 1;
+                        state.notify.notify_waiters();
+                        Err(nap)
+                    }
+                }
             }
             Ok(grant) => Err(grant.retry_after.max(Duration::from_millis(1))),
             Err(err) => {
@@ -228,8 +252,9 @@ impl Gate {
         }
     }
 
-    fn admit(self: &Arc<Self>, state: &mut Key, key: &str) -> Pass {
-        state.queue.pop_front();
+    fn admit(self: &Arc<Self>, state: &mut Key, key: &str, ticket: Ticket) -> Pass {
+        debug_assert_eq!(state.queue.front(), Some(&ticket.0));
+        state.queue.retain(|t| *t != ticket.0);
         state.in_flight += 1;
         // The next in line may go too (a burst, a number in flight above one).
         state.notify.notify_waiters();
@@ -267,9 +292,8 @@ impl Gate {
     /// Nothing of `key` runs before `until` (the downstream said "too many requests").
     pub(crate) fn block(&self, key: &str, until: Instant) {
         let mut keys = self.keys.lock().expect("gate");
-        if let Some(state) = keys.get_mut(key) {
-            state.blocked_until = Some(state.blocked_until.map_or(until, |u| u.max(until)));
-        }
+        let state = keys.entry(key.to_owned()).or_insert_with(Key::new);
+        state.blocked_until = Some(state.blocked_until.map_or(until, |u| u.max(until)));
     }
 
     /// Whether a key's state says nothing a fresh one would not, so it can be forgotten: a
@@ -284,6 +308,7 @@ impl Gate {
             _ => true,
         };
         state.in_flight == 0
+            && state.banked == 0
             && state.queue.is_empty()
             && state.blocked_until.is_none_or(|until| until <= now)
             && state.horizon <= now
@@ -301,16 +326,23 @@ impl Gate {
         }
     }
 
-    /// Whether the worker holds as many parked deliveries as it may.
-    pub(crate) fn full(&self) -> bool {
-        self.parked.load(Ordering::Relaxed) >= self.limit.max_parked
+    /// Whether deliveries are parked (waiting for their turn, then for a handler slot).
+    pub(crate) fn has_parked(&self) -> bool {
+        self.parked.load(Ordering::Relaxed) > 0
     }
 
-    /// Counts a delivery parked until the guard is dropped.
-    pub(crate) fn parked(self: &Arc<Self>) -> Parked {
-        let now = self.parked.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::metrics::parked(&self.subscription, now);
-        Parked { gate: self.clone() }
+    /// Counts a delivery parked until the guard is dropped, if the worker holds fewer than
+    /// it may (`anyway`: whatever it holds).
+    pub(crate) fn park(self: &Arc<Self>, anyway: bool) -> Option<Parked> {
+        let max = self.limit.max_parked;
+        let was = self
+            .parked
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (anyway || n < max).then_some(n + 1)
+            })
+            .ok()?;
+        crate::metrics::parked(&self.subscription, was + 1);
+        Some(Parked { gate: self.clone() })
     }
 
     /// Gives up `ticket` to defer its delivery to the broker: how long from now its key's
@@ -323,6 +355,7 @@ impl Gate {
             return Duration::from_secs(1);
         };
         state.queue.retain(|t| *t != ticket.0);
+        state.notify.notify_waiters();
         let ahead = state.queue.len() as u32 + 1;
         let each = match self.limit.per_second {
             Some(rate) => Duration::from_secs_f64(1.0 / rate),

@@ -2,27 +2,34 @@
 //! pipeline ([`super::process`]), and back to waiting when the handler says the downstream
 //! is rate limiting.
 //!
-//! A delivery waiting its turn gives its concurrency slot back (the worker goes on pulling
-//! other keys' messages) and has its lease kept alive; it takes a slot again to run. At
-//! shutdown a waiting delivery is released at once: it never started.
+//! A delivery waiting its turn gives its handler slot (and its place under an adaptive
+//! limit) back, so the worker goes on pulling other keys' messages, and has its lease kept
+//! alive; it takes them again to run. At shutdown a waiting delivery is released at once: it
+//! never started. One whose lease is lost while it waits is dropped (the broker delivers it
+//! again).
 //!
 //! [`KeyLimit`]: crate::KeyLimit
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_core::Delivery;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::gate::{Entered, Gate};
+use super::gate::{Gate, Ticket};
 use super::process::{self, Throttled};
 use super::settle::{self, Verb};
 use super::Pipeline;
+use crate::adaptive::Claim;
 use crate::handler::Handler;
-use crate::lease::{keep_alive, Renewal};
+use crate::lease::LeaseExtension;
 use crate::metrics::Labels;
 use crate::observe::OutcomeKind;
+
+/// The longest a `rate_limited` answer parks a key (or the worker).
+const MAX_THROTTLE: Duration = Duration::from_secs(24 * 3600);
 
 /// What a delivery task shares with the worker.
 pub(crate) struct Shared<H> {
@@ -35,109 +42,155 @@ pub(crate) struct Shared<H> {
     pub(crate) hard_stop: CancellationToken,
 }
 
-/// Runs `delivery`, received with `slot`, to its verb.
+/// A delivery's place in its key's queue, taken by the pull loop in the broker's order.
+pub(crate) struct Place {
+    pub(crate) key: String,
+    pub(crate) ticket: Ticket,
+}
+
+/// How a wait ended.
+enum Waited<T> {
+    Got(T),
+    Stopped,
+    LeaseLost,
+}
+
+/// Runs `delivery`, received with `slot` (and `claim`, under an adaptive limit), to its verb.
 pub(crate) async fn run<D: Delivery, H: Handler>(
     shared: Arc<Shared<H>>,
     mut delivery: D,
     slot: OwnedSemaphorePermit,
+    mut place: Option<Place>,
+    mut claim: Option<Claim>,
 ) {
     let pipeline = &*shared.pipeline;
-    let key = shared
-        .gate
-        .as_ref()
-        .and_then(|gate| gate.key_of(delivery.message()));
     let mut slot = Some(slot);
-    // Told to wait by the downstream: back at the front of its key's queue.
-    let mut front = false;
+    // Told to wait by the downstream: not deferred, whatever the worker holds.
+    let mut again = false;
+    let mut first = true;
     loop {
         let mut pass = None;
-        if let (Some(gate), Some(key)) = (&shared.gate, &key) {
-            match gate.enter(key, front).await {
-                Entered::Pass(p) => pass = Some(p),
-                Entered::Queued(ticket) => {
-                    if !front && gate.full() && delivery.attempt() < pipeline.max_attempts {
-                        let after = gate.defer(key, ticket);
+        if let (Some(gate), Some(Place { key, ticket })) = (&shared.gate, &place) {
+            match gate.try_turn(key, *ticket).await {
+                Ok(p) => pass = Some(p),
+                Err(_) => {
+                    // A deferral spends an attempt: never a delivery's last.
+                    let last = delivery.attempt() >= pipeline.max_attempts;
+                    let Some(parked) = gate.park(again || last) else {
+                        let after = gate.defer(key, *ticket);
                         let labels = Labels::of(&delivery);
                         let _in_flight = process::InFlight::start(pipeline, labels);
                         let kind = OutcomeKind::Deferred { after };
                         return settle::settle(pipeline, delivery, Verb::Retry(after), kind).await;
-                    }
-                    slot = None;
-                    let parked = gate.parked();
-                    let turn = tokio::select! {
-                        biased;
-                        _ = shared.stop.cancelled() => None,
-                        p = gate.wait(key, ticket) => Some(p),
-                        _ = hold(pipeline, &mut delivery) => unreachable!("hold never completes"),
                     };
+                    slot = None;
+                    claim = None;
+                    let turn = wait(&shared, &mut delivery, gate.wait(key, *ticket)).await;
                     drop(parked);
                     match turn {
-                        Some(p) => pass = Some(p),
-                        None => {
-                            gate.leave(key, ticket);
+                        Waited::Got(p) => pass = Some(p),
+                        Waited::Stopped => {
+                            gate.leave(key, *ticket);
                             return settle::release_unhandled(pipeline, delivery).await;
+                        }
+                        Waited::LeaseLost => {
+                            gate.leave(key, *ticket);
+                            return;
                         }
                     }
                 }
             }
         }
-        // A slot to run in, like every other delivery.
+        // A handler slot (and a place under the adaptive limit) to run in.
         let running = match slot.take() {
             Some(s) => s,
             None => {
-                let taken = tokio::select! {
-                    biased;
-                    _ = shared.stop.cancelled() => None,
-                    s = shared.slots.clone().acquire_owned() => Some(s.expect("slots never close")),
-                    _ = hold(pipeline, &mut delivery) => unreachable!("hold never completes"),
-                };
-                match taken {
-                    Some(s) => s,
-                    None => return settle::release_unhandled(pipeline, delivery).await,
+                match wait(&shared, &mut delivery, shared.slots.clone().acquire_owned()).await {
+                    Waited::Got(s) => s.expect("slots never close"),
+                    Waited::Stopped => return settle::release_unhandled(pipeline, delivery).await,
+                    Waited::LeaseLost => return,
                 }
             }
         };
+        if claim.is_none() {
+            claim = pipeline.adaptive.as_ref().and_then(|a| a.claim(1).pop());
+        }
         let Some(Throttled {
             delivery: back,
             after,
-        }) = process::process(pipeline, delivery, shared.hard_stop.clone()).await
+        }) = process::process(pipeline, delivery, shared.hard_stop.clone(), first).await
         else {
             return;
         };
+        first = false;
         delivery = back;
-        drop(pass);
-        drop(running);
-        let until = Instant::now() + after;
-        match (&shared.gate, &key) {
-            (Some(gate), Some(key)) => {
-                gate.block(key, until);
-                front = true;
+        let until = Instant::now() + after.clamp(Duration::from_millis(1), MAX_THROTTLE);
+        match (&shared.gate, &mut place) {
+            (Some(gate), Some(place)) => {
+                // Blocked before its pass is given back: nothing of the key slips in between.
+                gate.block(&place.key, until);
+                drop(pass);
+                place.ticket = gate.ticket(&place.key, Some(place.ticket));
+                again = true;
+                drop(running);
             }
             _ => {
-                // No key to park: the whole worker waits.
+                drop(pass);
+                drop(running);
+                claim = None;
+                // No key to park: the whole worker waits (as long as any 429 says).
                 pipeline.pause_until(until);
-                let waited = tokio::select! {
-                    biased;
-                    _ = shared.stop.cancelled() => false,
-                    _ = tokio::time::sleep_until(until) => true,
-                    _ = hold(pipeline, &mut delivery) => unreachable!("hold never completes"),
+                let paused = async {
+                    while let Some(until) = pipeline.paused() {
+                        tokio::time::sleep_until(until).await;
+                    }
                 };
-                if !waited {
-                    return settle::release_unhandled(pipeline, delivery).await;
+                match wait(&shared, &mut delivery, paused).await {
+                    Waited::Got(()) => {}
+                    Waited::Stopped => return settle::release_unhandled(pipeline, delivery).await,
+                    Waited::LeaseLost => return,
                 }
             }
         }
     }
 }
 
-/// Keeps a waiting delivery's lease alive. Never completes.
+/// Waits for `what` while keeping the delivery's lease alive; stopped by the worker's
+/// shutdown or the lease's loss.
+async fn wait<D: Delivery, H, T>(
+    shared: &Shared<H>,
+    delivery: &mut D,
+    what: impl std::future::Future<Output = T>,
+) -> Waited<T> {
+    tokio::select! {
+        biased;
+        _ = shared.stop.cancelled() => Waited::Stopped,
+        got = what => Waited::Got(got),
+        () = hold(&shared.pipeline, delivery) => Waited::LeaseLost,
+    }
+}
+
+/// Keeps a waiting delivery's lease alive (unless lease extension is off); returns when the
+/// lease is lost.
 async fn hold<D: Delivery, H>(pipeline: &Pipeline<H>, delivery: &mut D) {
-    let labels = Labels::of(delivery);
-    let renewal = Renewal {
-        lease: pipeline.lease,
-        claim: None,
-        labels: &labels,
-        stats: &pipeline.stats,
-    };
-    keep_alive(delivery, renewal).await;
+    let lease = pipeline.lease.max(Duration::from_millis(2));
+    loop {
+        let deadline = Instant::from_std(delivery.lease_deadline());
+        if pipeline.lease_extension == LeaseExtension::Off {
+            tokio::time::sleep_until(deadline).await;
+            tracing::debug!(id = %delivery.message().id(), "the lease of a waiting delivery ran out (lease extension is off)");
+            return;
+        }
+        let renew_at = deadline
+            .checked_sub(lease / 2)
+            .unwrap_or(deadline)
+            .max(Instant::now());
+        tokio::time::sleep_until(renew_at).await;
+        if let Err(err) = delivery.extend_lease(lease).await {
+            tracing::warn!(id = %delivery.message().id(), %err, "could not extend a waiting delivery's lease; it will be delivered again");
+            return;
+        }
+        pipeline.stats.lease_extended();
+        crate::metrics::lease_extended(&Labels::of(delivery));
+    }
 }

@@ -13,6 +13,8 @@ mod keyed;
 mod process;
 pub use process::TimedOut;
 mod settle;
+mod slots;
+pub use slots::SLOT_LEASE;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +44,8 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default long-poll wait of one `receive`.
 pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(1);
+/// The long-poll wait while deliveries are parked by a key limit.
+const PARKED_POLL_WAIT: Duration = Duration::from_millis(50);
 
 /// Whether a job may run now (the job ledger's answer before the handler).
 pub(crate) enum Admit {
@@ -97,7 +101,7 @@ impl<H> Pipeline<H> {
     }
 
     /// Until when pulling waits, if it does.
-    fn paused(&self) -> Option<tokio::time::Instant> {
+    pub(crate) fn paused(&self) -> Option<tokio::time::Instant> {
         let mut paused = self.paused.lock().expect("pause");
         match *paused {
             Some(until) if until > tokio::time::Instant::now() => Some(until),
@@ -120,6 +124,7 @@ pub struct WorkerBuilder<S, H> {
     breaker: Option<CircuitBreaker>,
     key_limit: Option<KeyLimit>,
     adaptive: Option<AdaptiveConcurrency>,
+    global_concurrency: Option<(String, u32)>,
     backoff: Backoff,
     idempotency: Option<Idempotency>,
     observer: Option<Arc<dyn Observer>>,
@@ -160,6 +165,20 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
     /// spending every message's attempts: see [`CircuitBreaker`]. Off by default.
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = Some(breaker);
+        self
+    }
+    /// At most `max` deliveries of every worker naming the bound `name`, in any process,
+    /// handled at once: "10 PDF renderings at a time", whatever the number of replicas. A
+    /// worker takes a slot from the limiter (the backend's own, or the one given with
+    /// [`limiter`](Self::limiter)) before it pulls each delivery and gives it back once the
+    /// delivery is settled. Slots are leases of [`SLOT_LEASE`] (30 s), renewed while the worker
+    /// runs: those of a worker that crashed are free again within one.
+    ///
+    /// # Panics
+    /// At [`build`](Self::build), when neither the backend nor [`limiter`](Self::limiter)
+    /// gives a limiter, or `name` is not 1 to 200 bytes.
+    pub fn global_concurrency(mut self, name: impl Into<String>, max: u32) -> Self {
+        self.global_concurrency = Some((name.into(), max.max(1)));
         self
     }
     /// Limits each key (a tenant, an ordering key) to its own rate and number in flight, so
@@ -230,10 +249,33 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
         let rate_limit = self
             .rate_limit
             .map(|limit| Limiter::new(limit, store.clone()));
+        let global_slots = self.global_concurrency.map(|(name, max)| {
+            assert!(
+                !name.is_empty() && name.len() <= 200,
+                "a global concurrency bound's name is 1 to 200 bytes, got {} bytes",
+                name.len()
+            );
+            let store = store.clone().unwrap_or_else(|| {
+                panic!(
+                    "global_concurrency(\"{name}\") needs a limiter every worker sharing it \
+                     reaches: this backend has none of its own (the embedded engine and \
+                     sluice:// have); give one with WorkerBuilder::limiter (sluice-redis's \
+                     RedisStore)"
+                )
+            });
+            Arc::new(slots::GlobalSlots::new(store, name, max))
+        });
         let stats = Arc::new(WorkerStats::default());
         let subscription = self.subscriber.subscription().to_string();
         stats.set_concurrency_limit(self.concurrency);
-        let adaptive = self.adaptive.map(|config| {
+        let prefetch = (self.subscriber.config().prefetch as usize).max(1);
+        // An adaptive limit never goes past the prefetch: no more are ever handed out.
+        let adaptive_config = self.adaptive.map(|mut config| {
+            config.min = config.min.clamp(1, prefetch);
+            config.max = config.max.clamp(config.min, prefetch);
+            config
+        });
+        let adaptive = adaptive_config.map(|config| {
             Arc::new(Controller::new(
                 config,
                 self.concurrency,
@@ -242,13 +284,18 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
             ))
         });
         // The most handler slots: the adaptive limit's maximum, or the concurrency.
-        let slots = self
-            .adaptive
-            .map_or(self.concurrency, |config| config.max.max(1));
+        let slots = adaptive_config.map_or(self.concurrency, |config| config.max);
         // Parked deliveries count towards the prefetch: past it the worker could not pull
         // the other keys' messages it parks them for.
-        let room = (self.subscriber.config().prefetch as usize).saturating_sub(slots);
+        let room = prefetch.saturating_sub(slots);
         let gate = self.key_limit.map(|mut limit| {
+            if room == 0 && limit.max_parked > 0 {
+                tracing::warn!(
+                    %subscription, prefetch, handler_slots = slots,
+                    "a key limit with no room to park (prefetch ≤ handler slots): every delivery \
+                     of a key at its limit is deferred to the broker; raise the prefetch"
+                );
+            }
             limit.max_parked = limit.max_parked.min(room);
             gate::Gate::new(limit, store, subscription.clone())
         });
@@ -275,6 +322,7 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
             subscriber: self.subscriber,
             concurrency: slots,
             rate_limit,
+            global_slots,
             shutdown_grace: self.shutdown_grace,
             poll_wait: self.poll_wait,
         }
@@ -287,6 +335,7 @@ pub struct Worker<S, H> {
     pipeline: Arc<Pipeline<H>>,
     concurrency: usize,
     rate_limit: Option<Limiter>,
+    global_slots: Option<Arc<slots::GlobalSlots>>,
     gate: Option<Arc<gate::Gate>>,
     shutdown_grace: Duration,
     poll_wait: Duration,
@@ -304,6 +353,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             breaker: None,
             key_limit: None,
             adaptive: None,
+            global_concurrency: None,
             backoff: Backoff::default(),
             idempotency: None,
             observer: None,
@@ -326,6 +376,11 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
     pub async fn run(self, shutdown: CancellationToken) -> StatsSnapshot {
         let semaphore = Arc::new(Semaphore::new(self.concurrency));
         let hard_stop = CancellationToken::new();
+        // Renews this worker's global concurrency slots while it runs.
+        let heartbeat = self
+            .global_slots
+            .clone()
+            .map(|slots| tokio::spawn(async move { slots.heartbeat().await }));
         let shared = Arc::new(keyed::Shared {
             pipeline: self.pipeline.clone(),
             gate: self.gate.clone(),
@@ -351,12 +406,16 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             }
             // A handler without a key was told to wait: so is pulling (checked with the
             // permits in hand, which the handler's own gave back).
-            if let Some(until) = self.pipeline.paused() {
+            let mut stopped = false;
+            while let Some(until) = self.pipeline.paused() {
                 tracing::debug!(%subscription, "the downstream is rate limiting; pulling waits");
                 tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = shutdown.cancelled() => { stopped = true; break }
                     _ = tokio::time::sleep_until(until) => {}
                 }
+            }
+            if stopped {
+                break;
             }
             // Adaptive concurrency: no more than its limit pulled and not yet settled.
             if let Some(adaptive) = &self.pipeline.adaptive {
@@ -393,11 +452,32 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                     breaker.unused(admitted.saturating_sub(granted));
                 }
             }
+            if let Some(slots) = &self.global_slots {
+                let wanted = permits.len() as u32;
+                let taken = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    taken = slots.acquire(wanted) => taken,
+                };
+                permits.truncate(taken as usize);
+                let unused = wanted.saturating_sub(taken);
+                if let Some(bucket) = &self.rate_limit {
+                    bucket.give_back(unused);
+                }
+                if let Some(breaker) = &self.pipeline.breaker {
+                    breaker.unused(unused);
+                }
+            }
             let want = permits.len();
 
             // Never drop a receive half-way: if shutdown comes while it waits, finish it and
             // release whatever it returns.
-            let receive = self.subscriber.receive(want, self.poll_wait);
+            // Parked deliveries wait for handler slots this loop holds while it polls: a short
+            // poll gives them back soon when nothing comes.
+            let poll_wait = match &self.gate {
+                Some(gate) if gate.has_parked() => self.poll_wait.min(PARKED_POLL_WAIT),
+                _ => self.poll_wait,
+            };
+            let receive = self.subscriber.receive(want, poll_wait);
             tokio::pin!(receive);
             let (received, stopping) = tokio::select! {
                 r = &mut receive => (r, false),
@@ -416,6 +496,9 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                     if let Some(breaker) = &self.pipeline.breaker {
                         breaker.unused(want as u32);
                     }
+                    if let Some(slots) = &self.global_slots {
+                        slots.release(want as u32).await;
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(pause) => continue,
@@ -428,6 +511,15 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             }
             if let Some(breaker) = &self.pipeline.breaker {
                 breaker.unused(want.saturating_sub(deliveries.len()) as u32);
+            }
+            if let Some(slots) = &self.global_slots {
+                // Fewer deliveries than slots; at shutdown, those released unhandled too.
+                let unused = if stopping {
+                    want
+                } else {
+                    want - deliveries.len().min(want)
+                };
+                slots.release(unused as u32).await;
             }
             let mut claims = match &self.pipeline.adaptive {
                 Some(adaptive) if !stopping => adaptive.claim(deliveries.len()),
@@ -442,10 +534,19 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                     .pop()
                     .expect("a backend returned more deliveries than asked");
                 let claim = claims.pop();
+                // Its place in its key's queue, taken here in the broker's order.
+                let place = self.gate.as_ref().and_then(|gate| {
+                    let key = gate.key_of(delivery.message())?;
+                    let ticket = gate.ticket(&key, None);
+                    Some(keyed::Place { key, ticket })
+                });
                 let shared = shared.clone();
+                let slots = self.global_slots.clone();
                 tasks.spawn(async move {
-                    keyed::run(shared, delivery, permit).await;
-                    drop(claim);
+                    keyed::run(shared, delivery, permit, place, claim).await;
+                    if let Some(slots) = slots {
+                        slots.release(1).await;
+                    }
                 });
             }
         }
@@ -462,6 +563,13 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
         if drained.is_err() {
             hard_stop.cancel();
             while tasks.join_next().await.is_some() {}
+        }
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.abort();
+        }
+        if let Some(slots) = &self.global_slots {
+            // Releases the limiter did not take before.
+            slots.release(0).await;
         }
         if let Err(err) = self.subscriber.close().await {
             tracing::warn!(%subscription, %err, "closing the subscriber failed");

@@ -57,15 +57,21 @@ pub(crate) struct Throttled<D> {
 }
 
 /// Runs one delivery through the pipeline. Never fails: every outcome is a verb, or the
-/// delivery handed back [`Throttled`].
+/// delivery handed back [`Throttled`]. `first`: not a run again after a [`Throttled`] (only
+/// a first run counts as a delivery).
 pub(crate) async fn process<D: Delivery, H: Handler>(
     pipeline: &Pipeline<H>,
     delivery: D,
     hard_stop: CancellationToken,
+    first: bool,
 ) -> Option<Throttled<D>> {
     let labels = Labels::of(&delivery);
     let span = crate::trace::delivery_span(&delivery);
-    let _in_flight = InFlight::start(pipeline, labels.clone());
+    let _in_flight = if first {
+        InFlight::start(pipeline, labels.clone())
+    } else {
+        InFlight::resume(pipeline, labels.clone())
+    };
     run(pipeline, delivery, hard_stop, &labels)
         .instrument(span)
         .await
@@ -92,6 +98,16 @@ impl<'a> InFlight<'a> {
     pub(crate) fn start<H>(pipeline: &'a Pipeline<H>, labels: Labels) -> Self {
         pipeline.stats.delivered();
         metrics::delivered(&labels);
+        Self {
+            stats: &pipeline.stats,
+            labels,
+        }
+    }
+
+    /// In flight again, not delivered again (a run after the downstream said "wait").
+    pub(crate) fn resume<H>(pipeline: &'a Pipeline<H>, labels: Labels) -> Self {
+        pipeline.stats.resumed();
+        metrics::resumed(&labels);
         Self {
             stats: &pipeline.stats,
             labels,
@@ -261,13 +277,20 @@ async fn run<D: Delivery, H: Handler>(
             _ = cap_reached => Ran::Abandoned("handler outlived the lease extension's hard cap"),
         }
     };
+    // The adaptive limit learns from successes and the downstream's failures; a "wait"
+    // (rate limited) or a message's own permanent failure says nothing of its capacity.
     if let Some(adaptive) = &pipeline.adaptive {
         let failed = match &ran {
-            Ran::Finished(Err(e)) => matches!(e.kind(), ErrorKind::Transient { .. }),
-            Ran::Finished(Ok(())) => false,
-            Ran::Abandoned(_) => true,
+            Ran::Finished(Ok(())) => Some(false),
+            Ran::Finished(Err(e)) => match e.kind() {
+                ErrorKind::Transient { .. } => Some(true),
+                ErrorKind::Permanent | ErrorKind::RateLimited { .. } => None,
+            },
+            Ran::Abandoned(_) => Some(true),
         };
-        adaptive.sample(started.elapsed(), failed);
+        if let Some(failed) = failed {
+            adaptive.sample(started.elapsed(), failed);
+        }
     }
     let result = match ran {
         Ran::Finished(result) => result,

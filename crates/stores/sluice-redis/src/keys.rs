@@ -38,6 +38,12 @@ pub(crate) fn limit(prefix: &str, name: &str) -> String {
     format!("{prefix}:limit:{}", segment(name))
 }
 
+/// Key of a global concurrency bound's holders (a hash holder → slots; its `:until` sorted
+/// set holder → lease end).
+pub(crate) fn slots(prefix: &str, name: &str) -> String {
+    format!("{prefix}:slots:{}", segment(name))
+}
+
 /// Key of a dedup claim.
 pub(crate) fn dedup(prefix: &str, topic: &str, id: &str) -> String {
     format!("{prefix}:dedup:{}:{id}", segment(topic))

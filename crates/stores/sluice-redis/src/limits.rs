@@ -9,13 +9,18 @@
 //! - The key expires once a full bucket would have refilled (plus a second; at most about 30
 //!   years): an idle limit starts full again, as a new one does. Needs Redis 5 or later
 //!   (scripts that read `TIME` and then write are replicated by their effects).
+//! - A global concurrency bound is a hash `<prefix>:slots:<name>` (holder → slots) and a
+//!   sorted set `<prefix>:slots:<name>:until` (holder → end of its lease, ms of `TIME`),
+//!   changed by one script per call with the rules of `sluice_core::limit::SlotHolders`:
+//!   expired holders forgotten, the caller's release, renewal and take, atomically. Both keys
+//!   expire with the longest lease.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
 use sluice_core::idempotency::{boxed, BoxFuture};
-use sluice_core::limit::{Grant, LimiterStore, Rate};
+use sluice_core::limit::{Grant, LimiterStore, Rate, SlotsRequest};
 use sluice_core::Result;
 
 use crate::keys;
@@ -48,6 +53,45 @@ return {granted, retry}
     )
 });
 
+/// `KEYS`: the holders hash, the leases sorted set; `ARGV`: holder, max, release, want, ttl
+/// in ms. Returns the slots taken.
+static SLOTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local holder = ARGV[1]
+local max, release = tonumber(ARGV[2]), tonumber(ARGV[3])
+local want, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, h in ipairs(expired) do redis.call('HDEL', KEYS[1], h) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local all = 0
+local had = 0
+local held = redis.call('HGETALL', KEYS[1])
+for i = 1, #held, 2 do
+  local n = tonumber(held[i + 1])
+  if held[i] == holder then had = n else all = all + n end
+end
+local mine = math.max(had - release, 0)
+local free = math.max(max - all - mine, 0)
+local taken = math.min(free, want)
+local now_held = mine + taken
+if now_held == 0 then
+  redis.call('HDEL', KEYS[1], holder)
+  redis.call('ZREM', KEYS[2], holder)
+else
+  redis.call('HSET', KEYS[1], holder, now_held)
+  redis.call('ZADD', KEYS[2], now + ttl, holder)
+  local last = tonumber(redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2])
+  redis.call('PEXPIREAT', KEYS[1], last)
+  redis.call('PEXPIREAT', KEYS[2], last)
+end
+return taken
+",
+    )
+});
+
 impl LimiterStore for RedisStore {
     fn take<'a>(
         &'a self,
@@ -73,6 +117,34 @@ impl LimiterStore for RedisStore {
                 granted,
                 retry_after: Duration::from_micros(retry_us),
             })
+        })
+    }
+
+    fn slots<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        request: SlotsRequest,
+    ) -> BoxFuture<'a, Result<u32>> {
+        boxed(async move {
+            let key = keys::slots(&self.prefix, name);
+            let ttl_ms = u64::try_from(request.ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, 1 << 50);
+            let taken: u32 = SLOTS
+                .key(&key)
+                .key(format!("{key}:until"))
+                .arg(holder)
+                .arg(request.max.max(1))
+                .arg(request.release)
+                .arg(request.want)
+                .arg(ttl_ms)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|err| {
+                    self.error(err, format_args!("taking slots of the bound `{key}`"))
+                })?;
+            Ok(taken)
         })
     }
 }

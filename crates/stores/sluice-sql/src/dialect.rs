@@ -726,6 +726,7 @@ dialect!(
     &[
         (1, include_str!("../migrations/postgres/0001_sluice.sql")),
         (2, include_str!("../migrations/postgres/0002_jobs.sql")),
+        (3, include_str!("../migrations/postgres/0003_limits.sql")),
     ]
 );
 
@@ -738,5 +739,6 @@ dialect!(
     &[
         (1, include_str!("../migrations/sqlite/0001_sluice.sql")),
         (2, include_str!("../migrations/sqlite/0002_jobs.sql")),
+        (3, include_str!("../migrations/sqlite/0003_limits.sql")),
     ]
 );

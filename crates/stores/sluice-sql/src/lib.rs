@@ -45,6 +45,7 @@
 //! | `inbox.rs` | [`Inbox`], [`InboxHandler`] |
 //! | `outbox.rs` | [`Outbox`], [`Relay`] |
 //! | `jobs.rs` | [`SqlStore`] as the job store, and its statements |
+//! | `limits.rs` | [`SqlStore`] as the limiter of global rate limits and concurrency bounds |
 //! | `error.rs` | sqlx errors as Sluice's (connection problems are retryable) |
 //! | `migrations/{postgres,sqlite}/` | the schema, one file per version |
 
@@ -52,19 +53,22 @@ mod dialect;
 mod error;
 mod inbox;
 mod jobs;
+mod limits;
 mod outbox;
 mod store;
 
 pub use dialect::{OutboxRow, SqlDatabase};
 pub use inbox::{Inbox, InboxHandler};
 pub use jobs::JobSql;
+pub use limits::LimitSql;
 pub use outbox::{Outbox, OutboxLag, Relay, RelayStats, Round};
 /// The sqlx this crate is built on (pools and transactions in its API are sqlx's).
 pub use sqlx;
 pub use store::SqlStore;
 
 /// Creates or upgrades Sluice's tables (`sluice_idempotency`, `sluice_dedup`, `sluice_inbox`,
-/// `sluice_outbox`, `sluice_jobs`) on the pool's database; returns the versions applied now (empty when up
+/// `sluice_outbox`, `sluice_jobs`, `sluice_limits`, `sluice_slots`, `sluice_slot_bounds`) on
+/// the pool's database; returns the versions applied now (empty when up
 /// to date). Safe to call from every process at start-up: concurrent callers wait for each
 /// other (PostgreSQL) or find the tables made (SQLite). Versions are kept in Sluice's own
 /// table, `sluice_schema_migrations`, so they never mix with the application's migrations.
