@@ -57,6 +57,11 @@ enum Command {
     Topics(ops::topics::TopicsArgs),
     /// Shows ready, in-flight, delayed and dead-lettered counts per subscription.
     Stats(ops::stats::StatsArgs),
+    /// Stops every worker of a subscription pulling (in-flight deliveries finish) until
+    /// `sluice resume`: a flag in the limiter the workers share (`sluice serve`'s, or Redis).
+    Pause(ops::control::ControlArgs),
+    /// Lets the workers of a paused subscription pull again.
+    Resume(ops::control::ControlArgs),
     /// Publishes a message, or one message per line of a file or standard input.
     Publish(ops::publish::PublishArgs),
     /// Follows a topic through a temporary subscription, printing every message.
@@ -112,6 +117,8 @@ async fn main() {
         Command::Serve(args) => serve::run(args).await,
         Command::Topics(args) => ops::topics::run(args).await,
         Command::Stats(args) => ops::stats::run(args).await,
+        Command::Pause(args) => ops::control::run(args, true).await,
+        Command::Resume(args) => ops::control::run(args, false).await,
         Command::Publish(args) => ops::publish::run(args).await,
         Command::Tail(args) => ops::tail::run(args).await,
         Command::Consume(args) => ops::consume::run(args).await,

@@ -78,6 +78,45 @@ pub trait LimiterStore: Send + Sync + 'static {
             ))
         })
     }
+
+    /// Flow-control flags every worker reaches: sets `key` to `value` (`None`: removes it),
+    /// forgotten after `ttl` when one is given. An operator's pause of a subscription
+    /// (`pause:<subscription>`) and the workers' circuit states (`circuit:<subscription>:
+    /// <worker>`) are flags. Stores without flags refuse with
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    fn set_flag<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<&'a str>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<()>> {
+        let _ = (key, value, ttl);
+        boxed(async {
+            Err(crate::Error::Unsupported(
+                "this limiter keeps no flags".into(),
+            ))
+        })
+    }
+
+    /// The flags whose key starts with `prefix` (not expired), in key order.
+    fn flags<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<(String, String)>>> {
+        let _ = prefix;
+        boxed(async {
+            Err(crate::Error::Unsupported(
+                "this limiter keeps no flags".into(),
+            ))
+        })
+    }
+}
+
+/// The flag of an operator's pause of `subscription`.
+pub fn pause_flag(subscription: &str) -> String {
+    format!("pause:{subscription}")
+}
+
+/// The prefix of the circuit-state flags of `subscription`'s workers.
+pub fn circuit_flags(subscription: &str) -> String {
+    format!("circuit:{subscription}:")
 }
 
 /// The arithmetic of a slots call: the holder had `had`, the others hold `others`; returns
@@ -183,6 +222,8 @@ pub struct MemoryLimiter {
     buckets: Mutex<(HashMap<String, Held>, f64)>,
     // std Mutex: never held across an .await.
     slots: Mutex<HashMap<String, SlotHolders>>,
+    // std Mutex: never held across an .await. Value, and when it expires (ms).
+    flags: Mutex<std::collections::BTreeMap<String, (String, Option<f64>)>>,
 }
 
 impl std::fmt::Debug for MemoryLimiter {
@@ -210,6 +251,7 @@ impl MemoryLimiter {
             clock,
             buckets: Mutex::new((HashMap::new(), f64::MIN)),
             slots: Mutex::new(HashMap::new()),
+            flags: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -269,6 +311,39 @@ impl LimiterStore for MemoryLimiter {
         let now_ms = (self.clock)();
         let taken = self.slots_at(name, holder, request, now_ms);
         boxed(async move { Ok(taken) })
+    }
+
+    fn set_flag<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<&'a str>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<()>> {
+        let now_ms = (self.clock)();
+        let mut flags = self.flags.lock().expect("limiter");
+        flags.retain(|_, (_, until)| until.is_none_or(|u| u > now_ms));
+        match value {
+            Some(value) => {
+                let until = ttl.map(|ttl| now_ms + ttl.as_secs_f64() * 1000.0);
+                flags.insert(key.to_owned(), (value.to_owned(), until));
+            }
+            None => {
+                flags.remove(key);
+            }
+        }
+        boxed(async { Ok(()) })
+    }
+
+    fn flags<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<(String, String)>>> {
+        let now_ms = (self.clock)();
+        let flags = self.flags.lock().expect("limiter");
+        let found = flags
+            .range(prefix.to_owned()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .filter(|(_, (_, until))| until.is_none_or(|u| u > now_ms))
+            .map(|(key, (value, _))| (key.clone(), value.clone()))
+            .collect();
+        boxed(async move { Ok(found) })
     }
 }
 

@@ -267,6 +267,21 @@ pub enum Request {
         /// How long the holder's slots stay held without another call, in ms.
         ttl_ms: u64,
     },
+    /// `LimiterStore::set_flag` on the server's limiter (in the connection's namespace).
+    /// Answered with [`Response::Done`].
+    FlagSet {
+        /// The flag.
+        key: String,
+        /// Its value; none: removes it.
+        value: Option<String>,
+        /// Forgotten after this many ms; none: kept.
+        ttl_ms: Option<u64>,
+    },
+    /// `LimiterStore::flags`: answered with [`Response::Flags`].
+    FlagList {
+        /// Key prefix.
+        prefix: String,
+    },
 }
 
 /// A delivery verb.
@@ -351,6 +366,8 @@ pub enum Response {
     },
     /// Answer to `SlotsTake`: the slots taken.
     Slots(u32),
+    /// Answer to `FlagList`: keys and values, in key order.
+    Flags(Vec<(String, String)>),
 }
 
 /// A job store document and its version.

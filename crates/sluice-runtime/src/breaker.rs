@@ -141,6 +141,11 @@ pub(crate) struct Breaker {
 }
 
 impl Breaker {
+    /// Where the circuit is now.
+    pub(crate) fn state(&self) -> CircuitState {
+        self.inner.lock().expect("breaker").state
+    }
+
     pub(crate) fn new(config: CircuitBreaker, subscription: String) -> Self {
         crate::metrics::circuit(&subscription, CircuitState::Closed.gauge());
         // The fields are public: normalise what the builder methods would have.

@@ -91,6 +91,6 @@ pub use recover::Panicked;
 pub use shutdown::shutdown_on_signals;
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{
-    TimedOut, Worker, WorkerBuilder, DEFAULT_CONCURRENCY, DEFAULT_POLL_WAIT,
+    TimedOut, Worker, WorkerBuilder, CONTROL_EVERY, DEFAULT_CONCURRENCY, DEFAULT_POLL_WAIT,
     DEFAULT_SHUTDOWN_GRACE, SLOT_LEASE,
 };

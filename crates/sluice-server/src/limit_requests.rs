@@ -16,6 +16,53 @@ pub(crate) const MAX_TOKENS: u32 = 1_000_000;
 /// The longest a holder's slots stay held without another call.
 const MAX_SLOT_TTL_MS: u64 = 24 * 3600 * 1000;
 
+/// The longest flag key and value.
+const MAX_FLAG_KEY: usize = 512;
+const MAX_FLAG_VALUE: usize = 4096;
+
+/// Answers a `FlagSet`.
+pub(crate) async fn set_flag(
+    backend: &EmbeddedBackend,
+    key: &str,
+    value: Option<&str>,
+    ttl_ms: Option<u64>,
+) -> Result<Response, WireError> {
+    if key.is_empty() || key.len() > MAX_FLAG_KEY || value.is_some_and(|v| v.len() > MAX_FLAG_VALUE)
+    {
+        return Err(WireError::Invalid {
+            message: format!(
+                "a flag's key is 1 to {MAX_FLAG_KEY} bytes and its value at most {MAX_FLAG_VALUE}"
+            ),
+        });
+    }
+    if ttl_ms.is_some_and(|ttl| ttl == 0 || ttl > MAX_SLOT_TTL_MS * 365) {
+        return Err(WireError::Invalid {
+            message: "a flag's ttl_ms is 1 ms to a year".into(),
+        });
+    }
+    backend
+        .limiter()
+        .set_flag(key, value, ttl_ms.map(Duration::from_millis))
+        .await
+        .map_err(|e| convert::error_to_wire(&e))?;
+    Ok(Response::Done)
+}
+
+/// Answers a `FlagList`.
+pub(crate) async fn flags(backend: &EmbeddedBackend, prefix: &str) -> Result<Response, WireError> {
+    if prefix.len() > MAX_FLAG_KEY {
+        return Err(WireError::Invalid {
+            message: format!("a flag prefix is at most {MAX_FLAG_KEY} bytes"),
+        });
+    }
+    let found = backend
+        .limiter()
+        .flags(prefix)
+        .await
+        .map_err(|e| convert::error_to_wire(&e))?;
+    Ok(Response::Flags(found))
+}
+
 /// Answers a `SlotsTake`.
 pub(crate) async fn slots(
     backend: &EmbeddedBackend,

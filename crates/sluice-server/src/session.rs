@@ -197,6 +197,12 @@ impl Session {
             | Request::JobSwap { .. }
             | Request::JobRemove { .. }
             | Request::JobScan { .. }) => crate::job_requests::answer(&self.backend, request).await,
+            Request::FlagSet { key, value, ttl_ms } => {
+                crate::limit_requests::set_flag(&self.backend, &key, value.as_deref(), ttl_ms).await
+            }
+            Request::FlagList { prefix } => {
+                crate::limit_requests::flags(&self.backend, &prefix).await
+            }
             Request::SlotsTake {
                 name,
                 holder,

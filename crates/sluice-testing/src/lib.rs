@@ -142,7 +142,7 @@ pub use checker::{Checker, SEED_VAR};
 pub use error::{CheckError, Finding, FindingKind};
 pub use faults::{Crash, Faults};
 pub use job_store::check_job_store;
-pub use limiter::check_limiter;
+pub use limiter::{check_flags, check_limiter};
 pub use report::{DeliveryRecord, Outcome, Report};
 pub use subject::Subject;
 

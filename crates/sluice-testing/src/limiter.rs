@@ -119,3 +119,48 @@ async fn check_slots(store: Arc<dyn LimiterStore>) {
     }
     assert_eq!(call("w3", 3, 0, long).await, 0);
 }
+
+/// Checks `store`'s flow-control flags ([`LimiterStore::set_flag`], [`LimiterStore::flags`]):
+/// set, listed by prefix in key order, replaced, removed, and forgotten after their time to
+/// live. Uses a fresh random prefix, so it can run against a shared store.
+pub async fn check_flags(store: Arc<dyn LimiterStore>) {
+    let base = format!("check-flags-{}:", uuid::Uuid::now_v7());
+    let key = |k: &str| format!("{base}{k}");
+    store.set_flag(&key("b"), Some("2"), None).await.unwrap();
+    store.set_flag(&key("a"), Some("1"), None).await.unwrap();
+    store
+        .set_flag(&key("c"), Some("3"), Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.flags(&base).await.unwrap(),
+        vec![
+            (key("a"), "1".to_owned()),
+            (key("b"), "2".to_owned()),
+            (key("c"), "3".to_owned())
+        ],
+        "listed by prefix, in key order"
+    );
+    assert_eq!(
+        store.flags(&key("b")).await.unwrap(),
+        vec![(key("b"), "2".to_owned())]
+    );
+    store.set_flag(&key("a"), Some("one"), None).await.unwrap();
+    store.set_flag(&key("b"), None, None).await.unwrap();
+    assert_eq!(
+        store.flags(&key("a")).await.unwrap(),
+        vec![(key("a"), "one".to_owned())],
+        "replaced"
+    );
+    assert!(store.flags(&key("b")).await.unwrap().is_empty(), "removed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !store.flags(&key("c")).await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a flag past its time to live is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.set_flag(&key("a"), None, None).await.unwrap();
+    assert!(store.flags(&base).await.unwrap().is_empty());
+}

@@ -45,4 +45,28 @@ impl LimiterStore for EngineLimiter {
         let buckets = self.buckets.clone();
         Box::pin(async move { buckets.slots(&name, holder, request).await })
     }
+
+    fn set_flag<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<&'a str>,
+        ttl: Option<std::time::Duration>,
+    ) -> BoxFuture<'a, sluice_core::Result<()>> {
+        let key = format!("{}{key}", self.prefix);
+        Box::pin(async move { self.buckets.set_flag(&key, value, ttl).await })
+    }
+
+    fn flags<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, sluice_core::Result<Vec<(String, String)>>> {
+        let full = format!("{}{prefix}", self.prefix);
+        Box::pin(async move {
+            let found = self.buckets.flags(&full).await?;
+            Ok(found
+                .into_iter()
+                .map(|(key, value)| (key[self.prefix.len()..].to_owned(), value))
+                .collect())
+        })
+    }
 }

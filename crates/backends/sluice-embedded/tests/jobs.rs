@@ -219,6 +219,17 @@ async fn the_engine_limiter_keeps_the_limiter_contract_and_namespaces_have_their
     sluice_testing::check_limiter(backend.limiter()).await;
     let team = backend.with_naming(Naming::new(Some(Namespace::new("team-a").unwrap())));
     sluice_testing::check_limiter(team.limiter()).await;
+    sluice_testing::check_flags(team.limiter()).await;
+    sluice_core::LimiterStore::set_flag(&*team.limiter(), "pause:x", Some("1"), None)
+        .await
+        .unwrap();
+    assert!(
+        sluice_core::LimiterStore::flags(&*backend.limiter(), "pause:")
+            .await
+            .unwrap()
+            .is_empty(),
+        "another namespace's flags are not the default one's"
+    );
     let rate = sluice_core::Rate {
         per_second: 0.001,
         burst: 2,

@@ -83,4 +83,35 @@ impl LimiterStore for RemoteLimiter {
             }
         })
     }
+
+    fn set_flag<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<&'a str>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<()>> {
+        boxed(async move {
+            let request = Request::FlagSet {
+                key: key.to_owned(),
+                value: value.map(str::to_owned),
+                ttl_ms: ttl.map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+            };
+            match self.link.call(request).await? {
+                Response::Done => Ok(()),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn flags<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<(String, String)>>> {
+        boxed(async move {
+            let request = Request::FlagList {
+                prefix: prefix.to_owned(),
+            };
+            match self.link.call(request).await? {
+                Response::Flags(found) => Ok(found),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
 }

@@ -84,6 +84,7 @@ async fn the_server_s_limiter_is_shared_by_its_clients_per_namespace() {
     let (one, two) = (connect(&server, None).await, connect(&server, None).await);
     let team = connect(&server, Some("team-a")).await;
     sluice_testing::check_limiter(limiter(&one, "a").await).await;
+    sluice_testing::check_flags(limiter(&two, "a").await).await;
     let rate = sluice_core::Rate {
         per_second: 0.001,
         burst: 3,

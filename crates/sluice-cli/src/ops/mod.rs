@@ -6,6 +6,7 @@
 
 pub(crate) mod check;
 pub(crate) mod consume;
+pub(crate) mod control;
 pub(crate) mod delays;
 pub(crate) mod dlq;
 pub(crate) mod jobs;

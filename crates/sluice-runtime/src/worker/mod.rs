@@ -12,8 +12,10 @@ mod gate;
 mod keyed;
 mod process;
 pub use process::TimedOut;
+mod control;
 mod settle;
 mod slots;
+pub use control::CONTROL_EVERY;
 pub use slots::SLOT_LEASE;
 
 use std::sync::{Arc, Mutex};
@@ -267,6 +269,18 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
         });
         let stats = Arc::new(WorkerStats::default());
         let subscription = self.subscriber.subscription().to_string();
+        let breaker = self
+            .breaker
+            .map(|config| Arc::new(Breaker::new(config, subscription.clone())));
+        let control = store.clone().map(|store| {
+            Arc::new(control::Control {
+                store,
+                subscription: subscription.clone(),
+                worker: format!("worker-{}", sluice_core::MessageId::generate()),
+                breaker: breaker.clone(),
+                paused: std::sync::atomic::AtomicBool::new(false),
+            })
+        });
         stats.set_concurrency_limit(self.concurrency);
         let prefetch = (self.subscriber.config().prefetch as usize).max(1);
         // An adaptive limit never goes past the prefetch: no more are ever handed out.
@@ -312,9 +326,7 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
                 timeout: self.timeout,
                 lease_extension: self.lease_extension,
                 lifecycle: self.lifecycle,
-                breaker: self
-                    .breaker
-                    .map(|config| Arc::new(Breaker::new(config, subscription))),
+                breaker: breaker.clone(),
                 adaptive,
                 paused: Mutex::new(None),
             }),
@@ -323,6 +335,7 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
             concurrency: slots,
             rate_limit,
             global_slots,
+            control,
             shutdown_grace: self.shutdown_grace,
             poll_wait: self.poll_wait,
         }
@@ -336,6 +349,7 @@ pub struct Worker<S, H> {
     concurrency: usize,
     rate_limit: Option<Limiter>,
     global_slots: Option<Arc<slots::GlobalSlots>>,
+    control: Option<Arc<control::Control>>,
     gate: Option<Arc<gate::Gate>>,
     shutdown_grace: Duration,
     poll_wait: Duration,
@@ -376,6 +390,14 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
     pub async fn run(self, shutdown: CancellationToken) -> StatsSnapshot {
         let semaphore = Arc::new(Semaphore::new(self.concurrency));
         let hard_stop = CancellationToken::new();
+        // Reads the operator's pause flag (once before the first pull) and writes the
+        // circuit state while it runs.
+        let mut control_task = None;
+        if let Some(control) = self.control.clone() {
+            if control.refresh().await {
+                control_task = Some(tokio::spawn(async move { control.run().await }));
+            }
+        }
         // Renews this worker's global concurrency slots while it runs.
         let heartbeat = self
             .global_slots
@@ -395,6 +417,13 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
 
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
+            // Paused by an operator (`sluice pause`): nothing is pulled until resumed.
+            if self.control.as_ref().is_some_and(|c| c.paused()) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
             // Backpressure: a permit before pulling.
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -566,6 +595,12 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
         }
         if let Some(heartbeat) = heartbeat {
             heartbeat.abort();
+        }
+        if let Some(task) = control_task {
+            task.abort();
+        }
+        if let Some(control) = &self.control {
+            control.forget().await;
         }
         if let Some(slots) = &self.global_slots {
             // Releases the limiter did not take before.

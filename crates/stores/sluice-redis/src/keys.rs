@@ -38,6 +38,11 @@ pub(crate) fn limit(prefix: &str, name: &str) -> String {
     format!("{prefix}:limit:{}", segment(name))
 }
 
+/// Key of the flow-control flags (a hash: flag → `<expiry in ms of TIME, 0: none>|<value>`).
+pub(crate) fn flags(prefix: &str) -> String {
+    format!("{prefix}:flags")
+}
+
 /// Key of a global concurrency bound's holders (a hash holder → slots; its `:until` sorted
 /// set holder → lease end).
 pub(crate) fn slots(prefix: &str, name: &str) -> String {

@@ -14,6 +14,8 @@
 //!   changed by one script per call with the rules of `sluice_core::limit::SlotHolders`:
 //!   expired holders forgotten, the caller's release, renewal and take, atomically. Both keys
 //!   expire with the longest lease.
+//! - Flow-control flags are one hash `<prefix>:flags`: flag → `<expiry>|<value>` (expiry in
+//!   ms of `TIME`, 0 for none), written and read by scripts that drop expired flags.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -92,6 +94,52 @@ return taken
     )
 });
 
+/// `KEYS`: the flags hash; `ARGV`: flag, value (empty with `remove` = 1), ttl in ms (0:
+/// none), remove.
+static SET_FLAG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[4] == '1' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 0
+end
+local expires = 0
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  local t = redis.call('TIME')
+  expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl
+end
+redis.call('HSET', KEYS[1], ARGV[1], expires .. '|' .. ARGV[2])
+return 0
+",
+    )
+});
+
+/// `KEYS`: the flags hash; `ARGV`: prefix. Returns `{flag, value, …}` of the live flags
+/// under the prefix, dropping the expired ones.
+static FLAGS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local flag, stored = all[i], all[i + 1]
+  local bar = string.find(stored, '|', 1, true)
+  local expires = tonumber(string.sub(stored, 1, bar - 1))
+  if expires ~= 0 and expires <= now then
+    redis.call('HDEL', KEYS[1], flag)
+  elseif string.sub(flag, 1, #ARGV[1]) == ARGV[1] then
+    table.insert(out, flag)
+    table.insert(out, string.sub(stored, bar + 1))
+  end
+end
+return out
+",
+    )
+});
+
 impl LimiterStore for RedisStore {
     fn take<'a>(
         &'a self,
@@ -145,6 +193,50 @@ impl LimiterStore for RedisStore {
                     self.error(err, format_args!("taking slots of the bound `{key}`"))
                 })?;
             Ok(taken)
+        })
+    }
+
+    fn set_flag<'a>(
+        &'a self,
+        key: &'a str,
+        value: Option<&'a str>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<()>> {
+        boxed(async move {
+            let hash = keys::flags(&self.prefix);
+            let ttl_ms = ttl.map_or(0, |ttl| {
+                u64::try_from(ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .clamp(1, 1 << 50)
+            });
+            SET_FLAG
+                .key(&hash)
+                .arg(key)
+                .arg(value.unwrap_or(""))
+                .arg(ttl_ms)
+                .arg(if value.is_none() { "1" } else { "0" })
+                .invoke_async::<i64>(&mut self.connection())
+                .await
+                .map_err(|err| self.error(err, format_args!("setting the flag `{key}`")))?;
+            Ok(())
+        })
+    }
+
+    fn flags<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<(String, String)>>> {
+        boxed(async move {
+            let hash = keys::flags(&self.prefix);
+            let flat: Vec<String> = FLAGS
+                .key(&hash)
+                .arg(prefix)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|err| self.error(err, format_args!("reading the flags `{prefix}*`")))?;
+            let mut found: Vec<(String, String)> = flat
+                .chunks_exact(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect();
+            found.sort();
+            Ok(found)
         })
     }
 }

@@ -607,5 +607,6 @@ async fn the_redis_job_store_keeps_the_job_store_contract() {
 #[tokio::test]
 async fn the_redis_limiter_keeps_the_limiter_contract() {
     let store: Arc<dyn sluice_core::LimiterStore> = Arc::new(store().await);
-    sluice_testing::check_limiter(store).await;
+    sluice_testing::check_limiter(store.clone()).await;
+    sluice_testing::check_flags(store).await;
 }
