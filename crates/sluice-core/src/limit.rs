@@ -40,8 +40,10 @@ pub struct Grant {
 pub struct SlotsRequest {
     /// The most slots held at once by every holder together (at least 1).
     pub max: u32,
-    /// Slots of this holder given back first.
-    pub release: u32,
+    /// The most of its slots this holder keeps (the number it has in use): any above are
+    /// given back first. An absolute count, so a call repeated after a lost answer does not
+    /// give back twice, and one whose answer was lost is corrected by the next.
+    pub hold: u32,
     /// Most slots to take.
     pub want: u32,
     /// How long this holder's slots stay held without another call (its lease).
@@ -60,8 +62,8 @@ pub trait LimiterStore: Send + Sync + 'static {
         want: u32,
     ) -> BoxFuture<'a, Result<Grant>>;
 
-    /// Global concurrency: gives back `release` of the slots `holder` holds of the bound
-    /// `name`, keeps the rest held for `ttl` more, then takes up to `want` while fewer than
+    /// Global concurrency: keeps at most `hold` of the slots `holder` holds of the bound
+    /// `name` (gives back any above), held for `ttl` more, then takes up to `want` while fewer than
     /// `max` are held by every holder together. Returns how many it took. A holder that stops
     /// calling (a crashed process) loses its slots once its `ttl` has passed. Stores without
     /// slots refuse with [`Error::Unsupported`](crate::Error::Unsupported).
@@ -120,9 +122,9 @@ pub fn circuit_flags(subscription: &str) -> String {
 }
 
 /// The arithmetic of a slots call: the holder had `had`, the others hold `others`; returns
-/// the slots taken and the holder's slots after the call (release first, never below 0).
+/// the slots taken and the holder's slots after the call (at most `hold` kept first).
 pub fn grant_slots(others: u64, had: u32, request: SlotsRequest) -> (u32, u32) {
-    let mine = had.saturating_sub(request.release);
+    let mine = had.min(request.hold);
     let free = u64::from(request.max.max(1)).saturating_sub(others + u64::from(mine));
     let taken = u32::try_from(free.min(u64::from(request.want))).unwrap_or(u32::MAX);
     (taken, mine + taken)
@@ -280,6 +282,13 @@ impl MemoryLimiter {
     /// [`LimiterStore::slots`] without the future, at `now_ms` of this limiter's clock.
     pub fn slots_at(&self, name: &str, holder: &str, request: SlotsRequest, now_ms: f64) -> u32 {
         let mut bounds = self.slots.lock().expect("limiter");
+        // Many bounds: forget those whose every holder's lease has run out.
+        if bounds.len() > SWEEP_ABOVE {
+            bounds.retain(|_, holders| {
+                holders.holders.retain(|_, (_, until)| *until > now_ms);
+                !holders.is_empty()
+            });
+        }
         let holders = bounds.entry(name.to_owned()).or_default();
         let taken = holders.apply(holder, request, now_ms);
         if holders.is_empty() {
@@ -407,10 +416,10 @@ mod tests {
         );
     }
 
-    fn slots(max: u32, release: u32, want: u32) -> SlotsRequest {
+    fn slots(max: u32, hold: u32, want: u32) -> SlotsRequest {
         SlotsRequest {
             max,
-            release,
+            hold,
             want,
             ttl: Duration::from_secs(10),
         }
@@ -419,42 +428,34 @@ mod tests {
     #[test]
     fn slots_are_bounded_across_holders_given_back_and_lost_with_a_silent_holder() {
         let limiter = MemoryLimiter::new();
-        assert_eq!(limiter.slots_at("pdf", "w1", slots(3, 0, 2), 0.0), 2);
-        assert_eq!(
-            limiter.slots_at("pdf", "w2", slots(3, 0, 5), 0.0),
-            1,
-            "3 in all"
-        );
-        assert_eq!(limiter.slots_at("pdf", "w2", slots(3, 0, 1), 1.0), 0);
-        assert_eq!(
-            limiter.slots_at("pdf", "w1", slots(3, 1, 0), 2.0),
-            0,
-            "one back"
-        );
-        assert_eq!(limiter.slots_at("pdf", "w2", slots(3, 0, 5), 3.0), 1);
+        let at =
+            |holder, hold, want, now| limiter.slots_at("pdf", holder, slots(3, hold, want), now);
+        assert_eq!(at("w1", 0, 2, 0.0), 2);
+        assert_eq!(at("w2", 0, 5, 0.0), 1, "3 in all");
+        assert_eq!(at("w2", 1, 1, 1.0), 0);
+        assert_eq!(at("w1", 1, 0, 2.0), 0, "w1 keeps 1: one back");
+        assert_eq!(at("w2", 1, 5, 3.0), 1);
         assert_eq!(
             limiter.slots_at("other", "w2", slots(1, 0, 5), 3.0),
             1,
             "another bound"
         );
         // w2 renews at 9 s; w1 (1 slot, last call at 2 ms) says nothing and loses it 10 s on.
-        assert_eq!(limiter.slots_at("pdf", "w2", slots(3, 0, 0), 9_000.0), 0);
+        assert_eq!(at("w2", 2, 0, 9_000.0), 0);
+        assert_eq!(at("w3", 0, 5, 10_001.0), 0, "w1's lease still runs");
+        assert_eq!(at("w3", 0, 5, 10_002.0), 1, "w1's slot");
         assert_eq!(
-            limiter.slots_at("pdf", "w3", slots(3, 0, 5), 10_001.0),
+            at("w2", 50, 0, 10_002.0),
             0,
-            "w1's lease still runs"
+            "a hold above what it has takes nothing"
         );
-        assert_eq!(
-            limiter.slots_at("pdf", "w3", slots(3, 0, 5), 10_002.0),
-            1,
-            "w1's slot"
-        );
-        assert_eq!(
-            limiter.slots_at("pdf", "w2", slots(3, 50, 0), 10_002.0),
-            0,
-            "never below 0"
-        );
-        assert_eq!(limiter.slots_at("pdf", "w3", slots(3, 0, 5), 10_002.0), 2);
+        assert_eq!(at("w3", 1, 5, 10_002.0), 0, "w2 still has 2");
+        assert_eq!(at("w2", 0, 0, 10_002.0), 0, "w2 gives both back");
+        assert_eq!(at("w3", 1, 5, 10_002.0), 2);
+        // The same call twice (its answer lost) gives back once.
+        assert_eq!(at("w3", 2, 0, 10_003.0), 0);
+        assert_eq!(at("w3", 2, 0, 10_003.0), 0);
+        assert_eq!(at("w4", 0, 5, 10_003.0), 1, "w3 holds 2 of 3");
     }
 
     #[test]

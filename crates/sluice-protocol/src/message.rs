@@ -250,7 +250,7 @@ pub enum Request {
         want: u32,
     },
     /// `LimiterStore::slots` on the server's limiter (in the connection's namespace): gives
-    /// back `release` of `holder`'s slots of the global concurrency bound `name`, keeps the
+    /// back those of `holder`'s slots of the global concurrency bound `name` above `hold`, keeps the
     /// rest held for `ttl_ms`, then takes up to `want` while fewer than `max` are held in all.
     /// Answered with [`Response::Slots`].
     SlotsTake {
@@ -261,7 +261,7 @@ pub enum Request {
         /// Most slots held by every holder together (at least 1).
         max: u32,
         /// Slots given back.
-        release: u32,
+        hold: u32,
         /// Most slots to take.
         want: u32,
         /// How long the holder's slots stay held without another call, in ms.

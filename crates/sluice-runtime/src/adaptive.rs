@@ -207,6 +207,9 @@ impl Controller {
         // A probe measures runs started at half the limit, not those before it.
         let started = Instant::now().checked_sub(took);
         if window.probing && started.is_none_or(|at| at < window.started) {
+            if window.started.elapsed() >= MAX_WINDOW {
+                self.close_window(state);
+            }
             return;
         }
         window.runs += 1;

@@ -76,7 +76,7 @@ async fn two_workers_share_one_bound() {
     // Every slot was given back.
     let all = SlotsRequest {
         max: 3,
-        release: 0,
+        hold: 0,
         want: 3,
         ttl: Duration::from_secs(1),
     };
@@ -94,7 +94,7 @@ async fn a_crashed_holders_slots_are_free_again_after_its_lease() {
     // A worker that took every slot and died: it never calls again.
     let crashed = SlotsRequest {
         max: 2,
-        release: 0,
+        hold: 0,
         want: 2,
         ttl: SLOT_LEASE,
     };
@@ -180,4 +180,64 @@ async fn a_global_bound_without_a_limiter_is_refused_at_build() {
     )
     .global_concurrency("render", 2)
     .build();
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_deliveries_give_their_slots_back_so_the_worker_never_deadlocks() {
+    // As many global slots as handler slots; every delivery is told to wait once (no key:
+    // the worker pauses), and a key limit parks the rest: the waiting ones must not keep
+    // the slots the others need.
+    let s = setup(|c| c).await;
+    for i in 0..6 {
+        s.publish(
+            Message::builder("x")
+                .id(format!("m{i}"))
+                .header("tenant", if i % 2 == 0 { "a" } else { "b" })
+                .build()
+                .unwrap(),
+        )
+        .await;
+    }
+    let store = limiter();
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let done = Arc::new(AtomicU32::new(0));
+    let (sn, d) = (seen.clone(), done.clone());
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        raw_handler(move |_p, ctx: sluice_runtime::Context| {
+            let first = sn.lock().unwrap().insert(ctx.message().id().to_string());
+            let d = d.clone();
+            async move {
+                if first {
+                    return Err(sluice_runtime::HandlerError::rate_limited(
+                        Duration::from_secs(1),
+                    ));
+                }
+                d.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }),
+    )
+    .concurrency(2)
+    .global_concurrency("render", 2)
+    .key_limit(sluice_runtime::KeyLimit::header("tenant").in_flight(1))
+    .limiter(store.clone())
+    .build();
+    let running = Running::start(worker);
+    wait_until("all 6 handled", Duration::from_secs(60), || {
+        done.load(Ordering::SeqCst) == 6
+    })
+    .await;
+    running.stop().await;
+    let all = SlotsRequest {
+        max: 2,
+        hold: 0,
+        want: 2,
+        ttl: Duration::from_secs(1),
+    };
+    assert_eq!(
+        store.slots("render", "check", all).await.unwrap(),
+        2,
+        "every slot given back"
+    );
 }

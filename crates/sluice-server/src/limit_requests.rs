@@ -69,7 +69,7 @@ pub(crate) async fn slots(
     name: &str,
     holder: &str,
     max: u32,
-    release: u32,
+    hold: u32,
     want: u32,
     ttl_ms: u64,
 ) -> Result<Response, WireError> {
@@ -82,22 +82,18 @@ pub(crate) async fn slots(
             ),
         });
     }
-    if max == 0
-        || want > MAX_TOKENS
-        || release > MAX_TOKENS
-        || ttl_ms == 0
-        || ttl_ms > MAX_SLOT_TTL_MS
+    if max == 0 || want > MAX_TOKENS || hold > MAX_TOKENS || ttl_ms == 0 || ttl_ms > MAX_SLOT_TTL_MS
     {
         return Err(WireError::Invalid {
             message: format!(
-                "max must be at least 1, want and release at most {MAX_TOKENS}, ttl_ms 1 to \
-                 {MAX_SLOT_TTL_MS} (got {max}, {want}, {release}, {ttl_ms})"
+                "max must be at least 1, want and hold at most {MAX_TOKENS}, ttl_ms 1 to \
+                 {MAX_SLOT_TTL_MS} (got {max}, {want}, {hold}, {ttl_ms})"
             ),
         });
     }
     let request = SlotsRequest {
         max,
-        release,
+        hold,
         want,
         ttl: Duration::from_millis(ttl_ms),
     };

@@ -207,20 +207,12 @@ impl Session {
                 name,
                 holder,
                 max,
-                release,
+                hold,
                 want,
                 ttl_ms,
             } => {
-                crate::limit_requests::slots(
-                    &self.backend,
-                    &name,
-                    &holder,
-                    max,
-                    release,
-                    want,
-                    ttl_ms,
-                )
-                .await
+                crate::limit_requests::slots(&self.backend, &name, &holder, max, hold, want, ttl_ms)
+                    .await
             }
             Request::LimitTake {
                 name,

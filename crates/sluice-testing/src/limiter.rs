@@ -59,12 +59,12 @@ pub async fn check_limiter(store: Arc<dyn LimiterStore>) {
 /// shared exactly by concurrent takers, and lost by a holder that stops calling.
 async fn check_slots(store: Arc<dyn LimiterStore>) {
     let name = format!("check-slots-{}", uuid::Uuid::now_v7());
-    let call = |holder: &'static str, release: u32, want: u32, ttl: Duration| {
+    let call = |holder: &'static str, hold: u32, want: u32, ttl: Duration| {
         let (store, name) = (store.clone(), name.clone());
         async move {
             let request = SlotsRequest {
                 max: 3,
-                release,
+                hold,
                 want,
                 ttl,
             };
@@ -78,22 +78,29 @@ async fn check_slots(store: Arc<dyn LimiterStore>) {
         1,
         "3 at most, every holder together"
     );
-    assert_eq!(call("w2", 0, 1, long).await, 0);
-    assert_eq!(call("w1", 1, 0, long).await, 0, "w1 gives one back");
-    assert_eq!(call("w2", 0, 5, long).await, 1);
+    assert_eq!(call("w2", 1, 1, long).await, 0);
+    assert_eq!(call("w1", 1, 0, long).await, 0, "w1 keeps 1: one back");
+    assert_eq!(call("w2", 1, 5, long).await, 1);
     assert_eq!(
         call("w2", 50, 0, long).await,
         0,
-        "a release never goes below 0"
+        "a hold above what it has takes nothing"
     );
-    assert_eq!(call("w1", 1, 0, long).await, 0);
+    assert_eq!(call("w3", 0, 1, long).await, 0, "still 3 held");
+    assert_eq!(call("w1", 0, 0, long).await, 0);
+    assert_eq!(
+        call("w1", 0, 0, long).await,
+        0,
+        "repeated, it gives back once"
+    );
+    assert_eq!(call("w2", 0, 0, long).await, 0);
     // Every slot is free again: 32 concurrent takers get exactly 3.
     let takes = (0..32).map(|i| {
         let (store, name) = (store.clone(), name.clone());
         tokio::spawn(async move {
             let request = SlotsRequest {
                 max: 3,
-                release: 0,
+                hold: 0,
                 want: 1,
                 ttl: Duration::from_millis(300),
             };
@@ -117,7 +124,7 @@ async fn check_slots(store: Arc<dyn LimiterStore>) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(call("w3", 3, 0, long).await, 0);
+    assert_eq!(call("w3", 0, 0, long).await, 0);
 }
 
 /// Checks `store`'s flow-control flags ([`LimiterStore::set_flag`], [`LimiterStore::flags`]):

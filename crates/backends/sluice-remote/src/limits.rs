@@ -71,7 +71,7 @@ impl LimiterStore for RemoteLimiter {
                 name: name.to_owned(),
                 holder: holder.to_owned(),
                 max: request.max,
-                release: request.release,
+                hold: request.hold,
                 want: request.want,
                 ttl_ms: u64::try_from(request.ttl.as_millis())
                     .unwrap_or(u64::MAX)

@@ -67,7 +67,7 @@ pub async fn global_rate_limit_is_one_bucket_across_connections<H: Harness>(h: &
         async move {
             let request = sluice_core::SlotsRequest {
                 max: 2,
-                release: 0,
+                hold: 0,
                 want,
                 ttl: std::time::Duration::from_secs(60),
             };

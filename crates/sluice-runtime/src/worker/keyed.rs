@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::gate::{Gate, Ticket};
 use super::process::{self, Throttled};
 use super::settle::{self, Verb};
+use super::slots::Slot;
 use super::Pipeline;
 use crate::adaptive::Claim;
 use crate::handler::Handler;
@@ -55,13 +56,15 @@ enum Waited<T> {
     LeaseLost,
 }
 
-/// Runs `delivery`, received with `slot` (and `claim`, under an adaptive limit), to its verb.
+/// Runs `delivery`, received with `slot` (and `claim`, under an adaptive limit; `global`, a
+/// global concurrency bound's slot), to its verb.
 pub(crate) async fn run<D: Delivery, H: Handler>(
     shared: Arc<Shared<H>>,
     mut delivery: D,
     slot: OwnedSemaphorePermit,
     mut place: Option<Place>,
     mut claim: Option<Claim>,
+    mut global: Option<Slot>,
 ) {
     let pipeline = &*shared.pipeline;
     let mut slot = Some(slot);
@@ -85,6 +88,9 @@ pub(crate) async fn run<D: Delivery, H: Handler>(
                     };
                     slot = None;
                     claim = None;
+                    if let Some(global) = &mut global {
+                        global.give_back().await;
+                    }
                     let turn = wait(&shared, &mut delivery, gate.wait(key, *ticket)).await;
                     drop(parked);
                     match turn {
@@ -101,7 +107,15 @@ pub(crate) async fn run<D: Delivery, H: Handler>(
                 }
             }
         }
-        // A handler slot (and a place under the adaptive limit) to run in.
+        // A global slot given back while waiting, taken again first (holding no handler
+        // slot meanwhile), then a handler slot (and a place under the adaptive limit).
+        if let Some(global) = &mut global {
+            match wait(&shared, &mut delivery, global.take()).await {
+                Waited::Got(()) => {}
+                Waited::Stopped => return settle::release_unhandled(pipeline, delivery).await,
+                Waited::LeaseLost => return,
+            }
+        }
         let running = match slot.take() {
             Some(s) => s,
             None => {
@@ -138,6 +152,9 @@ pub(crate) async fn run<D: Delivery, H: Handler>(
                 drop(pass);
                 drop(running);
                 claim = None;
+                if let Some(global) = &mut global {
+                    global.give_back().await;
+                }
                 // No key to park: the whole worker waits (as long as any 429 says).
                 pipeline.pause_until(until);
                 let paused = async {

@@ -395,14 +395,16 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
         let mut control_task = None;
         if let Some(control) = self.control.clone() {
             if control.refresh().await {
-                control_task = Some(tokio::spawn(async move { control.run().await }));
+                control_task = Some(slots::AbortOnDrop(tokio::spawn(async move {
+                    control.run().await;
+                })));
             }
         }
         // Renews this worker's global concurrency slots while it runs.
         let heartbeat = self
             .global_slots
             .clone()
-            .map(|slots| tokio::spawn(async move { slots.heartbeat().await }));
+            .map(|slots| slots::AbortOnDrop(tokio::spawn(async move { slots.heartbeat().await })));
         let shared = Arc::new(keyed::Shared {
             pipeline: self.pipeline.clone(),
             gate: self.gate.clone(),
@@ -412,6 +414,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
         });
         let mut tasks = JoinSet::new();
         let mut failures: u32 = 0;
+        let mut slot_wait = Duration::from_millis(10);
         let subscription = self.subscriber.subscription().clone();
         tracing::debug!(%subscription, concurrency = self.concurrency, "worker started");
 
@@ -482,10 +485,14 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                 }
             }
             if let Some(slots) = &self.global_slots {
+                // One call: never wait for the limiter holding handler slots (waiting
+                // deliveries need them to run and give their global slots back).
+                // Deliveries waiting for a slot to run go first: none taken for new ones.
                 let wanted = permits.len() as u32;
-                let taken = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    taken = slots.acquire(wanted) => taken,
+                let taken = if slots.has_waiting() {
+                    0
+                } else {
+                    slots.try_acquire(wanted).await
                 };
                 permits.truncate(taken as usize);
                 let unused = wanted.saturating_sub(taken);
@@ -495,6 +502,15 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                 if let Some(breaker) = &self.pipeline.breaker {
                     breaker.unused(unused);
                 }
+                if taken == 0 {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(slot_wait) => {}
+                    }
+                    slot_wait = (slot_wait * 2).min(slots::MAX_WAIT);
+                    continue;
+                }
+                slot_wait = Duration::from_millis(10);
             }
             let want = permits.len();
 
@@ -514,7 +530,12 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             };
             let deliveries = match received {
                 Ok(deliveries) => deliveries,
-                Err(sluice_core::Error::Closed(_)) => break,
+                Err(sluice_core::Error::Closed(_)) => {
+                    if let Some(slots) = &self.global_slots {
+                        slots.release(want as u32).await;
+                    }
+                    break;
+                }
                 Err(err) => {
                     failures += 1;
                     let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
@@ -570,13 +591,8 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
                     Some(keyed::Place { key, ticket })
                 });
                 let shared = shared.clone();
-                let slots = self.global_slots.clone();
-                tasks.spawn(async move {
-                    keyed::run(shared, delivery, permit, place, claim).await;
-                    if let Some(slots) = slots {
-                        slots.release(1).await;
-                    }
-                });
+                let global = self.global_slots.clone().map(slots::Slot::taken);
+                tasks.spawn(keyed::run(shared, delivery, permit, place, claim, global));
             }
         }
 
@@ -593,18 +609,14 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             hard_stop.cancel();
             while tasks.join_next().await.is_some() {}
         }
-        if let Some(heartbeat) = heartbeat {
-            heartbeat.abort();
-        }
-        if let Some(task) = control_task {
-            task.abort();
-        }
+        drop(heartbeat);
+        drop(control_task);
         if let Some(control) = &self.control {
             control.forget().await;
         }
         if let Some(slots) = &self.global_slots {
-            // Releases the limiter did not take before.
-            slots.release(0).await;
+            // Whatever is left (a call whose answer was lost): the worker holds none now.
+            slots.release_all().await;
         }
         if let Err(err) = self.subscriber.close().await {
             tracing::warn!(%subscription, %err, "closing the subscriber failed");

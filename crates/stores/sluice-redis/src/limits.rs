@@ -12,7 +12,7 @@
 //! - A global concurrency bound is a hash `<prefix>:slots:<name>` (holder → slots) and a
 //!   sorted set `<prefix>:slots:<name>:until` (holder → end of its lease, ms of `TIME`),
 //!   changed by one script per call with the rules of `sluice_core::limit::SlotHolders`:
-//!   expired holders forgotten, the caller's release, renewal and take, atomically. Both keys
+//!   expired holders forgotten, the caller's count kept at most `hold`, renewal and take, atomically. Both keys
 //!   expire with the longest lease.
 //! - Flow-control flags are one hash `<prefix>:flags`: flag → `<expiry>|<value>` (expiry in
 //!   ms of `TIME`, 0 for none), written and read by scripts that drop expired flags.
@@ -55,7 +55,7 @@ return {granted, retry}
     )
 });
 
-/// `KEYS`: the holders hash, the leases sorted set; `ARGV`: holder, max, release, want, ttl
+/// `KEYS`: the holders hash, the leases sorted set; `ARGV`: holder, max, hold, want, ttl
 /// in ms. Returns the slots taken.
 static SLOTS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -63,7 +63,7 @@ static SLOTS: LazyLock<Script> = LazyLock::new(|| {
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local holder = ARGV[1]
-local max, release = tonumber(ARGV[2]), tonumber(ARGV[3])
+local max, hold = tonumber(ARGV[2]), tonumber(ARGV[3])
 local want, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, h in ipairs(expired) do redis.call('HDEL', KEYS[1], h) end
@@ -75,7 +75,7 @@ for i = 1, #held, 2 do
   local n = tonumber(held[i + 1])
   if held[i] == holder then had = n else all = all + n end
 end
-local mine = math.max(had - release, 0)
+local mine = math.min(had, hold)
 local free = math.max(max - all - mine, 0)
 local taken = math.min(free, want)
 local now_held = mine + taken
@@ -184,7 +184,7 @@ impl LimiterStore for RedisStore {
                 .key(format!("{key}:until"))
                 .arg(holder)
                 .arg(request.max.max(1))
-                .arg(request.release)
+                .arg(request.hold)
                 .arg(request.want)
                 .arg(ttl_ms)
                 .invoke_async(&mut self.connection())
