@@ -62,6 +62,25 @@ async fn the_admin_api_reports_topics_stats_and_the_dlq_and_redrives() {
     }
     let subscriber = client.subscribe(&sub).await.unwrap();
     support::dead_letter(&subscriber, 2).await;
+    // An operator's pause and a worker's circuit state, as `sluice pause` and a worker
+    // with a breaker write them.
+    let limiter = sluice_core::Subscriber::limiter(&subscriber).expect("sluice:// has a limiter");
+    limiter
+        .set_flag(
+            &sluice_core::limit::pause_flag("billing"),
+            Some("by the test"),
+            None,
+        )
+        .await
+        .unwrap();
+    limiter
+        .set_flag(
+            "circuit:billing:worker-1",
+            Some("open"),
+            Some(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
     // Nobody consumes from here on: the counts below change only by what the API does.
     subscriber.close().await.unwrap();
 
@@ -114,6 +133,14 @@ async fn the_admin_api_reports_topics_stats_and_the_dlq_and_redrives() {
     assert_eq!(overview["topics"][0]["published"], 5, "{overview}");
     assert_eq!(
         overview["topics"][0]["subscriptions"][0]["settled"]["dead_letter"], 2,
+        "{overview}"
+    );
+    assert_eq!(
+        overview["topics"][0]["subscriptions"][0]["paused"], true,
+        "{overview}"
+    );
+    assert_eq!(
+        overview["topics"][0]["subscriptions"][0]["circuits"]["open"], 1,
         "{overview}"
     );
 

@@ -139,6 +139,10 @@ pub(crate) struct SubscriptionLine {
     stats: Stats,
     /// Verbs that succeeded through this server since it started, by verb.
     settled: BTreeMap<&'static str, u64>,
+    /// Paused by an operator (`sluice pause`).
+    paused: bool,
+    /// The circuit states its workers with a breaker report: state → workers.
+    circuits: BTreeMap<String, u32>,
 }
 
 /// One topic's block in the overview.
@@ -166,6 +170,10 @@ pub(crate) async fn overview(
     let metrics = &shared.metrics;
     let by_name = metrics.by_name();
     let naming = backend.naming();
+    // Operator pauses and the workers' circuit states: flags in the server's limiter.
+    let limiter = backend.limiter();
+    let paused = limiter.flags("pause:").await?;
+    let circuits = limiter.flags("circuit:").await?;
     let mut topics = Vec::new();
     for info in backend.list_topics().await? {
         let mut subscriptions = Vec::new();
@@ -175,7 +183,17 @@ pub(crate) async fn overview(
                 Err(Error::NotFound { .. }) => continue,
                 other => other?,
             };
+            let pause = sluice_core::limit::pause_flag(sub.as_str());
+            let prefix = sluice_core::limit::circuit_flags(sub.as_str());
+            let mut states = BTreeMap::new();
+            for (key, state) in &circuits {
+                if key.starts_with(&prefix) {
+                    *states.entry(state.clone()).or_default() += 1;
+                }
+            }
             subscriptions.push(SubscriptionLine {
+                paused: paused.iter().any(|(key, _)| *key == pause),
+                circuits: states,
                 name: sub.to_string(),
                 stats: stats(&counts),
                 settled: by_name
