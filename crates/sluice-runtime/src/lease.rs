@@ -42,6 +42,13 @@ pub(crate) struct Renewal<'a> {
 /// Keeps the delivery's lease alive until dropped. Never completes: when the lease is lost
 /// it stops extending and waits (the handler's verb will then report `LeaseLost`).
 pub(crate) async fn keep_alive<D: Delivery>(delivery: &mut D, renewal: Renewal<'_>) {
+    extend_until_lost(delivery, renewal).await;
+    std::future::pending().await
+}
+
+/// Extends the delivery's lease whenever half of it is left (and renews the claim with it);
+/// returns when an extension fails (the lease is lost).
+pub(crate) async fn extend_until_lost<D: Delivery>(delivery: &mut D, renewal: Renewal<'_>) {
     let lease = renewal.lease.max(Duration::from_millis(2));
     loop {
         let deadline = Instant::from_std(delivery.lease_deadline());
@@ -52,7 +59,7 @@ pub(crate) async fn keep_alive<D: Delivery>(delivery: &mut D, renewal: Renewal<'
         tokio::time::sleep_until(renew_at).await;
         if let Err(err) = delivery.extend_lease(lease).await {
             tracing::warn!(id = %delivery.message().id(), %err, "could not extend the lease; the message may be delivered again");
-            return std::future::pending().await;
+            return;
         }
         renewal.stats.lease_extended();
         metrics::lease_extended(renewal.labels);

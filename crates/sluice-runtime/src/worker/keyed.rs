@@ -25,7 +25,7 @@ use super::slots::Slot;
 use super::Pipeline;
 use crate::adaptive::Claim;
 use crate::handler::Handler;
-use crate::lease::LeaseExtension;
+use crate::lease::{extend_until_lost, LeaseExtension, Renewal};
 use crate::metrics::Labels;
 use crate::observe::OutcomeKind;
 
@@ -190,24 +190,17 @@ async fn wait<D: Delivery, H, T>(
 /// Keeps a waiting delivery's lease alive (unless lease extension is off); returns when the
 /// lease is lost.
 async fn hold<D: Delivery, H>(pipeline: &Pipeline<H>, delivery: &mut D) {
-    let lease = pipeline.lease.max(Duration::from_millis(2));
-    loop {
-        let deadline = Instant::from_std(delivery.lease_deadline());
-        if pipeline.lease_extension == LeaseExtension::Off {
-            tokio::time::sleep_until(deadline).await;
-            tracing::debug!(id = %delivery.message().id(), "the lease of a waiting delivery ran out (lease extension is off)");
-            return;
-        }
-        let renew_at = deadline
-            .checked_sub(lease / 2)
-            .unwrap_or(deadline)
-            .max(Instant::now());
-        tokio::time::sleep_until(renew_at).await;
-        if let Err(err) = delivery.extend_lease(lease).await {
-            tracing::warn!(id = %delivery.message().id(), %err, "could not extend a waiting delivery's lease; it will be delivered again");
-            return;
-        }
-        pipeline.stats.lease_extended();
-        crate::metrics::lease_extended(&Labels::of(delivery));
+    if pipeline.lease_extension == LeaseExtension::Off {
+        tokio::time::sleep_until(Instant::from_std(delivery.lease_deadline())).await;
+        tracing::debug!(id = %delivery.message().id(), "the lease of a waiting delivery ran out (lease extension is off)");
+        return;
     }
+    let labels = Labels::of(delivery);
+    let renewal = Renewal {
+        lease: pipeline.lease,
+        claim: None,
+        labels: &labels,
+        stats: &pipeline.stats,
+    };
+    extend_until_lost(delivery, renewal).await;
 }
