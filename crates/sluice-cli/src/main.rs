@@ -57,6 +57,9 @@ enum Command {
     Topics(ops::topics::TopicsArgs),
     /// Shows ready, in-flight, delayed and dead-lettered counts per subscription.
     Stats(ops::stats::StatsArgs),
+    /// Prints the AsyncAPI 3.0 document of the topology: topics, subscriptions and their
+    /// filters, dead-letter queues, the reserved headers.
+    Asyncapi(ops::asyncapi::AsyncApiArgs),
     /// Stops every worker of a subscription pulling (in-flight deliveries finish) until
     /// `sluice resume`: a flag in the limiter the workers share (`sluice serve`'s, or Redis).
     Pause(ops::control::ControlArgs),
@@ -117,6 +120,7 @@ async fn main() {
         Command::Serve(args) => serve::run(args).await,
         Command::Topics(args) => ops::topics::run(args).await,
         Command::Stats(args) => ops::stats::run(args).await,
+        Command::Asyncapi(args) => ops::asyncapi::run(args).await,
         Command::Pause(args) => ops::control::run(args, true).await,
         Command::Resume(args) => ops::control::run(args, false).await,
         Command::Publish(args) => ops::publish::run(args).await,

@@ -19,8 +19,10 @@ pub(crate) struct ServeArgs {
     /// Address of the HTTP admin API, `/metrics` and the dashboard; `off` disables it.
     #[arg(long, default_value = "127.0.0.1:7576")]
     http: String,
-    /// File of API tokens, one per line (`#` comments). Also read: `SLUICE_TOKENS`
-    /// (comma-separated). Without tokens the server listens on loopback addresses only.
+    /// File of API tokens, one per line (`#` comments), each optionally followed by its
+    /// grants: `admin`, `publish:PATTERNS`, `consume:PATTERNS` (none: everything). Also read:
+    /// `SLUICE_TOKENS` (comma-separated, every grant). Without tokens the server listens on
+    /// loopback addresses only.
     #[arg(long)]
     tokens_file: Option<PathBuf>,
     /// Durability: `always` (fsync before confirming), `never`, or `interval:MS`.
@@ -83,19 +85,17 @@ impl ServeArgs {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut tokens = Vec::new();
+    let mut auth = Auth::open();
     if let Some(path) = &args.tokens_file {
-        let auth = std::fs::read_to_string(path)
+        let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the tokens file {}", path.display()))?;
-        tokens.extend(sluice_server::config::tokens_in(&auth));
+        auth = Auth::parse(&text)
+            .with_context(|| format!("the tokens file {} is not valid", path.display()))?;
     }
     if let Ok(env) = std::env::var("SLUICE_TOKENS") {
-        tokens.extend(
-            env.split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned),
-        );
+        auth = auth.merge(Auth::tokens(
+            env.split(',').map(str::trim).filter(|t| !t.is_empty()),
+        ));
     }
     let http = match args.http.as_str() {
         "off" | "none" => None,
@@ -105,11 +105,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
     };
     let sync = args.sync.parse().map_err(anyhow::Error::msg)?;
-    let token_count = tokens.len();
+    let token_count = auth.len();
     let mut config = ServerConfig::new(&args.data)
         .listen(args.listen)
         .http(http)
-        .auth(Auth::tokens(tokens))
+        .auth(auth)
         .sync(sync)
         .limits(args.limits());
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {

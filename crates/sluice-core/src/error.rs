@@ -234,6 +234,10 @@ pub enum Error {
     /// The operation did not complete in time. Retryable.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The credentials are valid but do not allow this operation (a `sluice serve` API
+    /// token without the grant, for example). Not retryable.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// Any other failure reported by the backend.
     #[error("backend error: {message}")]
     Backend {

@@ -27,6 +27,7 @@
 
 pub mod backend;
 pub mod capabilities;
+pub mod cloudevents;
 pub mod config;
 pub mod dedup;
 pub mod delivery;

@@ -250,6 +250,9 @@ pub fn error_to_wire(error: &Error) -> WireError {
         Error::Unsupported(message) => WireError::Unsupported {
             message: message.clone(),
         },
+        Error::Forbidden(message) => WireError::Forbidden {
+            message: message.clone(),
+        },
         Error::Closed(what) => WireError::Closed {
             what: (*what).to_owned(),
         },
@@ -316,6 +319,7 @@ pub fn error_from_wire(wire: WireError) -> Error {
         ),
         WireError::Backend { message, retryable } => Error::backend(message, retryable),
         WireError::UnknownHandle { message } => Error::backend(message, false),
+        WireError::Forbidden { message } => Error::Forbidden(message),
     }
 }
 

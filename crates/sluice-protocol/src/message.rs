@@ -615,6 +615,11 @@ pub enum WireError {
         /// Which.
         message: String,
     },
+    /// `Error::Forbidden`: the connection's API token lacks the grant for this request.
+    Forbidden {
+        /// What was refused, and which grant would allow it.
+        message: String,
+    },
 }
 
 #[cfg(test)]

@@ -43,12 +43,14 @@
 //! | [`key_limit`] | [`KeyLimit`]: a rate and a number in flight per key, parking and deferring so one key's backlog never holds up another |
 //! | [`breaker`] | [`CircuitBreaker`]: stop pulling while the downstream fails |
 //! | [`adaptive`] | [`AdaptiveConcurrency`]: the number of handlers at once, found from the downstream's latency |
+//! | [`asyncapi`] | [`asyncapi::AsyncApi`]: the AsyncAPI 3.0 document of a topology, with typed events' payload schemas |
 //! | [`trace`] | spans and W3C trace context in headers |
 //! | [`metrics`] | metric names and recording (`docs/observability.md`) |
 //! | [`observe`] | [`WorkerStats`] and the [`Observer`] outcome stream |
 //! | [`shutdown`] | [`shutdown_on_signals`] for binaries |
 
 pub mod adaptive;
+pub mod asyncapi;
 pub mod backoff;
 pub mod breaker;
 pub mod events;

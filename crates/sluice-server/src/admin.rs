@@ -1,20 +1,23 @@
-//! The HTTP side of `sluice serve`: the admin API (JSON under `/api/v1`, described by
-//! `/api/v1/openapi.json`), Prometheus `/metrics`, and the dashboard at `/`. The jobs and
-//! schedules of a job store given to the server are in `admin/jobs.rs`.
+//! The HTTP side of `sluice serve`: the data API for other languages (publish, receive,
+//! settle, CloudEvents: `admin/data.rs`, `admin/messages.rs`, `admin/cloudevents.rs`), the
+//! admin API (JSON under `/api/v1`, described by `/api/v1/openapi.json`), Prometheus
+//! `/metrics`, and the dashboard at `/`. The jobs and schedules of a job store given to the
+//! server are in `admin/jobs.rs`.
 //!
-//! Every handler's error becomes a JSON `{"error": …}` with the status its kind deserves
-//! (404 not found, 409 conflict, 400 invalid input, 503 retryable, 500 otherwise). With API
-//! tokens configured, every route but `/api/v1/health` and the dashboard page itself needs
-//! `Authorization: Bearer TOKEN`.
+//! Every refusal is a JSON `{"error": …, "code": …}` with a stable code and the status its
+//! kind deserves (`admin/error.rs`). With API tokens configured, every route but
+//! `/api/v1/health`, the OpenAPI document and the dashboard page itself needs
+//! `Authorization: Bearer TOKEN`; the admin routes need the token's `admin` grant, the data
+//! routes its `publish` or `consume` grant on the object they name.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use sluice_core::{
     Backend, DeadLetteredMessage, Error, Namespace, Naming, RedriveOptions, SubscriptionName,
@@ -25,10 +28,21 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Action, Grants};
 use crate::Shared;
 
+mod cloudevents;
+mod consume;
+mod data;
+mod error;
 mod jobs;
+mod leases;
+mod messages;
 mod render;
+
+pub(crate) use leases::Leases;
+
+pub(crate) use error::ApiError;
 
 /// The OpenAPI document of this API.
 pub(crate) const OPENAPI: &str = include_str!("admin/openapi.json");
@@ -40,9 +54,13 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
-    let app = router(shared);
+    let app = router(shared.clone());
     let stopped = stop.clone();
-    let shutdown = async move { stopped.cancelled().await };
+    // Receives waiting for messages return at once, so they do not hold up the shutdown.
+    let shutdown = async move {
+        stopped.cancelled().await;
+        shared.http_leases.close().await;
+    };
     let result = match tls {
         None => {
             axum::serve(listener, app)
@@ -133,15 +151,10 @@ impl axum::serve::Listener for TlsListener {
 
 /// Every route (the OpenAPI test walks this list).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let api = Router::new()
+    // Routes of the admin API and `/metrics`: the `admin` grant.
+    let admin = Router::new()
         .route("/api/v1/topics", get(list_topics))
-        .route("/api/v1/topics/{topic}", get(describe_topic))
         .route("/api/v1/overview", get(overview))
-        .route(
-            "/api/v1/subscriptions/{subscription}",
-            get(describe_subscription),
-        )
-        .route("/api/v1/subscriptions/{subscription}/stats", get(stats))
         .route("/api/v1/subscriptions/{subscription}/dlq", get(dlq_list))
         .route(
             "/api/v1/subscriptions/{subscription}/dlq/messages/{id}",
@@ -160,7 +173,32 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v1/schedules", get(jobs::schedules))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
+        .route_layer(middleware::from_fn(require_admin));
+    // The data API: each handler checks the token's grant on the object it names.
+    let data = Router::new()
+        .route(
+            "/api/v1/topics/{topic}",
+            get(data::describe_topic).put(data::ensure_topic),
+        )
+        .route("/api/v1/topics/{topic}/messages", post(data::publish))
+        .route(
+            "/api/v1/subscriptions/{subscription}",
+            get(data::describe_subscription).put(data::ensure_subscription),
+        )
+        .route(
+            "/api/v1/subscriptions/{subscription}/receive",
+            post(consume::receive),
+        )
+        .route(
+            "/api/v1/subscriptions/{subscription}/settle",
+            post(consume::settle),
+        )
+        .route("/api/v1/subscriptions/{subscription}/stats", get(stats))
+        .route("/api/v1/asyncapi.json", get(asyncapi))
+        .layer(DefaultBodyLimit::max(shared.config.max_frame));
+    let api = admin
+        .merge(data)
+        .route_layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/api/v1/health", get(health))
@@ -171,12 +209,37 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .merge(api)
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::map_response(json_errors))
         .with_state(shared)
+}
+
+/// Axum's own refusals (a query or path that does not parse, a body it cannot read) are
+/// plain text: every refusal of this API is JSON with a `code`, so they are rewritten here.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    };
+    let text = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_owned()
+    } else {
+        text
+    };
+    ApiError::new(status, text).into_response()
 }
 
 /// A path no route serves: the documented JSON error, never an empty body.
 async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError(
+    ApiError::new(
         StatusCode::NOT_FOUND,
         format!(
             "no route for {method} {}: the routes are listed in /api/v1/openapi.json",
@@ -187,7 +250,7 @@ async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiE
 
 /// A route asked with a method it does not take.
 async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError(
+    ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
             "{} does not take {method}: see /api/v1/openapi.json",
@@ -196,57 +259,64 @@ async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiEr
     )
 }
 
-async fn authorize(
+/// Admits the request's `Authorization: Bearer TOKEN` and hands its [`Grants`] to the route.
+async fn authenticate(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    // The scheme is case-insensitive (RFC 9110).
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if shared.config.auth.accepts(token) {
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match shared.config.auth.admit(token) {
+        Some(grants) => {
+            request.extensions_mut().insert(grants);
+            next.run(request).await
+        }
+        None => {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this server requires `Authorization: Bearer TOKEN` with one of its API tokens"
+                    .into(),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"sluice\""),
+            );
+            response
+        }
+    }
+}
+
+/// Refuses tokens without the `admin` grant.
+async fn require_admin(request: Request, next: Next) -> Response {
+    let admin = request
+        .extensions()
+        .get::<Arc<Grants>>()
+        .is_some_and(|g| g.allows(Action::Admin, ""));
+    if admin {
         next.run(request).await
     } else {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            "this server requires `Authorization: Bearer TOKEN` with one of its API tokens".into(),
-        )
+        ApiError::from(Error::Forbidden(format!(
+            "this API token may not use {}: it needs the `admin` grant",
+            request.uri().path()
+        )))
         .into_response()
-    }
-}
-
-/// An error answer.
-pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
-
-impl From<Error> for ApiError {
-    fn from(error: Error) -> Self {
-        let status = match &error {
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Conflict { .. } => StatusCode::CONFLICT,
-            Error::Name(_) | Error::Message(_) | Error::InvalidFilter { .. } | Error::Url(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(status, error.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
     }
 }
 
 pub(crate) type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// `?namespace=`: which namespace's view (none: every object, physical names).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct View {
-    namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 }
 
 impl View {
@@ -259,11 +329,11 @@ impl View {
     }
 }
 
-fn topic_name(name: &str) -> Result<TopicName, ApiError> {
+pub(crate) fn topic_name(name: &str) -> Result<TopicName, ApiError> {
     Ok(TopicName::new(name).map_err(Error::from)?)
 }
 
-fn subscription_name(name: &str) -> Result<SubscriptionName, ApiError> {
+pub(crate) fn subscription_name(name: &str) -> Result<SubscriptionName, ApiError> {
     Ok(SubscriptionName::new(name).map_err(Error::from)?)
 }
 
@@ -297,39 +367,23 @@ async fn list_topics(
     ))
 }
 
-async fn describe_topic(
-    State(shared): State<Arc<Shared>>,
-    Query(view): Query<View>,
-    Path(topic): Path<String>,
-) -> ApiResult<render::Topic> {
-    let backend = view.backend(&shared)?;
-    Ok(Json(render::topic(
-        &backend.describe_topic(&topic_name(&topic)?).await?,
-    )))
-}
-
-async fn describe_subscription(
-    State(shared): State<Arc<Shared>>,
-    Query(view): Query<View>,
-    Path(subscription): Path<String>,
-) -> ApiResult<render::Subscription> {
-    let backend = view.backend(&shared)?;
-    let name = subscription_name(&subscription)?;
-    let info = backend.describe_subscription(&name).await?;
-    let stats = shared.prefetched.stats(&backend, &name).await?;
-    Ok(Json(render::subscription(&info, &stats)))
-}
-
+/// `GET …/stats`: the `admin` grant, or `consume` on the subscription.
 async fn stats(
     State(shared): State<Arc<Shared>>,
+    Extension(grants): Extension<Arc<Grants>>,
     Query(view): Query<View>,
     Path(subscription): Path<String>,
 ) -> ApiResult<render::Stats> {
     let backend = view.backend(&shared)?;
-    let stats = shared
-        .prefetched
-        .stats(&backend, &subscription_name(&subscription)?)
-        .await?;
+    let name = subscription_name(&subscription)?;
+    if !grants.allows(Action::Admin, "") {
+        grants.check(
+            Action::Consume,
+            "read the stats of subscription",
+            &backend.naming().subscription(&name),
+        )?;
+    }
+    let stats = shared.prefetched.stats(&backend, &name).await?;
     Ok(Json(render::stats(&stats)))
 }
 
@@ -414,7 +468,7 @@ async fn dlq_redrive(
         RedriveBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError(
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("the redrive body is not valid JSON: {e}"),
             )
@@ -451,6 +505,59 @@ async fn dlq_purge(
         .dlq_purge(&subscription_name(&subscription)?)
         .await?;
     Ok(Json(PurgeAnswer { purged }))
+}
+
+/// `GET /api/v1/asyncapi.json`: the AsyncAPI 3.0 document of the topology, limited to what
+/// the token may see (every topic it may publish to or consume from, every subscription it
+/// may consume; everything with `admin`).
+async fn asyncapi(
+    State(shared): State<Arc<Shared>>,
+    Extension(grants): Extension<Arc<Grants>>,
+    Query(view): Query<View>,
+    headers: HeaderMap,
+) -> ApiResult<serde_json::Value> {
+    let backend = view.backend(&shared)?;
+    let naming = backend.naming();
+    let admin = grants.allows(Action::Admin, "");
+    let mut doc = sluice_runtime::asyncapi::AsyncApi::from_backend(&backend)
+        .await?
+        .retain(
+            |t| {
+                let name = naming.topic(t);
+                admin
+                    || grants.allows(Action::Publish, &name)
+                    || grants.allows(Action::Consume, &name)
+            },
+            |s| admin || grants.allows(Action::Consume, &naming.subscription(s)),
+        )
+        .title("sluice serve")
+        .description(
+            "The topics and subscriptions of this `sluice serve`. Publish and consume with the HTTP data API (`/api/v1/openapi.json`, docs/http-api.md) or the `sluice://` protocol (docs/protocol.md).",
+        );
+    // A listener on every interface is reached at the name the client used.
+    let asked = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_owned());
+    let host = |addr: std::net::SocketAddr| match &asked {
+        Some(name) if addr.ip().is_unspecified() => format!("{name}:{}", addr.port()),
+        _ => addr.to_string(),
+    };
+    doc = doc.server(
+        "sluice",
+        host(shared.addr),
+        "sluice",
+        "The `sluice://` protocol (Rust clients)",
+    );
+    if let Some(http) = shared.http_addr {
+        doc = doc.server(
+            "http",
+            host(http),
+            if shared.config.tls.is_some() { "https" } else { "http" },
+            "The HTTP data API: POST /api/v1/topics/{topic}/messages, /api/v1/subscriptions/{subscription}/receive and /settle",
+        );
+    }
+    Ok(Json(doc.to_json()))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {

@@ -1,8 +1,9 @@
-//! What `sluice serve` is told: where the data lives, where to listen, who may connect, and
+//! What `sluice serve` is told: where the data lives, where to listen, who may connect
+//! ([`Auth`](crate::Auth)), and
 //! how many connections it holds and for how long ([`ConnectionLimits`]).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,64 +11,7 @@ use sluice_core::jobs::JobStore;
 use sluice_embedded::SyncMode;
 use sluice_protocol::{DEFAULT_MAX_FRAME, DEFAULT_PORT};
 
-/// Who may connect.
-#[derive(Debug, Clone, Default)]
-pub struct Auth {
-    tokens: Vec<String>,
-}
-
-impl Auth {
-    /// No tokens: any client that can reach the (loopback) listener.
-    pub fn open() -> Self {
-        Self::default()
-    }
-
-    /// Clients must present one of these tokens.
-    pub fn tokens(tokens: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        Self {
-            tokens: tokens
-                .into_iter()
-                .map(Into::into)
-                .filter(|t: &String| !t.is_empty())
-                .collect(),
-        }
-    }
-
-    /// Reads tokens from a file: one per line, blank lines and `#` comments ignored.
-    pub fn from_file(path: &Path) -> std::io::Result<Self> {
-        Ok(Self::tokens(tokens_in(&std::fs::read_to_string(path)?)))
-    }
-
-    /// Whether any token is required.
-    pub fn required(&self) -> bool {
-        !self.tokens.is_empty()
-    }
-
-    /// Whether a client presenting `token` is admitted.
-    pub fn accepts(&self, token: Option<&str>) -> bool {
-        if self.tokens.is_empty() {
-            return true;
-        }
-        // Compare every token in full: the time taken does not say how much matched.
-        let Some(token) = token else { return false };
-        self.tokens.iter().fold(false, |found, t| {
-            found | constant_time_eq(t.as_bytes(), token.as_bytes())
-        })
-    }
-}
-
-/// The tokens of a tokens file's text: one per line, blank lines and `#` comments ignored.
-pub fn tokens_in(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::auth::Auth;
 
 /// Configuration of a server.
 #[derive(Debug, Clone)]
@@ -284,19 +228,5 @@ impl ServerConfig {
     pub fn limits(mut self, limits: ConnectionLimits) -> Self {
         self.limits = limits;
         self
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn without_tokens_everyone_is_admitted_with_tokens_only_holders() {
-        assert!(Auth::open().accepts(None));
-        let auth = Auth::tokens(["s3cret", "other"]);
-        assert!(auth.accepts(Some("other")));
-        assert!(!auth.accepts(Some("s3cre")));
-        assert!(!auth.accepts(None));
     }
 }

@@ -465,7 +465,7 @@ async fn linger<R: AsyncRead + Unpin>(mut reader: R) {
 
 /// The connection's session if the hello is acceptable, or why not.
 fn admit(hello: &Hello, shared: &Shared) -> Result<Session, WireError> {
-    if !shared.config.auth.accepts(hello.token.as_deref()) {
+    let Some(grants) = shared.config.auth.admit(hello.token.as_deref()) else {
         return Err(WireError::Unauthorized {
             message: if hello.token.is_some() {
                 "the API token is not valid".into()
@@ -473,7 +473,7 @@ fn admit(hello: &Hello, shared: &Shared) -> Result<Session, WireError> {
                 "this server requires an API token (`?token=` in the sluice:// URL, or SLUICE_TOKEN)".into()
             },
         });
-    }
+    };
     let namespace = match &hello.namespace {
         Some(ns) => Some(Namespace::new(ns.clone()).map_err(|e| WireError::Invalid {
             message: e.to_string(),
@@ -484,6 +484,7 @@ fn admit(hello: &Hello, shared: &Shared) -> Result<Session, WireError> {
         shared.backend.with_naming(Naming::new(namespace)),
         shared.metrics.clone(),
         shared.prefetched.clone(),
+        grants,
     ))
 }
 

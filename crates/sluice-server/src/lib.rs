@@ -7,7 +7,8 @@
 //! dashboard.
 //!
 //! # Layout
-//! - [`config`]: [`ServerConfig`], [`Auth`] (API tokens) and [`ConnectionLimits`].
+//! - [`config`]: [`ServerConfig`] and [`ConnectionLimits`].
+//! - [`auth`]: [`Auth`] (API tokens) and each token's [`Grants`] (publish, consume, admin).
 //! - `connection.rs`: one client connection: TLS, preface, hello, requests answered
 //!   concurrently, protocol errors that close only that connection, the idle timeout.
 //! - `frames.rs`: the frames a client sends, each within the slow-frame timeout.
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod admin;
+pub mod auth;
 pub mod config;
 mod connection;
 mod frames;
@@ -51,7 +53,8 @@ pub mod metrics;
 mod prefetch;
 mod session;
 
-pub use config::{Auth, ConnectionLimits, ServerConfig, TlsFiles};
+pub use auth::{Action, Auth, Grants};
+pub use config::{ConnectionLimits, ServerConfig, TlsFiles};
 pub use metrics::{ByName, MetricsSnapshot, ServerMetrics};
 
 use connection::Admission;
@@ -98,6 +101,11 @@ pub(crate) struct Shared {
     /// Warnings about refused and timed-out connections, at most one per address, reason
     /// and interval.
     pub(crate) warnings: WarnThrottle,
+    /// Deliveries leased over the HTTP data API.
+    pub(crate) http_leases: admin::Leases,
+    /// Where the listeners are (ports picked by the system included).
+    pub(crate) addr: SocketAddr,
+    pub(crate) http_addr: Option<SocketAddr>,
 }
 
 /// A running server.
@@ -155,6 +163,9 @@ impl Server {
             metrics: Arc::new(ServerMetrics::default()),
             prefetched: Arc::default(),
             warnings: WarnThrottle::default(),
+            http_leases: admin::Leases::default(),
+            addr,
+            http_addr,
         });
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sluice_core::{
     Backend, DeadLetterReason, Delivery, Error, PublishOutcome, Publisher, RedriveOptions,
-    Subscriber,
+    Subscriber, SubscriptionName, TopicName,
 };
 use sluice_embedded::{EmbeddedBackend, EmbeddedDelivery, EmbeddedPublisher, EmbeddedSubscriber};
 use sluice_protocol::convert::{self, ms};
@@ -22,6 +22,7 @@ use sluice_protocol::{Body, Frame, Request, Response, Verb};
 use tokio::sync::{mpsc, Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Action, Grants};
 use crate::metrics::ServerMetrics;
 use crate::prefetch::Prefetched;
 
@@ -71,6 +72,8 @@ pub(crate) struct Session {
     /// Held deliveries at which the next sweep of expired leases runs.
     sweep_at: AtomicUsize,
     max_batch: usize,
+    /// What the connection's API token allows.
+    grants: Arc<Grants>,
 }
 
 impl Session {
@@ -78,6 +81,7 @@ impl Session {
         backend: EmbeddedBackend,
         metrics: Arc<ServerMetrics>,
         prefetched: Arc<Prefetched>,
+        grants: Arc<Grants>,
     ) -> Self {
         let max_batch = backend.capabilities().max_batch;
         Self {
@@ -91,7 +95,27 @@ impl Session {
             next_handle: AtomicU64::new(1),
             sweep_at: AtomicUsize::new(SWEEP_AT),
             max_batch,
+            grants,
         }
+    }
+
+    /// `Forbidden` unless the token allows `action` on the object with this full name.
+    fn allow(&self, action: Action, what: &str, physical: &str) -> Result<(), WireError> {
+        self.grants
+            .check(action, what, physical)
+            .map_err(|e| wire(&e))
+    }
+
+    fn allow_topic(&self, action: Action, what: &str, topic: &TopicName) -> Result<(), WireError> {
+        self.allow(action, what, &self.backend.naming().topic(topic))
+    }
+
+    fn allow_subscription(&self, what: &str, name: &SubscriptionName) -> Result<(), WireError> {
+        self.allow(
+            Action::Consume,
+            what,
+            &self.backend.naming().subscription(name),
+        )
     }
 
     fn handle(&self) -> u64 {
@@ -147,6 +171,7 @@ impl Session {
             Request::Publish { topic, messages } => self.publish(&topic, messages).await,
             Request::OpenSubscriber { subscription } => {
                 let name = convert::subscription(&subscription).map_err(|e| wire(&e))?;
+                self.allow_subscription("consume from subscription", &name)?;
                 let subscriber = self.backend.subscribe(&name).await.map_err(|e| wire(&e))?;
                 let config = convert::subscription_config_to_wire(subscriber.config());
                 let id = self.handle();
@@ -241,6 +266,7 @@ impl Session {
         messages: Vec<sluice_protocol::message::WireMessage>,
     ) -> Answer {
         let topic = convert::topic(topic).map_err(|e| wire(&e))?;
+        self.allow_topic(Action::Publish, "publish to topic", &topic)?;
         let publisher = self
             .publisher
             .get_or_try_init(|| self.backend.publisher())
@@ -504,6 +530,7 @@ impl Session {
         Ok(match request {
             Request::EnsureTopic { topic, config } => {
                 let topic = convert::topic(&topic).map_err(w)?;
+                self.allow_topic(Action::Publish, "create topic", &topic)?;
                 b.ensure_topic(&topic, &convert::topic_config_from_wire(&config))
                     .await
                     .map_err(w)?;
@@ -515,31 +542,41 @@ impl Session {
             } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
                 let config = convert::subscription_config_from_wire(&config).map_err(w)?;
+                self.allow_subscription("create subscription", &name)?;
+                self.allow_topic(Action::Consume, "subscribe to topic", &config.topic)?;
                 b.ensure_subscription(&name, &config).await.map_err(w)?;
                 Response::Done
             }
             Request::DescribeTopic { topic } => {
                 let topic = convert::topic(&topic).map_err(w)?;
+                if self.allow_topic(Action::Consume, "", &topic).is_err() {
+                    self.allow_topic(Action::Publish, "describe topic", &topic)?;
+                }
                 let info = b.describe_topic(&topic).await.map_err(w)?;
                 Response::Topic(convert::topic_info_to_wire(&info))
             }
             Request::DescribeSubscription { subscription } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
+                self.allow_subscription("describe subscription", &name)?;
                 let info = b.describe_subscription(&name).await.map_err(w)?;
                 Response::Subscription {
                     name: info.name.as_str().to_owned(),
                     config: convert::subscription_config_to_wire(&info.config),
                 }
             }
-            Request::ListTopics => Response::Topics(
-                b.list_topics()
-                    .await
-                    .map_err(w)?
-                    .iter()
-                    .map(convert::topic_info_to_wire)
-                    .collect(),
-            ),
+            Request::ListTopics => {
+                self.allow(Action::Admin, "list topics", "")?;
+                Response::Topics(
+                    b.list_topics()
+                        .await
+                        .map_err(w)?
+                        .iter()
+                        .map(convert::topic_info_to_wire)
+                        .collect(),
+                )
+            }
             Request::DeleteTopic { topic } => {
+                self.allow(Action::Admin, "delete a topic", "")?;
                 let topic = convert::topic(&topic).map_err(w)?;
                 let info = b.describe_topic(&topic).await.ok();
                 b.delete_topic(&topic).await.map_err(w)?;
@@ -551,6 +588,7 @@ impl Session {
                 Response::Done
             }
             Request::DeleteSubscription { subscription } => {
+                self.allow(Action::Admin, "delete a subscription", "")?;
                 let name = convert::subscription(&subscription).map_err(w)?;
                 b.delete_subscription(&name).await.map_err(w)?;
                 self.metrics
@@ -559,6 +597,7 @@ impl Session {
             }
             Request::Stats { subscription } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
+                self.allow_subscription("read the stats of subscription", &name)?;
                 let stats = self.prefetched.stats(b, &name).await.map_err(w)?;
                 Response::Stats(convert::stats_to_wire(&stats))
             }
@@ -566,6 +605,7 @@ impl Session {
                 subscription,
                 limit,
             } => {
+                self.allow(Action::Admin, "read a dead-letter queue", "")?;
                 let name = convert::subscription(&subscription).map_err(w)?;
                 let limit = usize::try_from(limit).unwrap_or(usize::MAX);
                 Response::DeadLettered(
@@ -584,6 +624,7 @@ impl Session {
                 dry_run,
                 rate_per_second,
             } => {
+                self.allow(Action::Admin, "redrive a dead-letter queue", "")?;
                 let name = convert::subscription(&subscription).map_err(w)?;
                 let mut options = RedriveOptions::all().ids(ids).dry_run(dry_run);
                 if let Some(limit) = limit {
@@ -599,6 +640,7 @@ impl Session {
                 }
             }
             Request::DlqPurge { subscription } => {
+                self.allow(Action::Admin, "purge a dead-letter queue", "")?;
                 let name = convert::subscription(&subscription).map_err(w)?;
                 Response::Purged(b.dlq_purge(&name).await.map_err(w)?)
             }

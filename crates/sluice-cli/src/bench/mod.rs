@@ -5,6 +5,7 @@
 
 mod chart;
 mod disk;
+mod http_api;
 mod kafka_baseline;
 mod lapin_baseline;
 pub(crate) mod limit;
@@ -30,7 +31,9 @@ pub(crate) use report::Report;
 pub(crate) struct BenchArgs {
     /// A backend to measure; repeat for several (`--url embedded:/tmp/b --url memory:`).
     /// `serve:DIR` starts `sluice serve --data DIR` for the run and measures it over
-    /// `sluice://`, with the server's CPU time and memory.
+    /// `sluice://`, with the server's CPU time and memory; `serve-http:DIR` the same
+    /// through its HTTP data API. `http://HOST:PORT` measures a running server's HTTP data
+    /// API (with `SLUICE_TOKEN`, if set).
     #[arg(long = "url", required_unless_present = "all")]
     urls: Vec<String>,
     /// Every backend and peer this machine runs: Sluice's engine in-process and served (in
@@ -38,7 +41,7 @@ pub(crate) struct BenchArgs {
     /// the default loopback ports of RabbitMQ, Kafka, SQS (an emulator), NATS and Redis.
     #[arg(long)]
     all: bool,
-    /// With `--all`, leave these out: `amqp`, `kafka`, `sqs`, `nats`, `redis`, `serve`
+    /// With `--all`, leave these out: `amqp`, `kafka`, `sqs`, `nats`, `redis`, `serve`, `serve-http`
     /// (repeat, or separate with commas), e.g. `--except sqs` where the emulator's hundred
     /// messages a second would make the run long.
     #[arg(long, value_delimiter = ',', requires = "all")]
@@ -244,9 +247,14 @@ pub(crate) async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                 args.messages, args.size, args.producers, args.consumers, args.batch
             );
         }
-        let result = match url.strip_prefix("serve:") {
-            Some(dir) => served::run(dir, &args).await,
-            None => workload::run(url, &args).await,
+        let result = if let Some(dir) = url.strip_prefix("serve:") {
+            served::run(dir, &args, false).await
+        } else if let Some(dir) = url.strip_prefix("serve-http:") {
+            served::run(dir, &args, true).await
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            http_api::run(url, &args, None).await
+        } else {
+            workload::run(url, &args).await
         }
         .with_context(|| format!("benchmarking {url}"))?;
         report.results.push(result);

@@ -1,8 +1,8 @@
 //! `--all` and `--short`: one command for every backend and peer this machine runs, and a
 //! small profile that keeps the tool exercised by the test command.
 //!
-//! `--all` adds Sluice's engine in-process (`embedded:`) and served (`serve:`, started by
-//! the bench) in a fresh directory under the disk-baseline directory, then every broker and
+//! `--all` adds Sluice's engine in-process (`embedded:`) and served (`serve:` over
+//! `sluice://` and `serve-http:` through the HTTP data API, started by the bench) in a fresh directory under the disk-baseline directory, then every broker and
 //! peer that answers on its default loopback port: RabbitMQ (5672), Kafka (9092), the
 //! SQS/SNS emulator or LocalStack (4566), NATS JetStream (4222), Redis (6379). What is not
 //! found is named and skipped.
@@ -31,7 +31,8 @@ pub(crate) fn discover(args: &mut BenchArgs, dir: &Path) -> Vec<String> {
     };
     let embedded = format!("embedded:{}", dir.join("embedded").display());
     let served = format!("serve:{}", dir.join("served").display());
-    for url in [embedded, served] {
+    let served_http = format!("serve-http:{}", dir.join("served-http").display());
+    for url in [embedded, served, served_http] {
         if left_out(&url) {
             notes.push(format!("left out {url} (--except)"));
             continue;

@@ -151,6 +151,17 @@ impl Report {
                 );
             }
         }
+        // The HTTP data API against `sluice://`, when both ran.
+        if let Some(native) = self.results.iter().find(|r| r.backend == "sluice") {
+            for http in self.results.iter().filter(|r| r.backend == "http") {
+                println!(
+                    "{} reaches {:.0} % of sluice:// throughput ({}) in the same run (goal: at least 50 %)",
+                    http.url,
+                    100.0 * http.messages_per_sec / native.messages_per_sec,
+                    native.url
+                );
+            }
+        }
         // Sluice over a broker against the raw client loop run right after it.
         let raw = [
             ("lapin", "raw lapin's", " (goal: at least 90 %)"),

@@ -4,6 +4,7 @@
 //! prints a table by default and JSON with `--json`, and names the URL and the operation in
 //! every error.
 
+pub(crate) mod asyncapi;
 pub(crate) mod check;
 pub(crate) mod consume;
 pub(crate) mod control;

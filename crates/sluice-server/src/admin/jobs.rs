@@ -25,7 +25,7 @@ fn records(shared: &Shared, view: &View) -> Result<JobRecords, ApiError> {
         return Ok(JobRecords::new(Arc::clone(&store.0)));
     }
     let store = view.backend(shared)?.job_store().ok_or_else(|| {
-        ApiError(
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "this server has no job store: start it with `sluice serve --job-store URL`".into(),
         )
@@ -35,8 +35,7 @@ fn records(shared: &Shared, view: &View) -> Result<JobRecords, ApiError> {
 
 /// A job store failure, with the status `From<Error>` gives it and what was being done.
 fn failed(what: &str, error: Error) -> ApiError {
-    let ApiError(status, message) = ApiError::from(error);
-    ApiError(status, format!("{what}: the job store failed: {message}"))
+    ApiError::from(error).context(&format!("{what}: the job store failed"))
 }
 
 /// `GET /api/v1/jobs?job=&state=&limit=`.
@@ -58,7 +57,7 @@ pub(crate) async fn list(
     let job = query.job.as_deref().filter(|j| !j.is_empty());
     let jobs = match query.state.as_deref().filter(|s| !s.is_empty()) {
         Some(state) if !JobState::NAMES.contains(&state) => {
-            return Err(ApiError(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "state must be one of {}, not `{state}`",
@@ -85,7 +84,7 @@ pub(crate) async fn status(
         .map_err(|e| failed("reading a job", e))?
     {
         Some(status) => Ok(Json(status)),
-        None => Err(ApiError(
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("the job store knows no job `{id}` (never enqueued with it, or forgotten after 7 days)"),
         )),
@@ -115,7 +114,7 @@ pub(crate) async fn cancel(
         .await
         .map_err(|e| failed("cancelling a job", e))?;
     let Some(status) = outcome.status() else {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("the job store knows no job `{id}`"),
         ));
