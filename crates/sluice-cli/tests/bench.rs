@@ -145,6 +145,11 @@ fn bench_all_short_runs_every_backend_and_peer_and_writes_table_json_and_chart()
         out.to_str().unwrap(),
     ]);
     assert!(stdout.contains("msg/s"), "the table:\n{stdout}");
+    // The HTTP data API against sluice:// on the same server build, in the same run.
+    assert!(
+        stdout.contains("of sluice:// throughput"),
+        "the HTTP ratio:\n{stdout}"
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
     let results = report["results"].as_array().unwrap();
@@ -152,7 +157,13 @@ fn bench_all_short_runs_every_backend_and_peer_and_writes_table_json_and_chart()
         .iter()
         .filter_map(|r| r["backend"].as_str())
         .collect();
-    for expected in ["embedded", "sluice", "nats-jetstream", "redis-streams"] {
+    for expected in [
+        "embedded",
+        "sluice",
+        "http",
+        "nats-jetstream",
+        "redis-streams",
+    ] {
         assert!(backends.contains(&expected), "{expected} in {backends:?}");
     }
     for r in results {

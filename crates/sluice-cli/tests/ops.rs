@@ -355,3 +355,29 @@ fn without_a_url_the_config_file_decides_and_a_new_directory_is_announced() {
         "{err}"
     );
 }
+
+#[test]
+fn asyncapi_prints_the_topology_as_an_asyncapi_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("embedded:{}", dir.path().display());
+    ok(&url, &["topics", "create", "orders", "--ordered"]);
+    ok(
+        &url,
+        &[
+            "topics",
+            "subscribe",
+            "orders",
+            "billing",
+            "--filter",
+            "eu.*",
+        ],
+    );
+    let doc = json(&url, &["asyncapi", "--title", "Shop"]);
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    assert_eq!(doc["info"]["title"], "Shop");
+    assert_eq!(doc["channels"]["orders"]["x-sluice-topic"]["ordered"], true);
+    let receive = &doc["operations"]["receive.billing"];
+    assert_eq!(receive["channel"]["$ref"], "#/channels/orders");
+    assert_eq!(receive["x-sluice-subscription"]["filter"], "eu.*");
+    assert!(doc["channels"]["billing.dlq"].is_object(), "{doc}");
+}

@@ -140,3 +140,62 @@ async fn python_and_a_rust_worker_exchange_messages_and_cloudevents() {
         .unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// Runs `program script URL` from the repository's root; panics with its output if it fails.
+fn run_example(program: &str, script: &str, url: &str) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(program)
+        .arg(root.join(script))
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The examples a user copies (`examples/polyglot/`) run against a real server as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_and_node_examples_run_against_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        ServerConfig::new(dir.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .http(Some("127.0.0.1:0".parse().unwrap())),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", server.http_addr().unwrap());
+    let python = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || run_example("python3", "examples/polyglot/python/example.py", &url)
+    })
+    .await
+    .unwrap();
+    assert!(
+        python.contains("3 orders handled (one after a retry), 1 dead-lettered"),
+        "{python}"
+    );
+    // Node is a second language, not a requirement of the test machine.
+    if Command::new("node").arg("--version").output().is_ok() {
+        let node = tokio::task::spawn_blocking(move || {
+            run_example("node", "examples/polyglot/node/example.mjs", &url)
+        })
+        .await
+        .unwrap();
+        assert!(node.contains("3 orders handled, 1 dead-lettered"), "{node}");
+    } else {
+        println!("node is not installed: the Node.js example was not run");
+    }
+    let dlq = server
+        .backend()
+        .dlq_list(&SubscriptionName::new("py-example-billing").unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(dlq.len(), 1);
+    server.shutdown().await.unwrap();
+}
