@@ -16,7 +16,8 @@ pub(crate) struct ServeArgs {
     /// Address of the `sluice://` protocol listener.
     #[arg(long, default_value = "127.0.0.1:7575")]
     listen: SocketAddr,
-    /// Address of the HTTP admin API, `/metrics` and the dashboard; `off` disables it.
+    /// Address of the HTTP API (the data API for other languages: publish, receive, settle,
+    /// CloudEvents; the admin API), `/metrics` and the dashboard; `off` disables it.
     #[arg(long, default_value = "127.0.0.1:7576")]
     http: String,
     /// File of API tokens, one per line (`#` comments), each optionally followed by its
@@ -137,7 +138,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     eprintln!("  protocol   sluice://{}{query}", server.addr());
     if let Some(http) = server.http_addr() {
-        eprintln!("  dashboard  {http_scheme}://{http}/   (admin API /api/v1, metrics /metrics)");
+        eprintln!("  dashboard  {http_scheme}://{http}/   (HTTP API /api/v1, docs/http-api.md; metrics /metrics)");
     }
     if let Some(url) = &args.job_store {
         eprintln!("  jobs       {}", without_password(url));

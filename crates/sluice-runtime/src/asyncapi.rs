@@ -79,18 +79,25 @@ impl AsyncApi {
         Ok(Self::new(topics, subscriptions))
     }
 
-    /// Keeps only the topics and subscriptions these say yes to (what a reader may see).
+    /// Keeps only the topics and subscriptions these say yes to (what a reader may see),
+    /// and the topics the kept subscriptions read (each operation's channel is there).
     #[must_use]
     pub fn retain(
         mut self,
         topic: impl Fn(&TopicName) -> bool,
         subscription: impl Fn(&sluice_core::SubscriptionName) -> bool,
     ) -> Self {
-        self.topics.retain(|t| topic(&t.name));
+        self.subscriptions.retain(|s| subscription(&s.name));
+        let read: Vec<TopicName> = self
+            .subscriptions
+            .iter()
+            .map(|s| s.config.topic.clone())
+            .collect();
+        self.topics
+            .retain(|t| topic(&t.name) || read.contains(&t.name));
         for t in &mut self.topics {
             t.subscriptions.retain(&subscription);
         }
-        self.subscriptions.retain(|s| subscription(&s.name));
         self
     }
 

@@ -467,12 +467,8 @@ async fn dlq_redrive(
     let body: RedriveBody = if body.iter().all(u8::is_ascii_whitespace) {
         RedriveBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("the redrive body is not valid JSON: {e}"),
-            )
-        })?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_body(format!("the redrive body is not valid JSON: {e}")))?
     };
     let mut options = RedriveOptions::all().ids(body.ids).dry_run(body.dry_run);
     if let Some(limit) = body.limit {
@@ -538,7 +534,11 @@ async fn asyncapi(
     let asked = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_owned());
+        .map(|h| match h.strip_prefix('[') {
+            // `[::1]:7576` or `[::1]`: the bracketed address.
+            Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or_default()),
+            None => h.split(':').next().unwrap_or_default().to_owned(),
+        });
     let host = |addr: std::net::SocketAddr| match &asked {
         Some(name) if addr.ip().is_unspecified() => format!("{name}:{}", addr.port()),
         _ => addr.to_string(),

@@ -15,12 +15,12 @@
 //! | `all` (or no grant at all) | everything |
 //! | `publish:PATTERNS` | publishing to topics matching a pattern; creating and describing them |
 //! | `consume:PATTERNS` | receiving from and settling on subscriptions matching a pattern, their stats; creating one needs its topic to match too |
-//! | `admin` | everything else: listing, deleting, the DLQ tools, the admin API, `/metrics`, pause and resume |
+//! | `admin` | everything else: listing, deleting, the DLQ tools, the admin API, `/metrics`, pausing and resuming subscriptions; creating, describing and reading the counts of any topic or subscription (never publishing or consuming) |
 //!
 //! Patterns are comma-separated; `*` matches any run of characters. They are matched against
 //! the full name, namespace included (`staging.orders-*`). The coordination requests every
-//! worker makes (global rate limits and concurrency slots, pause and circuit flags, the job
-//! store) are open to every valid token.
+//! worker makes (global rate limits and concurrency slots, reading flags and writing circuit
+//! states, the job store) are open to every valid token.
 
 use std::path::Path;
 use std::sync::Arc;

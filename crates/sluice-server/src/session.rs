@@ -106,6 +106,15 @@ impl Session {
             .map_err(|e| wire(&e))
     }
 
+    /// As [`allow`](Self::allow), or the `admin` grant: for managing objects (create,
+    /// describe, stats), never for their data.
+    fn allow_manage(&self, check: impl FnOnce() -> Result<(), WireError>) -> Result<(), WireError> {
+        if self.grants.allows(Action::Admin, "") {
+            return Ok(());
+        }
+        check()
+    }
+
     fn allow_topic(&self, action: Action, what: &str, topic: &TopicName) -> Result<(), WireError> {
         self.allow(action, what, &self.backend.naming().topic(topic))
     }
@@ -223,6 +232,10 @@ impl Session {
             | Request::JobRemove { .. }
             | Request::JobScan { .. }) => crate::job_requests::answer(&self.backend, request).await,
             Request::FlagSet { key, value, ttl_ms } => {
+                // Workers write their circuit states; pausing a subscription is an operator's.
+                if key.starts_with(&sluice_core::limit::pause_flag("")) {
+                    self.allow(Action::Admin, "pause or resume a subscription", "")?;
+                }
                 crate::limit_requests::set_flag(&self.backend, &key, value.as_deref(), ttl_ms).await
             }
             Request::FlagList { prefix } => {
@@ -530,7 +543,7 @@ impl Session {
         Ok(match request {
             Request::EnsureTopic { topic, config } => {
                 let topic = convert::topic(&topic).map_err(w)?;
-                self.allow_topic(Action::Publish, "create topic", &topic)?;
+                self.allow_manage(|| self.allow_topic(Action::Publish, "create topic", &topic))?;
                 b.ensure_topic(&topic, &convert::topic_config_from_wire(&config))
                     .await
                     .map_err(w)?;
@@ -542,22 +555,25 @@ impl Session {
             } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
                 let config = convert::subscription_config_from_wire(&config).map_err(w)?;
-                self.allow_subscription("create subscription", &name)?;
-                self.allow_topic(Action::Consume, "subscribe to topic", &config.topic)?;
+                self.allow_manage(|| {
+                    self.allow_subscription("create subscription", &name)?;
+                    self.allow_topic(Action::Consume, "subscribe to topic", &config.topic)
+                })?;
                 b.ensure_subscription(&name, &config).await.map_err(w)?;
                 Response::Done
             }
             Request::DescribeTopic { topic } => {
                 let topic = convert::topic(&topic).map_err(w)?;
-                if self.allow_topic(Action::Consume, "", &topic).is_err() {
-                    self.allow_topic(Action::Publish, "describe topic", &topic)?;
-                }
+                self.allow_manage(|| {
+                    self.allow_topic(Action::Consume, "", &topic)
+                        .or_else(|_| self.allow_topic(Action::Publish, "describe topic", &topic))
+                })?;
                 let info = b.describe_topic(&topic).await.map_err(w)?;
                 Response::Topic(convert::topic_info_to_wire(&info))
             }
             Request::DescribeSubscription { subscription } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
-                self.allow_subscription("describe subscription", &name)?;
+                self.allow_manage(|| self.allow_subscription("describe subscription", &name))?;
                 let info = b.describe_subscription(&name).await.map_err(w)?;
                 Response::Subscription {
                     name: info.name.as_str().to_owned(),
@@ -597,7 +613,9 @@ impl Session {
             }
             Request::Stats { subscription } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
-                self.allow_subscription("read the stats of subscription", &name)?;
+                self.allow_manage(|| {
+                    self.allow_subscription("read the stats of subscription", &name)
+                })?;
                 let stats = self.prefetched.stats(b, &name).await.map_err(w)?;
                 Response::Stats(convert::stats_to_wire(&stats))
             }

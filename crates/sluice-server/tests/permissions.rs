@@ -23,6 +23,8 @@ ops-token admin
 # the shop publishes orders, the billing service consumes them
 shop-token publish:orders-*
 reader-token consume:orders-*
+# one subscription only, not its topic
+billing-token consume:orders-billing
 ";
 
 async fn call(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
@@ -177,6 +179,14 @@ async fn each_token_may_do_what_its_grants_say_on_both_protocols() {
         "{channels:?}"
     );
     assert!(doc["operations"].get("receive.payments").is_none(), "{doc}");
+    // A subscription's channel is its topic's, shown even without a grant on the topic.
+    let (_, doc) = call(addr, "GET", "/api/v1/asyncapi.json", "billing-token", "").await;
+    let channel = doc["operations"]["receive.orders-billing"]["channel"]["$ref"]
+        .as_str()
+        .unwrap();
+    assert_eq!(channel, "#/channels/orders-eu");
+    assert!(doc["channels"]["orders-eu"].is_object(), "{doc}");
+    assert!(doc["operations"].get("send.orders-eu").is_some(), "{doc}");
     let (_, doc) = call(addr, "GET", "/api/v1/asyncapi.json", "ops-token", "").await;
     assert!(doc["operations"].get("receive.payments").is_some(), "{doc}");
     // A consumer may read its own subscription's stats, not another's.
@@ -242,6 +252,48 @@ async fn each_token_may_do_what_its_grants_say_on_both_protocols() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Forbidden(_)), "{err}");
+    // An operator manages (creates, describes, reads stats) without touching the data.
+    let ops = client(&server, "ops-token").await;
+    let payments = SubscriptionName::new("payments").unwrap();
+    ops.describe_subscription(&payments).await.unwrap();
+    ops.stats(&payments).await.unwrap();
+    ops.ensure_topic(&TopicName::new("audit").unwrap(), &TopicConfig::default())
+        .await
+        .unwrap();
+    let err = ops
+        .publisher()
+        .await
+        .unwrap()
+        .publish(
+            &TopicName::new("payments").unwrap(),
+            Message::builder("x").build().unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Forbidden(_)), "{err}");
+    let err = ops.subscribe(&payments).await.unwrap_err();
+    assert!(matches!(err, Error::Forbidden(_)), "{err}");
+    // Pausing a subscription is an operator's (admin); a worker's circuit state is not.
+    let limiter = sluice_core::Subscriber::limiter(
+        &reader
+            .subscribe(&SubscriptionName::new("orders-billing").unwrap())
+            .await
+            .unwrap(),
+    )
+    .expect("sluice:// has a limiter");
+    let err = limiter
+        .set_flag(
+            &sluice_core::limit::pause_flag("orders-billing"),
+            Some("x"),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Forbidden(_)), "{err}");
+    limiter
+        .set_flag("circuit:orders-billing:w-1", Some("open"), None)
+        .await
+        .unwrap();
     let err = shop
         .delete_topic(&TopicName::new("orders-eu").unwrap())
         .await

@@ -83,7 +83,8 @@ export class Sluice {
   async one(subscription, settlement) {
     const [result] = await this.settle(subscription, [settlement]);
     if (result.status !== "ok") {
-      throw new SluiceError(result.code === "lease_lost" ? 410 : 400, result.code, result.error, result);
+      const retryable = ["unavailable", "closed", "timeout", "backlog_full"].includes(result.code);
+      throw new SluiceError(result.code === "lease_lost" ? 410 : retryable ? 503 : 400, result.code, result.error, result);
     }
   }
 

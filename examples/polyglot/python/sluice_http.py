@@ -113,7 +113,8 @@ class Sluice:
         result = self.settle(subscription, [settlement])[0]
         if result["status"] != "ok":
             # The settle call itself succeeded (200); this verb did not: 410 for a lost lease.
-            status = 410 if result["code"] == "lease_lost" else 400
+            retryable = ("unavailable", "closed", "timeout", "backlog_full")
+            status = 410 if result["code"] == "lease_lost" else 503 if result["code"] in retryable else 400
             raise SluiceError(status, result["code"], result["error"], result)
 
     def ack(self, subscription, lease):

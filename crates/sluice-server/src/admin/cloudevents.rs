@@ -193,6 +193,7 @@ fn percent_decode(value: &str) -> Result<String, ApiError> {
         if bytes[i] == b'%' {
             let hex = value
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| invalid(format!("`{value}` has a bad percent-encoding")))?;
             out.push(hex);
@@ -374,6 +375,7 @@ mod tests {
         assert_eq!(percent_decode(&encoded).unwrap(), value);
         assert!(percent_decode("%zz").is_err());
         assert!(percent_decode("%4").is_err());
+        assert!(percent_decode("%+5").is_err());
     }
 
     #[test]
@@ -390,6 +392,35 @@ mod tests {
         assert_eq!(m.payload().as_ref(), &[0, 1, 255]);
         let out = serde_json::to_value(encode_structured(&m, "t")).unwrap();
         assert_eq!(out["data_base64"], "AAH/");
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives as an event, in either mode, decoding answers and never panics.
+        #[test]
+        fn decoding_any_event_never_panics(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            name in "[a-z0-9]{0,8}",
+            value in "[ -~]{0,40}",
+        ) {
+            let _ = decode_structured(&body);
+            let _ = decode_batch(&body);
+            let mut headers = HeaderMap::new();
+            headers.insert("ce-specversion", HeaderValue::from_static("1.0"));
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::try_from(format!("ce-{name}")),
+                HeaderValue::try_from(value.as_str()),
+            ) {
+                headers.insert(n, v);
+            }
+            let _ = decode_binary(&headers, Bytes::from(body));
+            let event = serde_json::json!({
+                "specversion": "1.0", "id": value, "source": value, "type": "t", name.clone(): value,
+            });
+            if let Ok(m) = decode_structured(&serde_json::to_vec(&event).unwrap()) {
+                let _ = serde_json::to_string(&encode_structured(&m, "t")).unwrap();
+                let _ = binary_headers(&m, "t");
+            }
+        }
     }
 
     #[test]

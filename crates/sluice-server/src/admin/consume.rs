@@ -199,7 +199,9 @@ async fn dead_letter_spent(
         let reason = DeadLetterReason::new(format!(
             "max attempts exceeded (delivered {attempt} times, limit {max_attempts})"
         ))
-        .with_last_error("leased over HTTP and not settled before its lease ran out");
+        .with_last_error(
+            "every attempt over HTTP ended in a retry or a lease that ran out without a verb",
+        );
         (id, d.dead_letter(reason).await)
     });
     for (id, result) in futures::future::join_all(verbs).await {

@@ -64,7 +64,7 @@ struct Batch<'a> {
 /// publishes none unless all are `Ok`).
 pub(crate) fn decode_body(body: &[u8]) -> Result<Vec<Result<Message, ApiError>>, String> {
     // A top-level object with a `messages` key is a batch; any other object is one message.
-    let fields: BTreeMap<&str, &RawValue> =
+    let fields: BTreeMap<String, &RawValue> =
         serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
     let messages = if fields.contains_key("messages") {
         serde_json::from_slice::<Batch<'_>>(body)
@@ -278,6 +278,8 @@ mod tests {
             let err = one(body).unwrap_err().message;
             assert!(err.contains(expected), "{body}: {err}");
         }
+        // A key written with an escape is the same key.
+        assert!(one(r#"{"te\u0078t":"a"}"#).is_ok());
         for body in [
             r#"[1]"#,
             r#"{"text":"a","color":"red"}"#,

@@ -70,6 +70,7 @@ pub(crate) struct Subscription {
     lease_ms: u64,
     max_attempts: u32,
     dead_letter_queue: bool,
+    prefetch: u32,
     stats: Stats,
 }
 
@@ -87,6 +88,7 @@ pub(crate) fn subscription(info: &SubscriptionInfo, counts: &SubscriptionStats) 
         lease_ms: ms(c.lease),
         max_attempts: c.max_attempts,
         dead_letter_queue: c.dead_letter_queue,
+        prefetch: c.prefetch,
         stats: stats(counts),
     }
 }
