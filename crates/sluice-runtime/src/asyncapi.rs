@@ -47,6 +47,8 @@ pub struct AsyncApi {
     subscriptions: Vec<SubscriptionInfo>,
     /// Payload schemas by topic, then message type.
     schemas: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Topics shown without a `send` operation (the reader may not publish to them).
+    no_send: Vec<TopicName>,
 }
 
 impl AsyncApi {
@@ -59,6 +61,7 @@ impl AsyncApi {
             topics,
             subscriptions,
             schemas: BTreeMap::new(),
+            no_send: Vec::new(),
         }
     }
 
@@ -98,6 +101,19 @@ impl AsyncApi {
         for t in &mut self.topics {
             t.subscriptions.retain(&subscription);
         }
+        self
+    }
+
+    /// Leaves out the `send` operation of every topic this says no to (a reader who may
+    /// consume from it but not publish).
+    #[must_use]
+    pub fn send_only_to(mut self, topic: impl Fn(&TopicName) -> bool) -> Self {
+        self.no_send = self
+            .topics
+            .iter()
+            .map(|t| t.name.clone())
+            .filter(|t| !topic(t))
+            .collect();
         self
     }
 
@@ -191,6 +207,9 @@ impl AsyncApi {
                     },
                 }),
             );
+            if self.no_send.contains(&topic.name) {
+                continue;
+            }
             operations.insert(
                 format!("send.{id}"),
                 json!({

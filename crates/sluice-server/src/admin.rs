@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Action, Grants};
+use crate::auth::{grant_name, Action, Grants};
 use crate::Shared;
 
 mod cloudevents;
@@ -380,7 +380,7 @@ async fn stats(
         grants.check(
             Action::Consume,
             "read the stats of subscription",
-            &backend.naming().subscription(&name),
+            &grant_name(backend.naming(), name.as_str()),
         )?;
     }
     let stats = shared.prefetched.stats(&backend, &name).await?;
@@ -519,13 +519,14 @@ async fn asyncapi(
         .await?
         .retain(
             |t| {
-                let name = naming.topic(t);
+                let name = grant_name(naming, t.as_str());
                 admin
                     || grants.allows(Action::Publish, &name)
                     || grants.allows(Action::Consume, &name)
             },
-            |s| admin || grants.allows(Action::Consume, &naming.subscription(s)),
+            |s| admin || grants.allows(Action::Consume, &grant_name(naming, s.as_str())),
         )
+        .send_only_to(|t| admin || grants.allows(Action::Publish, &grant_name(naming, t.as_str())))
         .title("sluice serve")
         .description(
             "The topics and subscriptions of this `sluice serve`. Publish and consume with the HTTP data API (`/api/v1/openapi.json`, docs/http-api.md) or the `sluice://` protocol (docs/protocol.md).",

@@ -17,8 +17,9 @@
 //! | `consume:PATTERNS` | receiving from and settling on subscriptions matching a pattern, their stats; creating one needs its topic to match too |
 //! | `admin` | everything else: listing, deleting, the DLQ tools, the admin API, `/metrics`, pausing and resuming subscriptions; creating, describing and reading the counts of any topic or subscription (never publishing or consuming) |
 //!
-//! Patterns are comma-separated; `*` matches any run of characters. They are matched against
-//! the full name, namespace included (`staging.orders-*`). The coordination requests every
+//! Patterns are comma-separated; `*` matches any run of characters but `.`. They are matched
+//! against the full name, namespace included: the namespace's dot must be written
+//! (`staging.orders-*`, `*.orders`), so `orders-*` never reaches into a namespace. The coordination requests every
 //! worker makes (global rate limits and concurrency slots, reading flags and writing circuit
 //! states, the job store) are open to every valid token.
 
@@ -58,10 +59,12 @@ pub struct Grants {
 impl Grants {
     /// Everything (a token without grants, or a server without tokens).
     pub fn all() -> Self {
+        // Outside any namespace, and in every namespace.
+        let every = vec!["*".to_owned(), "*.*".to_owned()];
         Self {
             admin: true,
-            publish: vec!["*".into()],
-            consume: vec!["*".into()],
+            publish: every.clone(),
+            consume: every,
         }
     }
 
@@ -157,8 +160,27 @@ impl Grants {
     }
 }
 
-/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+/// The name grants are matched against: `NAMESPACE.name` in a namespace, else `name`,
+/// whatever separator the backend puts in its physical names (the engine's is `-`, which
+/// names may hold: matching physical names would let `orders-*` reach into a namespace).
+pub fn grant_name(naming: &sluice_core::Naming, name: &str) -> String {
+    match naming.namespace() {
+        Some(ns) => format!("{}.{name}", ns.as_str()),
+        None => name.to_owned(),
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters other than
+/// `.`: names never hold a dot, so the only one in a full name separates the namespace, and
+/// `orders-*` cannot match `orders-prod.payments` (namespace `orders-prod`).
 fn matches(pattern: &str, name: &str) -> bool {
+    let (patterns, names): (Vec<&str>, Vec<&str>) =
+        (pattern.split('.').collect(), name.split('.').collect());
+    patterns.len() == names.len() && patterns.iter().zip(&names).all(|(p, n)| matches_part(p, n))
+}
+
+/// [`matches`] within one dot-free part.
+fn matches_part(pattern: &str, name: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = name.strip_prefix(first) else {
@@ -326,6 +348,14 @@ mod tests {
         assert!(!matches("ab*ba", "aba"));
         assert!(matches("orders", "orders"));
         assert!(!matches("orders", "orders-eu"));
+        // A star never crosses the namespace separator.
+        assert!(!matches("orders-*", "orders-prod.payments"));
+        assert!(!matches("*", "staging.orders"));
+        assert!(matches("staging.orders-*", "staging.orders-eu"));
+        assert!(matches("*.orders", "prod.orders"));
+        assert!(!matches("staging.*", "staging"));
+        assert!(Grants::all().allows(Action::Publish, "staging.orders"));
+        assert!(Grants::all().allows(Action::Consume, "orders"));
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub use metrics::{ByName, MetricsSnapshot, ServerMetrics};
 use connection::Admission;
 use limits::{ConnectionCounter, WarnThrottle};
 
+/// The longest lease a subscription or an extension may ask of this server: 12 hours (SQS's
+/// longest visibility timeout). A longer one would leave a delivery whose consumer died
+/// stranded for longer than anyone waits.
+pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
 /// Most refused connections told why at once; past that, a refused connection is closed
 /// without a word (a flood of them must not cost more than this many tasks).
 const MAX_REFUSING: usize = 64;

@@ -22,7 +22,7 @@ use sluice_protocol::{Body, Frame, Request, Response, Verb};
 use tokio::sync::{mpsc, Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Action, Grants};
+use crate::auth::{grant_name, Action, Grants};
 use crate::metrics::ServerMetrics;
 use crate::prefetch::Prefetched;
 
@@ -37,6 +37,19 @@ pub(crate) type Answer = Result<Response, WireError>;
 
 fn wire(error: &Error) -> WireError {
     convert::error_to_wire(error)
+}
+
+/// Refuses a lease past [`MAX_LEASE`](crate::MAX_LEASE).
+fn check_lease(lease: Duration) -> Result<(), WireError> {
+    if lease > crate::MAX_LEASE {
+        return Err(WireError::Invalid {
+            message: format!(
+                "a lease of {lease:?} is longer than this server allows ({:?})",
+                crate::MAX_LEASE
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn unknown(what: &str, handle: u64) -> WireError {
@@ -116,14 +129,18 @@ impl Session {
     }
 
     fn allow_topic(&self, action: Action, what: &str, topic: &TopicName) -> Result<(), WireError> {
-        self.allow(action, what, &self.backend.naming().topic(topic))
+        self.allow(
+            action,
+            what,
+            &grant_name(self.backend.naming(), topic.as_str()),
+        )
     }
 
     fn allow_subscription(&self, what: &str, name: &SubscriptionName) -> Result<(), WireError> {
         self.allow(
             Action::Consume,
             what,
-            &self.backend.naming().subscription(name),
+            &grant_name(self.backend.naming(), name.as_str()),
         )
     }
 
@@ -218,6 +235,7 @@ impl Session {
                 Ok(Response::Settled(futures::future::join_all(settles).await))
             }
             Request::ExtendLease { token, lease_ms } => {
+                check_lease(Duration::from_millis(lease_ms))?;
                 let mut delivery = self.take(token)?;
                 let result = delivery.extend_lease(Duration::from_millis(lease_ms)).await;
                 self.put_back(token, delivery);
@@ -555,6 +573,7 @@ impl Session {
             } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
                 let config = convert::subscription_config_from_wire(&config).map_err(w)?;
+                check_lease(config.lease)?;
                 self.allow_manage(|| {
                     self.allow_subscription("create subscription", &name)?;
                     self.allow_topic(Action::Consume, "subscribe to topic", &config.topic)

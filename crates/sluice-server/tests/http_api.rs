@@ -339,6 +339,14 @@ async fn every_refusal_is_json_with_a_stable_code() {
             "invalid_body",
         ),
         (
+            "PUT",
+            "/api/v1/subscriptions/other",
+            vec![],
+            br#"{"topic":"orders","lease_ms":43200001}"#.to_vec(),
+            400,
+            "invalid_body",
+        ),
+        (
             "DELETE",
             "/api/v1/topics/orders/messages",
             vec![],
@@ -408,5 +416,75 @@ async fn the_asyncapi_document_describes_the_topology() {
         "order.*"
     );
     assert_eq!(doc["servers"]["http"]["host"], addr.to_string());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_subscription_deleted_and_created_again_is_read_with_its_new_configuration() {
+    let (_dir, server) = start(|c| c).await;
+    let addr = server.http_addr().unwrap();
+    topology(addr, r#"{"topic":"orders","max_attempts":2}"#).await;
+    let (status, _) = json(addr, "PUT", "/api/v1/topics/audit", "").await;
+    assert_eq!(status, 200);
+    // A first receive makes the server's subscriber of `billing`.
+    let (status, body) = json(addr, "POST", "/api/v1/subscriptions/billing/receive", "").await;
+    assert_eq!(status, 200, "{body}");
+    // Deleted and created again on another topic by another client (here: in-process).
+    let billing = sluice_core::SubscriptionName::new("billing").unwrap();
+    server
+        .backend()
+        .delete_subscription(&billing)
+        .await
+        .unwrap();
+    let (status, body) = json(
+        addr,
+        "PUT",
+        "/api/v1/subscriptions/billing",
+        r#"{"topic":"audit","max_attempts":10}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = json(
+        addr,
+        "POST",
+        "/api/v1/topics/audit/messages",
+        r#"{"text":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = json(
+        addr,
+        "POST",
+        "/api/v1/subscriptions/billing/receive",
+        r#"{"wait_ms":5000}"#,
+    )
+    .await;
+    assert_eq!(body["deliveries"][0]["topic"], "audit", "{body}");
+    // A lease of one subscription is refused on another's settle.
+    let (status, _) = json(
+        addr,
+        "PUT",
+        "/api/v1/subscriptions/other",
+        r#"{"topic":"audit"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let lease = body["deliveries"][0]["lease"].as_str().unwrap();
+    let settle = format!(r#"{{"settlements":[{{"lease":"{lease}","verb":"ack"}}]}}"#);
+    let (status, answer) = json(addr, "POST", "/api/v1/subscriptions/other/settle", &settle).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer["results"][0]["code"], "wrong_subscription",
+        "{answer}"
+    );
+    // Still held by its own subscription.
+    let (_, answer) = json(
+        addr,
+        "POST",
+        "/api/v1/subscriptions/billing/settle",
+        &settle,
+    )
+    .await;
+    assert_eq!(answer["results"][0]["status"], "ok", "{answer}");
     server.shutdown().await.unwrap();
 }

@@ -25,6 +25,8 @@ shop-token publish:orders-*
 reader-token consume:orders-*
 # one subscription only, not its topic
 billing-token consume:orders-billing
+# the shop's staging namespace only
+staging-shop publish:staging.orders-*
 ";
 
 async fn call(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
@@ -186,7 +188,8 @@ async fn each_token_may_do_what_its_grants_say_on_both_protocols() {
         .unwrap();
     assert_eq!(channel, "#/channels/orders-eu");
     assert!(doc["channels"]["orders-eu"].is_object(), "{doc}");
-    assert!(doc["operations"].get("send.orders-eu").is_some(), "{doc}");
+    // Only what it may do: receive, not send.
+    assert!(doc["operations"].get("send.orders-eu").is_none(), "{doc}");
     let (_, doc) = call(addr, "GET", "/api/v1/asyncapi.json", "ops-token", "").await;
     assert!(doc["operations"].get("receive.payments").is_some(), "{doc}");
     // A consumer may read its own subscription's stats, not another's.
@@ -218,6 +221,47 @@ async fn each_token_may_do_what_its_grants_say_on_both_protocols() {
     );
     let (status, body) = http(addr, "GET", "/api/v1/topics", None, "").await;
     assert_eq!(status, 401, "{body}");
+
+    // Patterns match the full name, namespace included, and a star never crosses into one.
+    let (status, body) = call(
+        addr,
+        "PUT",
+        "/api/v1/topics/orders-eu?namespace=staging",
+        "root-token",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(
+        addr,
+        "PUT",
+        "/api/v1/topics/payments?namespace=orders-x",
+        "root-token",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for (token, path, expected) in [
+        (
+            "shop-token",
+            "/api/v1/topics/orders-eu/messages?namespace=staging",
+            403,
+        ),
+        (
+            "shop-token",
+            "/api/v1/topics/payments/messages?namespace=orders-x",
+            403,
+        ),
+        (
+            "staging-shop",
+            "/api/v1/topics/orders-eu/messages?namespace=staging",
+            200,
+        ),
+        ("staging-shop", "/api/v1/topics/orders-eu/messages", 403),
+    ] {
+        let (status, body) = call(addr, "POST", path, token, message).await;
+        assert_eq!(status, expected, "{token} {path}: {body}");
+    }
 
     // ---- sluice://
     let reader = client(&server, "reader-token").await;

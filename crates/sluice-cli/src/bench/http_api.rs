@@ -149,7 +149,9 @@ async fn round(
                         json!({ "messages": messages }),
                     )
                     .await?;
-                let published = answer["results"].as_array().map_or(0, Vec::len) as u64;
+                let published = answer["results"].as_array().map_or(0, |r| {
+                    r.iter().filter(|r| r["status"] == "published").count()
+                }) as u64;
                 anyhow::ensure!(published == n, "{n} published, {published} confirmed");
                 latency.record(began.elapsed().as_micros() as u64)?;
                 sent += n;

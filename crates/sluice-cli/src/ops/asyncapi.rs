@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use sluice::runtime::asyncapi::AsyncApi;
+use sluice::Backend;
 
 use super::Target;
 
@@ -24,7 +25,11 @@ pub(crate) async fn run(args: AsyncApiArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| target.failed("reading the topology"))?
         .title(args.title)
-        .description(format!("The topics and subscriptions of {}.", target.url()));
+        // Not the URL: it may hold a token or a password, and this document is shared.
+        .description(format!(
+            "The topics and subscriptions of a Sluice backend ({}).",
+            backend.capabilities().backend
+        ));
     println!("{}", serde_json::to_string_pretty(&doc.to_json())?);
     Ok(())
 }

@@ -26,7 +26,7 @@ use super::data::{body, check, json_or_default};
 use super::leases::lease_lost;
 use super::messages::{self, Encoding};
 use super::{subscription_name, ApiError, ApiResult, View};
-use crate::auth::{Action, Grants};
+use crate::auth::{grant_name, Action, Grants};
 use crate::Shared;
 
 /// Longest a receive waits for messages (a client wanting longer asks again).
@@ -181,7 +181,12 @@ fn consumable(
     let backend = view.backend(shared)?;
     let name = subscription_name(subscription)?;
     let physical = backend.naming().subscription(&name);
-    check(grants, Action::Consume, what, &physical)?;
+    check(
+        grants,
+        Action::Consume,
+        what,
+        &grant_name(backend.naming(), name.as_str()),
+    )?;
     Ok((backend, name, physical))
 }
 
@@ -342,8 +347,14 @@ fn verb_of(s: &Settlement) -> Result<Verb, ApiError> {
             reason.last_error.clone_from(&s.last_error);
             Verb::DeadLetter(reason)
         }
-        "extend" => match s.lease_ms {
-            Some(ms) if ms > 0 => Verb::Extend(Duration::from_millis(ms)),
+        "extend" => match s.lease_ms.map(Duration::from_millis) {
+            Some(lease) if lease > crate::MAX_LEASE => {
+                return Err(ApiError::bad_body(format!(
+                    "`lease_ms` is at most {} (12 hours)",
+                    crate::MAX_LEASE.as_millis()
+                )))
+            }
+            Some(lease) if !lease.is_zero() => Verb::Extend(lease),
             _ => return Err(ApiError::bad_body("`extend` needs `lease_ms`")),
         },
         other => {

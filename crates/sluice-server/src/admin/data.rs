@@ -24,7 +24,7 @@ use sluice_core::{
 use super::cloudevents;
 use super::messages;
 use super::{render, subscription_name, topic_name, ApiError, ApiResult, View};
-use crate::auth::{Action, Grants};
+use crate::auth::{grant_name, Action, Grants};
 use crate::Shared;
 
 /// The body of a request, or the refusal of one over the server's body limit.
@@ -90,7 +90,7 @@ pub(crate) async fn ensure_topic(
             &grants,
             Action::Publish,
             "create topic",
-            &backend.naming().topic(&topic),
+            &grant_name(backend.naming(), topic.as_str()),
         )?;
     }
     let body: TopicBody = json_or_default(&body(request)?)?;
@@ -151,13 +151,13 @@ pub(crate) async fn ensure_subscription(
             &grants,
             Action::Consume,
             "create subscription",
-            &backend.naming().subscription(&name),
+            &grant_name(backend.naming(), name.as_str()),
         )?;
         check(
             &grants,
             Action::Consume,
             "subscribe to topic",
-            &backend.naming().topic(&topic),
+            &grant_name(backend.naming(), topic.as_str()),
         )?;
     }
     let mut config = SubscriptionConfig::new(topic);
@@ -181,6 +181,12 @@ pub(crate) async fn ensure_subscription(
         if value == Some(0) {
             return Err(ApiError::bad_body(format!("`{field}` must be at least 1")));
         }
+    }
+    if body.lease_ms.map(Duration::from_millis) > Some(crate::MAX_LEASE) {
+        return Err(ApiError::bad_body(format!(
+            "`lease_ms` is at most {} (12 hours)",
+            crate::MAX_LEASE.as_millis()
+        )));
     }
     if let Some(ms) = body.lease_ms {
         config.lease = Duration::from_millis(ms);
@@ -214,9 +220,9 @@ pub(crate) async fn describe_topic(
 ) -> ApiResult<render::Topic> {
     let backend = view.backend(&shared)?;
     let topic = topic_name(&topic)?;
-    let physical = backend.naming().topic(&topic);
-    if !grants.allows(Action::Consume, &physical) && !grants.allows(Action::Admin, "") {
-        check(&grants, Action::Publish, "describe topic", &physical)?;
+    let granted = grant_name(backend.naming(), topic.as_str());
+    if !grants.allows(Action::Consume, &granted) && !grants.allows(Action::Admin, "") {
+        check(&grants, Action::Publish, "describe topic", &granted)?;
     }
     Ok(Json(render::topic(&backend.describe_topic(&topic).await?)))
 }
@@ -234,7 +240,7 @@ pub(crate) async fn describe_subscription(
             &grants,
             Action::Consume,
             "describe subscription",
-            &backend.naming().subscription(&name),
+            &grant_name(backend.naming(), name.as_str()),
         )?;
     }
     let info = backend.describe_subscription(&name).await?;
@@ -378,7 +384,12 @@ pub(crate) async fn publish(
     .backend(&shared)?;
     let topic = topic_name(&topic)?;
     let physical = backend.naming().topic(&topic);
-    check(&grants, Action::Publish, "publish to topic", &physical)?;
+    check(
+        &grants,
+        Action::Publish,
+        "publish to topic",
+        &grant_name(backend.naming(), topic.as_str()),
+    )?;
     let body = body(request)?;
     let decoded = decode_publish(&query, &headers, body)?;
     let caps = backend.capabilities();

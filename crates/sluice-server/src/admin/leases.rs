@@ -7,7 +7,7 @@
 //! same lease see it as gone: the second waits for the first, then sees what it left.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -36,6 +36,8 @@ pub(crate) struct Leases {
     held: Mutex<HashMap<String, Held>>,
     subscribers: Mutex<HashMap<String, Arc<EmbeddedSubscriber>>>,
     sweep_at: AtomicUsize,
+    /// Set at shutdown: no new subscriber (so no new long poll) after it.
+    closed: AtomicBool,
 }
 
 /// The refusal of a token the server does not hold (any more).
@@ -55,6 +57,16 @@ impl Leases {
         deliveries: Vec<EmbeddedDelivery>,
         mut show: impl FnMut(String, &EmbeddedDelivery) -> T,
     ) -> Vec<T> {
+        // Shown before the lock is taken: writing up to a batch of messages must not hold up
+        // every other receive and verb (nor poison the lock if it failed).
+        let shown: Vec<(String, T, EmbeddedDelivery)> = deliveries
+            .into_iter()
+            .map(|delivery| {
+                // 128 random bits from the thread's CSPRNG: a lease cannot be guessed.
+                let token = format!("{:032x}", rand::random::<u128>());
+                (token.clone(), show(token, &delivery), delivery)
+            })
+            .collect();
         let mut held = self.held.lock().expect("leases lock");
         let now = Instant::now();
         if held.len() >= self.sweep_at.load(Ordering::Relaxed).max(SWEEP_AT) {
@@ -67,12 +79,9 @@ impl Leases {
             self.sweep_at
                 .store((held.len() * 2).max(SWEEP_AT), Ordering::Relaxed);
         }
-        deliveries
+        shown
             .into_iter()
-            .map(|delivery| {
-                // 128 random bits from the thread's CSPRNG: a lease cannot be guessed.
-                let token = format!("{:032x}", rand::random::<u128>());
-                let shown = show(token.clone(), &delivery);
+            .map(|(token, shown, delivery)| {
                 held.insert(
                     token,
                     Held {
@@ -110,9 +119,26 @@ impl Leases {
         physical: &str,
         name: &SubscriptionName,
     ) -> Result<Arc<EmbeddedSubscriber>, Error> {
-        if let Some(s) = self.subscribers.lock().expect("leases lock").get(physical) {
-            return Ok(s.clone());
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("server"));
         }
+        // The subscription as it is now: deleted, or re-created with another configuration
+        // since this subscriber was made (by any client, on either protocol), it is not
+        // used any more.
+        let current = backend.describe_subscription(name).await;
+        let cached = self
+            .subscribers
+            .lock()
+            .expect("leases lock")
+            .get(physical)
+            .cloned();
+        match (&current, cached) {
+            (Err(_), _) => self.forget_subscriber(physical),
+            (Ok(info), Some(s)) if info.config == *s.config() => return Ok(s),
+            (Ok(_), Some(_)) => self.forget_subscriber(physical),
+            (Ok(_), None) => {}
+        }
+        current?;
         let subscriber = Arc::new(backend.subscribe(name).await?);
         Ok(self
             .subscribers
@@ -134,6 +160,7 @@ impl Leases {
 
     /// Closes every subscriber: receives waiting for messages return at once (shutdown).
     pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         let subscribers: Vec<_> = self
             .subscribers
             .lock()

@@ -170,9 +170,15 @@ pub(crate) fn json_payload(message: &Message) -> Option<Box<RawValue>> {
         .map(RawValue::to_owned)
 }
 
-/// RFC 3339 with milliseconds, UTC.
+/// RFC 3339 with milliseconds, UTC; the last instant of year 9999 for anything later (which
+/// RFC 3339 cannot write).
 pub(crate) fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match write!(out, "{}", humantime::format_rfc3339_millis(at)) {
+        Ok(()) => out,
+        Err(_) => "9999-12-31T23:59:59.999Z".to_owned(),
+    }
 }
 
 /// A message as a receive returns it.
