@@ -29,7 +29,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{grant_name, Action, Grants};
+use crate::limits::ConnectionCounter;
 use crate::Shared;
+use listener::{CountedListener, TlsListener};
 
 mod cloudevents;
 mod consume;
@@ -37,6 +39,7 @@ mod data;
 mod error;
 mod jobs;
 mod leases;
+mod listener;
 mod messages;
 mod render;
 
@@ -57,17 +60,20 @@ pub(crate) async fn serve(
     let app = router(shared.clone());
     let stopped = stop.clone();
     // Receives waiting for messages return at once, so they do not hold up the shutdown.
+    let closing = shared.clone();
     let shutdown = async move {
         stopped.cancelled().await;
-        shared.http_leases.close().await;
+        closing.http_leases.close().await;
     };
+    // Connections are counted as on the `sluice://` listener, with a budget of their own.
+    let counter = Arc::new(ConnectionCounter::new(&shared.config.limits));
     let result = match tls {
         None => {
-            axum::serve(listener, app)
+            axum::serve(CountedListener::new(listener, counter, shared.clone()), app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
-        Some(tls) => match TlsListener::new(listener, tls, stop) {
+        Some(tls) => match TlsListener::new(listener, tls, counter, shared.clone(), stop) {
             Ok(listener) => {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(shutdown)
@@ -78,74 +84,6 @@ pub(crate) async fn serve(
     };
     if let Err(err) = result {
         tracing::error!(error = %err, "the HTTP admin listener failed");
-    }
-}
-
-/// HTTPS: TCP connections that completed a TLS handshake. Handshakes run in their own
-/// tasks, so a peer that connects and stays silent holds up nobody else; failed ones are
-/// logged and skipped.
-struct TlsListener {
-    local_addr: std::net::SocketAddr,
-    ready: tokio::sync::mpsc::Receiver<(TlsStream, std::net::SocketAddr)>,
-}
-
-type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-
-impl TlsListener {
-    fn new(
-        listener: TcpListener,
-        tls: TlsAcceptor,
-        stop: CancellationToken,
-    ) -> std::io::Result<Self> {
-        let local_addr = listener.local_addr()?;
-        let (done, ready) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "accepting an HTTP connection failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    _ = stop.cancelled() => return,
-                };
-                let (tls, done) = (tls.clone(), done.clone());
-                tokio::spawn(async move {
-                    let handshake = tls.accept(stream);
-                    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
-                    {
-                        Ok(Ok(stream)) => {
-                            let _ = done.send((stream, peer)).await;
-                        }
-                        Ok(Err(err)) => {
-                            tracing::warn!(%peer, error = %err, "HTTPS handshake failed")
-                        }
-                        Err(_) => tracing::warn!(%peer, "no HTTPS handshake within 10 s"),
-                    }
-                });
-            }
-        });
-        Ok(Self { local_addr, ready })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(ready) => ready,
-            // The acceptor stopped (shutdown): wait for axum's graceful shutdown to end us.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
     }
 }
 

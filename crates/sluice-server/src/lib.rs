@@ -108,6 +108,8 @@ pub(crate) struct Shared {
     pub(crate) warnings: WarnThrottle,
     /// Deliveries leased over the HTTP data API.
     pub(crate) http_leases: admin::Leases,
+    /// Refused HTTP connections being told why (at most [`MAX_REFUSING`] at once).
+    pub(crate) http_refusing: Arc<Semaphore>,
     /// Where the listeners are (ports picked by the system included).
     pub(crate) addr: SocketAddr,
     pub(crate) http_addr: Option<SocketAddr>,
@@ -169,6 +171,7 @@ impl Server {
             prefetched: Arc::default(),
             warnings: WarnThrottle::default(),
             http_leases: admin::Leases::default(),
+            http_refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             addr,
             http_addr,
         });

@@ -268,15 +268,41 @@ async fn the_openapi_document_lists_exactly_the_routes_the_server_has() {
     )
     .await;
     assert_eq!(status, 200);
-    let documented: std::collections::BTreeSet<String> =
-        doc["paths"].as_object().unwrap().keys().cloned().collect();
+    // Every (path, method) the router serves, and only those, is documented.
+    const METHODS: [&str; 4] = ["get", "post", "put", "delete"];
+    let documented: std::collections::BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| METHODS.contains(&m.as_str()))
+                .map(move |m| (path.clone(), m.clone()))
+        })
+        .collect();
     let source = include_str!("../src/admin.rs");
-    let routed: std::collections::BTreeSet<String> = source
+    let routed: std::collections::BTreeSet<(String, String)> = source
         .split(".route(")
         .skip(1)
-        .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
-        .filter(|path| *path != "/")
-        .map(str::to_owned)
+        .filter_map(|rest| {
+            let (path, tail) = rest.trim_start().strip_prefix('"')?.split_once('"')?;
+            // The method router: up to the next route or layer.
+            let tail = tail.split(".route").next()?.split(".layer").next()?;
+            Some((path, tail))
+        })
+        .filter(|(path, _)| *path != "/")
+        .flat_map(|(path, tail)| {
+            METHODS.iter().filter_map(move |m| {
+                let called = format!("{m}(");
+                tail.match_indices(&called)
+                    .any(|(at, _)| {
+                        !tail[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                    })
+                    .then(|| (path.to_owned(), (*m).to_owned()))
+            })
+        })
         .collect();
     assert_eq!(documented, routed, "openapi.json and the router disagree");
     // And the dashboard page is served.

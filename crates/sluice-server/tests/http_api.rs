@@ -488,3 +488,39 @@ async fn a_subscription_deleted_and_created_again_is_read_with_its_new_configura
     assert_eq!(answer["results"][0]["status"], "ok", "{answer}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn http_connections_are_counted_per_address_and_refused_over_the_limit() {
+    let (_dir, server) = start(|c| {
+        c.limits(sluice_server::ConnectionLimits::default().max_connections_per_address(2))
+    })
+    .await;
+    let addr = server.http_addr().unwrap();
+    // Two idle connections hold this address's two places.
+    let first = TcpStream::connect(addr).await.unwrap();
+    let second = TcpStream::connect(addr).await.unwrap();
+    let refused = async {
+        let (status, _, body) = request(addr, "GET", "/api/v1/health", &[], b"").await;
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (status, body)
+    };
+    let (status, body) = refused.await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "too_many_connections", "{body}");
+    // One closes: its place is given back.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, _) = request(addr, "GET", "/api/v1/health", &[], b"").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never admitted again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(second);
+    server.shutdown().await.unwrap();
+}
