@@ -96,9 +96,16 @@ fn parse_time(value: Option<&str>) -> Option<SystemTime> {
     value.and_then(|v| humantime::parse_rfc3339(v).ok())
 }
 
-/// Formats a time as RFC 3339 with milliseconds, as used in every `sluice-` time header.
+/// Formats a time as RFC 3339 with milliseconds, as used in every `sluice-` time header;
+/// a time past year 9999 as the last instant RFC 3339 can write.
 pub fn format_time(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match write!(out, "{}", humantime::format_rfc3339_millis(at)) {
+        Ok(()) => out,
+        // Past year 9999, which RFC 3339 cannot write: its last instant.
+        Err(_) => "9999-12-31T23:59:59.999Z".to_owned(),
+    }
 }
 
 impl Envelope {

@@ -314,13 +314,11 @@ async fn stats(
 ) -> ApiResult<render::Stats> {
     let backend = view.backend(&shared)?;
     let name = subscription_name(&subscription)?;
-    if !grants.allows(Action::Admin, "") {
-        grants.check(
-            Action::Consume,
-            "read the stats of subscription",
-            &grant_name(backend.naming(), name.as_str()),
-        )?;
-    }
+    grants.check_manage(
+        &[Action::Consume],
+        "read the stats of subscription",
+        &grant_name(backend.naming(), name.as_str()),
+    )?;
     let stats = shared.prefetched.stats(&backend, &name).await?;
     Ok(Json(render::stats(&stats)))
 }

@@ -124,6 +124,25 @@ impl Grants {
         }))
     }
 
+    /// `Ok` if the token may manage (create, describe, read the counts of) the object with
+    /// this full name: with `admin`, or with one of `actions` on it; else the `Forbidden`
+    /// error of the first action. Managing never reaches the object's data.
+    pub fn check_manage(
+        &self,
+        actions: &[Action],
+        what: &str,
+        name: &str,
+    ) -> Result<(), sluice_core::Error> {
+        if self.admin || actions.iter().any(|a| self.allows(*a, name)) {
+            return Ok(());
+        }
+        self.check(
+            actions.first().copied().unwrap_or(Action::Admin),
+            what,
+            name,
+        )
+    }
+
     /// Parses grants as written after a token in a tokens file.
     pub fn parse<'a>(words: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut grants = Self::none();

@@ -119,13 +119,12 @@ impl Session {
             .map_err(|e| wire(&e))
     }
 
-    /// As [`allow`](Self::allow), or the `admin` grant: for managing objects (create,
-    /// describe, stats), never for their data.
-    fn allow_manage(&self, check: impl FnOnce() -> Result<(), WireError>) -> Result<(), WireError> {
-        if self.grants.allows(Action::Admin, "") {
-            return Ok(());
-        }
-        check()
+    /// `Forbidden` unless the token may manage the topic or subscription with this name
+    /// (`Grants::check_manage`: `admin`, or one of `actions` on it).
+    fn allow_manage(&self, actions: &[Action], what: &str, name: &str) -> Result<(), WireError> {
+        self.grants
+            .check_manage(actions, what, &grant_name(self.backend.naming(), name))
+            .map_err(|e| wire(&e))
     }
 
     fn allow_topic(&self, action: Action, what: &str, topic: &TopicName) -> Result<(), WireError> {
@@ -561,7 +560,7 @@ impl Session {
         Ok(match request {
             Request::EnsureTopic { topic, config } => {
                 let topic = convert::topic(&topic).map_err(w)?;
-                self.allow_manage(|| self.allow_topic(Action::Publish, "create topic", &topic))?;
+                self.allow_manage(&[Action::Publish], "create topic", topic.as_str())?;
                 b.ensure_topic(&topic, &convert::topic_config_from_wire(&config))
                     .await
                     .map_err(w)?;
@@ -574,25 +573,28 @@ impl Session {
                 let name = convert::subscription(&subscription).map_err(w)?;
                 let config = convert::subscription_config_from_wire(&config).map_err(w)?;
                 check_lease(config.lease)?;
-                self.allow_manage(|| {
-                    self.allow_subscription("create subscription", &name)?;
-                    self.allow_topic(Action::Consume, "subscribe to topic", &config.topic)
-                })?;
+                self.allow_manage(&[Action::Consume], "create subscription", name.as_str())?;
+                self.allow_manage(
+                    &[Action::Consume],
+                    "subscribe to topic",
+                    config.topic.as_str(),
+                )?;
                 b.ensure_subscription(&name, &config).await.map_err(w)?;
                 Response::Done
             }
             Request::DescribeTopic { topic } => {
                 let topic = convert::topic(&topic).map_err(w)?;
-                self.allow_manage(|| {
-                    self.allow_topic(Action::Consume, "", &topic)
-                        .or_else(|_| self.allow_topic(Action::Publish, "describe topic", &topic))
-                })?;
+                self.allow_manage(
+                    &[Action::Publish, Action::Consume],
+                    "describe topic",
+                    topic.as_str(),
+                )?;
                 let info = b.describe_topic(&topic).await.map_err(w)?;
                 Response::Topic(convert::topic_info_to_wire(&info))
             }
             Request::DescribeSubscription { subscription } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
-                self.allow_manage(|| self.allow_subscription("describe subscription", &name))?;
+                self.allow_manage(&[Action::Consume], "describe subscription", name.as_str())?;
                 let info = b.describe_subscription(&name).await.map_err(w)?;
                 Response::Subscription {
                     name: info.name.as_str().to_owned(),
@@ -632,9 +634,11 @@ impl Session {
             }
             Request::Stats { subscription } => {
                 let name = convert::subscription(&subscription).map_err(w)?;
-                self.allow_manage(|| {
-                    self.allow_subscription("read the stats of subscription", &name)
-                })?;
+                self.allow_manage(
+                    &[Action::Consume],
+                    "read the stats of subscription",
+                    name.as_str(),
+                )?;
                 let stats = self.prefetched.stats(b, &name).await.map_err(w)?;
                 Response::Stats(convert::stats_to_wire(&stats))
             }

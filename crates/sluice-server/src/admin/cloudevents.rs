@@ -14,7 +14,9 @@ use serde_json::value::RawValue;
 use sluice_core::cloudevents::{self as ce, ATTRIBUTES};
 use sluice_core::{Error, Message};
 
-use super::messages::{is_json, json_payload, rfc3339, JSON};
+use sluice_core::envelope::format_time;
+
+use super::messages::{is_json, json_payload, JSON};
 use super::ApiError;
 
 /// Structured mode, one event.
@@ -242,7 +244,7 @@ fn attributes(message: &Message, topic: &str) -> Vec<(String, String)> {
     }
     match (ce::time(message), message.published_at()) {
         (Some(time), _) => out.push(("time".into(), time.into())),
-        (None, Some(at)) => out.push(("time".into(), rfc3339(at))),
+        (None, Some(at)) => out.push(("time".into(), format_time(at))),
         (None, None) => {}
     }
     if let Some(schema) = message.header(ce::DATASCHEMA) {

@@ -154,7 +154,7 @@ pub(crate) async fn receive(
             lease,
             attempt: delivery.attempt(),
             lease_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
-            deadline: messages::rfc3339(wall + left),
+            deadline: sluice_core::envelope::format_time(wall + left),
             topic: delivery.topic().as_str().to_owned(),
             message,
             event,

@@ -85,14 +85,11 @@ pub(crate) async fn ensure_topic(
 ) -> ApiResult<render::Topic> {
     let backend = view.backend(&shared)?;
     let topic = topic_name(&topic)?;
-    if !grants.allows(Action::Admin, "") {
-        check(
-            &grants,
-            Action::Publish,
-            "create topic",
-            &grant_name(backend.naming(), topic.as_str()),
-        )?;
-    }
+    grants.check_manage(
+        &[Action::Publish],
+        "create topic",
+        &grant_name(backend.naming(), topic.as_str()),
+    )?;
     let body: TopicBody = json_or_default(&body(request)?)?;
     let mut config = TopicConfig::default();
     config.ordered = body.ordered;
@@ -146,20 +143,16 @@ pub(crate) async fn ensure_subscription(
         return Err(ApiError::bad_body("a subscription needs its `topic`"));
     }
     let topic = topic_name(&body.topic)?;
-    if !grants.allows(Action::Admin, "") {
-        check(
-            &grants,
-            Action::Consume,
-            "create subscription",
-            &grant_name(backend.naming(), name.as_str()),
-        )?;
-        check(
-            &grants,
-            Action::Consume,
-            "subscribe to topic",
-            &grant_name(backend.naming(), topic.as_str()),
-        )?;
-    }
+    grants.check_manage(
+        &[Action::Consume],
+        "create subscription",
+        &grant_name(backend.naming(), name.as_str()),
+    )?;
+    grants.check_manage(
+        &[Action::Consume],
+        "subscribe to topic",
+        &grant_name(backend.naming(), topic.as_str()),
+    )?;
     let mut config = SubscriptionConfig::new(topic);
     if let Some(filter) = &body.filter {
         config.filter = Some(Filter::new(filter)?);
@@ -220,10 +213,11 @@ pub(crate) async fn describe_topic(
 ) -> ApiResult<render::Topic> {
     let backend = view.backend(&shared)?;
     let topic = topic_name(&topic)?;
-    let granted = grant_name(backend.naming(), topic.as_str());
-    if !grants.allows(Action::Consume, &granted) && !grants.allows(Action::Admin, "") {
-        check(&grants, Action::Publish, "describe topic", &granted)?;
-    }
+    grants.check_manage(
+        &[Action::Publish, Action::Consume],
+        "describe topic",
+        &grant_name(backend.naming(), topic.as_str()),
+    )?;
     Ok(Json(render::topic(&backend.describe_topic(&topic).await?)))
 }
 
@@ -235,14 +229,11 @@ pub(crate) async fn describe_subscription(
 ) -> ApiResult<render::Subscription> {
     let backend = view.backend(&shared)?;
     let name = subscription_name(&subscription)?;
-    if !grants.allows(Action::Admin, "") {
-        check(
-            &grants,
-            Action::Consume,
-            "describe subscription",
-            &grant_name(backend.naming(), name.as_str()),
-        )?;
-    }
+    grants.check_manage(
+        &[Action::Consume],
+        "describe subscription",
+        &grant_name(backend.naming(), name.as_str()),
+    )?;
     let info = backend.describe_subscription(&name).await?;
     let stats = shared.prefetched.stats(&backend, &name).await?;
     Ok(Json(render::subscription(&info, &stats)))
@@ -312,15 +303,13 @@ fn decode_publish(
         ));
     }
     // The query's keys, checked as a message's own would be.
-    let mut check = Message::builder(Bytes::new());
-    if let Some(k) = &query.routing_key {
-        check = check.routing_key(k.clone());
+    messages::Attributes {
+        routing_key: query.routing_key.clone(),
+        ordering_key: query.ordering_key.clone(),
+        ..Default::default()
     }
-    if let Some(k) = &query.ordering_key {
-        check = check.ordering_key(k.clone());
-    }
-    check.build().map_err(|e| ApiError::from(Error::from(e)))?;
-    let mut messages = if cloudevents::is_binary(headers) {
+    .build(Message::builder(Bytes::new()))?;
+    let messages = if cloudevents::is_binary(headers) {
         vec![cloudevents::decode_binary(headers, body)]
     } else {
         match essence(ct).as_str() {
@@ -330,44 +319,39 @@ fn decode_publish(
             _ => vec![raw(query, ct, body)],
         }
     };
-    // The query's keys apply to CloudEvents too (a raw body took them already).
-    if query.routing_key.is_some() || query.ordering_key.is_some() {
-        for m in messages.iter_mut().flatten() {
-            let mut parts = m.clone().into_parts();
-            if query.routing_key.is_some() && parts.routing_key.is_none() {
-                parts.routing_key.clone_from(&query.routing_key);
-            }
-            if query.ordering_key.is_some() && parts.ordering_key.is_none() {
-                parts.ordering_key.clone_from(&query.ordering_key);
-            }
-            *m = Message::from_parts(parts);
-        }
+    if query.routing_key.is_none() && query.ordering_key.is_none() {
+        return Ok(messages);
     }
-    Ok(messages)
+    // The query's keys apply to JSON and CloudEvents too (a raw body took them already),
+    // where a message has none of its own.
+    Ok(messages
+        .into_iter()
+        .map(|m| {
+            m.map(|m| {
+                let mut parts = m.into_parts();
+                if parts.routing_key.is_none() {
+                    parts.routing_key.clone_from(&query.routing_key);
+                }
+                if parts.ordering_key.is_none() {
+                    parts.ordering_key.clone_from(&query.ordering_key);
+                }
+                Message::from_parts(parts)
+            })
+        })
+        .collect())
 }
 
 /// A raw body: the payload as sent, its attributes in the query.
 fn raw(query: &PublishQuery, content_type: Option<&str>, body: Bytes) -> Result<Message, ApiError> {
-    let mut builder = Message::builder(body);
-    if let Some(id) = &query.id {
-        builder = builder.id(id.clone());
+    messages::Attributes {
+        id: query.id.clone(),
+        message_type: query.message_type.clone(),
+        routing_key: query.routing_key.clone(),
+        ordering_key: query.ordering_key.clone(),
+        content_type: content_type.map(str::to_owned),
+        delay_ms: query.delay_ms,
     }
-    if let Some(t) = &query.message_type {
-        builder = builder.message_type(t.clone());
-    }
-    if let Some(k) = &query.routing_key {
-        builder = builder.routing_key(k.clone());
-    }
-    if let Some(k) = &query.ordering_key {
-        builder = builder.ordering_key(k.clone());
-    }
-    if let Some(ct) = content_type {
-        builder = builder.content_type(ct);
-    }
-    if let Some(ms) = query.delay_ms.filter(|ms| *ms > 0) {
-        builder = builder.deliver_after(Duration::from_millis(ms));
-    }
-    builder.build().map_err(|e| ApiError::from(Error::from(e)))
+    .build(Message::builder(body))
 }
 
 pub(crate) async fn publish(

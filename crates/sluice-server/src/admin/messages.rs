@@ -7,14 +7,15 @@
 //! build it, before anything is published.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sluice_core::{Error, Message};
+use sluice_core::envelope::format_time;
+use sluice_core::{Error, Message, MessageBuilder};
 
 use super::ApiError;
 
@@ -109,6 +110,40 @@ impl JsonMessage<'_> {
             }
         };
         let mut builder = Message::builder(payload);
+        for (name, value) in self.headers {
+            builder = builder.header(name, value);
+        }
+        Attributes {
+            id: self.id,
+            message_type: self.message_type,
+            routing_key: self.routing_key,
+            ordering_key: self.ordering_key,
+            content_type: self
+                .content_type
+                .or_else(|| (!default_type.is_empty()).then(|| default_type.to_owned())),
+            delay_ms: self.delay_ms,
+        }
+        .build(builder)
+    }
+}
+
+/// A message's attributes besides its payload and headers, from a JSON message or from a
+/// raw body's query.
+#[derive(Debug, Default)]
+pub(crate) struct Attributes {
+    pub(crate) id: Option<String>,
+    pub(crate) message_type: Option<String>,
+    pub(crate) routing_key: Option<String>,
+    pub(crate) ordering_key: Option<String>,
+    pub(crate) content_type: Option<String>,
+    /// Delivered no sooner than this many milliseconds from now (0: at once).
+    pub(crate) delay_ms: Option<u64>,
+}
+
+impl Attributes {
+    /// The message of `builder` with these attributes, validated as `Message::builder`
+    /// validates.
+    pub(crate) fn build(self, mut builder: MessageBuilder) -> Result<Message, ApiError> {
         if let Some(id) = self.id {
             builder = builder.id(id);
         }
@@ -121,13 +156,8 @@ impl JsonMessage<'_> {
         if let Some(k) = self.ordering_key {
             builder = builder.ordering_key(k);
         }
-        for (name, value) in self.headers {
-            builder = builder.header(name, value);
-        }
-        match self.content_type {
-            Some(ct) => builder = builder.content_type(ct),
-            None if !default_type.is_empty() => builder = builder.content_type(default_type),
-            None => {}
+        if let Some(ct) = self.content_type {
+            builder = builder.content_type(ct);
         }
         if let Some(ms) = self.delay_ms.filter(|ms| *ms > 0) {
             builder = builder.deliver_after(Duration::from_millis(ms));
@@ -168,17 +198,6 @@ pub(crate) fn json_payload(message: &Message) -> Option<Box<RawValue>> {
     serde_json::from_str::<&RawValue>(text)
         .ok()
         .map(RawValue::to_owned)
-}
-
-/// RFC 3339 with milliseconds, UTC; the last instant of year 9999 for anything later (which
-/// RFC 3339 cannot write).
-pub(crate) fn rfc3339(at: SystemTime) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    match write!(out, "{}", humantime::format_rfc3339_millis(at)) {
-        Ok(()) => out,
-        Err(_) => "9999-12-31T23:59:59.999Z".to_owned(),
-    }
 }
 
 /// A message as a receive returns it.
@@ -228,7 +247,7 @@ pub(crate) fn encode(message: &Message, encoding: Encoding) -> OutMessage {
         ordering_key: message.ordering_key().map(str::to_owned),
         headers: message.headers().clone(),
         content_type: message.content_type().map(str::to_owned),
-        published_at: message.published_at().map(rfc3339),
+        published_at: message.published_at().map(format_time),
         payload,
         text,
         base64: b64,
