@@ -57,6 +57,8 @@ macro_rules! __with_scenarios {
             // flow control
             global_rate_limit_is_one_bucket_across_connections,
             key_limit_keeps_one_keys_backlog_from_holding_up_another,
+            // batch handlers
+            batch_handler_settles_each_message_on_its_own,
         }
     };
 }

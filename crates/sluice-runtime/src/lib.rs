@@ -30,10 +30,11 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`handler`] | [`Handler`], [`Context`], [`HandlerError`], raw and JSON handlers |
+//! | [`batch`] | [`BatchHandler`], [`BatchOutcome`], [`BatchContext`]: many messages in one call, each settled on its own |
 //! | [`events`] | typed [`Event`]s, the [`Router`] dispatching on the message type, [`UnknownType`] |
 //! | [`jobs`] | background [`Job`]s: [`Jobs`] enqueues them, builds their workers, runs recurring schedules, and tracks, cancels and reschedules them ([`JobStatus`], [`JobRecords`]) |
 //! | [`producer`] | [`Producer`]: publish with a span, trace context and metrics; typed events |
-//! | `worker` | [`Worker`] and its builder: the pull loop, backpressure, shutdown; `keyed.rs` takes one delivery through its key's gate (`gate.rs`) and the pipeline (`process.rs`); `settle.rs` applies verbs |
+//! | `worker` | [`Worker`] and its builder: the pull loop, backpressure, shutdown; `keyed.rs` takes one delivery through its key's gate (`gate.rs`) and the pipeline (`process.rs`); `batch.rs` fills batches and takes each through the same stages, `order.rs` keeps ordering keys in order across batches; `settle.rs` applies verbs |
 //! | [`backoff`] | exponential backoff with jitter |
 //! | `retry` (private) | handler result ⇒ verb |
 //! | `recover` (private) | panic ⇒ transient error |
@@ -52,6 +53,7 @@
 pub mod adaptive;
 pub mod asyncapi;
 pub mod backoff;
+pub mod batch;
 pub mod breaker;
 pub mod events;
 pub mod handler;
@@ -72,6 +74,10 @@ mod worker;
 
 pub use adaptive::AdaptiveConcurrency;
 pub use backoff::{Backoff, Jitter};
+pub use batch::{
+    batch_handler, json_batch_handler, BatchContext, BatchHandler, BatchOutcome, BatchResult,
+    Batched, JsonBatchHandler, RawBatchHandler,
+};
 pub use breaker::{CircuitBreaker, CircuitState};
 pub use events::{event_message, Event, Routed, Router, UnknownType};
 pub use handler::{
@@ -93,6 +99,7 @@ pub use recover::Panicked;
 pub use shutdown::shutdown_on_signals;
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{
-    TimedOut, Worker, WorkerBuilder, CONTROL_EVERY, DEFAULT_CONCURRENCY, DEFAULT_POLL_WAIT,
-    DEFAULT_SHUTDOWN_GRACE, SLOT_LEASE,
+    TimedOut, Worker, WorkerBuilder, CONTROL_EVERY, DEFAULT_BATCH_CONCURRENCY,
+    DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_MESSAGES, DEFAULT_BATCH_MAX_WAIT,
+    DEFAULT_CONCURRENCY, DEFAULT_POLL_WAIT, DEFAULT_SHUTDOWN_GRACE, SLOT_LEASE,
 };

@@ -49,6 +49,12 @@ pub const PARKED: &str = "sluice_parked";
 /// How many handlers a worker with adaptive concurrency lets run at once now.
 pub const CONCURRENCY_LIMIT: &str = "sluice_concurrency_limit";
 
+/// Messages per batch handed to a batch handler (`topic`, `subscription`).
+pub const BATCH_SIZE: &str = "sluice_batch_size";
+/// Batch handler run time in seconds (`outcome` = `ok`, `error`, `panic`, `timeout`,
+/// `abandoned`; `ok` when the handler returned per-message results).
+pub const BATCH_DURATION: &str = "sluice_batch_duration_seconds";
+
 /// The labels of a consumer-side series.
 #[derive(Debug, Clone)]
 pub(crate) struct Labels {
@@ -107,6 +113,19 @@ pub(crate) fn handler_ran(labels: &Labels, outcome: &'static str, took: Duration
     let mut pairs = labels.pairs().to_vec();
     pairs.push(("outcome", outcome.to_owned()));
     histogram!(HANDLER_DURATION, &pairs).record(took.as_secs_f64());
+}
+
+pub(crate) fn batch_ran(
+    topic: &str,
+    subscription: &str,
+    size: usize,
+    outcome: &'static str,
+    took: Duration,
+) {
+    histogram!(BATCH_SIZE, "topic" => topic.to_owned(), "subscription" => subscription.to_owned())
+        .record(size as f64);
+    histogram!(BATCH_DURATION, "topic" => topic.to_owned(), "subscription" => subscription.to_owned(), "outcome" => outcome)
+        .record(took.as_secs_f64());
 }
 
 pub(crate) fn circuit(subscription: &str, state: f64) {

@@ -5,13 +5,13 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 
-use crate::handler::{HandlerError, HandlerResult};
+use crate::handler::HandlerError;
 
 /// Runs the handler future, turning a panic into a transient [`HandlerError`]. Returns
 /// whether it panicked, for the counters.
-pub(crate) async fn catch_panic(
-    handler: impl Future<Output = HandlerResult>,
-) -> (HandlerResult, bool) {
+pub(crate) async fn catch_panic<T>(
+    handler: impl Future<Output = Result<T, HandlerError>>,
+) -> (Result<T, HandlerError>, bool) {
     // AssertUnwindSafe: after a panic the future is dropped and never polled again, and the
     // handler's shared state is the user's (as with a panicking tokio task).
     match AssertUnwindSafe(handler).catch_unwind().await {

@@ -14,12 +14,14 @@
 //! | `ordering.rs` | ordering per key |
 //! | `topology.rs` | ensure conflicts, unique names, delete, start positions |
 //! | `connection.rs` | consumer close, connection loss, broker restart |
+//! | `batch.rs` | batch handlers: each message settled on its own |
 //! | `jobs.rs` | background jobs through `Jobs`: one job per tick across replicas, cancel, replace, unique modes |
 
 use sluice_core::{Capabilities, OrderingLevel};
 
 mod backlog;
 mod basic;
+mod batch;
 mod connection;
 mod dlq;
 mod flow;
@@ -32,6 +34,7 @@ mod topology;
 
 pub use backlog::*;
 pub use basic::*;
+pub use batch::*;
 pub use connection::*;
 pub use dlq::*;
 pub use flow::*;

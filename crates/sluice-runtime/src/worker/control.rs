@@ -95,3 +95,15 @@ impl Control {
         }
     }
 }
+
+/// Reads the pause flag once (before the first pull) and, when the store keeps flags, starts
+/// the task that follows it while the worker runs (aborted when dropped).
+pub(crate) async fn start(control: Option<Arc<Control>>) -> Option<super::slots::AbortOnDrop> {
+    let control = control?;
+    if !control.refresh().await {
+        return None;
+    }
+    Some(super::slots::AbortOnDrop(tokio::spawn(async move {
+        control.run().await;
+    })))
+}

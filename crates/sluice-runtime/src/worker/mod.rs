@@ -8,8 +8,14 @@
 //! Shutdown (the token is cancelled): stop pulling, let in-flight handlers finish within the
 //! grace period, then cancel what is left and `release` those deliveries.
 
+mod batch;
 mod gate;
 mod keyed;
+mod order;
+pub use batch::{
+    DEFAULT_BATCH_CONCURRENCY, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_MESSAGES,
+    DEFAULT_BATCH_MAX_WAIT,
+};
 mod process;
 pub use process::TimedOut;
 mod control;
@@ -32,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adaptive::{AdaptiveConcurrency, Controller};
 use crate::backoff::Backoff;
+use crate::batch::{BatchHandler, Batched};
 use crate::breaker::{Breaker, CircuitBreaker};
 use crate::handler::Handler;
 use crate::idempotency::Idempotency;
@@ -120,7 +127,9 @@ impl<H> Pipeline<H> {
 pub struct WorkerBuilder<S, H> {
     subscriber: S,
     handler: H,
-    concurrency: usize,
+    /// `None`: the default of the handler's kind.
+    concurrency: Option<usize>,
+    batch: batch::BatchLimits,
     rate_limit: Option<RateLimit>,
     limiter: Option<Arc<dyn LimiterStore>>,
     breaker: Option<CircuitBreaker>,
@@ -138,55 +147,19 @@ pub struct WorkerBuilder<S, H> {
     lifecycle: Option<Arc<dyn Lifecycle>>,
 }
 
-impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
-    /// Tracks job status (set by `Jobs::worker`).
-    pub(crate) fn lifecycle(mut self, lifecycle: Arc<dyn Lifecycle>) -> Self {
-        self.lifecycle = Some(lifecycle);
-        self
-    }
-    /// How many handlers run at once (16 by default); with
-    /// [`adaptive_concurrency`](Self::adaptive_concurrency), how many at first.
+/// Settings of every worker, with a handler of one message or of a batch.
+impl<S, H> WorkerBuilder<S, H> {
+    /// How many handlers run at once: 16 by default (with
+    /// [`adaptive_concurrency`](Self::adaptive_concurrency), how many at first); with a batch
+    /// handler, how many batches, 2 by default (one fills while the other runs).
     pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency.max(1);
-        self
-    }
-    /// Finds how many handlers the downstream takes at once from the latency it observes,
-    /// between `min` and `max`, starting at [`concurrency`](Self::concurrency): see
-    /// [`AdaptiveConcurrency`]. Off by default.
-    pub fn adaptive_concurrency(mut self, adaptive: AdaptiveConcurrency) -> Self {
-        self.adaptive = Some(adaptive);
+        self.concurrency = Some(concurrency.max(1));
         self
     }
     /// Limits how many deliveries per second are pulled (none by default): this worker's own
     /// limit, or one shared by every worker naming it ([`RateLimit::global`]).
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
-        self
-    }
-    /// Stops pulling while the handler keeps failing (a downstream is down) instead of
-    /// spending every message's attempts: see [`CircuitBreaker`]. Off by default.
-    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
-        self.breaker = Some(breaker);
-        self
-    }
-    /// At most `max` deliveries of every worker naming the bound `name`, in any process,
-    /// handled at once: "10 PDF renderings at a time", whatever the number of replicas. A
-    /// worker takes a slot from the limiter (the backend's own, or the one given with
-    /// [`limiter`](Self::limiter)) before it pulls each delivery and gives it back once the
-    /// delivery is settled. Slots are leases of [`SLOT_LEASE`] (30 s), renewed while the worker
-    /// runs: those of a worker that crashed are free again within one.
-    ///
-    /// # Panics
-    /// At [`build`](Self::build), when neither the backend nor [`limiter`](Self::limiter)
-    /// gives a limiter, or `name` is not 1 to 200 bytes.
-    pub fn global_concurrency(mut self, name: impl Into<String>, max: u32) -> Self {
-        self.global_concurrency = Some((name.into(), max.max(1)));
-        self
-    }
-    /// Limits each key (a tenant, an ordering key) to its own rate and number in flight, so
-    /// one key's backlog never holds up the others: see [`KeyLimit`]. None by default.
-    pub fn key_limit(mut self, limit: KeyLimit) -> Self {
-        self.key_limit = Some(limit);
         self
     }
     /// Where global rate limits keep their buckets, when the backend has no limiter of its
@@ -221,15 +194,15 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
         self.poll_wait = wait;
         self
     }
-    /// Fails a handler that runs longer than `timeout` (a transient failure: retried with
-    /// backoff). None by default.
+    /// Fails a handler (a batch handler: the whole batch) that runs longer than `timeout` (a
+    /// transient failure: retried with backoff). None by default.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
     /// How leases are extended while a handler runs (by default: whenever half the lease is
     /// left, up to 30 minutes in total, then the handler is abandoned and the delivery
-    /// released).
+    /// released). A batch handler's messages are all extended while it runs.
     pub fn lease_extension(mut self, extension: LeaseExtension) -> Self {
         self.lease_extension = extension;
         self
@@ -239,19 +212,206 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
         self.seed = Some(seed);
         self
     }
-    /// Builds the worker.
-    pub fn build(self) -> Worker<S, H> {
-        let max_attempts = self.subscriber.config().max_attempts;
-        let lease = self.subscriber.config().lease;
+
+    /// The handler, and the settings without it.
+    fn split(self) -> (H, WorkerBuilder<S, ()>) {
+        let settings = WorkerBuilder {
+            subscriber: self.subscriber,
+            handler: (),
+            concurrency: self.concurrency,
+            batch: self.batch,
+            rate_limit: self.rate_limit,
+            limiter: self.limiter,
+            breaker: self.breaker,
+            key_limit: self.key_limit,
+            adaptive: self.adaptive,
+            global_concurrency: self.global_concurrency,
+            backoff: self.backoff,
+            idempotency: self.idempotency,
+            observer: self.observer,
+            shutdown_grace: self.shutdown_grace,
+            poll_wait: self.poll_wait,
+            seed: self.seed,
+            timeout: self.timeout,
+            lease_extension: self.lease_extension,
+            lifecycle: self.lifecycle,
+        };
+        (self.handler, settings)
+    }
+
+    /// The pipeline shared by the handler's tasks (taking the idempotency stage, observer
+    /// and job lifecycle out of the settings).
+    fn pipeline<T>(
+        &mut self,
+        handler: T,
+        stats: Arc<WorkerStats>,
+        breaker: Option<Arc<Breaker>>,
+        adaptive: Option<Arc<Controller>>,
+    ) -> Pipeline<T>
+    where
+        S: Subscriber,
+    {
         let rng = match self.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_entropy(),
         };
+        Pipeline {
+            handler,
+            backoff: self.backoff,
+            idempotency: self.idempotency.take(),
+            stats,
+            observer: self.observer.take(),
+            rng: Mutex::new(rng),
+            max_attempts: self.subscriber.config().max_attempts,
+            lease: self.subscriber.config().lease,
+            timeout: self.timeout,
+            lease_extension: self.lease_extension,
+            lifecycle: self.lifecycle.take(),
+            breaker,
+            adaptive,
+            paused: Mutex::new(None),
+        }
+    }
+
+    /// What follows the operator's pause flag, when the worker has a limiter store.
+    fn control(
+        store: Option<&Arc<dyn LimiterStore>>,
+        subscription: &str,
+        breaker: Option<Arc<Breaker>>,
+    ) -> Option<Arc<control::Control>> {
+        store.cloned().map(|store| {
+            Arc::new(control::Control {
+                store,
+                subscription: subscription.to_owned(),
+                worker: format!("worker-{}", sluice_core::MessageId::generate()),
+                breaker,
+                paused: std::sync::atomic::AtomicBool::new(false),
+            })
+        })
+    }
+}
+
+impl<S: Subscriber, B: BatchHandler> WorkerBuilder<S, Batched<B>> {
+    /// How batches form: a batch closes when it holds `max_messages` (100 by default), or
+    /// `max_wait` after its first message arrived (100 ms by default), or
+    /// [`max_batch_bytes`](Self::max_batch_bytes) of payload, whichever comes first, and
+    /// never later than half its first message's lease: it never waits for its leases to run
+    /// out. A subscriber holds at most its `prefetch` unsettled (64 by default): raise it to
+    /// `max_messages` × [`concurrency`](Self::concurrency) for full batches.
+    ///
+    /// - **Settling**: each message is settled on its own from the handler's
+    ///   [`BatchOutcome`](crate::BatchOutcome), with its own attempt count, backoff and max
+    ///   attempts; a poison message is dead-lettered and the others acked. A batch that fails
+    ///   as a whole (an error, a panic, a [`timeout`](Self::timeout)) fails each message
+    ///   with that error. Duplicates (with [`idempotency`](Self::idempotency)) and messages
+    ///   that do not decode never reach the handler.
+    /// - **Ordering keys**: a batch holds a key's messages in delivery order, and starts only
+    ///   once every earlier batch holding one of its keys has settled. When a message of a key
+    ///   is retried, the key's later messages in the batch are retried with it, no sooner
+    ///   than it, never acked before it (one on its last attempt is acked: its handler
+    ///   succeeded). On a `strict` backend (`memory:`, `embedded:`, `sluice://`) a key has one
+    ///   message in flight, so at most one per batch.
+    /// - **Shutdown**: the open batch is closed and handled, and running batches get the
+    ///   grace period; past it they are abandoned and their messages released.
+    pub fn batch(mut self, max_messages: usize, max_wait: Duration) -> Self {
+        self.batch.max_messages = max_messages.max(1);
+        self.batch.max_wait = max_wait;
+        self
+    }
+
+    /// Closes a batch once it holds this many bytes of payload (4 MiB by default). A message
+    /// larger than this is a batch of its own; one receive may take a batch past it by the
+    /// messages it returned at once.
+    pub fn max_batch_bytes(mut self, max_bytes: usize) -> Self {
+        self.batch.max_bytes = max_bytes.max(1);
+        self
+    }
+
+    /// Builds the worker.
+    pub fn build(mut self) -> Worker<S, Batched<B>> {
+        let concurrency = self.concurrency.unwrap_or(batch::DEFAULT_BATCH_CONCURRENCY);
         let store = self.limiter.clone().or_else(|| self.subscriber.limiter());
         let rate_limit = self
             .rate_limit
+            .take()
             .map(|limit| Limiter::new(limit, store.clone()));
-        let global_slots = self.global_concurrency.map(|(name, max)| {
+        let subscription = self.subscriber.subscription().to_string();
+        let prefetch = self.subscriber.config().prefetch as usize;
+        if prefetch < self.batch.max_messages {
+            tracing::warn!(
+                %subscription, prefetch, max_messages = self.batch.max_messages,
+                "the subscription's prefetch is smaller than a batch: batches hold at most the \
+                 prefetch; raise it to max_messages × concurrency"
+            );
+        }
+        let stats = Arc::new(WorkerStats::default());
+        stats.set_concurrency_limit(concurrency);
+        let control = Self::control(store.as_ref(), &subscription, None);
+        let (handler, mut rest) = self.split();
+        let pipeline = rest.pipeline(handler, stats, None, None);
+        Worker {
+            pipeline: Arc::new(pipeline),
+            gate: None,
+            subscriber: rest.subscriber,
+            concurrency,
+            rate_limit,
+            global_slots: None,
+            control,
+            shutdown_grace: rest.shutdown_grace,
+            poll_wait: rest.poll_wait,
+            batch: rest.batch,
+        }
+    }
+}
+
+impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
+    /// Tracks job status (set by `Jobs::worker`).
+    pub(crate) fn lifecycle(mut self, lifecycle: Arc<dyn Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
+    }
+    /// Finds how many handlers the downstream takes at once from the latency it observes,
+    /// between `min` and `max`, starting at [`concurrency`](Self::concurrency): see
+    /// [`AdaptiveConcurrency`]. Off by default.
+    pub fn adaptive_concurrency(mut self, adaptive: AdaptiveConcurrency) -> Self {
+        self.adaptive = Some(adaptive);
+        self
+    }
+    /// Stops pulling while the handler keeps failing (a downstream is down) instead of
+    /// spending every message's attempts: see [`CircuitBreaker`]. Off by default.
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+    /// At most `max` deliveries of every worker naming the bound `name`, in any process,
+    /// handled at once: "10 PDF renderings at a time", whatever the number of replicas. A
+    /// worker takes a slot from the limiter (the backend's own, or the one given with
+    /// [`limiter`](Self::limiter)) before it pulls each delivery and gives it back once the
+    /// delivery is settled. Slots are leases of [`SLOT_LEASE`] (30 s), renewed while the worker
+    /// runs: those of a worker that crashed are free again within one.
+    ///
+    /// # Panics
+    /// At [`build`](Self::build), when neither the backend nor [`limiter`](Self::limiter)
+    /// gives a limiter, or `name` is not 1 to 200 bytes.
+    pub fn global_concurrency(mut self, name: impl Into<String>, max: u32) -> Self {
+        self.global_concurrency = Some((name.into(), max.max(1)));
+        self
+    }
+    /// Limits each key (a tenant, an ordering key) to its own rate and number in flight, so
+    /// one key's backlog never holds up the others: see [`KeyLimit`]. None by default.
+    pub fn key_limit(mut self, limit: KeyLimit) -> Self {
+        self.key_limit = Some(limit);
+        self
+    }
+    /// Builds the worker.
+    pub fn build(mut self) -> Worker<S, H> {
+        let concurrency = self.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        let store = self.limiter.clone().or_else(|| self.subscriber.limiter());
+        let rate_limit = self
+            .rate_limit
+            .take()
+            .map(|limit| Limiter::new(limit, store.clone()));
+        let global_slots = self.global_concurrency.take().map(|(name, max)| {
             assert!(
                 !name.is_empty() && name.len() <= 200,
                 "a global concurrency bound's name is 1 to 200 bytes, got {} bytes",
@@ -271,17 +431,10 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
         let subscription = self.subscriber.subscription().to_string();
         let breaker = self
             .breaker
+            .take()
             .map(|config| Arc::new(Breaker::new(config, subscription.clone())));
-        let control = store.clone().map(|store| {
-            Arc::new(control::Control {
-                store,
-                subscription: subscription.clone(),
-                worker: format!("worker-{}", sluice_core::MessageId::generate()),
-                breaker: breaker.clone(),
-                paused: std::sync::atomic::AtomicBool::new(false),
-            })
-        });
-        stats.set_concurrency_limit(self.concurrency);
+        let control = Self::control(store.as_ref(), &subscription, breaker.clone());
+        stats.set_concurrency_limit(concurrency);
         let prefetch = (self.subscriber.config().prefetch as usize).max(1);
         // An adaptive limit never goes past the prefetch: no more are ever handed out.
         let adaptive_config = self.adaptive.map(|mut config| {
@@ -292,17 +445,17 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
         let adaptive = adaptive_config.map(|config| {
             Arc::new(Controller::new(
                 config,
-                self.concurrency,
+                concurrency,
                 subscription.clone(),
                 stats.clone(),
             ))
         });
         // The most handler slots: the adaptive limit's maximum, or the concurrency.
-        let slots = adaptive_config.map_or(self.concurrency, |config| config.max);
+        let slots = adaptive_config.map_or(concurrency, |config| config.max);
         // Parked deliveries count towards the prefetch: past it the worker could not pull
         // the other keys' messages it parks them for.
         let room = prefetch.saturating_sub(slots);
-        let gate = self.key_limit.map(|mut limit| {
+        let gate = self.key_limit.take().map(|mut limit| {
             if room == 0 && limit.max_parked > 0 {
                 tracing::warn!(
                     %subscription, prefetch, handler_slots = slots,
@@ -313,31 +466,19 @@ impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
             limit.max_parked = limit.max_parked.min(room);
             gate::Gate::new(limit, store, subscription.clone())
         });
+        let (handler, mut rest) = self.split();
+        let pipeline = rest.pipeline(handler, stats, breaker, adaptive);
         Worker {
-            pipeline: Arc::new(Pipeline {
-                handler: self.handler,
-                backoff: self.backoff,
-                idempotency: self.idempotency,
-                stats,
-                observer: self.observer,
-                rng: Mutex::new(rng),
-                max_attempts,
-                lease,
-                timeout: self.timeout,
-                lease_extension: self.lease_extension,
-                lifecycle: self.lifecycle,
-                breaker: breaker.clone(),
-                adaptive,
-                paused: Mutex::new(None),
-            }),
+            pipeline: Arc::new(pipeline),
             gate,
-            subscriber: self.subscriber,
+            subscriber: rest.subscriber,
             concurrency: slots,
             rate_limit,
             global_slots,
             control,
-            shutdown_grace: self.shutdown_grace,
-            poll_wait: self.poll_wait,
+            shutdown_grace: rest.shutdown_grace,
+            poll_wait: rest.poll_wait,
+            batch: rest.batch,
         }
     }
 }
@@ -353,15 +494,22 @@ pub struct Worker<S, H> {
     gate: Option<Arc<gate::Gate>>,
     shutdown_grace: Duration,
     poll_wait: Duration,
+    batch: batch::BatchLimits,
 }
 
-impl<S: Subscriber, H: Handler> Worker<S, H> {
-    /// A builder for a worker of `subscriber` running `handler`.
+impl<S, H> Worker<S, H> {
+    /// A builder for a worker of `subscriber` running `handler`: a [`Handler`] of one
+    /// message ([`json_handler`](crate::json_handler), [`raw_handler`](crate::raw_handler),
+    /// a [`Router`](crate::Router)), or a batch handler
+    /// ([`json_batch_handler`](crate::json_batch_handler),
+    /// [`batch_handler`](crate::batch_handler), [`Batched::new`]) whose batches are set with
+    /// [`WorkerBuilder::batch`].
     pub fn builder(subscriber: S, handler: H) -> WorkerBuilder<S, H> {
         WorkerBuilder {
             subscriber,
             handler,
-            concurrency: DEFAULT_CONCURRENCY,
+            concurrency: None,
+            batch: batch::BatchLimits::default(),
             rate_limit: None,
             limiter: None,
             breaker: None,
@@ -379,7 +527,27 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             lifecycle: None,
         }
     }
+}
 
+impl<S: Subscriber, B: BatchHandler> Worker<S, Batched<B>> {
+    /// The worker's live counters (per message, as with a single handler).
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.pipeline.stats.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains (see [`WorkerBuilder::batch`]) and
+    /// returns the final counters.
+    pub async fn run(self, shutdown: CancellationToken) -> StatsSnapshot {
+        batch::run(self, shutdown).await
+    }
+
+    /// Spawns [`run`](Self::run) on the tokio runtime.
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<StatsSnapshot> {
+        tokio::spawn(self.run(shutdown))
+    }
+}
+
+impl<S: Subscriber, H: Handler> Worker<S, H> {
     /// The worker's live counters.
     pub fn stats(&self) -> Arc<WorkerStats> {
         self.pipeline.stats.clone()
@@ -392,14 +560,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
         let hard_stop = CancellationToken::new();
         // Reads the operator's pause flag (once before the first pull) and writes the
         // circuit state while it runs.
-        let mut control_task = None;
-        if let Some(control) = self.control.clone() {
-            if control.refresh().await {
-                control_task = Some(slots::AbortOnDrop(tokio::spawn(async move {
-                    control.run().await;
-                })));
-            }
-        }
+        let control_task = control::start(self.control.clone()).await;
         // Renews this worker's global concurrency slots while it runs.
         let heartbeat = self
             .global_slots

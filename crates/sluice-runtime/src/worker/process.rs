@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use super::settle::{settle, settle_with, Verb};
 use super::{Admit, Pipeline};
-use crate::handler::{Context, ErrorKind, Handler, HandlerError, HandlerResult};
+use crate::handler::{Context, DecodeError, ErrorKind, Handler, HandlerError, HandlerResult};
 use crate::idempotency::Gate;
 use crate::lease::{keep_alive, LeaseExtension, Renewal};
 use crate::metrics::{self, Labels};
@@ -36,7 +36,7 @@ use crate::observe::OutcomeKind;
 use crate::recover::catch_panic;
 use crate::retry::{decide, Disposition};
 
-fn lease_remaining<D: Delivery>(delivery: &D) -> Duration {
+pub(crate) fn lease_remaining<D: Delivery>(delivery: &D) -> Duration {
     Instant::from_std(delivery.lease_deadline())
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
@@ -129,12 +129,27 @@ enum Ran {
     Abandoned(&'static str),
 }
 
-async fn run<D: Delivery, H: Handler>(
+/// What the stages before the handler (1 to 3) decided about a delivery.
+pub(crate) enum Admitted<D, I> {
+    /// Run the handler on `input`; `claim` is the idempotency claim held for it.
+    Run {
+        delivery: D,
+        input: I,
+        key: IdempotencyKey,
+        claim: Option<ClaimToken>,
+    },
+    /// Settled without a handler: a poison message, a duplicate, a skipped job, a store
+    /// that failed.
+    Settled,
+}
+
+/// Stages 1 to 3 for one delivery: max attempts, `decode`, job status, idempotency gate.
+/// Shared by single and batch handlers.
+pub(crate) async fn admit<D: Delivery, H, I>(
     pipeline: &Pipeline<H>,
-    mut delivery: D,
-    hard_stop: CancellationToken,
-    labels: &Labels,
-) -> Option<Throttled<D>> {
+    delivery: D,
+    decode: impl FnOnce(&sluice_core::Message) -> Result<I, DecodeError>,
+) -> Admitted<D, I> {
     let attempt = delivery.attempt();
     let max_attempts = pipeline.max_attempts;
 
@@ -143,28 +158,32 @@ async fn run<D: Delivery, H: Handler>(
         // A message whose effect is already done (its ack was lost on the last attempt) is
         // a duplicate, not a poison message.
         if already_done(pipeline, &delivery).await {
-            return settled(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
+            settle(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
+            return Admitted::Settled;
         }
         let reason = DeadLetterReason::new(format!(
             "max attempts exceeded (delivered {attempt} times, limit {max_attempts})"
         ));
         let kind = dead_letter_kind(&reason);
-        return settled(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
+        settle(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
+        return Admitted::Settled;
     }
 
     // 2. decode
-    let input = match pipeline.handler.decode(delivery.message()) {
+    let input = match decode(delivery.message()) {
         Ok(input) => input,
         Err(err) if err.is_ack_and_skip() => {
             let kind = OutcomeKind::Skipped {
                 reason: err.to_string(),
             };
-            return settled(pipeline, delivery, Verb::Ack, kind).await;
+            settle(pipeline, delivery, Verb::Ack, kind).await;
+            return Admitted::Settled;
         }
         Err(err) => {
             let reason = DeadLetterReason::new(err.reason()).with_last_error(err.detail());
             let kind = dead_letter_kind(&reason);
-            return settled(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
+            settle(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
+            return Admitted::Settled;
         }
     };
 
@@ -174,11 +193,13 @@ async fn run<D: Delivery, H: Handler>(
             Ok(Admit::Run) => {}
             Ok(Admit::Skip(reason)) => {
                 let kind = OutcomeKind::Skipped { reason };
-                return settled(pipeline, delivery, Verb::Ack, kind).await;
+                settle(pipeline, delivery, Verb::Ack, kind).await;
+                return Admitted::Settled;
             }
             Ok(Admit::Later(after)) => {
                 let kind = OutcomeKind::DuplicateInProgress { after };
-                return settled(pipeline, delivery, Verb::Retry(after), kind).await;
+                settle(pipeline, delivery, Verb::Retry(after), kind).await;
+                return Admitted::Settled;
             }
             Err(err) => {
                 let after = backoff(pipeline, attempt);
@@ -188,7 +209,8 @@ async fn run<D: Delivery, H: Handler>(
                     after,
                     error: format!("job store: {err}"),
                 };
-                return settled(pipeline, delivery, Verb::Retry(after), kind).await;
+                settle(pipeline, delivery, Verb::Retry(after), kind).await;
+                return Admitted::Settled;
             }
         }
     }
@@ -203,11 +225,13 @@ async fn run<D: Delivery, H: Handler>(
         Some(idempotency) => match idempotency.gate(&key, lease_remaining(&delivery)).await {
             Ok(Gate::Run(token)) => token,
             Ok(Gate::Done) => {
-                return settled(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
+                settle(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
+                return Admitted::Settled;
             }
             Ok(Gate::InProgress(remaining)) => {
                 let kind = OutcomeKind::DuplicateInProgress { after: remaining };
-                return settled(pipeline, delivery, Verb::Retry(remaining), kind).await;
+                settle(pipeline, delivery, Verb::Retry(remaining), kind).await;
+                return Admitted::Settled;
             }
             Err(err) => {
                 // The store is unreachable: running the handler could apply the effect twice.
@@ -217,10 +241,39 @@ async fn run<D: Delivery, H: Handler>(
                     after,
                     error: format!("idempotency store: {err}"),
                 };
-                return settled(pipeline, delivery, Verb::Retry(after), kind).await;
+                settle(pipeline, delivery, Verb::Retry(after), kind).await;
+                return Admitted::Settled;
             }
         },
     };
+    Admitted::Run {
+        delivery,
+        input,
+        key,
+        claim,
+    }
+}
+
+async fn run<D: Delivery, H: Handler>(
+    pipeline: &Pipeline<H>,
+    delivery: D,
+    hard_stop: CancellationToken,
+    labels: &Labels,
+) -> Option<Throttled<D>> {
+    let Admitted::Run {
+        mut delivery,
+        input,
+        key,
+        claim,
+    } = admit(pipeline, delivery, |message| {
+        pipeline.handler.decode(message)
+    })
+    .await
+    else {
+        return None;
+    };
+    let attempt = delivery.attempt();
+    let max_attempts = pipeline.max_attempts;
 
     // 4. handler: panics caught, timed out, lease kept alive, cancellable
     let ctx = Context {
@@ -335,12 +388,38 @@ async fn run<D: Delivery, H: Handler>(
     }
 
     // 5. retry policy, 6. idempotency bookkeeping
-    match decide(result, attempt, max_attempts, || backoff(pipeline, attempt)) {
+    let disposition = decide(result, attempt, max_attempts, || backoff(pipeline, attempt));
+    let result = left.lock().expect("result").take();
+    conclude(
+        pipeline,
+        delivery,
+        &key,
+        claim.as_ref(),
+        disposition,
+        result,
+    )
+    .await;
+    None
+}
+
+/// Stages 5 and 6: applies the retry policy's `disposition`, with the idempotency
+/// bookkeeping (done marker written before the ack; claim dropped otherwise). `result`: what
+/// the handler left for the job's status.
+pub(crate) async fn conclude<D: Delivery, H>(
+    pipeline: &Pipeline<H>,
+    delivery: D,
+    key: &IdempotencyKey,
+    claim: Option<&ClaimToken>,
+    disposition: Disposition,
+    result: Option<serde_json::Value>,
+) {
+    let attempt = delivery.attempt();
+    match disposition {
         Disposition::Ack => {
-            if let (Some(idempotency), Some(token)) = (&pipeline.idempotency, &claim) {
+            if let (Some(idempotency), Some(token)) = (&pipeline.idempotency, claim) {
                 if let Err(err) = idempotency
                     .store
-                    .complete(&key, token, idempotency.ttl)
+                    .complete(key, token, idempotency.ttl)
                     .await
                 {
                     // Ack anyway: the effect is done; a redelivery would only be skipped
@@ -348,33 +427,29 @@ async fn run<D: Delivery, H: Handler>(
                     tracing::warn!(%key, %err, "could not record the message as done");
                 }
             }
-            let result = left.lock().expect("result").take();
             settle_with(pipeline, delivery, Verb::Ack, OutcomeKind::Acked, result).await;
-            None
         }
         Disposition::Retry { after, error } => {
-            release_claim(pipeline, &key, claim.as_ref()).await;
+            release_claim(pipeline, key, claim).await;
             tracing::debug!(%key, attempt, ?after, %error, "handler failed; retrying");
             let kind = OutcomeKind::Retried { after, error };
             settle(pipeline, delivery, Verb::Retry(after), kind).await;
-            None
         }
         Disposition::DeadLetter { reason, last_error } => {
-            release_claim(pipeline, &key, claim.as_ref()).await;
+            release_claim(pipeline, key, claim).await;
             let mut reason = DeadLetterReason::new(reason);
             reason.last_error = last_error;
             let kind = dead_letter_kind(&reason);
             settle(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
-            None
         }
     }
 }
 
 /// The handler under its timeout: running past it is a transient failure.
-async fn timed<H>(
+pub(crate) async fn timed<H, T>(
     pipeline: &Pipeline<H>,
-    handler: impl std::future::Future<Output = HandlerResult>,
-) -> HandlerResult {
+    handler: impl std::future::Future<Output = Result<T, HandlerError>>,
+) -> Result<T, HandlerError> {
     let Some(limit) = pipeline.timeout else {
         return handler.await;
     };
@@ -422,12 +497,12 @@ async fn already_done<D: Delivery, H>(pipeline: &Pipeline<H>, delivery: &D) -> b
     }
 }
 
-fn backoff<H>(pipeline: &Pipeline<H>, attempt: u32) -> Duration {
+pub(crate) fn backoff<H>(pipeline: &Pipeline<H>, attempt: u32) -> Duration {
     let mut rng = pipeline.rng.lock().expect("rng poisoned");
     pipeline.backoff.delay(attempt, &mut *rng)
 }
 
-async fn release_claim<H>(
+pub(crate) async fn release_claim<H>(
     pipeline: &Pipeline<H>,
     key: &IdempotencyKey,
     claim: Option<&ClaimToken>,

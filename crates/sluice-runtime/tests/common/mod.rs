@@ -9,7 +9,9 @@ use sluice_core::{
     TopicName,
 };
 use sluice_memory::MemoryBackend;
-use sluice_runtime::{CancellationToken, Handler, Outcome, OutcomeKind, StatsSnapshot, Worker};
+use sluice_runtime::{
+    BatchHandler, Batched, CancellationToken, Handler, Outcome, OutcomeKind, StatsSnapshot, Worker,
+};
 
 pub struct Setup {
     pub backend: MemoryBackend,
@@ -74,6 +76,12 @@ pub struct Running {
 
 impl Running {
     pub fn start<S: Subscriber, H: Handler>(worker: Worker<S, H>) -> Self {
+        let stop = CancellationToken::new();
+        let handle = worker.spawn(stop.clone());
+        Self { stop, handle }
+    }
+
+    pub fn start_batch<S: Subscriber, B: BatchHandler>(worker: Worker<S, Batched<B>>) -> Self {
         let stop = CancellationToken::new();
         let handle = worker.spawn(stop.clone());
         Self { stop, handle }
