@@ -64,8 +64,9 @@ impl BatchOutcome {
         BatchOutcome::PerMessage((0..len).map(&mut f).collect())
     }
 
-    /// The result of each of `len` messages.
-    pub(crate) fn into_results(self, len: usize) -> Vec<HandlerResult> {
+    /// The result of each message of a batch of `len`: [`AllOk`](Self::AllOk) is `len`
+    /// successes; a list of another length is `len` transient errors (a handler bug, logged).
+    pub fn into_results(self, len: usize) -> Vec<HandlerResult> {
         match self {
             BatchOutcome::AllOk => (0..len).map(|_| Ok(())).collect(),
             BatchOutcome::PerMessage(results) if results.len() == len => results,
@@ -118,6 +119,13 @@ impl BatchContext {
     /// to stop early (its messages are then released).
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
+    }
+    /// The same context for `len` of the batch's messages: for a handler that hands part of
+    /// its batch on (the transactional inbox hands on all but the duplicates).
+    #[must_use]
+    pub fn with_len(mut self, len: usize) -> Self {
+        self.len = len;
+        self
     }
 }
 

@@ -1,6 +1,6 @@
 //! Metrics, through the `metrics` facade: install any recorder (the Prometheus exporter
 //! behind the `prometheus` feature, see [`install_prometheus`]) and these are recorded.
-//! Names and labels are listed in `docs/metrics.md`; keep the two in step.
+//! Names and labels are listed in `docs/observability.md`; keep the two in step.
 //!
 //! Labels: `topic`, `subscription` (consumer side), `type` (the message type, empty when
 //! unset). Keep message types a small set: every value is a new series.
@@ -198,6 +198,14 @@ pub fn install_prometheus(
             metrics_exporter_prometheus::Matcher::Full(HANDLER_DURATION.to_owned()),
             &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0],
         )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(BATCH_DURATION.to_owned()),
+            &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0],
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(BATCH_SIZE.to_owned()),
+            &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+        )?
         .install()
 }
 
@@ -225,6 +233,8 @@ mod tests {
             super::LEASE_EXTENSIONS,
             super::HANDLER_DURATION,
             super::IN_FLIGHT,
+            super::BATCH_SIZE,
+            super::BATCH_DURATION,
         ] {
             assert!(
                 doc.contains(&format!("| `{name}` |")),

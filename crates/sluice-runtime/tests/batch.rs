@@ -541,3 +541,42 @@ async fn a_keys_messages_are_handled_in_order_when_one_is_retried() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_batch_stops_pulling_for_its_delay_then_runs_again() {
+    let s = setup(|c| c.prefetch(100).max_attempts(5)).await;
+    for n in 0..5 {
+        s.publish(item(n)).await;
+    }
+    let seen = Seen::default();
+    let record = seen.clone();
+    let worker = Worker::builder(
+        s.backend.subscribe(&s.subscription).await.unwrap(),
+        json_batch_handler(move |batch: Vec<(Item, Context)>, _ctx: BatchContext| {
+            let first = record.0.lock().unwrap().is_empty();
+            record.record(&batch);
+            async move {
+                if first {
+                    return Err(HandlerError::rate_limited(Duration::from_secs(5)));
+                }
+                Ok(BatchOutcome::AllOk)
+            }
+        }),
+    )
+    .batch(10, Duration::from_millis(20))
+    .build();
+    let live = worker.stats();
+    let running = Running::start_batch(worker);
+    wait_until("acked", Duration::from_secs(30), || {
+        live.snapshot().acked == 5
+    })
+    .await;
+    let stats = running.stop().await;
+    let batches = seen.0.lock().unwrap().clone();
+    assert_eq!(batches.len(), 2, "{batches:?}");
+    assert!(
+        batches[1].1 - batches[0].1 >= Duration::from_secs(5),
+        "ran again only after the downstream's delay"
+    );
+    assert_eq!(stats.retried, 5, "{stats:?}");
+}

@@ -104,9 +104,10 @@ pub mod prelude {
         TopicName,
     };
     pub use sluice_runtime::{
-        event_message, json_handler, json_message, raw_handler, Backoff, CancellationToken,
-        Context, Event, HandlerError, HandlerResult, Idempotency, InMemoryStore, Job, JobOptions,
-        Jobs, Producer, RateLimit, Router, UnknownType, Worker,
+        batch_handler, event_message, json_batch_handler, json_handler, json_message, raw_handler,
+        Backoff, BatchContext, BatchOutcome, CancellationToken, Context, Event, HandlerError,
+        HandlerResult, Idempotency, InMemoryStore, Job, JobOptions, Jobs, Producer, RateLimit,
+        Router, UnknownType, Worker,
     };
 }
 

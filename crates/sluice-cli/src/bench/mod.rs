@@ -3,6 +3,7 @@
 //! the same batch size, measured in the same run. Every figure is meant to be read as a
 //! ratio against a peer measured here, never as an absolute.
 
+mod batch_handler;
 mod chart;
 mod disk;
 mod http_api;
@@ -101,6 +102,18 @@ pub(crate) struct BenchArgs {
     /// bisecting. Peers and baselines are not swept.
     #[arg(long, conflicts_with_all = ["backlog", "recovery"])]
     sweep: bool,
+    /// What a batch handler buys a consumer writing to PostgreSQL: drains `--messages` from
+    /// each `--url` once with a handler inserting one row per message, once with a batch
+    /// handler inserting each batch of up to N in one statement, and reports the ratio.
+    #[arg(long, value_name = "N", conflicts_with_all = ["backlog", "recovery", "sweep", "rate", "all"])]
+    batch_handler: Option<usize>,
+    /// The PostgreSQL `--batch-handler` writes to (a table of its own, dropped afterwards).
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    database: String,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -186,6 +199,31 @@ pub(crate) async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.out {
         // Now, so that a bad directory fails before the measurement rather than after it.
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if let Some(batch) = args.batch_handler {
+        anyhow::ensure!(
+            batch > 0,
+            "--batch-handler takes a batch size of at least 1"
+        );
+        for url in &args.urls {
+            if !args.json {
+                eprintln!(
+                    "{url}: {} messages of {} B into PostgreSQL, one row per message, then batches of up to {batch} in one statement",
+                    args.messages, args.size
+                );
+            }
+            let result = batch_handler::run(url, &args, batch, &args.database)
+                .await
+                .with_context(|| format!("benchmarking batch handlers on {url}"))?;
+            report.batch_handlers.push(result);
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            report.print();
+        }
+        write_out(args.out.as_deref(), &report)?;
+        return Ok(());
     }
     let disk_dir = args.disk_dir.clone().unwrap_or_else(|| {
         args.urls

@@ -28,6 +28,8 @@ pub(crate) struct Report {
     pub(crate) backlog: Option<u64>,
     /// Rate sweeps (`--sweep`).
     pub(crate) sweeps: Vec<super::sweep::SweepResult>,
+    /// Per-message against batch handlers writing to PostgreSQL (`--batch-handler`).
+    pub(crate) batch_handlers: Vec<super::batch_handler::BatchHandlerResult>,
 }
 
 impl Report {
@@ -43,6 +45,7 @@ impl Report {
             rate: args.rate,
             backlog: args.backlog,
             sweeps: Vec::new(),
+            batch_handlers: Vec::new(),
         }
     }
 
@@ -69,6 +72,18 @@ impl Report {
                 r.reopen_seconds,
                 r.messages,
                 if r.cold_cache { "cold" } else { "warm" }
+            );
+        }
+        for b in &self.batch_handlers {
+            println!(
+                "\nbatch handler on {}: {} messages into PostgreSQL\n  one row per message: {:>9.0} msg/s\n  one statement per batch (up to {}, {:.1} on average): {:>9.0} msg/s\n  batch ÷ per message: {:.1}×",
+                b.url,
+                b.messages,
+                b.per_message_per_sec,
+                b.batch,
+                b.mean_batch,
+                b.batched_per_sec,
+                b.ratio
             );
         }
         for sweep in &self.sweeps {

@@ -26,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::order::{KeyOrder, Turn};
 use super::process::{
@@ -34,7 +35,7 @@ use super::process::{
 use super::settle::{settle, Verb};
 use super::{Pipeline, Worker};
 use crate::batch::{BatchContext, BatchHandler, Batched};
-use crate::handler::{Context, HandlerError, HandlerResult};
+use crate::handler::{Context, ErrorKind, HandlerError, HandlerResult};
 use crate::lease::{keep_alive, LeaseExtension, Renewal};
 use crate::metrics::{self, Labels};
 use crate::observe::{OutcomeKind, StatsSnapshot};
@@ -42,8 +43,9 @@ use crate::rate_limit::Limiter;
 use crate::recover::catch_panic;
 use crate::retry::{decide, Disposition};
 
-/// Default largest batch, in messages.
-pub const DEFAULT_BATCH_MAX_MESSAGES: usize = 100;
+/// Default largest batch, in messages: two batches (the default concurrency) fill the
+/// default prefetch of 64.
+pub const DEFAULT_BATCH_MAX_MESSAGES: usize = 32;
 /// Default longest wait for a batch to fill after its first message.
 pub const DEFAULT_BATCH_MAX_WAIT: Duration = Duration::from_millis(100);
 /// Default largest batch, in payload bytes.
@@ -105,6 +107,18 @@ pub(crate) async fn run<S: Subscriber, B: BatchHandler>(
             _ = shutdown.cancelled() => break,
             slot = slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
         };
+        // A batch was told the downstream is rate limiting: pulling waits as long.
+        let mut stopped = false;
+        while let Some(until) = pipeline.paused() {
+            tracing::debug!(%subscription, "the downstream is rate limiting; pulling waits");
+            tokio::select! {
+                _ = shutdown.cancelled() => { stopped = true; break }
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+        if stopped {
+            break;
+        }
         let pull = Pull {
             subscriber: &subscriber,
             limits,
@@ -249,6 +263,7 @@ struct Running<D> {
     key: IdempotencyKey,
     claim: Option<ClaimToken>,
     labels: Labels,
+    span: tracing::Span,
 }
 
 /// How the handler stage of a batch ended.
@@ -274,17 +289,18 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
     let topic = deliveries[0].topic().clone();
     let subscription = deliveries[0].subscription().clone();
 
-    // 1-3 per message: poison messages and duplicates never reach the handler.
+    // 1-3 per message, each in its own span (continuing its producer's trace): poison
+    // messages and duplicates never reach the handler.
     let handler = &pipeline.handler.0;
-    let admitted = join_all(
-        deliveries
-            .into_iter()
-            .map(|delivery| admit(pipeline, delivery, |message| handler.decode(message))),
-    )
+    let admitted = join_all(deliveries.into_iter().map(|delivery| {
+        let span = crate::trace::delivery_span(&delivery);
+        let admitted = admit(pipeline, delivery, |message| handler.decode(message));
+        async move { (admitted.instrument(span.clone()).await, span) }
+    }))
     .await;
     let mut running = Vec::with_capacity(admitted.len());
     let mut batch = Vec::with_capacity(admitted.len());
-    for admitted in admitted {
+    for (admitted, span) in admitted {
         let Admitted::Run {
             delivery,
             input,
@@ -310,6 +326,7 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
             delivery,
             key,
             claim,
+            span,
         });
     }
     if running.is_empty() {
@@ -328,13 +345,27 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
         shutdown: hard_stop.clone(),
     };
 
-    // 4. the handler, once for the batch, while every lease is kept alive.
+    // 4. the handler, once for the batch, in a span that follows from every message's, while
+    // every lease is kept alive.
+    let batch_span = tracing::info_span!(
+        "sluice.batch",
+        otel.name = %format_args!("{subscription} process batch"),
+        otel.kind = "consumer",
+        messaging.system = "sluice",
+        messaging.batch.message_count = size,
+        topic = %topic,
+        subscription = %subscription,
+    );
+    for r in &running {
+        batch_span.follows_from(r.span.id());
+    }
     let started = Instant::now();
     let ran = {
         let work = async {
             turn.ready().await;
             timed(pipeline, handler.handle(batch, ctx)).await
-        };
+        }
+        .instrument(batch_span);
         let (extend, cap) = match pipeline.lease_extension {
             LeaseExtension::Off => (false, None),
             LeaseExtension::UpTo(cap) => (true, Some(cap)),
@@ -361,7 +392,9 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
             }
             std::future::pending::<()>().await;
         };
+        // The cap counts from the batch's turn, not from a wait behind an earlier batch.
         let cap_reached = async {
+            turn.ready().await;
             match cap {
                 Some(cap) => tokio::time::sleep(cap).await,
                 None => std::future::pending().await,
@@ -387,6 +420,11 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
             outcome.into_results(size)
         }
         Ran::Finished(Err(error), panicked) => {
+            // The downstream is rate limiting: nothing is pulled for as long (the batch's
+            // messages are retried then; a batch handler has no per-key parking).
+            if let ErrorKind::RateLimited { retry_after } = error.kind() {
+                pipeline.pause_until(Instant::now() + retry_after);
+            }
             let outcome = if panicked {
                 "panic"
             } else if error.error().is::<super::TimedOut>() {
@@ -407,9 +445,13 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
                 took,
             );
             tracing::warn!(%subscription, size, why, "batch abandoned; releasing its messages");
-            join_all(running.into_iter().map(|r| async move {
-                release_claim(pipeline, &r.key, r.claim.as_ref()).await;
-                settle(pipeline, r.delivery, Verb::Release, OutcomeKind::Released).await;
+            join_all(running.into_iter().map(|r| {
+                let span = r.span.clone();
+                async move {
+                    release_claim(pipeline, &r.key, r.claim.as_ref()).await;
+                    settle(pipeline, r.delivery, Verb::Release, OutcomeKind::Released).await;
+                }
+                .instrument(span)
             }))
             .await;
             return;
@@ -422,7 +464,7 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
         .zip(&running)
         .map(|(result, r)| {
             let attempt = r.delivery.attempt();
-            decide(result, attempt, pipeline.max_attempts, || {
+            decide(as_retry(result), attempt, pipeline.max_attempts, || {
                 backoff(pipeline, attempt)
             })
         })
@@ -441,21 +483,39 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
         running
             .into_iter()
             .zip(dispositions)
-            .map(|(r, disposition)| async move {
-                conclude(
-                    pipeline,
-                    r.delivery,
-                    &r.key,
-                    r.claim.as_ref(),
-                    disposition,
-                    None,
-                )
-                .await;
+            .map(|(r, disposition)| {
+                let span = r.span.clone();
+                async move {
+                    conclude(
+                        pipeline,
+                        r.delivery,
+                        &r.key,
+                        r.claim.as_ref(),
+                        disposition,
+                        None,
+                    )
+                    .await;
+                }
+                .instrument(span)
             }),
     )
     .await;
     // Only now may a later batch holding one of its keys run.
     drop(turn);
+}
+
+/// A batch handler has no per-key parking: "rate limited" is a retry after its delay, which
+/// spends an attempt like any transient failure (and is dead-lettered on the last one).
+fn as_retry(result: HandlerResult) -> HandlerResult {
+    match result {
+        Err(error) => match error.kind() {
+            ErrorKind::RateLimited { retry_after } => {
+                Err(HandlerError::retry_after(error.to_string(), retry_after))
+            }
+            _ => Err(error),
+        },
+        ok => ok,
+    }
 }
 
 /// A message's ordering key, for [`hold_back`].

@@ -292,12 +292,13 @@ impl<S, H> WorkerBuilder<S, H> {
 }
 
 impl<S: Subscriber, B: BatchHandler> WorkerBuilder<S, Batched<B>> {
-    /// How batches form: a batch closes when it holds `max_messages` (100 by default), or
+    /// How batches form: a batch closes when it holds `max_messages` (32 by default), or
     /// `max_wait` after its first message arrived (100 ms by default), or
     /// [`max_batch_bytes`](Self::max_batch_bytes) of payload, whichever comes first, and
     /// never later than half its first message's lease: it never waits for its leases to run
-    /// out. A subscriber holds at most its `prefetch` unsettled (64 by default): raise it to
-    /// `max_messages` × [`concurrency`](Self::concurrency) for full batches.
+    /// out. A subscriber holds at most its `prefetch` unsettled (64 by default): with larger
+    /// batches, raise it to `max_messages` × [`concurrency`](Self::concurrency), or batches
+    /// stay smaller.
     ///
     /// - **Settling**: each message is settled on its own from the handler's
     ///   [`BatchOutcome`](crate::BatchOutcome), with its own attempt count, backoff and max
@@ -309,8 +310,12 @@ impl<S: Subscriber, B: BatchHandler> WorkerBuilder<S, Batched<B>> {
     ///   once every earlier batch holding one of its keys has settled. When a message of a key
     ///   is retried, the key's later messages in the batch are retried with it, no sooner
     ///   than it, never acked before it (one on its last attempt is acked: its handler
-    ///   succeeded). On a `strict` backend (`memory:`, `embedded:`, `sluice://`) a key has one
-    ///   message in flight, so at most one per batch.
+    ///   succeeded). On a backend whose ordering level is `strict` (`memory:`, `embedded:`,
+    ///   `sluice://`; see docs/capabilities.md) a key has one message in flight, so at most
+    ///   one per batch.
+    /// - **Rate limited**: [`HandlerError::rate_limited`](crate::HandlerError::rate_limited)
+    ///   for the whole batch stops pulling for its delay; for one message, or the batch, it is
+    ///   a retry after the delay that spends an attempt (there is no per-key parking).
     /// - **Shutdown**: the open batch is closed and handled, and running batches get the
     ///   grace period; past it they are abandoned and their messages released.
     pub fn batch(mut self, max_messages: usize, max_wait: Duration) -> Self {
@@ -319,9 +324,10 @@ impl<S: Subscriber, B: BatchHandler> WorkerBuilder<S, Batched<B>> {
         self
     }
 
-    /// Closes a batch once it holds this many bytes of payload (4 MiB by default). A message
-    /// larger than this is a batch of its own; one receive may take a batch past it by the
-    /// messages it returned at once.
+    /// Closes a batch once it holds this many bytes of payload (4 MiB by default). The
+    /// messages one `receive` returns stay together, so a batch may pass it by those (the
+    /// first receive asks for `max_messages`; later ones for what fits at the average size so
+    /// far).
     pub fn max_batch_bytes(mut self, max_bytes: usize) -> Self {
         self.batch.max_bytes = max_bytes.max(1);
         self
@@ -337,11 +343,12 @@ impl<S: Subscriber, B: BatchHandler> WorkerBuilder<S, Batched<B>> {
             .map(|limit| Limiter::new(limit, store.clone()));
         let subscription = self.subscriber.subscription().to_string();
         let prefetch = self.subscriber.config().prefetch as usize;
-        if prefetch < self.batch.max_messages {
+        let wanted = self.batch.max_messages.saturating_mul(concurrency);
+        if prefetch < wanted {
             tracing::warn!(
-                %subscription, prefetch, max_messages = self.batch.max_messages,
-                "the subscription's prefetch is smaller than a batch: batches hold at most the \
-                 prefetch; raise it to max_messages × concurrency"
+                %subscription, prefetch, max_messages = self.batch.max_messages, concurrency,
+                "the subscription's prefetch is smaller than max_messages × concurrency: \
+                 batches stay smaller than max_messages; raise the prefetch to {wanted}"
             );
         }
         let stats = Arc::new(WorkerStats::default());

@@ -2,9 +2,9 @@
 //! only after every earlier batch holding that key has settled, so a key's messages are
 //! never handled by two batches at once, nor out of the order they were pulled in.
 //!
-//! On a backend that keeps one message of a key in flight (`strict`) a key is never in two
-//! batches; on the others (`until_retry`: Kafka, RabbitMQ) this is what keeps a key's run in
-//! order when batches overlap.
+//! On a backend that keeps one message of a key in flight (ordering level `strict`) a key is
+//! never in two batches; on the others (`until_retry`, `none`: see docs/capabilities.md) this
+//! is what keeps a key's messages that one worker pulled in order when its batches overlap.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

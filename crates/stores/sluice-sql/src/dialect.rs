@@ -140,6 +140,20 @@ pub trait SqlDatabase: Database + Sync + sealed::Sealed {
         subscription: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
+    /// Inserts the inbox rows of `ids` (sorted, distinct); returns those inserted now.
+    #[doc(hidden)]
+    fn inbox_insert_many<'a>(
+        tx: &'a mut Transaction<'static, Self>,
+        subscription: &'a str,
+        ids: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<String>, sqlx::Error>>;
+    /// Removes the inbox rows of `ids` (messages that failed in a batch that commits).
+    #[doc(hidden)]
+    fn inbox_remove<'a>(
+        tx: &'a mut Transaction<'static, Self>,
+        subscription: &'a str,
+        ids: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     #[doc(hidden)]
     fn inbox_contains<'a>(
         pool: &'a Pool<Self>,
@@ -525,6 +539,60 @@ macro_rules! dialect {
                     .execute(&mut **tx)
                     .await?;
                     Ok(done.rows_affected() == 1)
+                })
+            }
+
+            fn inbox_insert_many<'a>(
+                tx: &'a mut Transaction<'static, Self>,
+                subscription: &'a str,
+                ids: &'a [&'a str],
+            ) -> BoxFuture<'a, Result<Vec<String>, sqlx::Error>> {
+                Box::pin(async move {
+                    // One statement per 400 rows (under both databases' limits on bound
+                    // values), in sorted order: two batches sharing ids lock their rows in the
+                    // same order and never deadlock.
+                    let mut inserted = Vec::with_capacity(ids.len());
+                    for chunk in ids.chunks(400) {
+                        let mut query = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO sluice_inbox (subscription, message_id, handled_at) ",
+                        );
+                        query.push_values(chunk, |mut row, id| {
+                            row.push_bind(subscription)
+                                .push_bind(*id)
+                                .push(concat!($now));
+                        });
+                        query.push(
+                            " ON CONFLICT (subscription, message_id) DO NOTHING RETURNING message_id",
+                        );
+                        let now: Vec<String> = query
+                            .build_query_scalar()
+                            .fetch_all(&mut **tx)
+                            .await?;
+                        inserted.extend(now);
+                    }
+                    Ok(inserted)
+                })
+            }
+
+            fn inbox_remove<'a>(
+                tx: &'a mut Transaction<'static, Self>,
+                subscription: &'a str,
+                ids: &'a [&'a str],
+            ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+                Box::pin(async move {
+                    for chunk in ids.chunks(400) {
+                        let mut query = sqlx::QueryBuilder::<$db>::new(
+                            "DELETE FROM sluice_inbox WHERE subscription = ",
+                        );
+                        query.push_bind(subscription).push(" AND message_id IN (");
+                        let mut list = query.separated(", ");
+                        for id in chunk {
+                            list.push_bind(*id);
+                        }
+                        query.push(")");
+                        query.build().execute(&mut **tx).await?;
+                    }
+                    Ok(())
                 })
             }
 

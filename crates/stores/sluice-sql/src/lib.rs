@@ -4,7 +4,7 @@
 //! | item | what it gives |
 //! |---|---|
 //! | [`SqlStore`] | the durable [`IdempotencyStore`](sluice_core::IdempotencyStore) (`Worker::idempotency`), [`DedupStore`](sluice_core::DedupStore) (a broker backend's emulated dedup window) and [`JobStore`](sluice_core::JobStore) (job status, cancellations and unique jobs: `Jobs::job_store`) |
-//! | [`Inbox`] | the transactional inbox: the handler's writes and the inbox row commit together, then the ack — exactly-once effects |
+//! | [`Inbox`] | the transactional inbox: the handler's writes and the inbox row commit together, then the ack — exactly-once effects; for batch handlers too, one transaction per batch |
 //! | [`Outbox`], [`Relay`] | the transactional outbox: events written with the business data, published in order by a relay |
 //! | [`migrate`] | creates Sluice's tables (`migrations/` in this crate, versioned in `sluice_schema_migrations`) |
 //! | [`sqlite`] | opening an SQLite file the way these need it (WAL, busy timeout): the embedded, serverless store |
@@ -42,7 +42,7 @@
 //! |---|---|
 //! | `dialect.rs` | [`SqlDatabase`]: every statement, written once for both databases by a macro |
 //! | `store.rs` | [`SqlStore`] |
-//! | `inbox.rs` | [`Inbox`], [`InboxHandler`] |
+//! | `inbox/` | [`Inbox`], [`InboxHandler`]; `batch.rs`: the batch form, [`InboxBatchHandler`] (one transaction for a batch's rows and writes) |
 //! | `outbox.rs` | [`Outbox`], [`Relay`] |
 //! | `jobs.rs` | [`SqlStore`] as the job store, and its statements |
 //! | `limits.rs` | [`SqlStore`] as the limiter of global rate limits and concurrency bounds |
@@ -58,7 +58,7 @@ mod outbox;
 mod store;
 
 pub use dialect::{OutboxRow, SqlDatabase};
-pub use inbox::{Inbox, InboxHandler};
+pub use inbox::{Inbox, InboxBatchHandler, InboxBatchResult, InboxHandler};
 pub use jobs::JobSql;
 pub use limits::LimitSql;
 pub use outbox::{Outbox, OutboxLag, Relay, RelayStats, Round};

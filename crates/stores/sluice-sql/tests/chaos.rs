@@ -2,9 +2,10 @@
 //! same id), consumers killed at random while they work — and the final state of the real
 //! PostgreSQL equals a clean run's exactly: no effect twice, none lost.
 //!
-//! The consumers write through the transactional inbox. A killed consumer's in-flight
-//! deliveries come back when their lease runs out; whatever it committed is skipped then.
-//! `SLUICE_CHAOS_SEED` replays a run (the seed is printed).
+//! The consumers write through the transactional inbox: one message per transaction, or (the
+//! second test) a batch handler's whole batch in one transaction, killed mid-batch. A killed
+//! consumer's in-flight deliveries come back when their lease runs out; whatever it committed
+//! is skipped then. `SLUICE_CHAOS_SEED` replays a run (the seed is printed).
 
 mod common;
 
@@ -15,7 +16,9 @@ use common::{embedded, postgres_isolated, wait_until};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sluice_core::{Backend, Message, Publisher};
-use sluice_runtime::{CancellationToken, Context, HandlerError, Worker};
+use sluice_runtime::{
+    BatchContext, BatchOutcome, CancellationToken, Context, HandlerError, Worker,
+};
 use sluice_sql::Inbox;
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -57,6 +60,48 @@ async fn apply(
     Ok(())
 }
 
+/// A batch's effects in one transaction: the balances summed per account and written in
+/// account order (two batches never wait for each other's rows in opposite orders), then
+/// every ledger line in one statement.
+async fn apply_batch(
+    tx: &mut Transaction<'static, Postgres>,
+    batch: &[(bytes::Bytes, Context)],
+) -> Result<(), HandlerError> {
+    let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
+    let (mut ids, mut accounts, mut amounts) = (Vec::new(), Vec::new(), Vec::new());
+    for (payload, ctx) in batch {
+        let text = std::str::from_utf8(payload).map_err(HandlerError::permanent)?;
+        let (account, cents) = text
+            .split_once(':')
+            .ok_or_else(|| HandlerError::permanent("bad payload"))?;
+        let cents: i64 = cents.parse().map_err(HandlerError::permanent)?;
+        *sums.entry(account).or_default() += cents;
+        ids.push(ctx.id().to_owned());
+        accounts.push(account.to_owned());
+        amounts.push(cents);
+    }
+    for (account, cents) in sums {
+        sqlx::query(
+            "INSERT INTO chaos_accounts (account, balance) VALUES ($1, $2) \
+             ON CONFLICT (account) DO UPDATE SET balance = chaos_accounts.balance + excluded.balance",
+        )
+        .bind(account)
+        .bind(cents)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO chaos_ledger (message_id, account, cents) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])",
+    )
+    .bind(&ids)
+    .bind(&accounts)
+    .bind(&amounts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn tables(pool: &PgPool) {
     sqlx::raw_sql(
         "CREATE TABLE chaos_accounts (account TEXT PRIMARY KEY, balance BIGINT NOT NULL);\
@@ -94,24 +139,59 @@ async fn ledger_ids(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// How the consumers handle messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One message per handler call and transaction.
+    Single,
+    /// A batch handler: up to 64 messages per call, one transaction per batch.
+    Batch,
+}
+
 /// Starts a consumer writing through the inbox.
 async fn consumer(
     backend: &sluice_embedded::EmbeddedBackend,
     subscription: &sluice_core::SubscriptionName,
     inbox: &Inbox<Postgres>,
+    mode: Mode,
 ) -> tokio::task::JoinHandle<sluice_runtime::StatsSnapshot> {
-    let handler = inbox.raw_handler(|payload, mut tx, ctx: Context| async move {
-        apply(&mut tx, ctx.id(), &payload).await?;
-        Ok(tx)
-    });
-    Worker::builder(backend.subscribe(subscription).await.unwrap(), handler)
-        .concurrency(8)
-        .build()
-        .spawn(CancellationToken::new())
+    let subscriber = backend.subscribe(subscription).await.unwrap();
+    match mode {
+        Mode::Single => {
+            let handler = inbox.raw_handler(|payload, mut tx, ctx: Context| async move {
+                apply(&mut tx, ctx.id(), &payload).await?;
+                Ok(tx)
+            });
+            Worker::builder(subscriber, handler)
+                .concurrency(8)
+                .build()
+                .spawn(CancellationToken::new())
+        }
+        Mode::Batch => {
+            let handler = inbox.raw_batch_handler(|batch, mut tx, _ctx: BatchContext| async move {
+                apply_batch(&mut tx, &batch).await?;
+                Ok((tx, BatchOutcome::AllOk))
+            });
+            Worker::builder(subscriber, handler)
+                .batch(64, Duration::from_millis(20))
+                .concurrency(2)
+                .build()
+                .spawn(CancellationToken::new())
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_delivered_twice_with_consumers_killed_equal_a_clean_run() {
+    chaos(Mode::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_batch_handlers_killed_mid_batch_equals_a_clean_run() {
+    chaos(Mode::Batch).await;
+}
+
+async fn chaos(mode: Mode) {
     let seed = std::env::var("SLUICE_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -166,7 +246,7 @@ async fn ten_thousand_messages_delivered_twice_with_consumers_killed_equal_a_cle
     let started = Instant::now();
     let mut consumers = Vec::new();
     for _ in 0..CONSUMERS {
-        consumers.push(consumer(&backend, &subscription, &inbox).await);
+        consumers.push(consumer(&backend, &subscription, &inbox, mode).await);
     }
     let mut kills = 0;
     while ledger_ids(&pool).await < MESSAGES as i64 {
@@ -180,7 +260,7 @@ async fn ten_thousand_messages_delivered_twice_with_consumers_killed_equal_a_cle
         let victim = rng.gen_range(0..consumers.len());
         consumers[victim].abort();
         kills += 1;
-        consumers[victim] = consumer(&backend, &subscription, &inbox).await;
+        consumers[victim] = consumer(&backend, &subscription, &inbox, mode).await;
     }
     // Every copy settled: nothing can still arrive and write.
     wait_until(
@@ -201,8 +281,8 @@ async fn ten_thousand_messages_delivered_twice_with_consumers_killed_equal_a_cle
     let doubles: Vec<_> = actual.1.iter().filter(|(_, &n)| n > 1).collect();
     let lost = MESSAGES - actual.1.len();
     println!(
-        "chaos: {MESSAGES} messages × 2 copies, {kills} consumers killed, {} duplicates skipped \
-         by the inbox, {} double effects, {lost} lost effects, {:.1} s (seed {seed})",
+        "chaos ({mode:?}): {MESSAGES} messages × 2 copies, {kills} consumers killed, {} duplicates \
+         skipped by the inbox, {} double effects, {lost} lost effects, {:.1} s (seed {seed})",
         inbox.duplicates_skipped(),
         doubles.len(),
         elapsed.as_secs_f64()

@@ -15,6 +15,9 @@
 //! longer than the time a duplicate can arrive (the broker's redelivery horizon plus the
 //! producers' retries).
 
+mod batch;
+pub use batch::{InboxBatchHandler, InboxBatchResult};
+
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
