@@ -1,5 +1,7 @@
 //! The chaos run: every message delivered `copies` times in shuffled order, some deliveries
-//! crashed at a fault point, the state read after each delivery.
+//! crashed at a fault point, the state read after each delivery. A batch subject gets the
+//! shuffled deliveries in batches of random size (up to its maximum), and the state is read
+//! after each batch.
 //!
 //! Invariants:
 //! - Every draw comes from the one seeded generator, in delivery order, so a deterministic
@@ -16,8 +18,8 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use sluice_core::{BoxError, Message};
 
-use crate::run::{self, Attempt};
-use crate::{CheckError, DeliveryRecord, Faults, Outcome, Subject};
+use crate::run::{self, Attempt, Handles};
+use crate::{CheckError, DeliveryRecord, Faults, Outcome};
 
 /// The chaos run's settings.
 pub(crate) struct Plan<'a> {
@@ -28,10 +30,11 @@ pub(crate) struct Plan<'a> {
     pub(crate) points: &'a [usize],
 }
 
-/// One delivery of the chaos run and the state after it.
+/// One delivery of the chaos run and the state after it: after its batch, on the batch's
+/// last delivery (the state between two deliveries of one batch is never seen).
 pub(crate) struct Step<T> {
     pub(crate) record: DeliveryRecord,
-    pub(crate) state: T,
+    pub(crate) state: Option<T>,
 }
 
 /// A message that failed more than `max_failures` times; the run stopped there.
@@ -60,7 +63,7 @@ impl<T> ChaosRun<T> {
     }
 }
 
-pub(crate) async fn chaos_run<S: Subject>(
+pub(crate) async fn chaos_run<S: Handles>(
     subject: &mut S,
     messages: &[Message],
     plan: &Plan<'_>,
@@ -81,53 +84,61 @@ pub(crate) async fn chaos_run<S: Subject>(
     let mut handled = vec![false; messages.len()];
     let mut failures = vec![0; messages.len()];
 
-    while let Some(index) = queue.pop_front() {
-        let message = &messages[index];
-        let crash_at = match plan.points[index] {
+    while !queue.is_empty() {
+        let size = match subject.max_batch().min(queue.len()) {
+            1 => 1,
+            max => rng.gen_range(1..=max),
+        };
+        let indexes: Vec<usize> = queue.drain(..size).collect();
+        let batch: Vec<Message> = indexes.iter().map(|&i| messages[i].clone()).collect();
+        let crash_at = match indexes.iter().map(|&i| plan.points[i]).sum::<usize>() {
             0 => None,
             points => rng
                 .gen_bool(plan.crash_rate)
                 .then(|| rng.gen_range(1..=points)),
         };
         let faults = Faults::crashing_at(crash_at);
-        let attempt = run::deliver(subject, message, &faults).await;
-        let state = run::state(subject).await?;
-        let duplicate = handled[index];
-        let outcome = match attempt {
-            Attempt::Handled => {
-                handled[index] = true;
-                Outcome::Handled
-            }
-            Attempt::Crashed { point } => Outcome::Crashed { point },
-            Attempt::Failed(error) => {
-                failures[index] += 1;
-                let outcome = Outcome::Failed {
-                    error: error.to_string(),
-                };
-                if failures[index] > plan.max_failures {
-                    run.gave_up = Some(GaveUp {
-                        index,
-                        failures: failures[index],
-                        error,
-                    });
+        let attempts = subject.deliver(&batch, &faults).await;
+        let mut state = Some(run::state(subject).await?);
+        let last = indexes.len() - 1;
+        for (position, (index, attempt)) in indexes.into_iter().zip(attempts).enumerate() {
+            let duplicate = handled[index];
+            let outcome = match attempt {
+                Attempt::Handled => {
+                    handled[index] = true;
+                    Outcome::Handled
                 }
-                outcome
+                Attempt::Crashed { point } => Outcome::Crashed { point },
+                Attempt::Failed(error) => {
+                    failures[index] += 1;
+                    let outcome = Outcome::Failed {
+                        error: error.to_string(),
+                    };
+                    if failures[index] > plan.max_failures && run.gave_up.is_none() {
+                        run.gave_up = Some(GaveUp {
+                            index,
+                            failures: failures[index],
+                            error,
+                        });
+                    }
+                    outcome
+                }
+            };
+            if outcome != Outcome::Handled {
+                // Not acked: the broker delivers it again, later.
+                queue.insert(rng.gen_range(0..=queue.len()), index);
             }
-        };
-        if outcome != Outcome::Handled {
-            // Not acked: the broker delivers it again, later.
-            queue.insert(rng.gen_range(0..=queue.len()), index);
+            run.steps.push(Step {
+                record: DeliveryRecord {
+                    number: run.steps.len() + 1,
+                    message: messages[index].id().clone(),
+                    index,
+                    duplicate,
+                    outcome,
+                },
+                state: if position == last { state.take() } else { None },
+            });
         }
-        run.steps.push(Step {
-            record: DeliveryRecord {
-                number: run.steps.len() + 1,
-                message: message.id().clone(),
-                index,
-                duplicate,
-                outcome,
-            },
-            state,
-        });
         if run.gave_up.is_some() {
             break;
         }

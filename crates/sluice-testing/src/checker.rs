@@ -6,8 +6,8 @@ use sluice_core::Message;
 
 use crate::chaos::{self, Plan};
 use crate::error::show;
-use crate::run::clean_run;
-use crate::{verdict, CheckError, Outcome, Report, Subject};
+use crate::run::{clean_run, Handles, Many, One};
+use crate::{verdict, BatchSubject, CheckError, Outcome, Report, Subject};
 
 /// The environment variable that sets the seed of checks that do not set one.
 pub const SEED_VAR: &str = "SLUICE_CHECK_SEED";
@@ -41,6 +41,7 @@ pub struct Checker {
     crash_rate: f64,
     seed: Option<u64>,
     max_failures: usize,
+    max_batch: usize,
 }
 
 impl Default for Checker {
@@ -50,6 +51,7 @@ impl Default for Checker {
             crash_rate: 0.3,
             seed: None,
             max_failures: 3,
+            max_batch: 8,
         }
     }
 }
@@ -104,6 +106,18 @@ impl Checker {
         self
     }
 
+    /// The largest batch [`check_batches`](Self::check_batches)' chaos run hands a
+    /// [`BatchSubject`]: each batch holds 1 to `max` of the shuffled deliveries. Default 8.
+    ///
+    /// # Panics
+    ///
+    /// If `max` is 0.
+    pub fn max_batch(mut self, max: usize) -> Self {
+        assert!(max >= 1, "max_batch must be at least 1");
+        self.max_batch = max;
+        self
+    }
+
     /// Checks `subject` with `messages`; see [`Checker`] for the runs it makes.
     ///
     /// Messages are told apart by their position in `messages`, not by id. The seed is
@@ -121,6 +135,52 @@ impl Checker {
     pub async fn check<S: Subject>(
         &self,
         subject: &mut S,
+        messages: &[Message],
+    ) -> Result<Report, CheckError> {
+        self.run(&mut One(subject), messages).await
+    }
+
+    /// [`check`](Self::check) for a batch handler: the chaos run hands the deliveries to the
+    /// [`BatchSubject`] in batches of 1 to [`max_batch`](Self::max_batch) (a batch may hold
+    /// two copies of a message, or a message already handled); a crash fails the whole batch;
+    /// the state is read after each batch. The counting and clean runs hand it one message at
+    /// a time.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check). A finding names the first delivery of the batch that
+    /// explains the difference.
+    pub async fn check_batches<B: BatchSubject>(
+        &self,
+        subject: &mut B,
+        messages: &[Message],
+    ) -> Result<Report, CheckError> {
+        let mut many = Many {
+            subject,
+            max: self.max_batch,
+        };
+        self.run(&mut many, messages).await
+    }
+
+    /// Like [`check_batches`](Self::check_batches), but panics with the finding or error.
+    ///
+    /// # Panics
+    ///
+    /// When [`check_batches`](Self::check_batches) returns an error.
+    pub async fn assert_idempotent_batches<B: BatchSubject>(
+        &self,
+        subject: &mut B,
+        messages: &[Message],
+    ) -> Report {
+        match self.check_batches(subject, messages).await {
+            Ok(report) => report,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    async fn run<H: Handles>(
+        &self,
+        subject: &mut H,
         messages: &[Message],
     ) -> Result<Report, CheckError> {
         let seed = match self.seed {

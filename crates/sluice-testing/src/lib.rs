@@ -12,7 +12,7 @@
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | `subject.rs` | [`Subject`]: what your test implements |
+//! | `subject.rs` | [`Subject`]: what your test implements ([`BatchSubject`] for a batch handler) |
 //! | `faults.rs` | [`Faults`], the fault points a handler calls, and the [`Crash`] they return |
 //! | `checker.rs` | [`Checker`]: the settings, and `check`, which makes the three runs |
 //! | `chaos.rs` (private) | the chaos run: shuffled copies, crashes, redeliveries |
@@ -144,7 +144,7 @@ pub use faults::{Crash, Faults};
 pub use job_store::check_job_store;
 pub use limiter::{check_flags, check_limiter};
 pub use report::{DeliveryRecord, Outcome, Report};
-pub use subject::Subject;
+pub use subject::{BatchSubject, Subject};
 
 use sluice_core::Message;
 

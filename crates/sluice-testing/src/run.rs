@@ -9,7 +9,7 @@ use std::task::Poll;
 
 use sluice_core::{BoxError, Message};
 
-use crate::{CheckError, Crash, Faults, Subject};
+use crate::{BatchSubject, CheckError, Crash, Faults, Subject};
 
 /// How one delivery ended.
 pub(crate) enum Attempt {
@@ -36,6 +36,92 @@ impl Attempt {
 #[derive(Debug, thiserror::Error)]
 #[error("the handler panicked: {0}")]
 struct Panicked(String);
+
+/// What the runs need of a subject: a [`Subject`] (one message per delivery) or a
+/// [`BatchSubject`] (a batch).
+pub(crate) trait Handles: Send {
+    type State: PartialEq + std::fmt::Debug + Send;
+    /// The largest batch the chaos run hands over.
+    fn max_batch(&self) -> usize;
+    fn reset(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn state(&mut self) -> impl Future<Output = Result<Self::State, BoxError>> + Send;
+    /// Runs one delivery of `messages` (one, unless a batch subject): one attempt each.
+    fn deliver(
+        &mut self,
+        messages: &[Message],
+        faults: &Faults,
+    ) -> impl Future<Output = Vec<Attempt>> + Send;
+}
+
+/// A [`Subject`], one message at a time.
+pub(crate) struct One<'a, S>(pub(crate) &'a mut S);
+
+impl<S: Subject> Handles for One<'_, S> {
+    type State = S::State;
+    fn max_batch(&self) -> usize {
+        1
+    }
+    fn reset(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.0.reset()
+    }
+    fn state(&mut self) -> impl Future<Output = Result<S::State, BoxError>> + Send {
+        self.0.state()
+    }
+    async fn deliver(&mut self, messages: &[Message], faults: &Faults) -> Vec<Attempt> {
+        let mut attempts = Vec::with_capacity(messages.len());
+        for message in messages {
+            attempts.push(deliver(self.0, message, faults).await);
+        }
+        attempts
+    }
+}
+
+/// A [`BatchSubject`], batches of up to `max` messages.
+pub(crate) struct Many<'a, B> {
+    pub(crate) subject: &'a mut B,
+    pub(crate) max: usize,
+}
+
+impl<B: BatchSubject> Handles for Many<'_, B> {
+    type State = B::State;
+    fn max_batch(&self) -> usize {
+        self.max
+    }
+    fn reset(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        self.subject.reset()
+    }
+    fn state(&mut self) -> impl Future<Output = Result<B::State, BoxError>> + Send {
+        self.subject.state()
+    }
+    async fn deliver(&mut self, messages: &[Message], faults: &Faults) -> Vec<Attempt> {
+        let result = catch_unwind(self.subject.handle_batch(messages, faults)).await;
+        let all = |attempt: &dyn Fn() -> Attempt| messages.iter().map(|_| attempt()).collect();
+        if let Some(point) = faults.crashed_at() {
+            return all(&|| Attempt::Crashed {
+                point: point.to_owned(),
+            });
+        }
+        let text = match result {
+            Ok(Ok(results)) if results.len() == messages.len() => {
+                return results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(()) => Attempt::Handled,
+                        Err(error) => Attempt::Failed(error),
+                    })
+                    .collect();
+            }
+            Ok(Ok(results)) => format!(
+                "the batch handler returned {} results for {} messages",
+                results.len(),
+                messages.len()
+            ),
+            Ok(Err(error)) => format!("the batch failed: {error}"),
+            Err(panic) => Panicked(panic).to_string(),
+        };
+        all(&|| Attempt::Failed(text.clone().into()))
+    }
+}
 
 /// Runs one delivery. A crash is recognised by `faults`, not by the returned error, so a
 /// handler that wraps or swallows the [`Crash`] still counts as crashed.
@@ -83,7 +169,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Resets the subject, returning [`CheckError::Subject`] on failure.
-pub(crate) async fn reset<S: Subject>(subject: &mut S) -> Result<(), CheckError> {
+pub(crate) async fn reset<S: Handles>(subject: &mut S) -> Result<(), CheckError> {
     subject.reset().await.map_err(|source| CheckError::Subject {
         operation: "reset",
         source,
@@ -91,7 +177,7 @@ pub(crate) async fn reset<S: Subject>(subject: &mut S) -> Result<(), CheckError>
 }
 
 /// Reads the subject's state, returning [`CheckError::Subject`] on failure.
-pub(crate) async fn state<S: Subject>(subject: &mut S) -> Result<S::State, CheckError> {
+pub(crate) async fn state<S: Handles>(subject: &mut S) -> Result<S::State, CheckError> {
     subject.state().await.map_err(|source| CheckError::Subject {
         operation: "state",
         source,
@@ -108,7 +194,7 @@ pub(crate) struct CleanRun<T> {
 
 /// Resets, then handles each message of `order` once with no fault. A failing message is
 /// retried at once, up to `max_failures` times.
-pub(crate) async fn clean_run<S: Subject>(
+pub(crate) async fn clean_run<S: Handles>(
     subject: &mut S,
     messages: &[Message],
     order: &[usize],
@@ -129,7 +215,11 @@ pub(crate) async fn clean_run<S: Subject>(
         let mut failures = 0;
         loop {
             let faults = Faults::none();
-            let attempt = deliver(subject, message, &faults).await;
+            let attempt = subject
+                .deliver(std::slice::from_ref(message), &faults)
+                .await
+                .pop()
+                .expect("one attempt per message");
             let Some(error) = attempt.into_error() else {
                 run.points.push(faults.reached());
                 break;

@@ -76,3 +76,36 @@ pub trait Subject: Send {
     /// as a message whose effect was lost.
     fn state(&mut self) -> impl Future<Output = Result<Self::State, BoxError>> + Send;
 }
+
+/// What [`Checker::check_batches`](crate::Checker::check_batches) checks: a batch handler
+/// (a `BatchHandler` with the transactional inbox's batch form, typically) together with the
+/// state it writes. The same contract as [`Subject`], a batch at a time.
+///
+/// The chaos run hands it batches of 1 to [`Checker::max_batch`](crate::Checker::max_batch)
+/// messages drawn from the shuffled deliveries, so a batch may hold two copies of one
+/// message, or a copy of one already handled; the counting and clean runs hand it batches of
+/// one.
+pub trait BatchSubject: Send {
+    /// As [`Subject::State`].
+    type State: PartialEq + fmt::Debug + Send;
+
+    /// As [`Subject::reset`].
+    fn reset(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Handles one batch, the way the batch consumer under test does: usually one
+    /// transaction holding the batch's inbox rows and its writes.
+    ///
+    /// Return `Ok` with one result per message, in order: `Ok` for a message handled (it is
+    /// acked), `Err` for one that failed (delivered again later; its writes must not stay).
+    /// Return `Err` when the whole batch failed: every message is delivered again, and
+    /// nothing of the batch may stay. A crash at a [`Faults::point`] (or a panic) fails the
+    /// whole batch, as a crashed process would.
+    fn handle_batch(
+        &mut self,
+        messages: &[Message],
+        faults: &Faults,
+    ) -> impl Future<Output = Result<Vec<Result<(), BoxError>>, BoxError>> + Send;
+
+    /// As [`Subject::state`]; called after every batch.
+    fn state(&mut self) -> impl Future<Output = Result<Self::State, BoxError>> + Send;
+}
