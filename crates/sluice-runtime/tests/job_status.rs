@@ -492,3 +492,52 @@ async fn a_state_filter_sees_a_scheduled_job_past_due_as_waiting() {
         JobState::Waiting
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_worker_tracks_each_jobs_status_on_its_own() {
+    let jobs = jobs().await;
+    let ok = jobs.enqueue(&remind(10, "hello")).await.unwrap().id;
+    let failing = jobs.enqueue(&remind(11, "fail")).await.unwrap().id;
+    let cancelled = jobs.enqueue(&remind(12, "never")).await.unwrap().id;
+    jobs.cancel(cancelled.as_str()).await.unwrap();
+    let seen: Arc<Mutex<Vec<Vec<u64>>>> = Arc::default();
+    let s = seen.clone();
+    let worker = jobs
+        .batch_worker(
+            move |batch: Vec<(Remind, Context)>, _ctx: sluice_runtime::BatchContext| {
+                s.lock()
+                    .unwrap()
+                    .push(batch.iter().map(|(job, _)| job.user).collect());
+                let outcome = sluice_runtime::BatchOutcome::each(batch.len(), |i| {
+                    let (job, ctx) = &batch[i];
+                    if job.text.contains("fail") {
+                        return Err(HandlerError::permanent("no such user"));
+                    }
+                    ctx.set_result(serde_json::json!({ "sent": job.text }));
+                    Ok(())
+                });
+                async { Ok(outcome) }
+            },
+        )
+        .await
+        .unwrap()
+        .batch(10, Duration::from_millis(50))
+        .build();
+    let running = Running::start_batch(worker);
+    let done = status_until(&jobs, ok.as_str(), "succeeded", |s| {
+        matches!(s.state, JobState::Succeeded { .. })
+    })
+    .await;
+    let dead = status_until(&jobs, failing.as_str(), "dead-lettered", |s| {
+        matches!(s.state, JobState::DeadLettered { .. })
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(done.result, Some(serde_json::json!({ "sent": "hello" })));
+    assert_eq!(dead.attempt, 1, "{dead:?}");
+    assert_eq!(
+        seen.lock().unwrap().concat(),
+        vec![10, 11],
+        "the cancelled job never reached the handler"
+    );
+}

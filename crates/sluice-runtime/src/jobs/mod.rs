@@ -43,6 +43,7 @@ use sluice_core::{
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::batch::{json_batch_handler, BatchContext, BatchResult, Batched, JsonBatchHandler};
 use crate::handler::{json_handler, Context, HandlerResult, JsonHandler};
 use crate::producer::{ProduceError, Producer};
 use crate::schedule::Schedule;
@@ -497,6 +498,34 @@ impl<B: Backend> Jobs<B> {
         let subscriber = self.backend.subscribe(&subscription).await?;
         let mut builder = Worker::builder(subscriber, json_handler(handler))
             .concurrency(options.concurrency)
+            .backoff(options.backoff)
+            .lifecycle(self.ledger.clone());
+        if let Some(timeout) = options.timeout {
+            builder = builder.timeout(timeout);
+        }
+        Ok(builder)
+    }
+
+    /// A worker for job type `J` running a batch handler: up to
+    /// [`batch`](WorkerBuilder::batch)'s `max_messages` jobs per call (send a day's reminders
+    /// with one bulk API call), each job settled and tracked on its own — its status goes to
+    /// running, succeeded, retrying or dead-lettered as with [`worker`](Self::worker), with
+    /// the result its [`Context::set_result`] left; cancelled, superseded and finished jobs
+    /// are skipped before the handler. The job's backoff and timeout (the whole batch's) are
+    /// applied; its concurrency is not (batches have their own: 2 by default).
+    pub async fn batch_worker<J, F, Fut>(
+        &self,
+        handler: F,
+    ) -> sluice_core::Result<WorkerBuilder<B::Subscriber, Batched<JsonBatchHandler<J, F>>>>
+    where
+        J: Job,
+        F: Fn(Vec<(J, Context)>, BatchContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = BatchResult> + Send + 'static,
+    {
+        let (_, subscription) = self.ensure::<J>().await?;
+        let options = J::options();
+        let subscriber = self.backend.subscribe(&subscription).await?;
+        let mut builder = Worker::builder(subscriber, json_batch_handler(handler))
             .backoff(options.backoff)
             .lifecycle(self.ledger.clone());
         if let Some(timeout) = options.timeout {

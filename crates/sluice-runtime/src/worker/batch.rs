@@ -264,6 +264,8 @@ struct Running<D> {
     claim: Option<ClaimToken>,
     labels: Labels,
     span: tracing::Span,
+    /// What the handler left for the job's status ([`Context::set_result`]).
+    left: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
 }
 
 /// How the handler stage of a batch ended.
@@ -320,14 +322,15 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
             shutdown: hard_stop.clone(),
             result: Arc::default(),
         };
-        batch.push((input, ctx));
         running.push(Running {
             labels: Labels::of(&delivery),
             delivery,
             key,
             claim,
             span,
+            left: ctx.result.clone(),
         });
+        batch.push((input, ctx));
     }
     if running.is_empty() {
         return;
@@ -486,13 +489,14 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
             .map(|(r, disposition)| {
                 let span = r.span.clone();
                 async move {
+                    let result = r.left.lock().expect("result").take();
                     conclude(
                         pipeline,
                         r.delivery,
                         &r.key,
                         r.claim.as_ref(),
                         disposition,
-                        None,
+                        result,
                     )
                     .await;
                 }

@@ -149,6 +149,11 @@ pub struct WorkerBuilder<S, H> {
 
 /// Settings of every worker, with a handler of one message or of a batch.
 impl<S, H> WorkerBuilder<S, H> {
+    /// Tracks job status (set by `Jobs::worker` and `Jobs::batch_worker`).
+    pub(crate) fn lifecycle(mut self, lifecycle: Arc<dyn Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
+    }
     /// How many handlers run at once: 16 by default (with
     /// [`adaptive_concurrency`](Self::adaptive_concurrency), how many at first); with a batch
     /// handler, how many batches, 2 by default (one fills while the other runs).
@@ -372,11 +377,6 @@ impl<S: Subscriber, B: BatchHandler> WorkerBuilder<S, Batched<B>> {
 }
 
 impl<S: Subscriber, H: Handler> WorkerBuilder<S, H> {
-    /// Tracks job status (set by `Jobs::worker`).
-    pub(crate) fn lifecycle(mut self, lifecycle: Arc<dyn Lifecycle>) -> Self {
-        self.lifecycle = Some(lifecycle);
-        self
-    }
     /// Finds how many handlers the downstream takes at once from the latency it observes,
     /// between `min` and `max`, starting at [`concurrency`](Self::concurrency): see
     /// [`AdaptiveConcurrency`]. Off by default.
