@@ -59,6 +59,7 @@ macro_rules! __with_scenarios {
             key_limit_keeps_one_keys_backlog_from_holding_up_another,
             // batch handlers
             batch_handler_settles_each_message_on_its_own,
+            batch_handler_holds_a_keys_later_messages_back_when_one_is_retried,
         }
     };
 }
