@@ -3,9 +3,10 @@
 //! A batch handler gets up to `max_messages` decoded messages at once (write them with one
 //! `COPY`, call a bulk API once) and returns a [`BatchOutcome`]: every message succeeded,
 //! or one result per message. Each message keeps its own attempt count, backoff, max
-//! attempts and dead-letter queue; duplicates are dropped by the idempotency stage before the
-//! handler sees them. A batch that fails as a whole (an `Err`, a panic, a timeout) fails
-//! each of its messages with that error.
+//! attempts and dead-letter queue; messages that do not decode, and duplicates (with an
+//! idempotency store, [`WorkerBuilder::idempotency`](crate::WorkerBuilder::idempotency)),
+//! are settled before the handler sees them. A batch that fails as a whole (an `Err`, a
+//! panic, a timeout) fails each of its messages with that error.
 //!
 //! ```no_run
 //! # async fn example(subscriber: impl sluice_core::Subscriber) {
@@ -110,13 +111,15 @@ impl BatchContext {
     pub fn subscription(&self) -> &SubscriptionName {
         &self.subscription
     }
-    /// The earliest lease deadline of the batch's messages (tokio clock), as the batch
-    /// started; leases are extended while it runs, like a single handler's.
+    /// The earliest lease deadline of the batch's messages (tokio clock) when the batch
+    /// closed (before any wait behind an earlier batch); leases are extended while it waits
+    /// and runs, like a single handler's.
     pub fn lease_deadline(&self) -> Instant {
         self.lease_deadline
     }
     /// Cancelled when the worker's shutdown grace period is over: a long batch may watch it
-    /// to stop early (its messages are then released).
+    /// and return early (what it returns is applied; a batch still running at that moment is
+    /// abandoned and its messages released).
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
     }

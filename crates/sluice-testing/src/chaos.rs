@@ -83,6 +83,9 @@ pub(crate) async fn chaos_run<S: Handles>(
     };
     let mut handled = vec![false; messages.len()];
     let mut failures = vec![0; messages.len()];
+    // Fault points a batch of each size reached when it did not crash: a batch reaches fewer
+    // than the sum of its messages' counts (those include the per-batch points once each).
+    let mut reached_by_size: std::collections::HashMap<usize, usize> = Default::default();
 
     while !queue.is_empty() {
         let size = match subject.max_batch().min(queue.len()) {
@@ -91,7 +94,16 @@ pub(crate) async fn chaos_run<S: Handles>(
         };
         let indexes: Vec<usize> = queue.drain(..size).collect();
         let batch: Vec<Message> = indexes.iter().map(|&i| messages[i].clone()).collect();
-        let crash_at = match indexes.iter().map(|&i| plan.points[i]).sum::<usize>() {
+        let summed = indexes.iter().map(|&i| plan.points[i]).sum::<usize>();
+        let points = match size {
+            1 => summed,
+            _ => reached_by_size
+                .get(&size)
+                .copied()
+                .unwrap_or(summed)
+                .min(summed),
+        };
+        let crash_at = match points {
             0 => None,
             points => rng
                 .gen_bool(plan.crash_rate)
@@ -99,6 +111,9 @@ pub(crate) async fn chaos_run<S: Handles>(
         };
         let faults = Faults::crashing_at(crash_at);
         let attempts = subject.deliver(&batch, &faults).await;
+        if size > 1 && faults.crashed_at().is_none() && faults.reached() > 0 {
+            reached_by_size.insert(size, faults.reached());
+        }
         let mut state = Some(run::state(subject).await?);
         let last = indexes.len() - 1;
         for (position, (index, attempt)) in indexes.into_iter().zip(attempts).enumerate() {

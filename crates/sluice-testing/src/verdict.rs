@@ -67,7 +67,10 @@ pub(crate) fn first_mismatch<T: PartialEq + fmt::Debug>(
             } else if let Some(r) = first(&|r| r.outcome == Outcome::Handled && r.duplicate) {
                 (FindingKind::DoubleEffect, r)
             } else {
-                (FindingKind::WrongEffect, record)
+                (
+                    FindingKind::WrongEffect,
+                    first(&new_success).unwrap_or(record),
+                )
             };
         let history = chaos.steps[..=position]
             .iter()

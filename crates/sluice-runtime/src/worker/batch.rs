@@ -4,7 +4,7 @@
 //! - **Forming**: a batch slot (of `concurrency`) is taken *before* pulling, so a slow
 //!   handler leaves its backlog in the broker. The batch closes when it holds `max_messages`,
 //!   or `max_bytes` of payload, or `max_wait` after its first message arrived, or half the
-//!   first message's lease left, whichever comes first: a batch never waits for its leases to
+//!   lease left of any of its messages, whichever comes first: a batch never waits for its leases to
 //!   run out.
 //! - **Running**: stages 1 to 3 of [`super::process`] per message (max attempts, decode,
 //!   idempotency: duplicates never reach the handler), then the handler once for the
@@ -178,14 +178,17 @@ impl<S: Subscriber> Pull<'_, S> {
         let mut batch: Vec<S::Delivery> = Vec::new();
         let mut bytes = 0usize;
         let mut close_at: Option<Instant> = None;
+        // How long the next receive may wait: until the batch closes, or a poll.
+        let wait_for = |close_at: Option<Instant>| match close_at {
+            None => Some(self.poll_wait),
+            Some(at) => at
+                .checked_duration_since(Instant::now())
+                .filter(|left| !left.is_zero()),
+        };
         loop {
-            let wait = match close_at {
-                None => self.poll_wait,
-                Some(at) => match at.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left,
-                    _ => break,
-                },
-            };
+            if wait_for(close_at).is_none() {
+                break;
+            }
             // As many as the batch has room for, in messages and (at the average size so
             // far) in bytes.
             let mut want = limits.max_messages - batch.len();
@@ -194,18 +197,19 @@ impl<S: Subscriber> Pull<'_, S> {
                 want = want.min((limits.max_bytes.saturating_sub(bytes) / average).max(1));
             }
             if let Some(bucket) = self.rate_limit {
-                let close = async {
-                    match close_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
+                // Not raced against the batch's close: a shared bucket's call is not
+                // cancel-safe (tokens would be lost); the wait is recomputed after it.
                 want = tokio::select! {
                     _ = self.shutdown.cancelled() => break,
-                    _ = close => break,
                     granted = bucket.acquire(want as u32) => granted as usize,
                 };
             }
+            let Some(wait) = wait_for(close_at) else {
+                if let Some(bucket) = self.rate_limit {
+                    bucket.give_back(want as u32);
+                }
+                break;
+            };
             // Never drop a receive half-way: at shutdown finish it and keep what it returns.
             let receive = self
                 .subscriber
@@ -222,10 +226,10 @@ impl<S: Subscriber> Pull<'_, S> {
                         bucket.give_back(want.saturating_sub(deliveries.len()) as u32);
                     }
                     for delivery in deliveries {
-                        if close_at.is_none() {
-                            let lease_left = lease_remaining(&delivery) / 2;
-                            close_at = Some(Instant::now() + limits.max_wait.min(lease_left));
-                        }
+                        // Never later than half of any message's lease left.
+                        let by_lease = Instant::now() + lease_remaining(&delivery) / 2;
+                        let first = close_at.unwrap_or(Instant::now() + limits.max_wait);
+                        close_at = Some(first.min(by_lease));
                         bytes += delivery.message().payload().len();
                         batch.push(delivery);
                     }
@@ -294,6 +298,18 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
     // 1-3 per message, each in its own span (continuing its producer's trace): poison
     // messages and duplicates never reach the handler.
     let handler = &pipeline.handler.0;
+    // Every message's ordering key and id, in batch order: one retried before the handler
+    // holds its key's later messages back too.
+    let keys: Vec<(Option<String>, String)> = deliveries
+        .iter()
+        .map(|d| {
+            let message = d.message();
+            (
+                message.ordering_key().map(str::to_owned),
+                message.id().to_string(),
+            )
+        })
+        .collect();
     let admitted = join_all(deliveries.into_iter().map(|delivery| {
         let span = crate::trace::delivery_span(&delivery);
         let admitted = admit(pipeline, delivery, |message| handler.decode(message));
@@ -302,16 +318,22 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
     .await;
     let mut running = Vec::with_capacity(admitted.len());
     let mut batch = Vec::with_capacity(admitted.len());
+    // Per batch position: the running message's index, or the retry verb stage 1-3 gave.
+    let mut positions: Vec<Result<usize, Option<Duration>>> = Vec::with_capacity(keys.len());
     for (admitted, span) in admitted {
-        let Admitted::Run {
-            delivery,
-            input,
-            key,
-            claim,
-        } = admitted
-        else {
-            continue;
+        let (delivery, input, key, claim) = match admitted {
+            Admitted::Run {
+                delivery,
+                input,
+                key,
+                claim,
+            } => (delivery, input, key, claim),
+            Admitted::Settled { retried } => {
+                positions.push(Err(retried));
+                continue;
+            }
         };
+        positions.push(Ok(running.len()));
         let ctx = Context {
             message: Arc::new(delivery.message().clone()),
             attempt: delivery.attempt(),
@@ -333,6 +355,7 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
         batch.push((input, ctx));
     }
     if running.is_empty() {
+        // Dropping the turn waits for the earlier batches sharing a key (see order.rs).
         return;
     }
     let size = running.len();
@@ -366,6 +389,10 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
     let ran = {
         let work = async {
             turn.ready().await;
+            // Another batch was told the downstream is rate limiting: wait as long.
+            while let Some(until) = pipeline.paused() {
+                tokio::time::sleep_until(until).await;
+            }
             timed(pipeline, handler.handle(batch, ctx)).await
         }
         .instrument(batch_span);
@@ -472,15 +499,40 @@ async fn run_batch<D: Delivery, B: BatchHandler>(
             })
         })
         .collect();
-    let keyed: Vec<Keyed<'_>> = running
+    // The whole batch in its order: messages retried before the handler hold back too.
+    let keyed: Vec<Keyed<'_>> = keys
         .iter()
-        .map(|r| Keyed {
-            key: r.delivery.message().ordering_key(),
-            id: r.delivery.message().id().as_str(),
-            last_attempt: r.delivery.attempt() >= pipeline.max_attempts,
+        .zip(&positions)
+        .map(|((key, id), position)| Keyed {
+            key: key.as_deref(),
+            id,
+            last_attempt: match position {
+                Ok(i) => running[*i].delivery.attempt() >= pipeline.max_attempts,
+                Err(_) => true,
+            },
         })
         .collect();
-    hold_back(&keyed, &mut dispositions);
+    let mut all: Vec<Disposition> = positions
+        .iter()
+        .map(|position| match position {
+            Ok(i) => dispositions[*i].clone(),
+            Err(Some(after)) => Disposition::Retry {
+                after: *after,
+                error: String::new(),
+            },
+            // Settled for good (acked, dead-lettered): holds nothing back.
+            Err(None) => Disposition::DeadLetter {
+                reason: String::new(),
+                last_error: None,
+            },
+        })
+        .collect();
+    hold_back(&keyed, &mut all);
+    for (position, disposition) in positions.iter().zip(all) {
+        if let Ok(i) = position {
+            dispositions[*i] = disposition;
+        }
+    }
     drop(keyed);
     join_all(
         running

@@ -300,8 +300,8 @@ impl<S: Subscriber, B: BatchHandler> WorkerBuilder<S, Batched<B>> {
     /// How batches form: a batch closes when it holds `max_messages` (32 by default), or
     /// `max_wait` after its first message arrived (100 ms by default), or
     /// [`max_batch_bytes`](Self::max_batch_bytes) of payload, whichever comes first, and
-    /// never later than half its first message's lease: it never waits for its leases to run
-    /// out. A subscriber holds at most its `prefetch` unsettled (64 by default): with larger
+    /// never later than half the lease left of any of its messages: it never waits for its
+    /// leases to run out. A subscriber holds at most its `prefetch` unsettled (64 by default): with larger
     /// batches, raise it to `max_messages` × [`concurrency`](Self::concurrency), or batches
     /// stay smaller.
     ///

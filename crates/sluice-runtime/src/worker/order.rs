@@ -77,7 +77,43 @@ impl Turn {
 }
 
 impl Drop for Turn {
+    /// Gives the keys up — but never before the earlier batches sharing them settled: a batch
+    /// that ended without its turn (every message settled before the handler, a panic) must
+    /// not let a later batch overtake an earlier one still running.
     fn drop(&mut self) {
+        let behind = std::mem::take(&mut self.behind);
+        let release = Release {
+            order: self.order.clone(),
+            id: self.id,
+            keys: std::mem::take(&mut self.keys),
+            done: self.done.clone(),
+        };
+        let waiting: Vec<CancellationToken> =
+            behind.into_iter().filter(|t| !t.is_cancelled()).collect();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !waiting.is_empty() => {
+                runtime.spawn(async move {
+                    for earlier in &waiting {
+                        earlier.cancelled().await;
+                    }
+                    release.run();
+                });
+            }
+            _ => release.run(),
+        }
+    }
+}
+
+/// What a batch gives up when it is done.
+struct Release {
+    order: Arc<KeyOrder>,
+    id: u64,
+    keys: Vec<String>,
+    done: CancellationToken,
+}
+
+impl Release {
+    fn run(self) {
         self.done.cancel();
         let mut last = self.order.last.lock().expect("key order");
         for key in &self.keys {
@@ -109,6 +145,25 @@ mod tests {
         drop(fourth);
         drop(third);
         assert!(order.last.lock().unwrap().is_empty(), "keys given up");
+    }
+
+    #[tokio::test]
+    async fn a_batch_dropped_before_its_turn_holds_its_successors_until_its_predecessor_settles() {
+        let order = Arc::new(KeyOrder::default());
+        let first = order.enter(["a"]);
+        let second = order.enter(["a"]);
+        // The second batch ended without running (every message settled before the
+        // handler): a third must still wait for the first.
+        drop(second);
+        let third = order.enter(["a"]);
+        assert!(
+            third.waits(),
+            "behind the second, which waits for the first"
+        );
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(5), third.ready())
+            .await
+            .expect("free once the first settled");
     }
 
     #[test]

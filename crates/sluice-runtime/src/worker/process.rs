@@ -139,8 +139,8 @@ pub(crate) enum Admitted<D, I> {
         claim: Option<ClaimToken>,
     },
     /// Settled without a handler: a poison message, a duplicate, a skipped job, a store
-    /// that failed.
-    Settled,
+    /// that failed. `retried`: the delay, when the verb was a retry (the message comes back).
+    Settled { retried: Option<Duration> },
 }
 
 /// Stages 1 to 3 for one delivery: max attempts, `decode`, job status, idempotency gate.
@@ -159,14 +159,14 @@ pub(crate) async fn admit<D: Delivery, H, I>(
         // a duplicate, not a poison message.
         if already_done(pipeline, &delivery).await {
             settle(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
-            return Admitted::Settled;
+            return Admitted::Settled { retried: None };
         }
         let reason = DeadLetterReason::new(format!(
             "max attempts exceeded (delivered {attempt} times, limit {max_attempts})"
         ));
         let kind = dead_letter_kind(&reason);
         settle(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
-        return Admitted::Settled;
+        return Admitted::Settled { retried: None };
     }
 
     // 2. decode
@@ -177,13 +177,13 @@ pub(crate) async fn admit<D: Delivery, H, I>(
                 reason: err.to_string(),
             };
             settle(pipeline, delivery, Verb::Ack, kind).await;
-            return Admitted::Settled;
+            return Admitted::Settled { retried: None };
         }
         Err(err) => {
             let reason = DeadLetterReason::new(err.reason()).with_last_error(err.detail());
             let kind = dead_letter_kind(&reason);
             settle(pipeline, delivery, Verb::DeadLetter(reason), kind).await;
-            return Admitted::Settled;
+            return Admitted::Settled { retried: None };
         }
     };
 
@@ -194,12 +194,14 @@ pub(crate) async fn admit<D: Delivery, H, I>(
             Ok(Admit::Skip(reason)) => {
                 let kind = OutcomeKind::Skipped { reason };
                 settle(pipeline, delivery, Verb::Ack, kind).await;
-                return Admitted::Settled;
+                return Admitted::Settled { retried: None };
             }
             Ok(Admit::Later(after)) => {
                 let kind = OutcomeKind::DuplicateInProgress { after };
                 settle(pipeline, delivery, Verb::Retry(after), kind).await;
-                return Admitted::Settled;
+                return Admitted::Settled {
+                    retried: Some(after),
+                };
             }
             Err(err) => {
                 let after = backoff(pipeline, attempt);
@@ -210,7 +212,9 @@ pub(crate) async fn admit<D: Delivery, H, I>(
                     error: format!("job store: {err}"),
                 };
                 settle(pipeline, delivery, Verb::Retry(after), kind).await;
-                return Admitted::Settled;
+                return Admitted::Settled {
+                    retried: Some(after),
+                };
             }
         }
     }
@@ -226,12 +230,14 @@ pub(crate) async fn admit<D: Delivery, H, I>(
             Ok(Gate::Run(token)) => token,
             Ok(Gate::Done) => {
                 settle(pipeline, delivery, Verb::Ack, OutcomeKind::DuplicateSkipped).await;
-                return Admitted::Settled;
+                return Admitted::Settled { retried: None };
             }
             Ok(Gate::InProgress(remaining)) => {
                 let kind = OutcomeKind::DuplicateInProgress { after: remaining };
                 settle(pipeline, delivery, Verb::Retry(remaining), kind).await;
-                return Admitted::Settled;
+                return Admitted::Settled {
+                    retried: Some(remaining),
+                };
             }
             Err(err) => {
                 // The store is unreachable: running the handler could apply the effect twice.
@@ -242,7 +248,9 @@ pub(crate) async fn admit<D: Delivery, H, I>(
                     error: format!("idempotency store: {err}"),
                 };
                 settle(pipeline, delivery, Verb::Retry(after), kind).await;
-                return Admitted::Settled;
+                return Admitted::Settled {
+                    retried: Some(after),
+                };
             }
         },
     };
