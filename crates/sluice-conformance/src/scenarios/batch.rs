@@ -132,6 +132,9 @@ pub async fn batch_handler_settles_each_message_on_its_own<H: Harness>(h: &H) ->
 
 const KEYED: usize = 6;
 
+/// A batch's messages: label and attempt, in order.
+type Labels = Vec<(String, u32)>;
+
 /// Key `k`'s six messages through a batch handler that fails `k-1`'s first attempt: every
 /// message is acked exactly once in the end, none dead-lettered. On a `strict` backend no
 /// batch ever holds two messages of the key (one is in flight at a time); on the others, the
@@ -169,7 +172,7 @@ pub async fn batch_handler_holds_a_keys_later_messages_back_when_one_is_retried<
         f.publish(&topic, message).await;
     }
     // Each batch's labels with their attempts, in order.
-    let batches: Arc<Mutex<Vec<Vec<(String, u32)>>>> = Arc::default();
+    let batches: Arc<Mutex<Vec<Labels>>> = Arc::default();
     let b = batches.clone();
     let handler = sluice_runtime::batch_handler(move |batch, _ctx: BatchContext| {
         let labels: Vec<(String, u32)> = batch
