@@ -242,3 +242,38 @@ fn bench_sweep_finds_the_highest_rate_sustained() {
         "nothing above it kept up and nothing below failed: {sweep}"
     );
 }
+
+/// `--batch-handler`: the same backlog drained into PostgreSQL twice, one row per message and
+/// one statement per batch; both rates and their ratio are reported, and the table dropped.
+#[test]
+fn bench_batch_handler_reports_both_rates_and_their_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("embedded:{}", dir.path().join("engine").display());
+    let stdout = bench_ok(&[
+        "--url",
+        &url,
+        "--batch-handler",
+        "50",
+        "--messages",
+        "500",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    let result = &report["batch_handlers"][0];
+    assert_eq!(result["messages"], 500, "{result}");
+    assert_eq!(result["batch"], 50, "{result}");
+    let (single, batched, ratio) = (
+        result["per_message_per_sec"].as_f64().unwrap(),
+        result["batched_per_sec"].as_f64().unwrap(),
+        result["ratio"].as_f64().unwrap(),
+    );
+    assert!(single > 0.0 && batched > 0.0, "{result}");
+    assert!(
+        (ratio - batched / single).abs() < 1e-6 * ratio.max(1.0),
+        "{result}"
+    );
+    assert!(
+        result["mean_batch"].as_f64().unwrap() > 1.0,
+        "batches formed: {result}"
+    );
+}

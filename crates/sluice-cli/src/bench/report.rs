@@ -50,6 +50,18 @@ impl Report {
     }
 
     pub(crate) fn print(&self) {
+        if !self.batch_handlers.is_empty() {
+            println!(
+                "\nsluice bench --batch-handler: {} B messages, published in batches of {}",
+                self.size, self.batch
+            );
+        } else {
+            self.print_header();
+        }
+        self.print_results();
+    }
+
+    fn print_header(&self) {
         println!(
             "\nsluice bench: {} B messages, {} producers, {} consumers, batch {}{}{}",
             self.size,
@@ -63,6 +75,9 @@ impl Report {
             self.backlog
                 .map_or(String::new(), |n| format!(", draining a backlog of {n}"))
         );
+    }
+
+    fn print_results(&self) {
         for r in &self.recovery {
             println!(
                 "recovery of {}: {:.1} MiB of log in {} segments reopened in {:.3} s ({} messages, {} page cache)",
