@@ -132,48 +132,36 @@ async fn a_batch_handler_checking_the_inbox_in_its_transaction_passes_under_many
     );
 }
 
-#[tokio::test]
-async fn a_second_copy_in_the_same_batch_applied_twice_is_a_double_effect() {
-    let mut found = None;
+/// The first finding over seeds 0 to 49 for a bank with `bug`.
+async fn first_finding(bug: Bug, max_batch: usize) -> Option<Box<sluice_testing::Finding>> {
     for seed in 0..50 {
         match Checker::new()
             .seed(seed)
-            .copies(3)
-            .max_batch(8)
-            .check_batches(&mut bank(Bug::InboxReadBeforeTheBatch), &credits())
+            .max_batch(max_batch)
+            .check_batches(&mut bank(bug), &credits())
             .await
         {
-            Err(CheckError::Mismatch(finding)) => {
-                found = Some(finding);
-                break;
-            }
+            Err(CheckError::Mismatch(finding)) => return Some(finding),
             Ok(_) => continue,
             Err(other) => panic!("{other}"),
         }
     }
-    let finding = found.expect("some seed puts two copies in one batch");
+    None
+}
+
+#[tokio::test]
+async fn a_second_copy_in_the_same_batch_applied_twice_is_a_double_effect() {
+    let finding = first_finding(Bug::InboxReadBeforeTheBatch, 8)
+        .await
+        .expect("some seed puts two copies in one batch");
     assert_eq!(finding.kind, FindingKind::DoubleEffect, "{finding}");
 }
 
 #[tokio::test]
 async fn a_failed_message_whose_writes_were_committed_is_a_partial_effect() {
-    let mut found = None;
-    for seed in 0..50 {
-        match Checker::new()
-            .seed(seed)
-            .max_batch(4)
-            .check_batches(&mut bank(Bug::KeepsFailedWrites), &credits())
-            .await
-        {
-            Err(CheckError::Mismatch(finding)) => {
-                found = Some(finding);
-                break;
-            }
-            Ok(_) => continue,
-            Err(other) => panic!("{other}"),
-        }
-    }
-    let finding = found.expect("carol fails in some batch");
+    let finding = first_finding(Bug::KeepsFailedWrites, 4)
+        .await
+        .expect("carol fails in some batch");
     assert!(
         matches!(finding.kind, FindingKind::FailureLeftPartialEffect { .. }),
         "{finding}"

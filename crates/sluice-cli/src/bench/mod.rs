@@ -217,13 +217,7 @@ pub(crate) async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("benchmarking batch handlers on {url}"))?;
             report.batch_handlers.push(result);
         }
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            report.print();
-        }
-        write_out(args.out.as_deref(), &report)?;
-        return Ok(());
+        return emit(&args, &report);
     }
     let disk_dir = args.disk_dir.clone().unwrap_or_else(|| {
         args.urls
@@ -256,13 +250,7 @@ pub(crate) async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                 .recovery
                 .push(recovery::measure(url, bytes, args.size).await?);
         }
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            report.print();
-        }
-        write_out(args.out.as_deref(), &report)?;
-        return Ok(());
+        return emit(&args, &report);
     }
     if args.sweep {
         let step = args.duration.unwrap_or(Duration::from_secs(5));
@@ -270,13 +258,7 @@ pub(crate) async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
             let swept = sweep::run(url, &args, args.rate.unwrap_or(1000), step).await?;
             report.sweeps.push(swept);
         }
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            report.print();
-        }
-        write_out(args.out.as_deref(), &report)?;
-        return Ok(());
+        return emit(&args, &report);
     }
     for url in &args.urls {
         if !args.json {
@@ -344,13 +326,17 @@ pub(crate) async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("the peer baseline on {url}"))?;
         report.results.push(result);
     }
+    emit(&args, &report)
+}
+
+/// The report on stdout (JSON with `--json`, else the table), and in `--out DIR`.
+fn emit(args: &BenchArgs, report: &Report) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         report.print();
     }
-    write_out(args.out.as_deref(), &report)?;
-    Ok(())
+    write_out(args.out.as_deref(), report)
 }
 
 /// `--out DIR`: the report as JSON and, when backends were measured, as a chart.

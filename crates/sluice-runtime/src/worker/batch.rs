@@ -108,15 +108,7 @@ pub(crate) async fn run<S: Subscriber, B: BatchHandler>(
             slot = slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
         };
         // A batch was told the downstream is rate limiting: pulling waits as long.
-        let mut stopped = false;
-        while let Some(until) = pipeline.paused() {
-            tracing::debug!(%subscription, "the downstream is rate limiting; pulling waits");
-            tokio::select! {
-                _ = shutdown.cancelled() => { stopped = true; break }
-                _ = tokio::time::sleep_until(until) => {}
-            }
-        }
-        if stopped {
+        if !pipeline.wait_unpaused(&shutdown, &subscription).await {
             break;
         }
         let pull = Pull {
@@ -142,14 +134,7 @@ pub(crate) async fn run<S: Subscriber, B: BatchHandler>(
     if in_flight > 0 {
         tracing::info!(%subscription, batches = in_flight, grace = ?shutdown_grace, "batch worker draining");
     }
-    let drained = tokio::time::timeout(shutdown_grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        hard_stop.cancel();
-        while tasks.join_next().await.is_some() {}
-    }
+    super::drain(&mut tasks, shutdown_grace, &hard_stop).await;
     drop(control_task);
     if let Some(control) = &control {
         control.forget().await;

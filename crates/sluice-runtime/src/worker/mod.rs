@@ -109,6 +109,22 @@ impl<H> Pipeline<H> {
         *paused = Some(paused.map_or(until, |at| at.max(until)));
     }
 
+    /// Waits until the downstream's "wait" is over; `false` when `shutdown` came first.
+    pub(crate) async fn wait_unpaused(
+        &self,
+        shutdown: &CancellationToken,
+        subscription: &sluice_core::SubscriptionName,
+    ) -> bool {
+        while let Some(until) = self.paused() {
+            tracing::debug!(%subscription, "the downstream is rate limiting; pulling waits");
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+        true
+    }
+
     /// Until when pulling waits, if it does.
     pub(crate) fn paused(&self) -> Option<tokio::time::Instant> {
         let mut paused = self.paused.lock().expect("pause");
@@ -119,6 +135,17 @@ impl<H> Pipeline<H> {
                 None
             }
         }
+    }
+}
+
+/// Waits for the worker's tasks for the grace period, then cancels `hard_stop` (running
+/// handlers are abandoned and their deliveries released) and waits for the rest.
+async fn drain(tasks: &mut JoinSet<()>, grace: Duration, hard_stop: &CancellationToken) {
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        hard_stop.cancel();
+        while tasks.join_next().await.is_some() {}
     }
 }
 
@@ -606,15 +633,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
             }
             // A handler without a key was told to wait: so is pulling (checked with the
             // permits in hand, which the handler's own gave back).
-            let mut stopped = false;
-            while let Some(until) = self.pipeline.paused() {
-                tracing::debug!(%subscription, "the downstream is rate limiting; pulling waits");
-                tokio::select! {
-                    _ = shutdown.cancelled() => { stopped = true; break }
-                    _ = tokio::time::sleep_until(until) => {}
-                }
-            }
-            if stopped {
+            if !self.pipeline.wait_unpaused(&shutdown, &subscription).await {
                 break;
             }
             // Adaptive concurrency: no more than its limit pulled and not yet settled.
@@ -769,14 +788,7 @@ impl<S: Subscriber, H: Handler> Worker<S, H> {
         if in_flight > 0 {
             tracing::info!(%subscription, in_flight, grace = ?self.shutdown_grace, "worker draining");
         }
-        let drained = tokio::time::timeout(self.shutdown_grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            hard_stop.cancel();
-            while tasks.join_next().await.is_some() {}
-        }
+        drain(&mut tasks, self.shutdown_grace, &hard_stop).await;
         drop(heartbeat);
         drop(control_task);
         if let Some(control) = &self.control {
