@@ -143,9 +143,10 @@ impl HandlerError {
     pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.error
     }
-    /// A copy for another message (a batch's failure, applied to each of its messages): the
-    /// same kind, the error's text.
-    pub(crate) fn copy(&self) -> Self {
+    /// A copy for another message (a batch's failure, applied to each of its messages; a
+    /// second copy of a message ending as its first): the same kind, the error's text.
+    #[must_use]
+    pub fn copy(&self) -> Self {
         Self {
             kind: self.kind,
             error: self.error.to_string().into(),

@@ -31,18 +31,21 @@ fn payment(n: usize) -> (String, i64) {
     (format!("acct-{}", n % ACCOUNTS), (n as i64 % 97) + 1)
 }
 
-/// The handler's effects, the same in the clean run and under chaos: a balance update and
-/// a ledger line.
-async fn apply(
-    tx: &mut Transaction<'static, Postgres>,
-    id: &str,
-    payload: &[u8],
-) -> Result<(), HandlerError> {
+/// A payment's payload: `account:cents`.
+fn parse(payload: &[u8]) -> Result<(&str, i64), HandlerError> {
     let text = std::str::from_utf8(payload).map_err(HandlerError::permanent)?;
     let (account, cents) = text
         .split_once(':')
         .ok_or_else(|| HandlerError::permanent("bad payload"))?;
-    let cents: i64 = cents.parse().map_err(HandlerError::permanent)?;
+    Ok((account, cents.parse().map_err(HandlerError::permanent)?))
+}
+
+/// Adds `cents` to `account`'s balance.
+async fn credit(
+    tx: &mut Transaction<'static, Postgres>,
+    account: &str,
+    cents: i64,
+) -> Result<(), HandlerError> {
     sqlx::query(
         "INSERT INTO chaos_accounts (account, balance) VALUES ($1, $2) \
          ON CONFLICT (account) DO UPDATE SET balance = chaos_accounts.balance + excluded.balance",
@@ -51,6 +54,18 @@ async fn apply(
     .bind(cents)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// The handler's effects, the same in the clean run and under chaos: a balance update and
+/// a ledger line.
+async fn apply(
+    tx: &mut Transaction<'static, Postgres>,
+    id: &str,
+    payload: &[u8],
+) -> Result<(), HandlerError> {
+    let (account, cents) = parse(payload)?;
+    credit(tx, account, cents).await?;
     sqlx::query("INSERT INTO chaos_ledger (message_id, account, cents) VALUES ($1, $2, $3)")
         .bind(id)
         .bind(account)
@@ -70,25 +85,14 @@ async fn apply_batch(
     let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
     let (mut ids, mut accounts, mut amounts) = (Vec::new(), Vec::new(), Vec::new());
     for (payload, ctx) in batch {
-        let text = std::str::from_utf8(payload).map_err(HandlerError::permanent)?;
-        let (account, cents) = text
-            .split_once(':')
-            .ok_or_else(|| HandlerError::permanent("bad payload"))?;
-        let cents: i64 = cents.parse().map_err(HandlerError::permanent)?;
+        let (account, cents) = parse(payload)?;
         *sums.entry(account).or_default() += cents;
         ids.push(ctx.id().to_owned());
         accounts.push(account.to_owned());
         amounts.push(cents);
     }
     for (account, cents) in sums {
-        sqlx::query(
-            "INSERT INTO chaos_accounts (account, balance) VALUES ($1, $2) \
-             ON CONFLICT (account) DO UPDATE SET balance = chaos_accounts.balance + excluded.balance",
-        )
-        .bind(account)
-        .bind(cents)
-        .execute(&mut **tx)
-        .await?;
+        credit(tx, account, cents).await?;
     }
     sqlx::query(
         "INSERT INTO chaos_ledger (message_id, account, cents) \

@@ -23,8 +23,8 @@ use std::sync::atomic::Ordering;
 
 use sluice_core::{Message, Result};
 use sluice_runtime::{
-    BatchContext, BatchHandler, BatchOutcome, BatchResult, Context, DecodeError, ErrorKind,
-    HandlerError, HandlerResult,
+    BatchContext, BatchHandler, BatchOutcome, BatchResult, Context, DecodeError, HandlerError,
+    HandlerResult,
 };
 use sqlx::Transaction;
 
@@ -186,7 +186,7 @@ where
         let mut all: Vec<HandlerResult> = copy_of
             .iter()
             .map(|first| match first.map(|at| &results[at]) {
-                Some(Err(error)) => Err(same(error)),
+                Some(Err(error)) => Err(error.copy()),
                 _ => Ok(()),
             })
             .collect();
@@ -194,18 +194,5 @@ where
             all[i] = result;
         }
         Ok(BatchOutcome::PerMessage(all))
-    }
-}
-
-/// The same failure for a second copy of a message in the batch.
-fn same(error: &HandlerError) -> HandlerError {
-    let text = error.to_string();
-    match error.kind() {
-        ErrorKind::Transient {
-            retry_after: Some(after),
-        } => HandlerError::retry_after(text, after),
-        ErrorKind::Transient { retry_after: None } => HandlerError::transient(text),
-        ErrorKind::RateLimited { retry_after } => HandlerError::retry_after(text, retry_after),
-        ErrorKind::Permanent => HandlerError::permanent(text),
     }
 }
