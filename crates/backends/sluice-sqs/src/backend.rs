@@ -32,6 +32,7 @@ use crate::error::{is_not_found, to_error};
 use crate::filter::{self, Plan};
 use crate::names::{arn_name, Names};
 use crate::publisher::SqsPublisher;
+use crate::receives::Receives;
 use crate::subscriber::{system_attributes, SqsSubscriber};
 use crate::wire::{self, SNS_MAX_BYTES};
 
@@ -217,6 +218,8 @@ pub(crate) struct SubscriptionState {
     pub(crate) plan: Plan,
     pub(crate) deletes: Batcher,
     pub(crate) visibility: Batcher,
+    /// The newest receive of each message a delivery holds (stale verbs fail early).
+    pub(crate) receives: Arc<Receives>,
 }
 
 /// What every handle of one backend shares.
@@ -480,6 +483,7 @@ impl Shared {
             visibility: Batcher::new(self.sqs.clone(), queue_url.clone(), Kind::Visibility),
             queue_url,
             dlq_url,
+            receives: Arc::default(),
         }
     }
 

@@ -8,9 +8,9 @@
 //! | `dead_letter` | `SendMessage` to the DLQ with the envelope, then `DeleteMessage` |
 //! | `extend_lease(d)` | `ChangeMessageVisibility(d)` |
 //!
-//! The lease is also kept on the client: a verb after the deadline fails with `LeaseLost`
-//! without calling SQS (whose answer to a stale receipt handle varies: real SQS may refuse
-//! it, moto accepts it).
+//! The lease is also kept on the client: a verb after the deadline, or after the message was
+//! received again in this process, fails with `LeaseLost` without calling SQS (whose answer
+//! to a stale receipt handle varies: real SQS may refuse it, moto accepts it).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -37,7 +37,7 @@ pub struct SqsDelivery {
     /// When SQS handed it out: it stays hidden at most 12 hours from then.
     received_at: Instant,
     first_receive_at: Option<SystemTime>,
-    _hold: Hold,
+    hold: Hold,
 }
 
 impl std::fmt::Debug for SqsDelivery {
@@ -70,7 +70,7 @@ impl SqsDelivery {
             deadline,
             received_at,
             first_receive_at,
-            _hold: hold,
+            hold,
         }
     }
 
@@ -79,8 +79,10 @@ impl SqsDelivery {
         MAX_VISIBILITY.saturating_sub(self.received_at.elapsed())
     }
 
+    /// The lease ran out, or the message was received again in this process (the client's
+    /// deadline is counted from the answer's arrival, a little after SQS's own).
     pub(crate) fn lease_expired(&self) -> bool {
-        Instant::now() >= self.deadline
+        Instant::now() >= self.deadline || self.hold.superseded()
     }
 
     fn lease_lost(&self) -> Error {
@@ -249,8 +251,11 @@ impl Delivery for SqsDelivery {
             )));
         }
         let seconds = whole_seconds(lease, MAX_VISIBILITY);
+        // SQS counts the new timeout from when it takes the call, after this instant: the
+        // client's deadline never outlives the server's.
+        let asked = Instant::now();
         self.call(&self.state.visibility, seconds).await?;
-        self.deadline = Instant::now() + Duration::from_secs(seconds as u64);
+        self.deadline = asked + Duration::from_secs(seconds as u64);
         Ok(())
     }
 }

@@ -44,6 +44,7 @@ mod error;
 mod filter;
 pub mod names;
 mod publisher;
+mod receives;
 mod subscriber;
 pub mod wire;
 

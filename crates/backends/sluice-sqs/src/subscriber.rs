@@ -40,6 +40,7 @@ use crate::backend::{
 use crate::batch::MAX_BATCH;
 use crate::delivery::SqsDelivery;
 use crate::error::to_error;
+use crate::receives::Receive;
 
 /// Most pollers per subscriber.
 const MAX_POLLERS: usize = 8;
@@ -53,10 +54,19 @@ pub(crate) fn system_attributes() -> Vec<MessageSystemAttributeName> {
     ]
 }
 
-/// What a delivery holds while it lives: its credit permit and, on a FIFO queue, its group.
+/// What a delivery holds while it lives: its credit permit, its receive (stale once the
+/// message is received again) and, on a FIFO queue, its group.
 pub(crate) struct Hold {
     _permit: OwnedSemaphorePermit,
+    receive: Option<Receive>,
     group: Option<(Arc<StdMutex<HashSet<String>>>, String)>,
+}
+
+impl Hold {
+    /// The message was received again since this delivery's receive.
+    pub(crate) fn superseded(&self) -> bool {
+        self.receive.as_ref().is_some_and(Receive::superseded)
+    }
 }
 
 impl Drop for Hold {
@@ -282,6 +292,9 @@ async fn handle(
         .clamp(1, u64::from(u32::MAX)) as u32;
     let mut hold = Hold {
         _permit: permit,
+        receive: raw
+            .message_id()
+            .map(|id| state.receives.register(id.to_owned())),
         group: None,
     };
     if state.fifo {
