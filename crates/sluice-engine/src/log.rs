@@ -37,7 +37,7 @@ use crate::segment::{
     MAX_BODY_LEN,
 };
 
-pub use read::LogIter;
+pub use read::{LogIter, Readable};
 pub use recover::RecoveryReport;
 
 /// Default size of a segment file (64 MiB).

@@ -80,6 +80,9 @@ pub(crate) struct Shared {
     /// Global rate limits' buckets, shared by every view of one engine.
     limits: Arc<sluice_core::MemoryLimiter>,
     path: PathBuf,
+    /// Acks, retries and releases issued about now, settled together (shared by every
+    /// view of one engine, so the verbs of all of `sluice serve`'s connections join).
+    pub(crate) settler: Arc<crate::settle::Settler>,
 }
 
 impl Shared {
@@ -156,6 +159,7 @@ impl EmbeddedBackend {
                 next_holder: Arc::new(AtomicU64::new(1)),
                 limits: Arc::default(),
                 path,
+                settler: Default::default(),
             }),
         })
     }
@@ -184,6 +188,7 @@ impl EmbeddedBackend {
                 next_holder: shared.next_holder.clone(),
                 limits: shared.limits.clone(),
                 path: shared.path.clone(),
+                settler: shared.settler.clone(),
             }),
         }
     }

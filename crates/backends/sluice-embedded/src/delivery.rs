@@ -9,7 +9,7 @@ use sluice_core::{
     DeadLetterReason, Delivery, Envelope, Error, Message, SubscriptionName, TopicName, VerbError,
     VerbResult,
 };
-use sluice_engine::engine::Leased;
+use sluice_engine::engine::{Leased, Settle, Verb};
 use sluice_engine::subscription::Ref;
 
 use crate::backend::Shared;
@@ -19,7 +19,7 @@ use crate::convert;
 /// A delivery from the embedded engine.
 pub struct EmbeddedDelivery {
     shared: Arc<Shared>,
-    physical: String,
+    physical: Arc<str>,
     subscription: SubscriptionName,
     topic: TopicName,
     message: Message,
@@ -52,7 +52,7 @@ fn deadline(deadline_ms: u64) -> Instant {
 impl EmbeddedDelivery {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        physical: String,
+        physical: Arc<str>,
         subscription: SubscriptionName,
         topic: TopicName,
         leased: Leased,
@@ -77,13 +77,35 @@ impl EmbeddedDelivery {
         }
     }
 
+    /// An ack, retry or release: queued with the verbs issued about now, settled together.
+    async fn settle_with_others(self, verb: Verb) -> VerbResult<Self> {
+        let (done, settled) = completion::<()>();
+        let settle = Settle {
+            r: self.r,
+            token: self.token,
+            verb,
+            done,
+        };
+        let shared = &self.shared;
+        shared
+            .settler
+            .submit(&shared.engine, &self.physical, settle)
+            .await;
+        self.outcome(settled.await)
+    }
+
     async fn settle(
         self,
         verb: impl FnOnce(&Self, Box<dyn FnOnce(sluice_engine::Result<()>) + Send>),
     ) -> VerbResult<Self> {
         let (done, settled) = completion::<()>();
         verb(&self, done);
-        match settled.await {
+        self.outcome(settled.await)
+    }
+
+    #[allow(clippy::result_large_err)] // the contract's VerbResult hands the delivery back
+    fn outcome(self, settled: Result<(), Error>) -> VerbResult<Self> {
+        match settled {
             Ok(()) => Ok(()),
             Err(error) => {
                 let error = self.name_lease(error);
@@ -121,22 +143,16 @@ impl Delivery for EmbeddedDelivery {
     }
 
     async fn ack(self) -> VerbResult<Self> {
-        self.settle(|d, done| d.shared.engine.ack(&d.physical, d.r, d.token, done))
-            .await
+        self.settle_with_others(Verb::Ack).await
     }
 
     async fn retry(self, after: Duration) -> VerbResult<Self> {
-        self.settle(|d, done| {
-            d.shared
-                .engine
-                .retry(&d.physical, d.r, d.token, ms(after), done)
-        })
-        .await
+        let after_ms = ms(after);
+        self.settle_with_others(Verb::Retry { after_ms }).await
     }
 
     async fn release(self) -> VerbResult<Self> {
-        self.settle(|d, done| d.shared.engine.release(&d.physical, d.r, d.token, done))
-            .await
+        self.settle_with_others(Verb::Release).await
     }
 
     async fn dead_letter(self, reason: DeadLetterReason) -> VerbResult<Self> {

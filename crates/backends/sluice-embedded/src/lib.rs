@@ -33,6 +33,7 @@ mod delivery;
 mod jobs;
 mod limits;
 mod publisher;
+mod settle;
 mod subscriber;
 
 pub use backend::{capabilities, EmbeddedBackend, EmbeddedOptions, MAX_MESSAGE_SIZE};

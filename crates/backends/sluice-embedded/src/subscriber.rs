@@ -17,7 +17,7 @@ use crate::delivery::EmbeddedDelivery;
 pub struct EmbeddedSubscriber {
     shared: Arc<Shared>,
     name: SubscriptionName,
-    physical: String,
+    physical: Arc<str>,
     config: SubscriptionConfig,
     holder: u64,
     closed: AtomicBool,
@@ -37,7 +37,7 @@ impl EmbeddedSubscriber {
         name: SubscriptionName,
         config: SubscriptionConfig,
     ) -> Self {
-        let physical = shared.subscription(&name);
+        let physical = shared.subscription(&name).into();
         let holder = shared.holder();
         Self {
             shared,

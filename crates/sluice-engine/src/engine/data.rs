@@ -7,10 +7,13 @@
 
 use std::ops::Range;
 
+use bytes::{Bytes, BytesMut};
+
 use super::{read_record, read_ref, Completion, Engine, EnvelopeFn};
 use crate::commit::Batch;
 use crate::error::{Error, Result};
 use crate::filter;
+use crate::log::Readable;
 use crate::record::{decode_meta, MessageRecord, LOST_ID_PREFIX, LOST_TYPE};
 use crate::subscription::{Meta, Ref, StateError, Stats};
 
@@ -163,10 +166,48 @@ fn copy_error(err: &Error) -> Error {
         },
         Error::Closed => Error::Closed,
         Error::TopicNotFound { name } => Error::topic_not_found(name),
+        Error::SubscriptionNotFound { name } => Error::subscription_not_found(name),
         other => Error::io(
-            "the publish of the same id this one waited for failed",
+            "an operation committed with this one failed",
             std::io::Error::other(other.to_string()),
         ),
+    }
+}
+
+/// What [`Engine::settle`] does to one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// Settled (see [`Engine::ack`]).
+    Ack,
+    /// Delivered again no earlier than `after_ms` from now, attempt + 1 (see
+    /// [`Engine::retry`]).
+    Retry {
+        /// The delay.
+        after_ms: u64,
+    },
+    /// Delivered again at once, attempt unchanged (see [`Engine::release`]).
+    Release,
+}
+
+/// One verb of [`Engine::settle`]: the lease, what to do, and who waits for the outcome.
+pub struct Settle {
+    /// What the lease is on.
+    pub r: Ref,
+    /// The lease's token.
+    pub token: u64,
+    /// What to do.
+    pub verb: Verb,
+    /// Gets the outcome.
+    pub done: Completion<()>,
+}
+
+impl std::fmt::Debug for Settle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settle")
+            .field("r", &self.r)
+            .field("token", &self.token)
+            .field("verb", &self.verb)
+            .finish_non_exhaustive()
     }
 }
 
@@ -194,12 +235,19 @@ struct ReadPlan {
     pattern: Option<String>,
 }
 
-/// Records read ahead of dispatch: each one's [`Meta`], and the bodies of those the filter
-/// selects (to hand out without reading them twice).
+/// Offsets read under one lock of their log: the flusher waits for that lock to append.
+const READ_UNDER_ONE_LOCK: usize = 64;
+
+/// Records read ahead of dispatch: each one's [`Meta`], and the body of each one the filter
+/// selects (to hand out without reading it twice). Kept in read order, which is ascending
+/// per log: looked up by binary search.
 #[derive(Default)]
 struct ReadAhead {
-    metas: std::collections::HashMap<Ref, Meta>,
-    bodies: std::collections::HashMap<Ref, Vec<u8>>,
+    topic: Vec<(u64, Meta, Option<Bytes>)>,
+    dlq: Vec<(u64, Meta, Option<Bytes>)>,
+    /// Where the selected bodies are copied, one allocation shared by all of them (a
+    /// delivery's payload is a slice of it: no copy when it is decoded).
+    arena: BytesMut,
     /// The topic offset read up to (the walk stops there).
     end: u64,
 }
@@ -207,79 +255,130 @@ struct ReadAhead {
 impl ReadAhead {
     fn read(&mut self, plan: &ReadPlan, walk: &[u64], redriven: &[u64], name: &str) {
         let mut bytes = 0usize;
-        for &offset in redriven {
+        // A redriven message that cannot be read now is looked up again at the next poll.
+        for chunk in redriven.chunks(READ_UNDER_ONE_LOCK) {
             if bytes >= RECEIVE_READ_BUDGET {
                 break;
             }
-            if let Some(body) = self.one(plan, name, Ref::Dlq(offset)) {
-                bytes += body;
-            }
+            self.read_from(plan, Ref::Dlq, chunk, &mut bytes, name);
         }
         // The walk needs every offset up to where it stops: the read ends at the first
         // offset that cannot be read, or where the budget runs out.
         self.end = walk.first().copied().unwrap_or(0);
-        for &offset in walk {
+        for chunk in walk.chunks(READ_UNDER_ONE_LOCK) {
             if bytes >= RECEIVE_READ_BUDGET {
                 break;
             }
-            match self.one(plan, name, Ref::Topic(offset)) {
-                Some(body) => bytes += body,
-                None => break,
+            let read = self.read_from(plan, Ref::Topic, chunk, &mut bytes, name);
+            if let Some(&last) = chunk[..read].last() {
+                self.end = last + 1;
             }
-            self.end = offset + 1;
+            if read < chunk.len() {
+                break;
+            }
         }
     }
 
-    /// Reads the record `r` refers to; returns the bytes kept, `None` if it cannot be read.
-    fn one(&mut self, plan: &ReadPlan, name: &str, r: Ref) -> Option<usize> {
-        let (body, removed) = {
-            let (log, offset) = match r {
-                Ref::Topic(offset) => (&plan.log, offset),
-                Ref::Dlq(offset) => (&plan.dlq, offset),
+    /// Reads `offsets` of one log under one lock, until one cannot be read or the budget
+    /// is spent; returns how many were read.
+    fn read_from(
+        &mut self,
+        plan: &ReadPlan,
+        to_ref: fn(u64) -> Ref,
+        offsets: &[u64],
+        bytes: &mut usize,
+        name: &str,
+    ) -> usize {
+        let (log, found) = match to_ref(0) {
+            Ref::Topic(_) => (&plan.log, &mut self.topic),
+            Ref::Dlq(_) => (&plan.dlq, &mut self.dlq),
+        };
+        let arena = &mut self.arena;
+        let mut read = 0;
+        let result = log.lock().read_each(offsets, |offset, readable| {
+            if *bytes >= RECEIVE_READ_BUDGET {
+                return false;
+            }
+            let body = match readable {
+                Readable::Body(body) => body,
+                // Not committed yet (a DLQ record whose flush is under way): look again later.
+                Readable::NotCommitted => return false,
+                // Retention removed it (it was handled by every subscription): skip it.
+                Readable::Removed => {
+                    let meta = Meta {
+                        matches: false,
+                        ..Meta::default()
+                    };
+                    found.push((offset, meta, None));
+                    read += 1;
+                    return true;
+                }
             };
-            let log = log.lock();
-            (log.read(offset), offset < log.first())
-        };
-        let body = match body {
-            Ok(Some(body)) => body,
-            // Not committed yet (a DLQ record whose flush is under way): look again later.
-            Ok(None) if !removed => return None,
-            // Retention removed it (it was handled by every subscription): skip it.
-            Ok(None) => {
-                let meta = Meta {
-                    matches: false,
-                    ..Meta::default()
-                };
-                self.metas.insert(r, meta);
-                return Some(0);
-            }
-            Err(err) => {
-                tracing::error!(subscription = name, %r, %err, "cannot read a message; dispatch stops there");
-                return None;
-            }
-        };
-        let decoded = decode_meta(&body).ok()?;
-        // A placeholder of a lost record is never delivered (`MessageRecord::lost`).
-        let matches = !decoded.lost
-            && (matches!(r, Ref::Dlq(_))
-                || plan
-                    .pattern
-                    .as_deref()
-                    .is_none_or(|p| filter::matches(p, decoded.routing_key)));
-        let meta = Meta {
-            deliver_at_ms: decoded.deliver_at_ms,
-            ordering_key: decoded.ordering_key.map(str::to_owned),
-            matches,
-        };
-        self.metas.insert(r, meta);
-        if !matches {
-            return Some(0);
+            let Ok(decoded) = decode_meta(body) else {
+                return false;
+            };
+            // A placeholder of a lost record is never delivered (`MessageRecord::lost`).
+            let matches = !decoded.lost
+                && (matches!(to_ref(offset), Ref::Dlq(_))
+                    || plan
+                        .pattern
+                        .as_deref()
+                        .is_none_or(|p| filter::matches(p, decoded.routing_key)));
+            let meta = Meta {
+                deliver_at_ms: decoded.deliver_at_ms,
+                ordering_key: decoded.ordering_key.map(str::to_owned),
+                matches,
+            };
+            let body = matches.then(|| {
+                *bytes += body.len();
+                if arena.capacity() < body.len() {
+                    arena.reserve(body.len().max(ARENA_CHUNK));
+                }
+                arena.extend_from_slice(body);
+                arena.split().freeze()
+            });
+            found.push((offset, meta, body));
+            read += 1;
+            true
+        });
+        if let Err(err) = result {
+            let r = to_ref(offsets.get(read).copied().unwrap_or_default());
+            tracing::error!(subscription = name, %r, %err, "cannot read a message; dispatch stops there");
         }
-        let len = body.len();
-        self.bodies.insert(r, body);
-        Some(len)
+        read
+    }
+
+    /// Where `r` is in its list.
+    fn find(&self, r: Ref) -> Option<(bool, usize)> {
+        let (found, offset, topic) = match r {
+            Ref::Topic(offset) => (&self.topic, offset, true),
+            Ref::Dlq(offset) => (&self.dlq, offset, false),
+        };
+        let at = found.binary_search_by_key(&offset, |e| e.0).ok()?;
+        Some((topic, at))
+    }
+
+    /// The [`Meta`] read for `r`.
+    fn meta(&self, r: Ref) -> Option<Meta> {
+        let (topic, at) = self.find(r)?;
+        let found = if topic { &self.topic } else { &self.dlq };
+        Some(found[at].1.clone())
+    }
+
+    /// Takes the body read for `r`.
+    fn take_body(&mut self, r: Ref) -> Option<Bytes> {
+        let (topic, at) = self.find(r)?;
+        let found = if topic {
+            &mut self.topic
+        } else {
+            &mut self.dlq
+        };
+        found[at].2.take()
     }
 }
+
+/// Bytes the read-ahead arena grows by (its bodies share these allocations).
+const ARENA_CHUNK: usize = 64 * 1024;
 
 /// A receive's outcome: every journal batch of its rounds committed, and its records read.
 struct ReceiveJoin {
@@ -577,7 +676,7 @@ impl Engine {
             let lease_ms = sub.entry.options.lease_ms;
             let want = plan.max - leased.len();
             let log_end = plan.log.lock().end();
-            let mut meta = |r: Ref| ahead.metas.get(&r).cloned();
+            let mut meta = |r: Ref| ahead.meta(r);
             let poll = sub.state.poll(
                 now,
                 want,
@@ -631,8 +730,8 @@ impl Engine {
         out: &mut Vec<Leased>,
     ) {
         for lease in leases {
-            let record = match ahead.bodies.remove(&lease.message) {
-                Some(body) => MessageRecord::decode(&body).map(Some),
+            let record = match ahead.take_body(lease.message) {
+                Some(body) => MessageRecord::decode_shared(&body).map(Some),
                 None => read_ref(&plan.log, &plan.dlq, lease.message),
             };
             match record {
@@ -650,48 +749,86 @@ impl Engine {
         }
     }
 
-    fn verb(
-        &self,
-        name: &str,
-        done: Completion<()>,
-        apply: impl FnOnce(
-            &mut crate::subscription::SubscriptionState,
-            u64,
-        )
-            -> std::result::Result<crate::subscription::JournalRecord, StateError>,
-    ) {
+    /// Settles many leases of subscription `name` at once: one state-lock round trip and one
+    /// journal append for all of them. Each verb's `done` gets its own outcome: a refused
+    /// verb (`LeaseLost`) at once, the others once their journal records are committed.
+    pub fn settle(&self, name: &str, verbs: Vec<Settle>) {
         if let Err(err) = self.check_open() {
-            return done(Err(err));
+            return verbs
+                .into_iter()
+                .for_each(|v| (v.done)(Err(copy_error(&err))));
         }
         let now = self.now_ms();
         let mut state = self.lock();
         let Some(sub) = state.subs.get_mut(name) else {
             drop(state);
-            return done(Err(Error::subscription_not_found(name)));
+            return verbs
+                .into_iter()
+                .for_each(|v| (v.done)(Err(Error::subscription_not_found(name))));
         };
-        match apply(&mut sub.state, now) {
-            // No wake here: the journal record's flush wakes receivers (the durable hook).
-            Ok(record) => self.journal(name, sub, &[record], done),
-            Err(err) => {
-                drop(state);
-                done(Err(state_error(err)));
+        let mut records = Vec::with_capacity(verbs.len());
+        let mut waiting = Vec::with_capacity(verbs.len());
+        let mut refused = Vec::new();
+        for Settle {
+            r,
+            token,
+            verb,
+            done,
+        } in verbs
+        {
+            let s = &mut sub.state;
+            let applied = match verb {
+                Verb::Ack => s.ack(r, token, now),
+                Verb::Retry { after_ms } => s.retry(r, token, now, after_ms),
+                Verb::Release => s.release(r, token, now),
+            };
+            match applied {
+                Ok(record) => {
+                    records.push(record);
+                    waiting.push(done);
+                }
+                Err(err) => refused.push((done, state_error(err))),
             }
         }
+        // No wake here: the journal records' flush wakes receivers (the durable hook).
+        let done: Completion<()> = Box::new(move |result: Result<()>| match result {
+            Ok(()) => waiting.into_iter().for_each(|done| done(Ok(()))),
+            Err(err) => waiting
+                .into_iter()
+                .for_each(|done| done(Err(copy_error(&err)))),
+        });
+        self.journal(name, sub, &records, done);
+        drop(state);
+        for (done, err) in refused {
+            done(Err(err));
+        }
+    }
+
+    fn verb(&self, name: &str, r: Ref, token: u64, verb: Verb, done: Completion<()>) {
+        self.settle(
+            name,
+            vec![Settle {
+                r,
+                token,
+                verb,
+                done,
+            }],
+        );
     }
 
     /// Acks: the message is settled for this subscription.
     pub fn ack(&self, name: &str, r: Ref, token: u64, done: Completion<()>) {
-        self.verb(name, done, |s, now| s.ack(r, token, now));
+        self.verb(name, r, token, Verb::Ack, done);
     }
 
     /// Retries: delivered again no earlier than `after_ms` from now, with attempt + 1.
     pub fn retry(&self, name: &str, r: Ref, token: u64, after_ms: u64, done: Completion<()>) {
-        self.verb(name, done, |s, now| s.retry(r, token, now, after_ms));
+        self.verb(name, r, token, Verb::Retry { after_ms }, done);
     }
 
     /// Releases: delivered again at once, attempt unchanged.
     pub fn release(&self, name: &str, r: Ref, token: u64, done: Completion<()>) {
-        self.verb(name, done, |s, now| s.release(r, token, now));
+        self.verb(name, r, token, Verb::Release, done);
     }
 
     /// Extends a lease to `lease_ms` from now; returns the new deadline. Not journalled
@@ -900,7 +1037,12 @@ mod tests {
         };
         let mut ahead = ReadAhead::default();
         ahead.read(&plan, &plan.walk, &[], "s");
-        let held: usize = ahead.bodies.values().map(Vec::len).sum();
+        let held: usize = ahead
+            .topic
+            .iter()
+            .filter_map(|e| e.2.as_ref())
+            .map(Bytes::len)
+            .sum();
         assert!(
             held <= RECEIVE_READ_BUDGET + payload.len() + 1024,
             "{held} bytes of bodies held for a budget of {RECEIVE_READ_BUDGET}"

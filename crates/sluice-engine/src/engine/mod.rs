@@ -52,7 +52,7 @@ pub(crate) use checkpoint::{frame as checkpoint_frame, unframe as checkpoint_bod
 pub(crate) use open::{open_subscription, open_topic};
 
 pub use backlog::Backlog;
-pub use data::{Leased, Published, RECEIVE_READ_BUDGET};
+pub use data::{Leased, Published, Settle, Verb, RECEIVE_READ_BUDGET};
 pub use retention::RetentionReport;
 
 /// A callback completing an asynchronous operation, run on the flusher thread: keep it short

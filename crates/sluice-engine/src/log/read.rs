@@ -111,6 +111,36 @@ impl SegmentedLog {
         Ok(Some(body))
     }
 
+    /// Reads the records at `offsets` (ascending; sequential ones continue one scan) in one
+    /// pass: `f` gets each offset and what is there, and returns `false` to stop. Saves the
+    /// per-record seek and copy of [`SegmentedLog::read`] for a batch of reads (a receive's
+    /// read-ahead). Fails at the first record that cannot be read; what `f` got before stays.
+    pub fn read_each(
+        &self,
+        offsets: &[u64],
+        mut f: impl FnMut(u64, Readable<'_>) -> bool,
+    ) -> Result<()> {
+        let mut slot = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cursor = slot.take();
+        for &seq in offsets {
+            let go_on = if seq < self.first() {
+                f(seq, Readable::Removed)
+            } else if seq >= self.committed_end {
+                f(seq, Readable::NotCommitted)
+            } else {
+                let mut at = self.seek(cursor.take(), seq)?;
+                let go_on = f(seq, Readable::Body(self.next_record(&mut at)?.1));
+                cursor = Some(at);
+                go_on
+            };
+            if !go_on {
+                break;
+            }
+        }
+        *slot = cursor;
+        Ok(())
+    }
+
     /// Bytes of the records from `seq` to the end written (frames only, no segment
     /// headers), counted from the sparse index entry at or before `seq`: exact up to one
     /// index interval (4 KiB by default) too many. No I/O: for backlog bounds, on every
@@ -141,6 +171,17 @@ impl SegmentedLog {
             failed: false,
         }
     }
+}
+
+/// What [`SegmentedLog::read_each`] found at one offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readable<'a> {
+    /// The record's body (checked against its CRC).
+    Body(&'a [u8]),
+    /// Before the log's first record: removed by retention.
+    Removed,
+    /// Not committed yet.
+    NotCommitted,
 }
 
 /// Where to start scanning for `seq` in `segment`: the last index entry at or before it.

@@ -96,6 +96,55 @@ fn appended_records_are_readable_only_once_committed() {
 }
 
 #[test]
+fn reading_many_offsets_in_one_pass_sees_what_single_reads_see() {
+    let storage = Arc::new(MemStorage::new());
+    let (mut log, _) = open_topic(&storage, small());
+    let bodies: Vec<Vec<u8>> = (0..40).map(|i| message(i, 30)).collect();
+    log.append(&bodies).unwrap();
+    log.commit().unwrap();
+    log.append(&[message(40, 30)]).unwrap();
+    let first = log.segments()[1].base;
+    log.remove_segments_before(first).unwrap();
+    assert!(first > 0, "the first segment is gone");
+
+    // Removed, gaps, a segment boundary, backwards, and one not committed yet.
+    let offsets = [0, first, first + 2, first + 3, 39, 5, first + 1, 40];
+    let mut seen = Vec::new();
+    log.read_each(&offsets, |offset, readable| {
+        seen.push((
+            offset,
+            match readable {
+                Readable::Body(body) => Some(payload_of(body)),
+                Readable::Removed => None,
+                Readable::NotCommitted => Some((u64::MAX, Bytes::new())),
+            },
+        ));
+        true
+    })
+    .unwrap();
+    let expected: Vec<_> = offsets
+        .iter()
+        .map(|&o| match o {
+            o if o < first => (o, None),
+            40 => (o, Some((u64::MAX, Bytes::new()))),
+            o => (o, Some(payload_of(&log.read(o).unwrap().unwrap()))),
+        })
+        .collect();
+    assert_eq!(seen, expected);
+    assert!(seen
+        .iter()
+        .any(|(o, p)| *o == 39 && p.as_ref().is_some_and(|p| p.0 == 39)));
+
+    let mut calls = 0;
+    log.read_each(&[first, first + 1, first + 2], |_, _| {
+        calls += 1;
+        calls < 2
+    })
+    .unwrap();
+    assert_eq!(calls, 2, "stops when told to");
+}
+
+#[test]
 fn given_records_across_many_segments_when_reopening_then_every_record_reads_back() {
     let storage = Arc::new(MemStorage::new());
     let (mut log, _) = open_topic(&storage, small());

@@ -11,5 +11,6 @@ mod kv;
 mod model;
 mod repair;
 mod retention;
+mod settle;
 mod simulation;
 mod support;
