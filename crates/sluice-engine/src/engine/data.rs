@@ -217,10 +217,16 @@ pub const RECEIVE_READ_BUDGET: usize = 4 * 1024 * 1024;
 /// Records one `receive` reads ahead at most per round, whatever their size.
 const READ_AHEAD_MAX: usize = 4096;
 
-/// Records to read ahead for a walk that may hand out `max` leases: some more than `max`,
-/// for the ones the filter skips or a key holds back.
-fn read_ahead(max: usize) -> usize {
-    max.saturating_mul(4).clamp(64, READ_AHEAD_MAX)
+/// Records to read ahead for a walk that may hand out `max` leases. The first round reads
+/// `max`: without a filter or ordering keys every one of them is handed out, and what a
+/// round reads beyond what it hands out is read again by the next receive (most of a
+/// saturated consumer's CPU went to reading four times what it handed out). A round after
+/// one that came up short reads more: the filter skipped some, or a key held some back.
+fn read_ahead(max: usize, round: usize) -> usize {
+    match round {
+        0 => max.clamp(1, READ_AHEAD_MAX),
+        _ => max.saturating_mul(4).clamp(64, READ_AHEAD_MAX),
+    }
 }
 
 /// What a receive will read, found under the state lock.
@@ -639,7 +645,7 @@ impl Engine {
                 generation: sub.generation,
                 log: topic.log.clone(),
                 dlq: sub.dlq.clone(),
-                walk: sub.state.walk_plan(read_ahead(max), log_end),
+                walk: sub.state.walk_plan(read_ahead(max, 0), log_end),
                 redriven: sub.state.unclassified().take(READ_AHEAD_MAX).collect(),
                 pattern: sub.entry.options.filter.clone(),
             }
@@ -695,7 +701,7 @@ impl Engine {
                 && walked_to >= ahead.end
                 && ahead.end < log_end;
             walk = if more {
-                sub.state.walk_plan(read_ahead(want - handed), log_end)
+                sub.state.walk_plan(read_ahead(want - handed, 1), log_end)
             } else {
                 Vec::new()
             };
