@@ -16,12 +16,20 @@ use crate::backend::Shared;
 use crate::bridge::completion;
 use crate::convert;
 
+/// The subscription a subscriber's deliveries come from: its name, its engine (physical)
+/// name and its topic, shared rather than copied into every delivery.
+#[derive(Debug)]
+pub(crate) struct Source {
+    pub(crate) subscription: SubscriptionName,
+    pub(crate) physical: Arc<str>,
+    pub(crate) topic: TopicName,
+}
+
 /// A delivery from the embedded engine.
 pub struct EmbeddedDelivery {
     shared: Arc<Shared>,
-    physical: Arc<str>,
-    subscription: SubscriptionName,
-    topic: TopicName,
+    /// Where it came from, shared by every delivery of its subscriber.
+    from: Arc<Source>,
     message: Message,
     r: Ref,
     token: u64,
@@ -50,18 +58,10 @@ fn deadline(deadline_ms: u64) -> Instant {
 }
 
 impl EmbeddedDelivery {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        physical: Arc<str>,
-        subscription: SubscriptionName,
-        topic: TopicName,
-        leased: Leased,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, from: Arc<Source>, leased: Leased) -> Self {
         Self {
             shared,
-            physical,
-            subscription,
-            topic,
+            from,
             message: {
                 let mut message = convert::from_record(leased.record);
                 // A redriven message comes back without its envelope, as on every backend.
@@ -89,7 +89,7 @@ impl EmbeddedDelivery {
         let shared = &self.shared;
         shared
             .settler
-            .submit(&shared.engine, &self.physical, settle)
+            .submit(&shared.engine, &self.from.physical, settle)
             .await;
         self.outcome(settled.await)
     }
@@ -136,10 +136,10 @@ impl Delivery for EmbeddedDelivery {
         self.deadline
     }
     fn topic(&self) -> &TopicName {
-        &self.topic
+        &self.from.topic
     }
     fn subscription(&self) -> &SubscriptionName {
-        &self.subscription
+        &self.from.subscription
     }
 
     async fn ack(self) -> VerbResult<Self> {
@@ -156,8 +156,8 @@ impl Delivery for EmbeddedDelivery {
     }
 
     async fn dead_letter(self, reason: DeadLetterReason) -> VerbResult<Self> {
-        let topic = self.topic.to_string();
-        let subscription = self.subscription.to_string();
+        let topic = self.from.topic.to_string();
+        let subscription = self.from.subscription.to_string();
         let message = self.message.clone();
         self.settle(move |d, done| {
             // The engine knows the attempts and the first failure; the envelope's header names
@@ -182,7 +182,7 @@ impl Delivery for EmbeddedDelivery {
             });
             d.shared
                 .engine
-                .dead_letter(&d.physical, d.r, d.token, envelope, done);
+                .dead_letter(&d.from.physical, d.r, d.token, envelope, done);
         })
         .await
     }
@@ -191,7 +191,7 @@ impl Delivery for EmbeddedDelivery {
         let deadline_ms = self
             .shared
             .engine
-            .extend(&self.physical, self.r, self.token, ms(lease).max(1))
+            .extend(&self.from.physical, self.r, self.token, ms(lease).max(1))
             .map_err(|e| self.name_lease(convert::error(e)))?;
         self.deadline = deadline(deadline_ms);
         Ok(())

@@ -6,18 +6,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sluice_core::{Error, Subscriber, SubscriptionConfig, SubscriptionName, TopicName};
+use sluice_core::{Error, Subscriber, SubscriptionConfig, SubscriptionName};
 
 use crate::backend::Shared;
 use crate::bridge::completion;
 use crate::convert;
-use crate::delivery::EmbeddedDelivery;
+use crate::delivery::{EmbeddedDelivery, Source};
 
 /// A subscriber of one subscription. Each subscriber is its own holder for prefetch.
 pub struct EmbeddedSubscriber {
     shared: Arc<Shared>,
-    name: SubscriptionName,
-    physical: Arc<str>,
+    from: Arc<Source>,
     config: SubscriptionConfig,
     holder: u64,
     closed: AtomicBool,
@@ -26,7 +25,7 @@ pub struct EmbeddedSubscriber {
 impl std::fmt::Debug for EmbeddedSubscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedSubscriber")
-            .field("subscription", &self.name)
+            .field("subscription", &self.from.subscription)
             .finish_non_exhaustive()
     }
 }
@@ -37,12 +36,15 @@ impl EmbeddedSubscriber {
         name: SubscriptionName,
         config: SubscriptionConfig,
     ) -> Self {
-        let physical = shared.subscription(&name).into();
+        let from = Arc::new(Source {
+            physical: shared.subscription(&name).into(),
+            topic: config.topic.clone(),
+            subscription: name,
+        });
         let holder = shared.holder();
         Self {
             shared,
-            name,
-            physical,
+            from,
             config,
             holder,
             closed: AtomicBool::new(false),
@@ -54,7 +56,7 @@ impl Subscriber for EmbeddedSubscriber {
     type Delivery = EmbeddedDelivery;
 
     fn subscription(&self) -> &SubscriptionName {
-        &self.name
+        &self.from.subscription
     }
 
     fn config(&self) -> &SubscriptionConfig {
@@ -75,21 +77,12 @@ impl Subscriber for EmbeddedSubscriber {
             let (done, leased) = completion();
             self.shared
                 .engine
-                .receive(&self.physical, self.holder, max, done);
+                .receive(&self.from.physical, self.holder, max, done);
             let leased = leased.await?;
             if !leased.is_empty() {
-                let topic: TopicName = self.config.topic.clone();
                 return Ok(leased
                     .into_iter()
-                    .map(|l| {
-                        EmbeddedDelivery::new(
-                            self.shared.clone(),
-                            self.physical.clone(),
-                            self.name.clone(),
-                            topic.clone(),
-                            l,
-                        )
-                    })
+                    .map(|l| EmbeddedDelivery::new(self.shared.clone(), self.from.clone(), l))
                     .collect());
             }
             let now = tokio::time::Instant::now();
@@ -100,7 +93,7 @@ impl Subscriber for EmbeddedSubscriber {
             if let Some(wake_ms) = self
                 .shared
                 .engine
-                .next_wakeup_ms(&self.physical)
+                .next_wakeup_ms(&self.from.physical)
                 .map_err(convert::error)?
             {
                 let now_ms = convert::to_ms(Some(SystemTime::now()));
