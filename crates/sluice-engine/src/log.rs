@@ -153,6 +153,69 @@ impl SyncSet {
     }
 }
 
+/// Most fdatasyncs [`sync_together`] runs at once.
+const PARALLEL_SYNCS: usize = 4;
+
+/// Syncs every file of `sets`, each file once however many sets name it, up to
+/// [`PARALLEL_SYNCS`] at once (the logs of one flush are separate files on the same disk,
+/// whose flushes the device takes together: the caller waits for the slowest sync, not for
+/// their sum). Every sync is waited for; the first error is returned, and the caller must
+/// poison as after [`SyncSet::sync`]. Where a helper thread cannot be started, its files are
+/// synced on this thread.
+pub fn sync_together(sets: &[SyncSet]) -> Result<()> {
+    type File = (PathBuf, Arc<dyn StorageFile>);
+    let mut files: Vec<&File> = Vec::new();
+    for file in sets.iter().flat_map(|set| &set.files) {
+        if !files.iter().any(|known| known.0 == file.0) {
+            files.push(file);
+        }
+    }
+    let sync_each = |files: &[&File]| -> Result<()> {
+        files.iter().try_for_each(|(path, file)| {
+            file.sync_data()
+                .context(|| format!("fdatasync {}", path.display()))
+        })
+    };
+    if files.len() <= 1 {
+        return sync_each(&files);
+    }
+    let groups: Vec<Vec<&File>> = (0..PARALLEL_SYNCS.min(files.len()))
+        .map(|g| {
+            files
+                .iter()
+                .skip(g)
+                .step_by(PARALLEL_SYNCS)
+                .copied()
+                .collect()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let (own, others) = groups.split_first().expect("at least two groups");
+        let helpers: Vec<_> = others
+            .iter()
+            .map(|group| {
+                std::thread::Builder::new()
+                    .name("sluice-sync".into())
+                    .spawn_scoped(scope, || sync_each(group))
+                    .map_err(|_| group)
+            })
+            .collect();
+        let mut result = sync_each(own);
+        for helper in helpers {
+            let outcome = match helper {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(Error::Poisoned {
+                        cause: "a sync thread panicked".into(),
+                    })
+                }),
+                Err(group) => sync_each(group),
+            };
+            result = result.and(outcome);
+        }
+        result
+    })
+}
+
 /// One segment file, in memory.
 #[derive(Debug)]
 struct Segment {

@@ -1,6 +1,6 @@
-//! Verbs issued at about the same time are settled together: the first one queued waits for
-//! one yield of its task, so the verbs its task and the others issue meanwhile join it, then
-//! hands them all to the engine in one call per subscription (one state-lock round trip and
+//! Verbs issued at about the same time are settled together: each verb is queued and its
+//! task yields once, so the verbs its task and the others issue meanwhile join the queue;
+//! the first to come back hands them all to the engine in one call per subscription (one state-lock round trip and
 //! one journal append for all of them, instead of one each). Each verb still gets its own
 //! outcome, once its journal record is durable.
 //!
@@ -24,18 +24,12 @@ impl std::fmt::Debug for Settler {
 }
 
 impl Settler {
-    /// Queues `settle` for `subscription`. The first verb of a queue hands the queue to the
-    /// engine after one yield (or when its future is dropped before that), so nothing
-    /// queued is ever left behind.
+    /// Queues `settle` for `subscription`, yields once, then hands whatever is queued to the
+    /// engine (usually its own verb is gone by then, handed over with another's, and there
+    /// is nothing to do). A verb never waits for another task's future to be polled again;
+    /// a future dropped after its first poll hands the queue over as it goes.
     pub(crate) async fn submit(&self, engine: &Engine, subscription: &Arc<str>, settle: Settle) {
-        let first = {
-            let mut queue = self.lock();
-            queue.push((Arc::clone(subscription), settle));
-            queue.len() == 1
-        };
-        if !first {
-            return;
-        }
+        self.lock().push((Arc::clone(subscription), settle));
         let flush = Flush {
             settler: self,
             engine,
@@ -51,6 +45,9 @@ impl Settler {
     /// Hands everything queued to the engine, one call per subscription, in queue order.
     fn flush(&self, engine: &Engine) {
         let queued = std::mem::take(&mut *self.lock());
+        if queued.is_empty() {
+            return;
+        }
         let mut groups: Vec<(Arc<str>, Vec<Settle>)> = Vec::new();
         for (subscription, settle) in queued {
             match groups.iter_mut().find(|(name, _)| *name == subscription) {

@@ -218,8 +218,6 @@ pub(crate) struct SubscriptionState {
     pub(crate) plan: Plan,
     pub(crate) deletes: Batcher,
     pub(crate) visibility: Batcher,
-    /// The newest receive of each message a delivery holds (stale verbs fail early).
-    pub(crate) receives: Arc<Receives>,
 }
 
 /// What every handle of one backend shares.
@@ -233,6 +231,9 @@ pub(crate) struct Shared {
     topics: Mutex<HashMap<String, Arc<TopicState>>>,
     subscriptions: Mutex<HashMap<String, Arc<SubscriptionState>>>,
     buffered: Mutex<HashMap<String, Arc<AtomicI64>>>,
+    /// The newest receive of each message a delivery holds, across every subscriber of
+    /// this handle (a verb with a stale receipt fails early).
+    pub(crate) receives: Arc<Receives>,
 }
 
 /// Sluice on Amazon SQS + SNS. Cheap to clone: clones share the AWS clients.
@@ -483,7 +484,6 @@ impl Shared {
             visibility: Batcher::new(self.sqs.clone(), queue_url.clone(), Kind::Visibility),
             queue_url,
             dlq_url,
-            receives: Arc::default(),
         }
     }
 
@@ -617,6 +617,7 @@ impl SqsBackend {
                 topics: Mutex::default(),
                 subscriptions: Mutex::default(),
                 buffered: Mutex::default(),
+                receives: Arc::default(),
             }),
         })
     }

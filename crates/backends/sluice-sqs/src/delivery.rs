@@ -105,8 +105,12 @@ impl SqsDelivery {
         lease.is_zero() || self.extend_lease(lease).await.is_ok()
     }
 
-    /// Makes the message visible again at once (buffered deliveries at close).
+    /// Makes the message visible again at once (buffered deliveries at close); not when
+    /// its lease is gone (a newer receive holds the message now).
     pub(crate) async fn give_back(self) {
+        if self.lease_expired() {
+            return;
+        }
         let _ = self.state.visibility.submit(&self.receipt, 0).await;
     }
 

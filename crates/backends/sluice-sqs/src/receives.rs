@@ -12,24 +12,32 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The newest receive of each SQS message held by a delivery of one subscription.
+/// The newest receive of each SQS message held by a delivery of this backend handle (SQS
+/// message ids are unique across queues: a fanned-out copy has its own), with its receive
+/// count.
 #[derive(Debug, Default)]
 pub(crate) struct Receives {
     // A std Mutex: held for one map operation, never across an .await.
-    newest: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    newest: Mutex<HashMap<String, (u64, Arc<AtomicBool>)>>,
 }
 
 impl Receives {
-    /// Registers a receive of the SQS message `message_id`, superseding any earlier one.
-    pub(crate) fn register(self: &Arc<Self>, message_id: String) -> Receive {
+    /// Registers the `count`th receive of the SQS message `message_id` (its
+    /// `ApproximateReceiveCount`): it supersedes an earlier receive, and is born superseded
+    /// if a later one was registered first (pollers answer in any order).
+    pub(crate) fn register(self: &Arc<Self>, message_id: String, count: u64) -> Receive {
         let superseded = Arc::new(AtomicBool::new(false));
-        let earlier = self
-            .newest
-            .lock()
-            .expect("receives")
-            .insert(message_id.clone(), Arc::clone(&superseded));
-        if let Some(earlier) = earlier {
-            earlier.store(true, Ordering::SeqCst);
+        {
+            let mut newest = self.newest.lock().expect("receives");
+            match newest.get(&message_id) {
+                Some((known, _)) if *known > count => superseded.store(true, Ordering::SeqCst),
+                _ => {
+                    let entry = (count, Arc::clone(&superseded));
+                    if let Some((_, earlier)) = newest.insert(message_id.clone(), entry) {
+                        earlier.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
         }
         Receive {
             receives: Arc::clone(self),
@@ -63,7 +71,7 @@ impl Drop for Receive {
         let mut newest = self.receives.newest.lock().expect("receives");
         if newest
             .get(&self.message_id)
-            .is_some_and(|flag| Arc::ptr_eq(flag, &self.superseded))
+            .is_some_and(|(_, flag)| Arc::ptr_eq(flag, &self.superseded))
         {
             newest.remove(&self.message_id);
         }
@@ -77,23 +85,37 @@ mod tests {
     #[test]
     fn a_later_receive_supersedes_the_earlier_one_only() {
         let receives = Arc::new(Receives::default());
-        let first = receives.register("m-1".into());
-        let other = receives.register("m-2".into());
+        let first = receives.register("m-1".into(), 1);
+        let other = receives.register("m-2".into(), 1);
         assert!(!first.superseded());
-        let second = receives.register("m-1".into());
+        let second = receives.register("m-1".into(), 2);
         assert!(first.superseded(), "the earlier receive of m-1 is stale");
         assert!(!second.superseded(), "the newest receive is not");
         assert!(!other.superseded(), "another message is untouched");
     }
 
     #[test]
+    fn a_receive_registered_after_a_later_one_is_born_stale() {
+        let receives = Arc::new(Receives::default());
+        let later = receives.register("m-1".into(), 3);
+        let earlier = receives.register("m-1".into(), 2);
+        assert!(
+            earlier.superseded(),
+            "the second receive answered last: stale"
+        );
+        assert!(!later.superseded(), "the third receive stays current");
+        drop(earlier);
+        assert_eq!(receives.len(), 1, "and stays registered");
+    }
+
+    #[test]
     fn dropping_a_stale_receive_keeps_the_newest_registered() {
         let receives = Arc::new(Receives::default());
-        let first = receives.register("m-1".into());
-        let second = receives.register("m-1".into());
+        let first = receives.register("m-1".into(), 3);
+        let second = receives.register("m-1".into(), 4);
         drop(first);
         assert_eq!(receives.len(), 1, "the newest stays registered");
-        let third = receives.register("m-1".into());
+        let third = receives.register("m-1".into(), 5);
         assert!(second.superseded(), "still superseded by a third receive");
         drop(second);
         drop(third);

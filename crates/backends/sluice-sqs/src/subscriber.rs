@@ -294,7 +294,7 @@ async fn handle(
         _permit: permit,
         receive: raw
             .message_id()
-            .map(|id| state.receives.register(id.to_owned())),
+            .map(|id| inner.shared.receives.register(id.to_owned(), receives)),
         group: None,
     };
     if state.fifo {

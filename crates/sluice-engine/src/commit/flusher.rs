@@ -260,27 +260,8 @@ impl Flusher {
     }
 }
 
-/// Syncs every set; several at once (a topic log and a journal are separate files on the
-/// same disk, and the device takes their flushes together): a flush waits for the slowest
-/// sync instead of their sum. Every sync is waited for, and the first error is returned.
 fn sync_all(sets: &[SyncSet]) -> Result<()> {
-    match sets {
-        [] => Ok(()),
-        [one] => one.sync(),
-        [first, rest @ ..] => std::thread::scope(|scope| {
-            let others: Vec<_> = rest.iter().map(|set| scope.spawn(|| set.sync())).collect();
-            let mut result = first.sync();
-            for other in others {
-                let outcome = other.join().unwrap_or_else(|_| {
-                    Err(Error::Poisoned {
-                        cause: "a sync thread panicked".into(),
-                    })
-                });
-                result = result.and(outcome);
-            }
-            result
-        }),
-    }
+    crate::log::sync_together(sets)
 }
 
 fn poison(state: &mut State, error: &Error) {

@@ -261,12 +261,13 @@ struct ReadAhead {
 impl ReadAhead {
     fn read(&mut self, plan: &ReadPlan, walk: &[u64], redriven: &[u64], name: &str) {
         let mut bytes = 0usize;
-        // A redriven message that cannot be read now is looked up again at the next poll.
-        for chunk in redriven.chunks(READ_UNDER_ONE_LOCK) {
-            if bytes >= RECEIVE_READ_BUDGET {
-                break;
-            }
-            self.read_from(plan, Ref::Dlq, chunk, &mut bytes, name);
+        // A redriven message that cannot be read now is looked up again at the next poll;
+        // the ones after it are read now.
+        let mut rest = redriven;
+        while !rest.is_empty() && bytes < RECEIVE_READ_BUDGET {
+            let chunk = &rest[..rest.len().min(READ_UNDER_ONE_LOCK)];
+            let read = self.read_from(plan, Ref::Dlq, chunk, &mut bytes, name);
+            rest = &rest[(read + 1).min(chunk.len())..];
         }
         // The walk needs every offset up to where it stops: the read ends at the first
         // offset that cannot be read, or where the budget runs out.
@@ -335,10 +336,14 @@ impl ReadAhead {
                 ordering_key: decoded.ordering_key.map(str::to_owned),
                 matches,
             };
+            let left = offsets.len() - read;
             let body = matches.then(|| {
                 *bytes += body.len();
                 if arena.capacity() < body.len() {
-                    arena.reserve(body.len().max(ARENA_CHUNK));
+                    // Room for what is left of this pass, at most one chunk: a receive of
+                    // one message does not take (and its payload does not pin) a chunk.
+                    let room = body.len().saturating_mul(left);
+                    arena.reserve(room.clamp(body.len(), ARENA_CHUNK.max(body.len())));
                 }
                 arena.extend_from_slice(body);
                 arena.split().freeze()
@@ -383,7 +388,9 @@ impl ReadAhead {
     }
 }
 
-/// Bytes the read-ahead arena grows by (its bodies share these allocations).
+/// Most bytes the read-ahead arena grows by at once. The bodies read in one pass share an
+/// allocation, and a delivery's payload is a slice of it: a payload kept after its
+/// delivery is settled keeps at most this much (or its own size) alive.
 const ARENA_CHUNK: usize = 64 * 1024;
 
 /// A receive's outcome: every journal batch of its rounds committed, and its records read.
@@ -799,9 +806,15 @@ impl Engine {
         // No wake here: the journal records' flush wakes receivers (the durable hook).
         let done: Completion<()> = Box::new(move |result: Result<()>| match result {
             Ok(()) => waiting.into_iter().for_each(|done| done(Ok(()))),
-            Err(err) => waiting
-                .into_iter()
-                .for_each(|done| done(Err(copy_error(&err)))),
+            // The first waiter gets the error itself, the others a copy.
+            Err(err) => {
+                let mut waiting = waiting.into_iter();
+                let first = waiting.next();
+                waiting.for_each(|done| done(Err(copy_error(&err))));
+                if let Some(first) = first {
+                    first(Err(err));
+                }
+            }
         });
         self.journal(name, sub, &records, done);
         drop(state);
