@@ -1,8 +1,8 @@
 //! Verbs issued at about the same time are settled together: each verb is queued and its
 //! task yields once, so the verbs its task and the others issue meanwhile join the queue;
-//! the first to come back hands them all to the engine in one call per subscription (one state-lock round trip and
-//! one journal append for all of them, instead of one each). Each verb still gets its own
-//! outcome, once its journal record is durable.
+//! the first to come back hands them all to the engine in one call per subscription (one
+//! state-lock round trip and one journal append for all of them, instead of one each). Each
+//! verb still gets its own outcome, once its journal record is durable.
 //!
 //! Acks, retries and releases go this way; a dead-letter (which appends to the DLQ) and a
 //! lease extension (not journalled) go straight to the engine.
