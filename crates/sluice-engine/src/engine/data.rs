@@ -266,7 +266,7 @@ impl ReadAhead {
         let mut rest = redriven;
         while !rest.is_empty() && bytes < RECEIVE_READ_BUDGET {
             let chunk = &rest[..rest.len().min(READ_UNDER_ONE_LOCK)];
-            let read = self.read_from(plan, Ref::Dlq, chunk, &mut bytes, name);
+            let read = self.read_from(plan, true, chunk, &mut bytes, name);
             rest = &rest[(read + 1).min(chunk.len())..];
         }
         // The walk needs every offset up to where it stops: the read ends at the first
@@ -276,7 +276,7 @@ impl ReadAhead {
             if bytes >= RECEIVE_READ_BUDGET {
                 break;
             }
-            let read = self.read_from(plan, Ref::Topic, chunk, &mut bytes, name);
+            let read = self.read_from(plan, false, chunk, &mut bytes, name);
             if let Some(&last) = chunk[..read].last() {
                 self.end = last + 1;
             }
@@ -286,19 +286,20 @@ impl ReadAhead {
         }
     }
 
-    /// Reads `offsets` of one log under one lock, until one cannot be read or the budget
-    /// is spent; returns how many were read.
+    /// Reads `offsets` of one log (the DLQ's if `dlq`, else the topic's) under one lock,
+    /// until one cannot be read or the budget is spent; returns how many were read.
     fn read_from(
         &mut self,
         plan: &ReadPlan,
-        to_ref: fn(u64) -> Ref,
+        dlq: bool,
         offsets: &[u64],
         bytes: &mut usize,
         name: &str,
     ) -> usize {
-        let (log, found) = match to_ref(0) {
-            Ref::Topic(_) => (&plan.log, &mut self.topic),
-            Ref::Dlq(_) => (&plan.dlq, &mut self.dlq),
+        let (log, found) = if dlq {
+            (&plan.dlq, &mut self.dlq)
+        } else {
+            (&plan.log, &mut self.topic)
         };
         let arena = &mut self.arena;
         let mut read = 0;
@@ -326,7 +327,7 @@ impl ReadAhead {
             };
             // A placeholder of a lost record is never delivered (`MessageRecord::lost`).
             let matches = !decoded.lost
-                && (matches!(to_ref(offset), Ref::Dlq(_))
+                && (dlq
                     || plan
                         .pattern
                         .as_deref()
@@ -353,38 +354,35 @@ impl ReadAhead {
             true
         });
         if let Err(err) = result {
-            let r = to_ref(offsets.get(read).copied().unwrap_or_default());
+            let offset = offsets.get(read).copied().unwrap_or_default();
+            let r = if dlq {
+                Ref::Dlq(offset)
+            } else {
+                Ref::Topic(offset)
+            };
             tracing::error!(subscription = name, %r, %err, "cannot read a message; dispatch stops there");
         }
         read
     }
 
-    /// Where `r` is in its list.
-    fn find(&self, r: Ref) -> Option<(bool, usize)> {
-        let (found, offset, topic) = match r {
-            Ref::Topic(offset) => (&self.topic, offset, true),
-            Ref::Dlq(offset) => (&self.dlq, offset, false),
-        };
-        let at = found.binary_search_by_key(&offset, |e| e.0).ok()?;
-        Some((topic, at))
-    }
-
     /// The [`Meta`] read for `r`.
     fn meta(&self, r: Ref) -> Option<Meta> {
-        let (topic, at) = self.find(r)?;
-        let found = if topic { &self.topic } else { &self.dlq };
-        Some(found[at].1.clone())
+        let (list, offset) = match r {
+            Ref::Topic(offset) => (&self.topic, offset),
+            Ref::Dlq(offset) => (&self.dlq, offset),
+        };
+        let at = list.binary_search_by_key(&offset, |e| e.0).ok()?;
+        Some(list[at].1.clone())
     }
 
     /// Takes the body read for `r`.
     fn take_body(&mut self, r: Ref) -> Option<Bytes> {
-        let (topic, at) = self.find(r)?;
-        let found = if topic {
-            &mut self.topic
-        } else {
-            &mut self.dlq
+        let (list, offset) = match r {
+            Ref::Topic(offset) => (&mut self.topic, offset),
+            Ref::Dlq(offset) => (&mut self.dlq, offset),
         };
-        found[at].2.take()
+        let at = list.binary_search_by_key(&offset, |e| e.0).ok()?;
+        list[at].2.take()
     }
 }
 
