@@ -26,6 +26,7 @@ mod tests;
 
 use std::fmt;
 use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -156,64 +157,122 @@ impl SyncSet {
 /// Most fdatasyncs [`sync_together`] runs at once.
 const PARALLEL_SYNCS: usize = 4;
 
+type SyncFile = (PathBuf, Arc<dyn StorageFile>);
+
+fn sync_each(files: &[SyncFile]) -> Result<()> {
+    files.iter().try_for_each(|(path, file)| {
+        file.sync_data()
+            .context(|| format!("fdatasync {}", path.display()))
+    })
+}
+
 /// Syncs every file of `sets`, each file once however many sets name it, up to
 /// [`PARALLEL_SYNCS`] at once (the logs of one flush are separate files on the same disk,
 /// whose flushes the device takes together: the caller waits for the slowest sync, not for
 /// their sum). Every sync is waited for; the first error is returned, and the caller must
-/// poison as after [`SyncSet::sync`]. Where a helper thread cannot be started, its files are
-/// synced on this thread.
+/// poison as after [`SyncSet::sync`]. The other syncs run on the process's sync helpers
+/// ([`helpers`]); where none can be started, on this thread.
 pub fn sync_together(sets: &[SyncSet]) -> Result<()> {
-    type File = (PathBuf, Arc<dyn StorageFile>);
-    let mut files: Vec<&File> = Vec::new();
+    let mut files: Vec<&SyncFile> = Vec::new();
     for file in sets.iter().flat_map(|set| &set.files) {
         if !files.iter().any(|known| known.0 == file.0) {
             files.push(file);
         }
     }
-    let sync_each = |files: &[&File]| -> Result<()> {
-        files.iter().try_for_each(|(path, file)| {
-            file.sync_data()
-                .context(|| format!("fdatasync {}", path.display()))
-        })
-    };
     if files.len() <= 1 {
-        return sync_each(&files);
+        return sync_each(&files.into_iter().cloned().collect::<Vec<_>>());
     }
-    let groups: Vec<Vec<&File>> = (0..PARALLEL_SYNCS.min(files.len()))
+    let mut groups: Vec<Vec<SyncFile>> = (0..PARALLEL_SYNCS.min(files.len()))
         .map(|g| {
             files
                 .iter()
                 .skip(g)
                 .step_by(PARALLEL_SYNCS)
-                .copied()
+                .map(|&f| f.clone())
                 .collect()
         })
         .collect();
-    std::thread::scope(|scope| {
-        let (own, others) = groups.split_first().expect("at least two groups");
-        let helpers: Vec<_> = others
-            .iter()
-            .map(|group| {
-                std::thread::Builder::new()
-                    .name("sluice-sync".into())
-                    .spawn_scoped(scope, || sync_each(group))
-                    .map_err(|_| group)
-            })
-            .collect();
-        let mut result = sync_each(own);
-        for helper in helpers {
-            let outcome = match helper {
-                Ok(thread) => thread.join().unwrap_or_else(|_| {
+    let own = groups.remove(0);
+    let expected = groups.len();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for group in groups {
+        let tx = tx.clone();
+        let job: helpers::Job = Box::new(move || {
+            let outcome =
+                catch_unwind(AssertUnwindSafe(|| sync_each(&group))).unwrap_or_else(|_| {
                     Err(Error::Poisoned {
-                        cause: "a sync thread panicked".into(),
+                        cause: "a sync helper panicked".into(),
                     })
-                }),
-                Err(group) => sync_each(group),
-            };
-            result = result.and(outcome);
+                });
+            let _ = tx.send(outcome);
+        });
+        // No helper: run it here.
+        if let Err(job) = helpers::run(job) {
+            job();
         }
-        result
-    })
+    }
+    drop(tx);
+    let mut result = sync_each(&own);
+    // Every job sends its outcome once; a job dropped unrun (a helper gone) sends none.
+    let mut received = 0;
+    for outcome in rx.iter() {
+        result = result.and(outcome);
+        received += 1;
+    }
+    if received < expected {
+        result = result.and(Err(Error::Poisoned {
+            cause: "a sync helper stopped before syncing".into(),
+        }));
+    }
+    result
+}
+
+/// The process's sync helpers: [`PARALLEL_SYNCS`]` - 1` long-lived threads taking jobs from
+/// one queue, started on first use and shared by every engine (a thread per flush cost more
+/// than the sync it ran: its start, stack and allocator state each time).
+mod helpers {
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    pub(super) type Job = Box<dyn FnOnce() + Send>;
+
+    static QUEUE: OnceLock<Option<Mutex<Sender<Job>>>> = OnceLock::new();
+
+    /// Hands `job` to a helper, or gives it back when no helper runs.
+    pub(super) fn run(job: Job) -> Result<(), Job> {
+        let queue = QUEUE.get_or_init(start);
+        let Some(queue) = queue else {
+            return Err(job);
+        };
+        let sender = queue.lock().unwrap_or_else(|e| e.into_inner());
+        sender.send(job).map_err(|returned| returned.0)
+    }
+
+    fn start() -> Option<Mutex<Sender<Job>>> {
+        let (tx, rx) = channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        for _ in 1..super::PARALLEL_SYNCS {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name("sluice-sync".into())
+                .spawn(move || serve(&rx));
+            if spawned.is_ok() {
+                started += 1;
+            }
+        }
+        (started > 0).then(|| Mutex::new(tx))
+    }
+
+    fn serve(rx: &Mutex<Receiver<Job>>) {
+        loop {
+            let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            };
+            job();
+        }
+    }
 }
 
 /// One segment file, in memory.
