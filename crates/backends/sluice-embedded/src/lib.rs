@@ -20,12 +20,14 @@
 //! | `backend.rs` | [`EmbeddedBackend`]: open, capabilities, topology, stats, DLQ tools |
 //! | `publisher.rs` | [`EmbeddedPublisher`] |
 //! | `subscriber.rs` | [`EmbeddedSubscriber`]: receive, waiting on the engine's wake-ups |
+//! | `ahead.rs` | the next batch leased in the background after a full one |
 //! | `delivery.rs` | [`EmbeddedDelivery`]: the verbs |
 //! | `jobs.rs` | [`EngineJobStore`]: job status, cancellations and schedules in the engine's keyed store |
 //! | `limits.rs` | [`EngineLimiter`]: global rate limits' buckets in the engine's process |
 //! | `bridge.rs` | the engine's completion callbacks as futures |
 //! | `convert.rs` | messages, configurations, times and errors between contract and engine |
 
+mod ahead;
 mod backend;
 mod bridge;
 mod convert;

@@ -1,6 +1,7 @@
 //! [`EmbeddedSubscriber`]: pulls leases from the engine. A receive that finds nothing waits
 //! for the engine's wake-up (a durable publish, a verb) or its next timer (a lease running
-//! out, a retry or a delay coming due), never polling.
+//! out, a retry or a delay coming due), never polling. A receive that comes back full reads
+//! the next batch ahead (`ahead.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use sluice_core::{Error, Subscriber, SubscriptionConfig, SubscriptionName};
 
+use crate::ahead::{ReadAhead, Taken};
 use crate::backend::Shared;
 use crate::bridge::completion;
 use crate::convert;
@@ -20,6 +22,7 @@ pub struct EmbeddedSubscriber {
     config: SubscriptionConfig,
     holder: u64,
     closed: AtomicBool,
+    ahead: Arc<ReadAhead>,
 }
 
 impl std::fmt::Debug for EmbeddedSubscriber {
@@ -48,7 +51,33 @@ impl EmbeddedSubscriber {
             config,
             holder,
             closed: AtomicBool::new(false),
+            ahead: Arc::default(),
         }
+    }
+
+    fn deliveries(&self, leased: Vec<sluice_engine::engine::Leased>) -> Vec<EmbeddedDelivery> {
+        leased
+            .into_iter()
+            .map(|l| EmbeddedDelivery::new(self.shared.clone(), self.from.clone(), l))
+            .collect()
+    }
+
+    /// After a full batch of `max`: the next one is leased in the background.
+    fn read_ahead(&self, max: usize) {
+        if max >= READ_AHEAD_MIN {
+            self.ahead.start(&self.shared, &self.from, self.holder, max);
+        }
+    }
+}
+
+/// The smallest receive that reads ahead. Read-ahead is for batch consumers, whose wait for
+/// a flush is spread over many messages; a consumer taking a few at a time holds exactly
+/// what it asked for (and its subscription's stats say so).
+pub(crate) const READ_AHEAD_MIN: usize = 16;
+
+impl Drop for EmbeddedSubscriber {
+    fn drop(&mut self) {
+        self.ahead.close(&self.shared, &self.from);
     }
 }
 
@@ -74,16 +103,39 @@ impl Subscriber for EmbeddedSubscriber {
             let woken = self.shared.notify.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            let arrived = self.ahead.arrived().notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            match self.ahead.take(&self.shared, &self.from, max) {
+                Taken::Ready(leased, refill) => {
+                    if refill {
+                        self.read_ahead(max);
+                    }
+                    return Ok(self.deliveries(leased));
+                }
+                Taken::Failed(err) => return Err(err),
+                Taken::Fetching => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(Vec::new());
+                    }
+                    tokio::select! {
+                        _ = &mut arrived => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                    continue;
+                }
+                Taken::Nothing => {}
+            }
             let (done, leased) = completion();
             self.shared
                 .engine
                 .receive(&self.from.physical, self.holder, max, done);
             let leased = leased.await?;
             if !leased.is_empty() {
-                return Ok(leased
-                    .into_iter()
-                    .map(|l| EmbeddedDelivery::new(self.shared.clone(), self.from.clone(), l))
-                    .collect());
+                if leased.len() == max {
+                    self.read_ahead(max);
+                }
+                return Ok(self.deliveries(leased));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -109,6 +161,7 @@ impl Subscriber for EmbeddedSubscriber {
 
     async fn close(&self) -> Result<(), Error> {
         self.closed.store(true, Ordering::Release);
+        self.ahead.close(&self.shared, &self.from);
         self.shared.notify.notify_waiters();
         Ok(())
     }
