@@ -171,7 +171,7 @@ fn sync_each(files: &[SyncFile]) -> Result<()> {
 /// whose flushes the device takes together: the caller waits for the slowest sync, not for
 /// their sum). Every sync is waited for; the first error is returned, and the caller must
 /// poison as after [`SyncSet::sync`]. The other syncs run on the process's sync helpers
-/// ([`helpers`]); where none can be started, on this thread.
+/// ([`helpers`]) when one is idle, else on this thread.
 pub fn sync_together(sets: &[SyncSet]) -> Result<()> {
     let mut files: Vec<&SyncFile> = Vec::new();
     for file in sets.iter().flat_map(|set| &set.files) {
@@ -227,50 +227,77 @@ pub fn sync_together(sets: &[SyncSet]) -> Result<()> {
     result
 }
 
-/// The process's sync helpers: [`PARALLEL_SYNCS`]` - 1` long-lived threads taking jobs from
-/// one queue, started on first use and shared by every engine (a thread per flush cost more
-/// than the sync it ran: its start, stack and allocator state each time).
+/// The process's sync helpers: [`PARALLEL_SYNCS`]` - 1` long-lived threads, started on first
+/// use and shared by every engine (a thread per flush cost more than the sync it ran: its
+/// start, stack and allocator state each time). A job goes only to an idle helper; when none
+/// is idle, the caller syncs that group itself.
 mod helpers {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::{channel, Receiver, Sender};
     use std::sync::{Arc, Mutex, OnceLock};
 
     pub(super) type Job = Box<dyn FnOnce() + Send>;
 
-    static QUEUE: OnceLock<Option<Mutex<Sender<Job>>>> = OnceLock::new();
+    struct Pool {
+        jobs: Mutex<Sender<Job>>,
+        /// Helpers waiting for a job: a job is only handed over when one is, so no sync
+        /// ever queues behind another (another engine's, on another disk perhaps).
+        idle: Arc<AtomicUsize>,
+    }
 
-    /// Hands `job` to a helper, or gives it back when no helper runs.
+    static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+
+    /// Hands `job` to an idle helper, or gives it back (none idle, or none could start).
     pub(super) fn run(job: Job) -> Result<(), Job> {
-        let queue = QUEUE.get_or_init(start);
-        let Some(queue) = queue else {
+        let Some(pool) = POOL.get_or_init(start) else {
             return Err(job);
         };
-        let sender = queue.lock().unwrap_or_else(|e| e.into_inner());
-        sender.send(job).map_err(|returned| returned.0)
+        let claimed = pool
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if claimed.is_err() {
+            return Err(job);
+        }
+        let sender = pool.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        sender.send(job).map_err(|returned| {
+            pool.idle.fetch_add(1, Ordering::AcqRel);
+            returned.0
+        })
     }
 
-    fn start() -> Option<Mutex<Sender<Job>>> {
+    fn start() -> Option<Pool> {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let mut started = 0;
+        let idle = Arc::new(AtomicUsize::new(0));
         for _ in 1..super::PARALLEL_SYNCS {
-            let rx = Arc::clone(&rx);
+            let (rx, idle) = (Arc::clone(&rx), Arc::clone(&idle));
+            // Counted idle before it runs: a job handed over meanwhile waits in the channel
+            // for it.
+            idle.fetch_add(1, Ordering::AcqRel);
             let spawned = std::thread::Builder::new()
                 .name("sluice-sync".into())
-                .spawn(move || serve(&rx));
-            if spawned.is_ok() {
-                started += 1;
+                .spawn({
+                    let idle = Arc::clone(&idle);
+                    move || serve(&rx, &idle)
+                });
+            if spawned.is_err() {
+                idle.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        (started > 0).then(|| Mutex::new(tx))
+        (idle.load(Ordering::Acquire) > 0).then(|| Pool {
+            jobs: Mutex::new(tx),
+            idle,
+        })
     }
 
-    fn serve(rx: &Mutex<Receiver<Job>>) {
+    fn serve(rx: &Mutex<Receiver<Job>>, idle: &AtomicUsize) {
         loop {
             let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
                 Ok(job) => job,
                 Err(_) => return,
             };
             job();
+            idle.fetch_add(1, Ordering::AcqRel);
         }
     }
 }

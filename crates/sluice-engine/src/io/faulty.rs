@@ -28,6 +28,8 @@ pub struct FaultyStorage<S> {
 struct Faults {
     writes: AtomicU64,
     syncs: AtomicU64,
+    /// Syncs started (counted before their delay; `syncs` after it).
+    syncs_begun: AtomicU64,
     /// The write count (1-based) that fails; 0 = none.
     fail_write_at: AtomicU64,
     /// The sync count (1-based) that fails; 0 = none.
@@ -64,6 +66,7 @@ impl Faults {
 
     fn sync(&self) -> io::Result<()> {
         self.check_broken()?;
+        self.syncs_begun.fetch_add(1, Ordering::SeqCst);
         let delay = self.sync_delay_us.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(Duration::from_micros(delay));
@@ -128,6 +131,12 @@ impl<S: Storage> FaultyStorage<S> {
     /// Syncs attempted so far (failed ones included).
     pub fn syncs(&self) -> u64 {
         self.faults.syncs.load(Ordering::SeqCst)
+    }
+
+    /// Syncs started so far, finished or not (a sync counts in [`syncs`](Self::syncs) once
+    /// its delay is over).
+    pub fn syncs_begun(&self) -> u64 {
+        self.faults.syncs_begun.load(Ordering::SeqCst)
     }
 }
 

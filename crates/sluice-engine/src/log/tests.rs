@@ -846,3 +846,65 @@ fn given_a_segment_that_cannot_be_removed_when_enforcing_retention_then_the_log_
         "a segment is forgotten only once its file is gone by the log's own removal"
     );
 }
+
+/// Journals `/data/jN` on `storage`, each with one record appended and not synced; their
+/// files to sync.
+fn unsynced_journals(storage: &Arc<FaultyStorage<MemStorage>>, n: usize) -> Vec<SyncSet> {
+    (0..n)
+        .map(|i| {
+            let dyn_storage: Arc<dyn Storage> = storage.clone();
+            let dir = format!("/data/j{i}");
+            let (mut log, _) =
+                SegmentedLog::open(dyn_storage, dir, SegmentKind::Journal, small()).unwrap();
+            log.append(&[journal_body(i as u64)]).unwrap();
+            log.take_unsynced()
+        })
+        .collect()
+}
+
+#[test]
+fn syncing_together_syncs_each_file_once_and_returns_a_failure() {
+    let storage = Arc::new(FaultyStorage::new(MemStorage::new()));
+    let mut sets = unsynced_journals(&storage, 5);
+    // The same file named twice is synced once.
+    sets.push(SyncSet {
+        files: sets[0].files.clone(),
+    });
+    let before = storage.syncs();
+    sync_together(&sets).unwrap();
+    assert_eq!(storage.syncs() - before, 5, "each file once");
+
+    let sets = unsynced_journals(&storage, 5);
+    storage.fail_nth_sync(3);
+    let err = sync_together(&sets).unwrap_err();
+    assert!(err.to_string().contains("injected fault"), "{err}");
+}
+
+#[test]
+fn a_sync_never_waits_for_helpers_busy_with_another_disk() {
+    let slow = Arc::new(FaultyStorage::new(MemStorage::new()));
+    let fast = Arc::new(FaultyStorage::new(MemStorage::new()));
+    let slow_sets = unsynced_journals(&slow, 8);
+    let fast_sets = unsynced_journals(&fast, 4);
+    slow.set_sync_delay(std::time::Duration::from_secs(2));
+    let slow_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = slow_done.clone();
+    let slow_syncs = std::thread::spawn(move || {
+        sync_together(&slow_sets).unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    // The helpers are taken by the slow disk's syncs once four have begun (unless another
+    // test held one: then fewer begin at once, and the check below still holds).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while slow.syncs_begun() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let before = fast.syncs();
+    sync_together(&fast_sets).unwrap();
+    assert_eq!(fast.syncs() - before, 4);
+    assert!(
+        !slow_done.load(std::sync::atomic::Ordering::SeqCst),
+        "the fast disk's syncs did not wait for the slow disk's"
+    );
+    slow_syncs.join().unwrap();
+}
