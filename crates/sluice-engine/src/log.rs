@@ -195,6 +195,7 @@ pub fn sync_together(sets: &[SyncSet]) -> Result<()> {
     let own = groups.remove(0);
     let expected = groups.len();
     let (tx, rx) = std::sync::mpsc::channel();
+    let mut here = Vec::new();
     for group in groups {
         let tx = tx.clone();
         let job: helpers::Job = Box::new(move || {
@@ -206,13 +207,14 @@ pub fn sync_together(sets: &[SyncSet]) -> Result<()> {
                 });
             let _ = tx.send(outcome);
         });
-        // No helper: run it here.
+        // No helper idle: run it here, after handing out the others.
         if let Err(job) = helpers::run(job) {
-            job();
+            here.push(job);
         }
     }
     drop(tx);
     let mut result = sync_each(&own);
+    here.into_iter().for_each(|job| job());
     // Every job sends its outcome once; a job dropped unrun (a helper gone) sends none.
     let mut received = 0;
     for outcome in rx.iter() {

@@ -1,6 +1,7 @@
 //! Read-ahead: when a receive of at least 16 messages hands out a full batch (a backlog is
-//! waiting), the next batch is leased in the background while the consumer works through this one, so the consumer
-//! that comes back finds it leased and journalled instead of waiting for another flush.
+//! waiting), the next batch is leased at once and its journal flush runs while the consumer
+//! works through this one, so the consumer that comes back finds it leased and journalled
+//! instead of waiting for another flush.
 //!
 //! A consumer's receive, acks and next receive each wait for a flush (a delivery is
 //! journalled before it is handed out, so that a crash counts its attempt); with one batch
@@ -8,15 +9,23 @@
 //!
 //! What it may cost, and how that is bounded:
 //! - Messages read ahead are held by this subscriber (within its prefetch, like every
-//!   lease), so another subscriber cannot take them meanwhile. Only one batch is read ahead,
-//!   and only after a receive of at least 16 came back full: when the backlog is shallow, or
-//!   the consumer takes a few at a time, a receive leases exactly what it returns.
-//! - A delivery waiting here does not spend an attempt: at half its lease it is released
-//!   (its attempt given back, as a release does), and so is everything buffered when the
-//!   subscriber closes or is dropped.
+//!   lease), so another subscriber cannot take them meanwhile, and the first message of an
+//!   ordering key held here holds its key back. Only one batch is read ahead, and only after
+//!   a receive of at least 16 came back full: when the backlog is shallow, or the consumer
+//!   takes a few at a time, a receive leases exactly what it returns.
+//! - The stats count them as ready, not in flight: no handler holds them yet
+//!   ([`Buffered`]).
+//! - A delivery waiting here and not taken goes back at half its lease (a release: its
+//!   attempt is given back), and so does everything buffered when the subscriber closes or is
+//!   dropped. A crash is the exception: it charges an attempt to a batch read ahead as to
+//!   any batch handed out, since its delivery was journalled.
+//!
+//! The engine's completion (on its flusher thread) puts a batch read ahead in the buffer;
+//! no task has to run for it to land. One timer task per subscriber releases what goes
+//! stale; it holds neither the subscriber nor the engine while it waits.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use sluice_core::Error;
@@ -27,18 +36,44 @@ use crate::backend::Shared;
 use crate::bridge::completion;
 use crate::delivery::Source;
 
-/// A delivery read ahead, with when it was leased (the engine's clock).
-struct Ahead {
-    leased: Leased,
-    leased_ms: u64,
+/// How many deliveries each subscription has read ahead and not handed out, over every
+/// subscriber of one engine (the stats move them from in flight to ready).
+#[derive(Debug, Default)]
+pub(crate) struct Buffered {
+    counts: Mutex<HashMap<Arc<str>, u64>>,
 }
 
-impl Ahead {
-    /// Half its lease is gone: it is released rather than handed out this late.
-    fn stale(&self, now_ms: u64) -> bool {
-        let half = self.leased.deadline_ms.saturating_sub(self.leased_ms) / 2;
-        now_ms >= self.leased_ms.saturating_add(half)
+impl Buffered {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, u64>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn add(&self, subscription: &Arc<str>, n: usize) {
+        if n > 0 {
+            *self.lock().entry(Arc::clone(subscription)).or_default() += n as u64;
+        }
+    }
+
+    fn remove(&self, subscription: &str, n: usize) {
+        let mut counts = self.lock();
+        if let Some(count) = counts.get_mut(subscription) {
+            *count = count.saturating_sub(n as u64);
+            if *count == 0 {
+                counts.remove(subscription);
+            }
+        }
+    }
+
+    /// Deliveries of `subscription` (its engine name) read ahead and not handed out.
+    pub(crate) fn of(&self, subscription: &str) -> u64 {
+        self.lock().get(subscription).copied().unwrap_or(0)
+    }
+}
+
+/// A delivery read ahead, with when it goes stale (the engine's clock).
+struct Ahead {
+    leased: Leased,
+    stale_ms: u64,
 }
 
 #[derive(Default)]
@@ -48,6 +83,9 @@ struct State {
     /// The background receive failed: the next receive reports it.
     failed: Option<Error>,
     closed: bool,
+    /// Closed by a drop: nobody waits to release what lands later.
+    dropped: bool,
+    timer: bool,
 }
 
 /// What [`ReadAhead::take`] found.
@@ -57,20 +95,31 @@ pub(crate) enum Taken {
     Ready(Vec<Leased>, bool),
     /// The background receive failed.
     Failed(Error),
-    /// Nothing yet; a background receive is under way (wait for [`ReadAhead::arrived`]).
+    /// Nothing yet; a background receive is under way (it ends within a flush: wait for
+    /// [`ReadAhead::arrived`]).
     Fetching,
     /// Nothing, and nothing under way.
     Nothing,
 }
 
 /// One subscriber's read-ahead.
-#[derive(Default)]
 pub(crate) struct ReadAhead {
     state: Mutex<State>,
     arrived: Notify,
+    shared: Weak<Shared>,
+    from: Arc<Source>,
 }
 
 impl ReadAhead {
+    pub(crate) fn new(shared: &Arc<Shared>, from: &Arc<Source>) -> Self {
+        Self {
+            state: Mutex::default(),
+            arrived: Notify::new(),
+            shared: Arc::downgrade(shared),
+            from: Arc::clone(from),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -80,8 +129,8 @@ impl ReadAhead {
         &self.arrived
     }
 
-    /// Up to `max` deliveries read ahead; those past half their lease are released instead.
-    pub(crate) fn take(&self, shared: &Shared, from: &Source, max: usize) -> Taken {
+    /// Up to `max` deliveries read ahead; those gone stale are released instead.
+    pub(crate) fn take(&self, shared: &Shared, max: usize) -> Taken {
         let now_ms = shared.engine.now_ms();
         let mut state = self.lock();
         let mut stale = Vec::new();
@@ -90,7 +139,7 @@ impl ReadAhead {
             let Some(ahead) = state.ready.pop_front() else {
                 break;
             };
-            if ahead.stale(now_ms) {
+            if now_ms >= ahead.stale_ms {
                 stale.push(ahead.leased);
             } else {
                 taken.push(ahead.leased);
@@ -107,20 +156,22 @@ impl ReadAhead {
         } else {
             Taken::Nothing
         };
+        let out = match &taken {
+            Taken::Ready(leased, _) => leased.len(),
+            _ => 0,
+        };
+        shared
+            .buffered
+            .remove(&self.from.physical, out + stale.len());
         drop(state);
-        release(shared, from, stale);
+        release(shared, &self.from, stale, None);
         taken
     }
 
-    /// Leases up to `max` more for `holder` in the background, unless a background receive
-    /// is under way or the subscriber closed.
-    pub(crate) fn start(
-        self: &Arc<Self>,
-        shared: &Arc<Shared>,
-        from: &Arc<Source>,
-        holder: u64,
-        max: usize,
-    ) {
+    /// Leases up to `max` more for `holder` now; their journal flush completes in the
+    /// background and puts them in the buffer. Nothing happens if a background receive is
+    /// under way or the subscriber closed.
+    pub(crate) fn start(self: &Arc<Self>, shared: &Arc<Shared>, holder: u64, max: usize) {
         {
             let mut state = self.lock();
             if state.fetching || state.closed {
@@ -128,84 +179,191 @@ impl ReadAhead {
             }
             state.fetching = true;
         }
-        let (done, leased) = completion();
-        shared.engine.receive(&from.physical, holder, max, done);
-        let (this, shared, from) = (Arc::clone(self), Arc::clone(shared), Arc::clone(from));
-        tokio::spawn(async move {
-            let result = leased.await;
-            let leased_ms = shared.engine.now_ms();
-            let half_lease = {
-                let mut state = this.lock();
-                state.fetching = false;
-                match result {
-                    Ok(leased) if state.closed => {
-                        drop(state);
-                        release(&shared, &from, leased);
-                        None
-                    }
-                    Ok(leased) => {
-                        let half = leased
-                            .iter()
-                            .map(|l| l.deadline_ms.saturating_sub(leased_ms) / 2)
-                            .min();
-                        state
-                            .ready
-                            .extend(leased.into_iter().map(|leased| Ahead { leased, leased_ms }));
-                        half
-                    }
-                    Err(err) => {
-                        state.failed = Some(err);
-                        None
-                    }
-                }
-            };
-            this.arrived.notify_waiters();
-            // Whatever of this batch is still here at half its lease goes back.
-            if let Some(half) = half_lease {
-                tokio::time::sleep(Duration::from_millis(half)).await;
-                this.release_stale(&shared, &from);
+        let this = Arc::downgrade(self);
+        let (weak_shared, from) = (Arc::downgrade(shared), Arc::clone(&self.from));
+        let runtime = tokio::runtime::Handle::current();
+        let done = Box::new(move |result: sluice_engine::Result<Vec<Leased>>| {
+            if let Some(this) = this.upgrade() {
+                this.landed(result.map_err(crate::convert::error), &runtime);
+            } else if let (Ok(leased), Some(shared)) = (result, weak_shared.upgrade()) {
+                // The subscriber is gone (and gave back what it had): these go back too.
+                release(&shared, &from, leased, None);
             }
         });
+        shared
+            .engine
+            .receive(&self.from.physical, holder, max, done);
     }
 
-    fn release_stale(&self, shared: &Shared, from: &Source) {
-        let now_ms = shared.engine.now_ms();
-        let stale = {
-            let mut state = self.lock();
-            let (stale, keep): (Vec<Ahead>, Vec<Ahead>) =
-                state.ready.drain(..).partition(|a| a.stale(now_ms));
-            state.ready = keep.into();
-            stale
+    /// A background receive finished (on the engine's thread).
+    fn landed(
+        self: &Arc<Self>,
+        result: Result<Vec<Leased>, Error>,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
         };
-        release(shared, from, stale.into_iter().map(|a| a.leased).collect());
+        let mut state = self.lock();
+        state.fetching = false;
+        match result {
+            Ok(leased) if state.dropped => {
+                drop(state);
+                release(&shared, &self.from, leased, None);
+            }
+            Ok(leased) => {
+                let now_ms = shared.engine.now_ms();
+                shared.buffered.add(&self.from.physical, leased.len());
+                state.ready.extend(leased.into_iter().map(|leased| {
+                    let half = leased.deadline_ms.saturating_sub(now_ms) / 2;
+                    Ahead {
+                        stale_ms: now_ms.saturating_add(half),
+                        leased,
+                    }
+                }));
+                let start_timer = !state.ready.is_empty() && !state.timer && !state.closed;
+                state.timer |= start_timer;
+                drop(state);
+                if start_timer {
+                    runtime.spawn(timer(Arc::downgrade(self)));
+                }
+            }
+            Err(err) => state.failed = Some(err),
+        }
+        self.arrived.notify_waiters();
     }
 
-    /// No more reading ahead; everything read ahead goes back (a background receive still
-    /// under way gives its deliveries back when it finishes).
-    pub(crate) fn close(&self, shared: &Shared, from: &Source) {
+    /// Releases what has gone stale; when the next delivery goes stale, or `None` when
+    /// nothing is buffered (the timer stops).
+    fn release_stale(&self) -> Option<u64> {
+        let shared = self.shared.upgrade()?;
+        let now_ms = shared.engine.now_ms();
+        let (stale, next) = {
+            let mut state = self.lock();
+            if state.closed {
+                state.timer = false;
+                return None;
+            }
+            let (stale, keep): (Vec<Ahead>, Vec<Ahead>) =
+                state.ready.drain(..).partition(|a| now_ms >= a.stale_ms);
+            state.ready = keep.into();
+            let next = state.ready.iter().map(|a| a.stale_ms).min();
+            if next.is_none() {
+                state.timer = false;
+            }
+            (stale, next)
+        };
+        shared.buffered.remove(&self.from.physical, stale.len());
+        let stale = stale.into_iter().map(|a| a.leased).collect();
+        release(&shared, &self.from, stale, None);
+        next.map(|at| at.saturating_sub(now_ms))
+    }
+
+    /// No more reading ahead; waits for a background receive under way, then gives back
+    /// everything read ahead and waits until that is journalled.
+    pub(crate) async fn close(&self, shared: &Shared) {
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let mut state = self.lock();
+                state.closed = true;
+                if !state.fetching {
+                    break;
+                }
+            }
+            // Bounded by one flush: the engine completes every receive.
+            arrived.await;
+        }
+        let ready = std::mem::take(&mut self.lock().ready);
+        shared.buffered.remove(&self.from.physical, ready.len());
+        let (done, released) = completion::<()>();
+        release(
+            shared,
+            &self.from,
+            ready.into_iter().map(|a| a.leased).collect(),
+            Some(done),
+        );
+        // A release that fails (the engine closing) leaves the leases to run out.
+        let _ = released.await;
+        self.arrived.notify_waiters();
+    }
+
+    /// Closes without waiting (a subscriber dropped): what is buffered goes back now, and
+    /// what a background receive under way brings goes back when it lands.
+    pub(crate) fn close_now(&self) {
         let ready = {
             let mut state = self.lock();
             state.closed = true;
+            state.dropped = true;
             std::mem::take(&mut state.ready)
         };
-        release(shared, from, ready.into_iter().map(|a| a.leased).collect());
+        if let Some(shared) = self.shared.upgrade() {
+            shared.buffered.remove(&self.from.physical, ready.len());
+            release(
+                &shared,
+                &self.from,
+                ready.into_iter().map(|a| a.leased).collect(),
+                None,
+            );
+        }
         self.arrived.notify_waiters();
     }
 }
 
-/// Gives leases back to the subscription, their attempts with them. Nobody waits for the
-/// outcome: a release that fails (the engine closing) leaves the lease to run out.
-fn release(shared: &Shared, from: &Source, leased: Vec<Leased>) {
+/// Releases what goes stale, re-armed for the next one; stops when nothing is buffered.
+/// Holds the read-ahead only weakly while it waits.
+async fn timer(ahead: Weak<ReadAhead>) {
+    loop {
+        let wait = match ahead.upgrade() {
+            Some(ahead) => ahead.release_stale(),
+            None => None,
+        };
+        match wait {
+            Some(ms) => tokio::time::sleep(Duration::from_millis(ms.max(1))).await,
+            None => return,
+        }
+    }
+}
+
+/// Gives leases back to the subscription, their attempts with them; `done` (if any) gets
+/// the outcome once the releases are journalled. A release that fails (the engine closing)
+/// leaves its lease to run out.
+fn release(
+    shared: &Shared,
+    from: &Source,
+    leased: Vec<Leased>,
+    done: Option<sluice_engine::engine::Completion<()>>,
+) {
     if leased.is_empty() {
+        if let Some(done) = done {
+            done(Ok(()));
+        }
         return;
     }
+    let n = leased.len();
+    let waiter = done.map(|done| Arc::new(Mutex::new((n, Some(done)))));
     let verbs = leased
         .into_iter()
-        .map(|l| Settle {
-            r: l.r,
-            token: l.token,
-            verb: Verb::Release,
-            done: Box::new(|_| {}),
+        .map(|l| {
+            let waiter = waiter.clone();
+            Settle {
+                r: l.r,
+                token: l.token,
+                verb: Verb::Release,
+                done: Box::new(move |_| {
+                    if let Some(waiter) = waiter {
+                        let mut w = waiter.lock().unwrap_or_else(|e| e.into_inner());
+                        w.0 -= 1;
+                        if w.0 == 0 {
+                            if let Some(done) = w.1.take() {
+                                done(Ok(()));
+                            }
+                        }
+                    }
+                }),
+            }
         })
         .collect();
     shared.engine.settle(&from.physical, verbs);

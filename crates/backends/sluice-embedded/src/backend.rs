@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     /// Acks, retries and releases issued about now, settled together (shared by every
     /// view of one engine, so the verbs of all of `sluice serve`'s connections join).
     pub(crate) settler: Arc<crate::settle::Settler>,
+    /// Deliveries read ahead and not handed out, per subscription (shared by every view).
+    pub(crate) buffered: Arc<crate::ahead::Buffered>,
 }
 
 impl Shared {
@@ -160,6 +162,7 @@ impl EmbeddedBackend {
                 limits: Arc::default(),
                 path,
                 settler: Default::default(),
+                buffered: Default::default(),
             }),
         })
     }
@@ -189,6 +192,7 @@ impl EmbeddedBackend {
                 limits: shared.limits.clone(),
                 path: shared.path.clone(),
                 settler: shared.settler.clone(),
+                buffered: shared.buffered.clone(),
             }),
         }
     }
@@ -383,14 +387,13 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn stats(&self, subscription: &SubscriptionName) -> Result<SubscriptionStats, Error> {
-        let s = self
-            .shared
-            .engine
-            .stats(&self.shared.subscription(subscription))
-            .map_err(error)?;
+        let physical = self.shared.subscription(subscription);
+        let s = self.shared.engine.stats(&physical).map_err(error)?;
+        // Read ahead and not handed out: leased, but no handler holds them yet.
+        let buffered = self.shared.buffered.of(&physical).min(s.in_flight);
         let mut stats = SubscriptionStats::default();
-        stats.ready = Some(s.ready);
-        stats.in_flight = Some(s.in_flight);
+        stats.ready = Some(s.ready + buffered);
+        stats.in_flight = Some(s.in_flight - buffered);
         stats.delayed = Some(s.delayed);
         stats.dead_lettered = Some(s.dead_lettered);
         stats.oldest_age = s.oldest_published_ms.map(|at| {

@@ -45,13 +45,14 @@ impl EmbeddedSubscriber {
             subscription: name,
         });
         let holder = shared.holder();
+        let ahead = Arc::new(ReadAhead::new(&shared, &from));
         Self {
             shared,
             from,
             config,
             holder,
             closed: AtomicBool::new(false),
-            ahead: Arc::default(),
+            ahead,
         }
     }
 
@@ -65,7 +66,7 @@ impl EmbeddedSubscriber {
     /// After a full batch of `max`: the next one is leased in the background.
     fn read_ahead(&self, max: usize) {
         if max >= READ_AHEAD_MIN {
-            self.ahead.start(&self.shared, &self.from, self.holder, max);
+            self.ahead.start(&self.shared, self.holder, max);
         }
     }
 }
@@ -77,7 +78,7 @@ pub(crate) const READ_AHEAD_MIN: usize = 16;
 
 impl Drop for EmbeddedSubscriber {
     fn drop(&mut self) {
-        self.ahead.close(&self.shared, &self.from);
+        self.ahead.close_now();
     }
 }
 
@@ -106,7 +107,7 @@ impl Subscriber for EmbeddedSubscriber {
             let arrived = self.ahead.arrived().notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            match self.ahead.take(&self.shared, &self.from, max) {
+            match self.ahead.take(&self.shared, max) {
                 Taken::Ready(leased, refill) => {
                     if refill {
                         self.read_ahead(max);
@@ -114,14 +115,11 @@ impl Subscriber for EmbeddedSubscriber {
                     return Ok(self.deliveries(leased));
                 }
                 Taken::Failed(err) => return Err(err),
+                // What is under way is leased already: wait for it (one flush at most, the
+                // engine completes every receive), whatever `wait` says, as a receive of its
+                // own would.
                 Taken::Fetching => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Ok(Vec::new());
-                    }
-                    tokio::select! {
-                        _ = &mut arrived => {}
-                        _ = tokio::time::sleep_until(deadline) => {}
-                    }
+                    arrived.await;
                     continue;
                 }
                 Taken::Nothing => {}
@@ -161,8 +159,8 @@ impl Subscriber for EmbeddedSubscriber {
 
     async fn close(&self) -> Result<(), Error> {
         self.closed.store(true, Ordering::Release);
-        self.ahead.close(&self.shared, &self.from);
         self.shared.notify.notify_waiters();
+        self.ahead.close(&self.shared).await;
         Ok(())
     }
 

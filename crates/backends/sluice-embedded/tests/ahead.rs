@@ -39,20 +39,38 @@ async fn setup(
     (backend, sub)
 }
 
-/// Waits until the subscription's in-flight count is `n`.
-async fn in_flight(backend: &EmbeddedBackend, sub: &SubscriptionName, n: u64) {
+/// Waits until the subscription's stats say `ready` and `in_flight`.
+async fn stats_reach(
+    backend: &EmbeddedBackend,
+    sub: &SubscriptionName,
+    ready: u64,
+    in_flight: u64,
+) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let now = backend.stats(sub).await.unwrap().in_flight;
-        if now == Some(n) {
+        let stats = backend.stats(sub).await.unwrap();
+        if (stats.ready, stats.in_flight) == (Some(ready), Some(in_flight)) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "in flight: {now:?}, expected {n}"
+            "ready {:?}, in flight {:?}; expected {ready}, {in_flight}",
+            stats.ready,
+            stats.in_flight
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// How many deliveries a competing subscriber finds now (acked at once).
+async fn left_for_others(backend: &EmbeddedBackend, sub: &SubscriptionName) -> usize {
+    let other = backend.subscribe(sub).await.unwrap();
+    let got = other.receive(100, Duration::ZERO).await.unwrap();
+    let n = got.len();
+    for d in got {
+        d.ack().await.unwrap();
+    }
+    n
 }
 
 /// Receives from `subscriber` until `n` deliveries came; returns their attempts.
@@ -72,12 +90,13 @@ async fn attempts<S: Subscriber>(subscriber: &S, n: usize) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_receive_reads_the_next_batch_ahead_and_hands_it_out_next() {
     let dir = tempfile::tempdir().unwrap();
-    let (backend, sub) = setup(dir.path(), 40, Duration::from_secs(30)).await;
+    let (backend, sub) = setup(dir.path(), 56, Duration::from_secs(30)).await;
     let subscriber = backend.subscribe(&sub).await.unwrap();
     let first = subscriber.receive(16, WAIT).await.unwrap();
     assert_eq!(first.len(), 16);
-    // The next 16 are leased (and journalled) while the first are being handled.
-    in_flight(&backend, &sub, 32).await;
+    // The next 16 are leased (and journalled) while the first are being handled; the stats
+    // count them as ready, since no handler holds them yet.
+    stats_reach(&backend, &sub, 40, 16).await;
     let second = subscriber.receive(16, WAIT).await.unwrap();
     let ids: Vec<String> = first
         .iter()
@@ -87,6 +106,9 @@ async fn a_full_receive_reads_the_next_batch_ahead_and_hands_it_out_next() {
     let expected: Vec<String> = (0..32).map(|i| format!("m{i}")).collect();
     assert_eq!(ids, expected, "in order, none skipped or repeated");
     assert!(second.iter().all(|d| d.attempt() == 1));
+    // The third batch (16 more) is read ahead in turn: a competing subscriber finds the
+    // last 8.
+    assert_eq!(left_for_others(&backend, &sub).await, 8);
     for d in first.into_iter().chain(second) {
         d.ack().await.unwrap();
     }
@@ -104,10 +126,10 @@ async fn a_short_or_small_receive_leases_only_what_it_returns() {
     let (backend2, sub2) = setup(dir2.path(), 20, Duration::from_secs(30)).await;
     let small = backend2.subscribe(&sub2).await.unwrap();
     assert_eq!(small.receive(10, WAIT).await.unwrap().len(), 10);
-    // Nothing more is leased, now or a little later.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Nothing more is leased: a competing subscriber finds the rest.
     assert_eq!(backend.stats(&sub).await.unwrap().in_flight, Some(20));
     assert_eq!(backend2.stats(&sub2).await.unwrap().in_flight, Some(10));
+    assert_eq!(left_for_others(&backend2, &sub2).await, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,9 +138,10 @@ async fn what_was_read_ahead_goes_back_with_its_attempt_when_the_subscriber_clos
     let (backend, sub) = setup(dir.path(), 32, Duration::from_secs(30)).await;
     let subscriber = backend.subscribe(&sub).await.unwrap();
     let first = subscriber.receive(16, WAIT).await.unwrap();
-    in_flight(&backend, &sub, 32).await;
+    // Closing waits for the batch read ahead and gives it back.
     subscriber.close().await.unwrap();
-    in_flight(&backend, &sub, 16).await;
+    let stats = backend.stats(&sub).await.unwrap();
+    assert_eq!((stats.ready, stats.in_flight), (Some(16), Some(16)));
     for d in first {
         d.ack().await.unwrap();
     }
@@ -132,9 +155,8 @@ async fn what_was_read_ahead_goes_back_when_the_subscriber_is_dropped() {
     let (backend, sub) = setup(dir.path(), 32, Duration::from_secs(30)).await;
     let subscriber = backend.subscribe(&sub).await.unwrap();
     let first = subscriber.receive(16, WAIT).await.unwrap();
-    in_flight(&backend, &sub, 32).await;
     drop(subscriber);
-    in_flight(&backend, &sub, 16).await;
+    stats_reach(&backend, &sub, 16, 16).await;
     for d in first {
         d.ack().await.unwrap();
     }
@@ -150,7 +172,7 @@ async fn a_delivery_read_ahead_and_not_taken_goes_back_at_half_its_lease() {
     let (backend, sub) = setup(dir.path(), 32, lease).await;
     let slow = backend.subscribe(&sub).await.unwrap();
     let first = slow.receive(16, WAIT).await.unwrap();
-    in_flight(&backend, &sub, 32).await;
+    stats_reach(&backend, &sub, 16, 16).await;
     for d in first {
         d.ack().await.unwrap();
     }
@@ -167,4 +189,34 @@ async fn a_delivery_read_ahead_and_not_taken_goes_back_at_half_its_lease() {
         "released at half the lease, not at its end: {waited:?}"
     );
     drop(slow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_dropped_with_a_batch_read_ahead_can_be_opened_again_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, sub) = setup(dir.path(), 32, Duration::from_secs(30)).await;
+    let subscriber = backend.subscribe(&sub).await.unwrap();
+    let first = subscriber.receive(16, WAIT).await.unwrap();
+    stats_reach(&backend, &sub, 16, 16).await;
+    drop(first);
+    drop(subscriber);
+    drop(backend);
+    // Nothing waiting for the read-ahead's half lease keeps the engine (and its directory)
+    // open.
+    let again = EmbeddedBackend::open(dir.path()).await;
+    assert!(again.is_ok(), "reopened: {:?}", again.err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_that_does_not_wait_gets_the_batch_being_read_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, sub) = setup(dir.path(), 32, Duration::from_secs(30)).await;
+    let subscriber = backend.subscribe(&sub).await.unwrap();
+    let first = subscriber.receive(16, WAIT).await.unwrap();
+    // Its flush may still be under way: the batch is leased, so it is handed out, not `[]`.
+    let second = subscriber.receive(16, Duration::ZERO).await.unwrap();
+    assert_eq!((first.len(), second.len()), (16, 16));
+    for d in first.into_iter().chain(second) {
+        d.ack().await.unwrap();
+    }
 }
