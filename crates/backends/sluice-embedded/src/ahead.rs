@@ -179,16 +179,15 @@ impl ReadAhead {
             }
             state.fetching = true;
         }
-        let this = Arc::downgrade(self);
-        let (weak_shared, from) = (Arc::downgrade(shared), Arc::clone(&self.from));
-        let runtime = tokio::runtime::Handle::current();
+        let mut landing = Landing {
+            ahead: Arc::downgrade(self),
+            shared: Arc::downgrade(shared),
+            from: Arc::clone(&self.from),
+            runtime: tokio::runtime::Handle::current(),
+            landed: false,
+        };
         let done = Box::new(move |result: sluice_engine::Result<Vec<Leased>>| {
-            if let Some(this) = this.upgrade() {
-                this.landed(result.map_err(crate::convert::error), &runtime);
-            } else if let (Ok(leased), Some(shared)) = (result, weak_shared.upgrade()) {
-                // The subscriber is gone (and gave back what it had): these go back too.
-                release(&shared, &from, leased, None);
-            }
+            landing.land(result);
         });
         shared
             .engine
@@ -202,6 +201,8 @@ impl ReadAhead {
         runtime: &tokio::runtime::Handle,
     ) {
         let Some(shared) = self.shared.upgrade() else {
+            self.lock().fetching = false;
+            self.arrived.notify_waiters();
             return;
         };
         let mut state = self.lock();
@@ -229,6 +230,19 @@ impl ReadAhead {
                 }
             }
             Err(err) => state.failed = Some(err),
+        }
+        self.arrived.notify_waiters();
+    }
+
+    /// The engine dropped a background receive without completing it (it stopped): the
+    /// next receive reports it, and nobody waits for it any more.
+    fn abandoned(&self) {
+        {
+            let mut state = self.lock();
+            state.fetching = false;
+            state.failed = Some(Error::Closed(
+                "the engine stopped before completing the operation",
+            ));
         }
         self.arrived.notify_waiters();
     }
@@ -262,6 +276,8 @@ impl ReadAhead {
     /// No more reading ahead; waits for a background receive under way, then gives back
     /// everything read ahead and waits until that is journalled.
     pub(crate) async fn close(&self, shared: &Shared) {
+        // Cancelled half-way, it closes without waiting instead.
+        let mut unfinished = CloseGuard(Some(self));
         loop {
             let arrived = self.arrived.notified();
             tokio::pin!(arrived);
@@ -287,6 +303,7 @@ impl ReadAhead {
         );
         // A release that fails (the engine closing) leaves the leases to run out.
         let _ = released.await;
+        unfinished.0 = None;
         self.arrived.notify_waiters();
     }
 
@@ -315,6 +332,8 @@ impl ReadAhead {
 /// Releases what goes stale, re-armed for the next one; stops when nothing is buffered.
 /// Holds the read-ahead only weakly while it waits.
 async fn timer(ahead: Weak<ReadAhead>) {
+    // Dropped before it finished (its runtime stopped): the next landing starts another.
+    let mut running = TimerGuard(Some(ahead.clone()));
     loop {
         let wait = match ahead.upgrade() {
             Some(ahead) => ahead.release_stale(),
@@ -322,7 +341,62 @@ async fn timer(ahead: Weak<ReadAhead>) {
         };
         match wait {
             Some(ms) => tokio::time::sleep(Duration::from_millis(ms.max(1))).await,
-            None => return,
+            None => {
+                running.0 = None;
+                return;
+            }
+        }
+    }
+}
+
+struct TimerGuard(Option<Weak<ReadAhead>>);
+
+impl Drop for TimerGuard {
+    fn drop(&mut self) {
+        if let Some(ahead) = self.0.take().and_then(|weak| weak.upgrade()) {
+            ahead.lock().timer = false;
+        }
+    }
+}
+
+struct CloseGuard<'a>(Option<&'a ReadAhead>);
+
+impl Drop for CloseGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(ahead) = self.0.take() {
+            ahead.close_now();
+        }
+    }
+}
+
+/// A background receive's completion: lands its deliveries (or gives them back when the
+/// subscriber is gone). Dropped unrun (the engine stopped), it ends the wait for it.
+struct Landing {
+    ahead: Weak<ReadAhead>,
+    shared: Weak<Shared>,
+    from: Arc<Source>,
+    runtime: tokio::runtime::Handle,
+    landed: bool,
+}
+
+impl Landing {
+    fn land(&mut self, result: sluice_engine::Result<Vec<Leased>>) {
+        self.landed = true;
+        if let Some(ahead) = self.ahead.upgrade() {
+            ahead.landed(result.map_err(crate::convert::error), &self.runtime);
+        } else if let (Ok(leased), Some(shared)) = (result, self.shared.upgrade()) {
+            // The subscriber is gone (and gave back what it had): these go back too.
+            release(&shared, &self.from, leased, None);
+        }
+    }
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        if !self.landed {
+            if let Some(ahead) = self.ahead.upgrade() {
+                ahead.abandoned();
+            }
         }
     }
 }
