@@ -63,7 +63,8 @@ impl EmbeddedSubscriber {
             .collect()
     }
 
-    /// After a full batch of `max`: the next one is leased in the background.
+    /// After a full batch of `max`: the next one is leased now, and its journal flush
+    /// completes in the background.
     fn read_ahead(&self, max: usize) {
         if max >= READ_AHEAD_MIN {
             self.ahead.start(&self.shared, self.holder, max);
