@@ -159,8 +159,8 @@ const PARALLEL_SYNCS: usize = 4;
 
 type SyncFile = (PathBuf, Arc<dyn StorageFile>);
 
-fn sync_each(files: &[SyncFile]) -> Result<()> {
-    files.iter().try_for_each(|(path, file)| {
+fn sync_each<'a>(files: impl IntoIterator<Item = &'a SyncFile>) -> Result<()> {
+    files.into_iter().try_for_each(|(path, file)| {
         file.sync_data()
             .context(|| format!("fdatasync {}", path.display()))
     })
@@ -180,7 +180,7 @@ pub fn sync_together(sets: &[SyncSet]) -> Result<()> {
         }
     }
     if files.len() <= 1 {
-        return sync_each(&files.into_iter().cloned().collect::<Vec<_>>());
+        return sync_each(files);
     }
     let mut groups: Vec<Vec<SyncFile>> = (0..PARALLEL_SYNCS.min(files.len()))
         .map(|g| {

@@ -164,7 +164,7 @@ impl ReadAhead {
             .buffered
             .remove(&self.from.physical, out + stale.len());
         drop(state);
-        release(shared, &self.from, stale, None);
+        drop(release(shared, &self.from, stale));
         taken
     }
 
@@ -210,7 +210,7 @@ impl ReadAhead {
         match result {
             Ok(leased) if state.dropped => {
                 drop(state);
-                release(&shared, &self.from, leased, None);
+                drop(release(&shared, &self.from, leased));
             }
             Ok(leased) => {
                 let now_ms = shared.engine.now_ms();
@@ -269,7 +269,7 @@ impl ReadAhead {
         };
         shared.buffered.remove(&self.from.physical, stale.len());
         let stale = stale.into_iter().map(|a| a.leased).collect();
-        release(&shared, &self.from, stale, None);
+        drop(release(&shared, &self.from, stale));
         next.map(|at| at.saturating_sub(now_ms))
     }
 
@@ -294,15 +294,12 @@ impl ReadAhead {
         }
         let ready = std::mem::take(&mut self.lock().ready);
         shared.buffered.remove(&self.from.physical, ready.len());
-        let (done, released) = completion::<()>();
         release(
             shared,
             &self.from,
             ready.into_iter().map(|a| a.leased).collect(),
-            Some(done),
-        );
-        // A release that fails (the engine closing) leaves the leases to run out.
-        let _ = released.await;
+        )
+        .await;
         unfinished.0 = None;
         self.arrived.notify_waiters();
     }
@@ -318,12 +315,11 @@ impl ReadAhead {
         };
         if let Some(shared) = self.shared.upgrade() {
             shared.buffered.remove(&self.from.physical, ready.len());
-            release(
+            drop(release(
                 &shared,
                 &self.from,
                 ready.into_iter().map(|a| a.leased).collect(),
-                None,
-            );
+            ));
         }
         self.arrived.notify_waiters();
     }
@@ -386,7 +382,7 @@ impl Landing {
             ahead.landed(result.map_err(crate::convert::error), &self.runtime);
         } else if let (Ok(leased), Some(shared)) = (result, self.shared.upgrade()) {
             // The subscriber is gone (and gave back what it had): these go back too.
-            release(&shared, &self.from, leased, None);
+            drop(release(&shared, &self.from, leased));
         }
     }
 }
@@ -401,44 +397,35 @@ impl Drop for Landing {
     }
 }
 
-/// Gives leases back to the subscription, their attempts with them; `done` (if any) gets
-/// the outcome once the releases are journalled. A release that fails (the engine closing)
-/// leaves its lease to run out.
+/// Gives leases back to the subscription, their attempts with them. The future ends once
+/// the releases are journalled; dropping it does not cancel them. A release that fails (the
+/// engine closing) leaves its lease to run out.
 fn release(
     shared: &Shared,
     from: &Source,
     leased: Vec<Leased>,
-    done: Option<sluice_engine::engine::Completion<()>>,
-) {
-    if leased.is_empty() {
-        if let Some(done) = done {
-            done(Ok(()));
-        }
-        return;
-    }
-    let n = leased.len();
-    let waiter = done.map(|done| Arc::new(Mutex::new((n, Some(done)))));
-    let verbs = leased
+) -> impl std::future::Future<Output = ()> {
+    let mut journalled = Vec::with_capacity(leased.len());
+    let verbs: Vec<Settle> = leased
         .into_iter()
         .map(|l| {
-            let waiter = waiter.clone();
+            let (done, released) = completion::<()>();
+            journalled.push(released);
             Settle {
                 r: l.r,
                 token: l.token,
                 verb: Verb::Release,
-                done: Box::new(move |_| {
-                    if let Some(waiter) = waiter {
-                        let mut w = waiter.lock().unwrap_or_else(|e| e.into_inner());
-                        w.0 -= 1;
-                        if w.0 == 0 {
-                            if let Some(done) = w.1.take() {
-                                done(Ok(()));
-                            }
-                        }
-                    }
-                }),
+                done,
             }
         })
         .collect();
-    shared.engine.settle(&from.physical, verbs);
+    if !verbs.is_empty() {
+        shared.engine.settle(&from.physical, verbs);
+    }
+    // One journal batch holds them all: waiting for each in turn waits for that one flush.
+    async move {
+        for released in journalled {
+            let _ = released.await;
+        }
+    }
 }
