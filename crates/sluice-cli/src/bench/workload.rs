@@ -350,7 +350,10 @@ async fn produce(
 
 /// Open loop: one message every `1/rate` s on a fixed schedule, each publish on its own
 /// task, latency measured from the scheduled time (so a slow confirm delays nothing and is
-/// not hidden: no coordinated omission).
+/// not hidden: no coordinated omission). Finished publishes are collected as the schedule
+/// goes on: a task kept until the end holds its memory, and a round of a few hundred
+/// thousand would grow the process by as many task cells, charged to an in-process broker's
+/// CPU and memory.
 async fn produce_at_rate(
     publisher: DynPublisher,
     topic: TopicName,
@@ -360,15 +363,22 @@ async fn produce_at_rate(
     rate: f64,
 ) -> anyhow::Result<Histogram<u64>> {
     let start = tokio::time::Instant::now();
-    let mut inflight = Vec::with_capacity(count as usize);
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut latency = histogram();
+    let mut record = |done: Result<Result<Duration, sluice::Error>, tokio::task::JoinError>| {
+        anyhow::Ok(latency.record(done??.as_micros() as u64)?)
+    };
     for i in 0..count {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due).await;
+        while let Some(done) = inflight.try_join_next() {
+            record(done)?;
+        }
         let message = Message::builder(payload.clone())
             .header(HEADER, origin.elapsed().as_micros().to_string())
             .build()?;
         let (publisher, topic) = (publisher.clone(), topic.clone());
-        inflight.push(tokio::spawn(async move {
+        inflight.spawn(async move {
             // Measured from the send, not from `due`: tokio's timer wakes the generator up to
             // 1 ms late, which is the generator's lateness, not the broker's. The schedule
             // itself never waits for a confirm, so slow confirms are not hidden.
@@ -377,11 +387,10 @@ async fn produce_at_rate(
                 .publish(&topic, message)
                 .await
                 .map(|_| began.elapsed())
-        }));
+        });
     }
-    let mut latency = histogram();
-    for publish in inflight {
-        latency.record(publish.await??.as_micros() as u64)?;
+    while let Some(done) = inflight.join_next().await {
+        record(done)?;
     }
     Ok(latency)
 }
