@@ -1,4 +1,6 @@
-//! The `sluice` command. Thin: parse arguments, set up tracing, call one `run`.
+//! The `sluice` command. Thin: parse arguments, set up tracing, call one `run` (and, on
+//! Linux, turn transparent huge pages off for the process: see
+//! `disable_transparent_huge_pages`).
 //!
 //! # Layout
 //!
@@ -25,17 +27,17 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Turns transparent huge pages off for this process (Linux). mimalloc asks for huge pages on
-/// its arenas and gives freed memory back to the OS in small pieces, so each huge page is
-/// faulted in again and zeroed whole, 2 MiB at a time, on the hot paths: in a profile of
-/// `sluice bench --rate` that zeroing was 12 % of the process's samples, and publish tails
-/// grew with it. Databases and brokers advise the same (Redis warns when THP is on).
-/// A kernel that refuses is no reason not to run: the process only keeps huge pages.
-fn disable_transparent_huge_pages() {
+/// Turns transparent huge pages off for this process and the processes it starts (Linux;
+/// the flag is the process's, so threads already running are covered). mimalloc asks for
+/// huge pages on its arenas (`MADV_HUGEPAGE`), and the kernel then faults memory in and
+/// zeroes it 2 MiB at a time, on whichever hot path allocates next: in a profile of
+/// `sluice bench --rate` that zeroing was 11.5 % of the process's samples, and publish tails
+/// were longer with it (docs/benchmarks.md, "Third round"). Databases and brokers advise the
+/// same (Redis warns when THP is on). A kernel that refuses is no reason not to run.
+fn disable_transparent_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
-        tracing::debug!(%err, "could not turn transparent huge pages off");
-    }
+    rustix::thread::disable_transparent_huge_pages(true)?;
+    Ok(())
 }
 
 /// Sluice: durable messaging for Rust services.
@@ -118,6 +120,7 @@ fn log_filter(verbose: u8) -> &'static str {
 
 #[tokio::main]
 async fn main() {
+    let huge_pages = disable_transparent_huge_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -126,7 +129,9 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    disable_transparent_huge_pages();
+    if let Err(err) = huge_pages {
+        tracing::debug!(%err, "could not turn transparent huge pages off; carrying on with them");
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,

@@ -349,11 +349,11 @@ async fn produce(
 }
 
 /// Open loop: one message every `1/rate` s on a fixed schedule, each publish on its own
-/// task, latency measured from the scheduled time (so a slow confirm delays nothing and is
-/// not hidden: no coordinated omission). Finished publishes are collected as the schedule
-/// goes on: a task kept until the end holds its memory, and a round of a few hundred
-/// thousand would grow the process by as many task cells, charged to an in-process broker's
-/// CPU and memory.
+/// task, so a slow confirm delays no later send and is not hidden. The latency of a publish
+/// is measured from its send (see the comment in the task). Finished publishes are collected
+/// in the idle part of each tick: a task kept until the end holds its memory, and a round of
+/// a few hundred thousand would grow the process by as many task cells, charged to an
+/// in-process broker's CPU and memory.
 async fn produce_at_rate(
     publisher: DynPublisher,
     topic: TopicName,
@@ -371,23 +371,24 @@ async fn produce_at_rate(
     for i in 0..count {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due).await;
-        while let Some(done) = inflight.try_join_next() {
-            record(done)?;
-        }
         let message = Message::builder(payload.clone())
             .header(HEADER, origin.elapsed().as_micros().to_string())
             .build()?;
         let (publisher, topic) = (publisher.clone(), topic.clone());
         inflight.spawn(async move {
             // Measured from the send, not from `due`: tokio's timer wakes the generator up to
-            // 1 ms late, which is the generator's lateness, not the broker's. The schedule
-            // itself never waits for a confirm, so slow confirms are not hidden.
+            // 1 ms late, which is the generator's lateness, not the broker's. The wait of this
+            // task for a worker is not counted either. The schedule itself never waits for a
+            // confirm, so slow confirms are not hidden.
             let began = Instant::now();
             publisher
                 .publish(&topic, message)
                 .await
                 .map(|_| began.elapsed())
         });
+        while let Some(done) = inflight.try_join_next() {
+            record(done)?;
+        }
     }
     while let Some(done) = inflight.join_next().await {
         record(done)?;
